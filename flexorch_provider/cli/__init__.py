@@ -1,0 +1,1 @@
+"""The ``flexorch`` command line."""

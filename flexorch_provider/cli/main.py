@@ -1,0 +1,100 @@
+"""``flexorch`` — validate, render and export the schema of job specs.
+
+Exit codes: 0 success, 1 invalid spec(s) or a failed action, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flexorch_provider import __version__
+from flexorch_provider.exceptions import FlexorchError, SpecError
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from flexorch_provider.spec.loader import load_specs
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    for p in missing:
+        print(f"{p}: no such file or folder", file=sys.stderr)
+    specs, problems = load_specs([p for p in args.paths if Path(p).exists()])
+    for problem in problems:
+        print(problem)
+    if not specs and not problems and not missing:
+        print("no spec files (*.yaml, *.yml) found", file=sys.stderr)
+        return 1
+    bad_files = len({p.file for p in problems})
+    if problems or missing:
+        print(f"{len(problems)} problem(s) in {bad_files} file(s); {len(specs)} spec(s) valid", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        for path, spec in specs:
+            print(f"ok  {path}  ({spec.kind} {spec.name})")
+    print(f"{len(specs)} spec(s) valid", file=sys.stderr)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from flexorch_provider.spec.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2 if not args.compact else None))
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from flexorch_provider.spec.loader import load_spec
+    from flexorch_provider.spec.render import spec_to_dict, to_yaml
+
+    spec = load_spec(args.spec)
+    data = spec_to_dict(spec)
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        sys.stdout.write(to_yaml(data))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flexorch", description="Describe AI/ML workloads in one YAML spec and run them from Airflow."
+    )
+    parser.add_argument("--version", action="version", version=f"flexorch-provider {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check spec files or folders; one line per problem")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or folders (searched for *.yaml, *.yml)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a spec (for editors)")
+    p.add_argument("--compact", action="store_true", help="one line of JSON")
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("render", help="print the normalized, fully defaulted spec")
+    p.add_argument("spec", metavar="SPEC", help="a spec file")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.set_defaults(func=_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except FlexorchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `flexorch schema | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""The flexorch job spec: one pydantic model tree for every kind of workload.
+
+A spec is one of five kinds, chosen by ``kind``: ``service``, ``training``, ``batch``,
+``inference`` and ``pipeline``. They share the workload fields (what to run, where, with
+which resources); a service adds replicas/port/health/update/reconcile; a pipeline has
+``steps``, each a workload whose unset fields inherit the pipeline's values.
+
+Every field carries a description, so the JSON Schema (``flexorch schema``) documents
+itself and editors can autocomplete. YAML keys equal field names.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
+
+from flexorch_provider.spec.fields import (
+    ENV_NAME_RE,
+    Duration,
+    FlexModel,
+    Name,
+    OrShorthand,
+    Resources,
+    Retries,
+    Secret,
+    Text,
+    retries_shorthand,
+    scalar_to_str,
+)
+from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
+
+TARGETS = ("kubernetes", "ssh", "slurm", "local")
+KINDS = ("service", "training", "batch", "inference", "pipeline")
+_SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+# --- service ---------------------------------------------------------------------------
+class Health(FlexModel):
+    """How to tell a service replica is healthy: an HTTP path or a command."""
+
+    http: Annotated[str | None, Field(pattern=r"^/[^\s]*$", description="HTTP GET path on `port`, e.g. /healthz.")] = (
+        None
+    )
+    command: Annotated[
+        Text | list[Text] | None, Field(description="A command that exits 0 when healthy (string or argv).")
+    ] = None
+    interval: Annotated[Duration, Field(description="Time between checks.")] = timedelta(seconds=10)
+    timeout: Annotated[Duration, Field(description="How long one check may take.")] = timedelta(seconds=5)
+    grace: Annotated[Duration, Field(description="Start-up time before failures count.")] = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> Health:
+        if (self.http is None) == (self.command is None):
+            raise ValueError("set exactly one of 'health.http' (a path like /healthz) or 'health.command'")
+        return self
+
+
+class UpdatePolicy(FlexModel):
+    """How a new version replaces the running one."""
+
+    strategy: Annotated[
+        Literal["rolling", "recreate"], Field(description="rolling: one replica at a time gated on health.")
+    ] = "rolling"
+    max_unavailable: Annotated[int, Field(ge=0, description="Replicas that may be down during a rolling update.")] = 0
+    max_surge: Annotated[int, Field(ge=0, description="Extra replicas allowed during a rolling update.")] = 1
+
+    @model_validator(mode="after")
+    def _progress(self) -> UpdatePolicy:
+        if self.strategy == "rolling" and self.max_unavailable == 0 and self.max_surge == 0:
+            raise ValueError(
+                "max_surge: max_unavailable and max_surge cannot both be 0: the update could never progress"
+            )
+        return self
+
+
+# --- shared blocks ---------------------------------------------------------------------
+def _targets(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        seen = []
+        for item in value:
+            if item in seen:
+                raise ValueError(f"target {item!r} is listed twice")
+            seen.append(item)
+        if not value:
+            raise ValueError(f"target must name at least one of {', '.join(TARGETS)}")
+    return value
+
+
+TargetName = Literal["kubernetes", "ssh", "slurm", "local"]
+Run = Annotated[
+    Text | Annotated[list[Text], Field(min_length=1)],
+    Field(description="What to run: a shell script (string) or an argv list run without a shell."),
+]
+
+
+class Workload(FlexModel):
+    """Fields every workload has: what to run, where, and with which resources."""
+
+    target: Annotated[
+        list[TargetName],
+        BeforeValidator(_targets),
+        OrShorthand({"enum": list(TARGETS)}),
+        Field(description="Where to run: kubernetes, ssh, slurm or local, or an ordered list (first that accepts)."),
+    ] = Field(default_factory=lambda: ["local"])
+    image: Annotated[Text | None, Field(description="Container image (required for kubernetes).")] = None
+    setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
+    workdir: Annotated[Text | None, Field(description="Working directory of the job.")] = None
+    env: Annotated[
+        dict[
+            str, Annotated[Text, BeforeValidator(scalar_to_str), OrShorthand({"type": "number"}, {"type": "boolean"})]
+        ],
+        Field(description="Environment variables (Airflow templates allowed in values)."),
+    ] = Field(default_factory=dict)
+    secrets: Annotated[
+        dict[str, Secret],
+        Field(
+            description="Environment variables filled at run time from Airflow Variables/Connections or Kubernetes secrets."
+        ),
+    ] = Field(default_factory=dict)
+    timeout: Annotated[Duration | None, Field(description="Kill the job after this long: '6h', '30m'.")] = None
+    retries: Annotated[
+        Retries,
+        BeforeValidator(retries_shorthand),
+        OrShorthand({"type": "integer", "minimum": 0}),
+        Field(description="Retry policy."),
+    ] = Field(default_factory=Retries)
+    resources: Annotated[Resources, Field(description="CPUs, memory, GPUs, nodes.")] = Field(default_factory=Resources)
+    gpu_pool: Annotated[Name | None, Field(description="Name of a GPU pool to place the job in.")] = None
+    slurm: Annotated[SlurmOptions, Field(description="Settings for the slurm target.")] = Field(
+        default_factory=SlurmOptions
+    )
+    kubernetes: Annotated[KubernetesOptions, Field(description="Settings for the kubernetes target.")] = Field(
+        default_factory=KubernetesOptions
+    )
+    ssh: Annotated[SshOptions, Field(description="Settings for the ssh target.")] = Field(default_factory=SshOptions)
+    local: Annotated[LocalOptions, Field(description="Settings for the local target.")] = Field(
+        default_factory=LocalOptions
+    )
+
+    @field_validator("env", "secrets")
+    @classmethod
+    def _env_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(
+                    f"{key!r} is not a valid environment variable name (letters, digits, '_'; not starting with a digit)"
+                )
+        return value
+
+    def _check_workload(self, run: Any = None) -> None:
+        if "kubernetes" in self.target and not self.image:
+            raise ValueError("image: required because target includes 'kubernetes'; add e.g. image: python:3.11-slim")
+        dupes = sorted(set(self.env) & set(self.secrets))
+        if dupes:
+            raise ValueError(f"env: env and secrets both set {', '.join(dupes)}; keep each name in one of them")
+        k8s_secrets = [k for k, v in self.secrets.items() if v.source == "kubernetes"]
+        if k8s_secrets and self.target != ["kubernetes"]:
+            raise ValueError(
+                f"secrets: {', '.join(k8s_secrets)} come from Kubernetes secrets, which only the kubernetes target can "
+                "read; use target: kubernetes or an Airflow Variable/Connection reference"
+            )
+
+
+class ServiceFields(FlexModel):
+    """Fields only a service has."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000, description="How many copies to keep running.")] = 1
+    port: Annotated[int | None, Field(ge=1, le=65535, description="Port the service listens on.")] = None
+    health: Annotated[Health | None, Field(description="Health check: http path or command.")] = None
+    update: Annotated[UpdatePolicy, Field(description="How new versions roll out.")] = Field(
+        default_factory=UpdatePolicy
+    )
+    reconcile: Annotated[
+        str | None,
+        Field(description="Cron/preset for the run that restores desired state (ssh targets); null disables."),
+    ] = "*/5 * * * *"
+
+    def _check_service(self) -> None:
+        if self.health and self.health.http and self.port is None:
+            raise ValueError("port: required because health.http is set; add the port the service listens on")
+        if self.reconcile is not None:
+            _check_schedule(self.reconcile, "reconcile")
+
+
+def _check_schedule(value: str, key: str) -> None:
+    if value.startswith("@"):
+        if value not in _SCHEDULE_PRESETS:
+            import difflib
+
+            hint = difflib.get_close_matches(value, _SCHEDULE_PRESETS, n=1)
+            raise ValueError(
+                f"{key}: {value!r} is not a preset"
+                + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(_SCHEDULE_PRESETS)}")
+            )
+        return
+    from croniter import croniter
+
+    try:
+        fields = croniter(value).expanded
+    except Exception as e:  # croniter raises several unrelated types
+        raise ValueError(
+            f"{key}: {value!r} is not a valid cron expression ({e}); e.g. '0 2 * * *' = 02:00 daily"
+        ) from None
+    if len(fields) != 5:
+        raise ValueError(f"{key}: {value!r} must have 5 fields (minute hour day month weekday)")
+
+
+class Identity(FlexModel):
+    """Who a top-level spec is and when it runs."""
+
+    name: Annotated[Name, Field(description="DAG id and object name: lowercase letters, digits, '-'; ≤ 63.")]
+    description: Annotated[str | None, Field(description="What this workload is; shown in the Airflow UI.")] = None
+    owner: Annotated[str, Field(min_length=1, max_length=100, description="Owning team or person.")] = "airflow"
+    tags: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=100)]], Field(description="Airflow DAG tags.")
+    ] = Field(default_factory=list)
+    schedule: Annotated[
+        str | None, Field(description="Cron expression, preset (@daily, @hourly, ...) or null for manual runs.")
+    ] = None
+    start_date: Annotated[
+        date | datetime | None, Field(description="First logical date (needed for catchup/backfill).")
+    ] = None
+    catchup: Annotated[bool, Field(description="Run every missed interval since start_date.")] = False
+
+    def _check_identity(self) -> None:
+        if self.schedule is not None:
+            _check_schedule(self.schedule, "schedule")
+        if self.catchup and self.start_date is None:
+            raise ValueError("start_date: required because catchup is true; add e.g. start_date: 2025-01-01")
+        if self.catchup and self.schedule in (None, "@once", "@continuous"):
+            raise ValueError("catchup: catchup: true needs a periodic schedule (cron or @daily-like preset)")
+
+
+# --- kinds -----------------------------------------------------------------------------
+class _StepIdentity(FlexModel):
+    name: Annotated[Name, Field(description="Step name, unique in the pipeline; becomes the task id.")]
+    after: Annotated[
+        list[Name], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), OrShorthand({"type": "string"}),
+        Field(description="Steps that must succeed before this one."),
+    ] = Field(default_factory=list)  # fmt: skip
+
+
+class _Job(Workload):
+    run: Run
+
+    @model_validator(mode="after")
+    def _rules(self) -> Any:
+        if not isinstance(self, _StepIdentity):  # steps are checked with inherited fields by the pipeline
+            self._check_workload()
+        if isinstance(self, ServiceFields):
+            self._check_service()
+        if isinstance(self, Identity):
+            self._check_identity()
+        return self
+
+
+class BatchStep(_StepIdentity, _Job):
+    """A step that runs to completion."""
+
+    kind: Literal["batch"] = "batch"
+
+
+class TrainingStep(_StepIdentity, _Job):
+    """A training step (usually GPUs)."""
+
+    kind: Literal["training"]
+
+
+class InferenceStep(_StepIdentity, _Job):
+    """An inference (scoring) step."""
+
+    kind: Literal["inference"]
+
+
+class ServiceStep(_StepIdentity, ServiceFields, _Job):
+    """A step that deploys a long-running service."""
+
+    kind: Literal["service"]
+
+
+def _step_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        kind = value.get("kind", "batch")
+        return kind if isinstance(kind, str) else "batch"
+    return getattr(value, "kind", "batch")
+
+
+Step = Annotated[
+    Union[
+        Annotated[BatchStep, Tag("batch")],
+        Annotated[TrainingStep, Tag("training")],
+        Annotated[InferenceStep, Tag("inference")],
+        Annotated[ServiceStep, Tag("service")],
+    ],
+    Discriminator(_step_kind),
+]
+
+
+class BatchSpec(Identity, _Job):
+    """A job that runs to completion (ETL, evaluation, data prep)."""
+
+    kind: Literal["batch"]
+
+
+class TrainingSpec(Identity, _Job):
+    """A training job, usually with GPUs, possibly on several nodes."""
+
+    kind: Literal["training"]
+
+
+class InferenceSpec(Identity, _Job):
+    """A (usually scheduled) inference run: score a batch of data with a model."""
+
+    kind: Literal["inference"]
+
+
+class ServiceSpec(Identity, ServiceFields, _Job):
+    """A long-running service (web or inference API): replicas, port, health, updates."""
+
+    kind: Literal["service"]
+
+
+class PipelineSpec(Identity, Workload):
+    """Steps with ``after:`` edges; each step inherits the pipeline's workload fields."""
+
+    kind: Literal["pipeline"]
+    steps: Annotated[list[Step], Field(min_length=1, description="The steps; each is a workload with a name.")]
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineSpec:
+        self._check_identity()
+        names = [s.name for s in self.steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"steps: names must be unique; {', '.join(dupes)} used more than once")
+        for i, step in enumerate(self.steps):
+            for dep in step.after:
+                if dep == step.name:
+                    raise ValueError(f"steps[{i}].after: step {step.name!r} cannot run after itself")
+                if dep not in names:
+                    import difflib
+
+                    hint = difflib.get_close_matches(dep, names, n=1)
+                    raise ValueError(
+                        f"steps[{i}].after: {dep!r} is not a step of this pipeline"
+                        + (f"; did you mean {hint[0]!r}?" if hint else f" (steps: {', '.join(names)})")
+                    )
+        cycle = _find_cycle({s.name: list(s.after) for s in self.steps})
+        if cycle:
+            raise ValueError(f"steps: the after: edges form a cycle: {' → '.join(cycle)}; remove one edge")
+        for i, step in enumerate(self.effective_steps()):
+            try:
+                step._check_workload()
+            except ValueError as e:
+                raise ValueError(f"steps[{i}].{e}") from None
+        return self
+
+    def effective_steps(self) -> list[Any]:
+        """The steps with every unset field filled from the pipeline (env/secrets merged)."""
+        out = []
+        for step in self.steps:
+            data = {}
+            for field in Workload.model_fields:
+                if field in step.model_fields_set:
+                    value = getattr(step, field)
+                    if field in ("env", "secrets"):
+                        value = {**getattr(self, field), **value}
+                else:
+                    value = getattr(self, field)
+                data[field] = value
+            out.append(step.model_copy(update=data))
+        return out
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+Spec = Annotated[
+    Union[BatchSpec, TrainingSpec, InferenceSpec, ServiceSpec, PipelineSpec],
+    Field(discriminator="kind"),
+]
+SpecModel = BatchSpec | TrainingSpec | InferenceSpec | ServiceSpec | PipelineSpec
+SPEC_CLASSES: dict[str, type[BaseModel]] = {
+    "batch": BatchSpec,
+    "training": TrainingSpec,
+    "inference": InferenceSpec,
+    "service": ServiceSpec,
+    "pipeline": PipelineSpec,
+}
+STEP_CLASSES: dict[str, type[BaseModel]] = {
+    "batch": BatchStep,
+    "training": TrainingStep,
+    "inference": InferenceStep,
+    "service": ServiceStep,
+}

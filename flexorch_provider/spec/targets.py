@@ -1,0 +1,143 @@
+"""Per-target sections of a spec: ``slurm``, ``kubernetes``, ``ssh``, ``local``."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, field_validator
+
+from flexorch_provider.spec.fields import (
+    DNS_SUBDOMAIN_RE,
+    LABEL_NAME_RE,
+    ConnId,
+    FlexModel,
+    Name,
+    Text,
+)
+
+# --- per-target sections ---------------------------------------------------------------
+SLURM_ALLOWED_OPTIONS = (
+    "begin", "constraint", "cpus-per-gpu", "exclude", "exclusive", "gpus-per-node",
+    "gpus-per-task", "hint", "licenses", "mail-type", "mail-user", "mem-per-gpu", "nice",
+    "nodelist", "ntasks-per-node", "priority", "requeue", "no-requeue", "reservation",
+    "signal", "switches", "threads-per-core", "tmp", "wckey",
+)  # fmt: skip
+# Options flexorch sets itself (job name, output, environment...) are not allowed here.
+
+
+class SlurmOptions(FlexModel):
+    """Settings for the ``slurm`` target."""
+
+    connection: Annotated[
+        ConnId | None,
+        Field(description="SSH connection to a login node; omit to call the local sbatch (Airflow on a login node)."),
+    ] = None
+    partition: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Partition (queue).")] = None
+    account: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Account to charge.")] = None
+    qos: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Quality of service.")] = None
+    options: Annotated[
+        dict[str, str | int | bool],
+        Field(
+            description="Extra sbatch options (without '--'), from an allow-list: " + ", ".join(SLURM_ALLOWED_OPTIONS)
+        ),
+    ] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _allowed(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, val in value.items():
+            opt = key.removeprefix("--")
+            if opt not in SLURM_ALLOWED_OPTIONS:
+                hint = difflib.get_close_matches(opt, SLURM_ALLOWED_OPTIONS, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ValueError(
+                    f"sbatch option {key!r} is not allowed here{extra} (flexorch sets job name, output, "
+                    f"resources and environment itself; allowed: {', '.join(SLURM_ALLOWED_OPTIONS)})"
+                )
+            if isinstance(val, str) and ("\n" in val or "\x00" in val):
+                raise ValueError(f"sbatch option {key!r} must be a single line")
+        return {k.removeprefix("--"): v for k, v in value.items()}
+
+
+class Toleration(FlexModel):
+    """A Kubernetes toleration."""
+
+    key: Annotated[str | None, Field(description="Taint key; omit with operator Exists to tolerate all.")] = None
+    operator: Annotated[Literal["Exists", "Equal"], Field(description="Exists or Equal.")] = "Equal"
+    value: Annotated[str | None, Field(description="Taint value (operator Equal).")] = None
+    effect: Annotated[
+        Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None, Field(description="Taint effect.")
+    ] = None
+    toleration_seconds: Annotated[int | None, Field(ge=0, description="For NoExecute: how long to stay.")] = None
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    for key, val in value.items():
+        prefix, _, name = key.rpartition("/")
+        if (
+            (prefix and not DNS_SUBDOMAIN_RE.match(prefix))
+            or not name
+            or len(name) > 63
+            or not LABEL_NAME_RE.match(name)
+        ):
+            raise ValueError(f"{key!r} is not a valid Kubernetes label key (e.g. 'team' or 'example.com/team')")
+        if len(val) > 63 or not LABEL_NAME_RE.match(val):
+            raise ValueError(f"label value {val!r} for {key!r} is not valid: ≤ 63 of [A-Za-z0-9-_.], alphanumeric ends")
+    return value
+
+
+class KubernetesOptions(FlexModel):
+    """Settings for the ``kubernetes`` target."""
+
+    connection: Annotated[ConnId, Field(description="Airflow Kubernetes connection id.")] = "kubernetes_default"
+    namespace: Annotated[Name, Field(description="Namespace to run in.")] = "default"
+    node_selector: Annotated[dict[str, Text], Field(description="Node labels the pods must match.")] = Field(
+        default_factory=dict
+    )
+    tolerations: Annotated[list[Toleration], Field(description="Tolerations for tainted (e.g. GPU) nodes.")] = Field(
+        default_factory=list
+    )
+    service_account: Annotated[Name | None, Field(description="Service account for the pods.")] = None
+    labels: Annotated[dict[str, str], Field(description="Extra labels on every object flexorch creates.")] = Field(
+        default_factory=dict
+    )
+    gpu_label: Annotated[
+        str, Field(description="Node label holding the GPU model, used when a GPU type is requested.")
+    ] = "nvidia.com/gpu.product"
+
+    _labels = field_validator("labels", "node_selector")(_check_labels)
+
+
+def _host_entry(value: Any) -> Any:
+    if isinstance(value, str) and not re.match(r"^[A-Za-z0-9_.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:]+\](:\d{1,5})?$", value):
+        raise ValueError(f"{value!r} is not a host; write 'host', 'host:port' or '10.0.0.5:2222'")
+    return value
+
+
+class SshOptions(FlexModel):
+    """Settings for the ``ssh`` target."""
+
+    connection: Annotated[ConnId, Field(description="Airflow SSH connection (user, key, default host).")] = (
+        "ssh_default"
+    )
+    hosts: Annotated[
+        list[Annotated[str, BeforeValidator(_host_entry)]],
+        Field(description="Hosts of the fleet ('host' or 'host:port'); empty means the connection's host."),
+    ] = Field(default_factory=list)
+    placement: Annotated[
+        Literal["any", "all"],
+        Field(description="any: the first reachable host that fits; all: the same job on every host."),
+    ] = "any"
+
+
+class LocalOptions(FlexModel):
+    """Settings for the ``local`` target (the Airflow worker itself)."""
+
+    run_dir: Annotated[
+        Text | None,
+        Field(
+            description="Where per-run directories (pid, log, exit code) go; default $FLEXORCH_RUN_DIR or ~/.flexorch/runs."
+        ),
+    ] = None

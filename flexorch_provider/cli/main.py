@@ -39,6 +39,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    if args.format == "markdown":
+        from flexorch_provider.spec.reference import markdown_reference
+
+        sys.stdout.write(markdown_reference())
+        return 0
     from flexorch_provider.spec.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2 if not args.compact else None))
@@ -72,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of a spec (for editors)")
     p.add_argument("--compact", action="store_true", help="one line of JSON")
+    p.add_argument("--format", choices=("json", "markdown"), default="json", help="markdown: the spec reference")
     p.set_defaults(func=_schema)
 
     p = sub.add_parser("render", help="print the normalized, fully defaulted spec")

@@ -148,7 +148,7 @@ def parse_spec(data: Any, *, file: str = "<spec>", lines: Mapping[Path_, int] | 
     try:
         return _spec_adapter().validate_python(data)  # type: ignore[no-any-return]
     except ValidationError as e:
-        raise SpecError([_problem(err, data, file, lines) for err in e.errors(include_url=False)]) from None
+        raise SpecError(_problems(e, data, file, lines)) from None
     except RecursionError:
         raise SpecError(SpecProblem(file, None, "", "the spec is nested too deeply")) from None
 
@@ -256,6 +256,21 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
     out: list[type[BaseModel]] = []
     for arg in typing.get_args(annotation):
         out.extend(_model_classes(arg))
+    return out
+
+
+def _problems(error: ValidationError, data: Any, file: str, lines: Mapping[Path_, int]) -> list[SpecProblem]:
+    """One problem per error; where a union (``str | list``) failed every branch, keep the
+    specific complaint ("at least 1 item") over the generic type mismatches."""
+    errors = error.errors(include_url=False)
+    found = [(err.get("type", ""), _problem(err, data, file, lines)) for err in errors]
+    specific = {p.field for etype, p in found if not etype.endswith("_type")}
+    out: list[SpecProblem] = []
+    for etype, problem in found:
+        if etype.endswith("_type") and problem.field in specific:
+            continue
+        if problem not in out:
+            out.append(problem)
     return out
 
 

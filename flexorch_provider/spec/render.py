@@ -14,8 +14,11 @@ _FIRST = ("name", "kind", "description", "owner", "tags", "schedule", "start_dat
 def spec_to_dict(spec: SpecModel, *, effective: bool = True) -> dict[str, Any]:
     """JSON-compatible dict, identity keys first; pipeline steps with inherited values filled in."""
     data = spec.model_dump(mode="json")
-    if effective and isinstance(spec, PipelineSpec):
-        data["steps"] = [_ordered(s.model_dump(mode="json")) for s in spec.effective_steps()]
+    if isinstance(spec, PipelineSpec):
+        # effective: what each step will run with; otherwise only what each step sets itself,
+        # so the output reads back to the same spec
+        steps = spec.effective_steps() if effective else spec.steps
+        data["steps"] = [_ordered(s.model_dump(mode="json", exclude_unset=not effective)) for s in steps]
     return _ordered(data)
 
 

@@ -1,0 +1,77 @@
+"""The spec reference in Markdown, generated from the models (docs/spec-reference.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from flexorch_provider.spec.fields import GpuSpec, Resources, Retries, SecretRef
+from flexorch_provider.spec.models import (
+    SPEC_CLASSES,
+    Health,
+    Identity,
+    ServiceFields,
+    UpdatePolicy,
+    Workload,
+    _StepIdentity,
+)
+from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions, Toleration
+
+SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("Identity and scheduling (top level)", Identity, ""),
+    ("Workload fields (every kind; pipeline defaults for its steps)", Workload, "`run` is required for every kind but pipeline."),
+    ("Service fields (`kind: service`)", ServiceFields, ""),
+    ("Pipeline steps (`steps[]`)", _StepIdentity, "Each step also takes `kind` (default batch), `run` and any workload field; unset fields inherit the pipeline's, `env` and `secrets` merge."),
+    ("`resources`", Resources, ""),
+    ("`resources.gpus`", GpuSpec, "Shorthand: `2`, `A100`, `A100:2`, `A100:80GB:2`."),
+    ("`secrets.<NAME>`", SecretRef, "Shorthand: `variable:NAME`, `connection:CONN_ID[.password|login|host|extra|uri]`, `kubernetes:SECRET/KEY`."),
+    ("`retries`", Retries, "Shorthand: `retries: 2`."),
+    ("`health`", Health, ""),
+    ("`update`", UpdatePolicy, ""),
+    ("`slurm`", SlurmOptions, ""),
+    ("`kubernetes`", KubernetesOptions, ""),
+    ("`kubernetes.tolerations[]`", Toleration, ""),
+    ("`ssh`", SshOptions, ""),
+    ("`local`", LocalOptions, ""),
+]  # fmt: skip
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "**required**"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return "(see below)"
+    else:
+        value = field.default
+    if value is PydanticUndefined:
+        return ""
+    if hasattr(value, "total_seconds"):
+        from flexorch_provider.spec.units import format_duration
+
+        return f"`{format_duration(value)}`"
+    return f"`{json.dumps(value)}`"
+
+
+def markdown_reference() -> str:
+    out = [
+        "# Spec reference",
+        "",
+        "Generated from the models by `flexorch schema --format markdown`; do not edit by hand.",
+        "Editors: point yaml-language-server at the JSON Schema from `flexorch schema`.",
+        "",
+        f"`kind` is one of: {', '.join(f'`{k}`' for k in SPEC_CLASSES)}. Unknown keys are errors.",
+    ]
+    for title, model, note in SECTIONS:
+        out += ["", f"## {title}", ""]
+        if note:
+            out += [note, ""]
+        out += ["| key | default | description |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            desc = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | {_default(field)} | {desc} |")
+    return "\n".join(out) + "\n"

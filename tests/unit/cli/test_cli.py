@@ -1,0 +1,87 @@
+"""The flexorch command line, run as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from flexorch_provider.cli.main import main
+
+ROOT = Path(__file__).parents[3]
+EXAMPLES = ROOT / "spec_examples"
+
+
+def flexorch(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("flexorch", path=str(Path(sys.executable).parent)) or "flexorch"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_validate_examples_exits_zero():
+    result = flexorch("validate", str(EXAMPLES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ok  ") == len(list(EXAMPLES.glob("*.yaml")))
+
+
+def test_validate_reports_file_line_field_and_did_you_mean(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: demo\nkind: batch\nrun: echo\nresorces: {cpus: 2}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("name: good\nkind: batch\nrun: echo\n")
+    result = flexorch("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout.strip() == f"{bad}:4: resorces: unknown key; did you mean 'resources'?"
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_one_line_per_problem_and_duplicate_names(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("name: same\nkind: batch\nrun: x\n")
+    (tmp_path / "b.yaml").write_text("name: same\nkind: batch\nrun: x\n")
+    (tmp_path / "c.yaml").write_text("name: c\nkind: batch\nrun: x\ntimeout: never\nresources: {memory: 3}\n")
+    assert main(["validate", "-q", str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    assert any("b.yaml: name: 'same' is already used by" in line for line in lines)
+    assert any(line.startswith(f"{tmp_path / 'c.yaml'}:4: timeout:") for line in lines)
+
+
+def test_validate_missing_path_and_empty_folder(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path)]) == 1
+    assert "no spec files" in capsys.readouterr().err
+
+
+def test_schema_prints_valid_json_schema():
+    result = flexorch("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert set(schema["discriminator"]["mapping"]) == {"service", "training", "batch", "inference", "pipeline"}
+
+
+def test_render_prints_defaulted_spec(capsys):
+    assert main(["render", str(EXAMPLES / "llm-finetune.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("name: llm-finetune\nkind: training\n")
+    assert "gpus:\n    count: 2\n    type: A100\n" in out
+    assert "timeout: 6h" in out and "namespace: ml" in out
+
+
+def test_render_bad_spec_is_clean_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nkind: batch\n")
+    assert main(["render", str(bad)]) == 1
+    assert f"{bad}:1: run: required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["nope"], ["validate"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2

@@ -1,0 +1,1 @@
+"""Backends: one per target, all behind the contract in :mod:`.base`."""

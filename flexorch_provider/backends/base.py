@@ -1,0 +1,144 @@
+"""The backend contract: every target (local, ssh, slurm, kubernetes) implements these five.
+
+::
+
+    render(job)        what would run (script, manifests, commands); no side effects
+    submit(job)        start the job, idempotent on job.run_key: a live job with the same
+                       run key is returned instead of starting a second one
+    poll(handles)      status of many jobs at once (one query can serve many jobs)
+    read_logs(h, cur)  log lines after a cursor, and the next cursor
+    cancel(handle)     stop the job; nothing of it is left running
+
+Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
+can carry them across a triggerer restart.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from flexorch_provider.spec.models import Workload
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """How to find a submitted job again: enough to poll, read logs and cancel it."""
+
+    target: str
+    job_id: str
+    run_key: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobHandle:
+        return cls(
+            target=data["target"], job_id=data["job_id"], run_key=data["run_key"], data=dict(data.get("data") or {})
+        )
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    exit_code: int | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state.value, "exit_code": self.exit_code, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobStatus:
+        return cls(state=JobState(data["state"]), exit_code=data.get("exit_code"), message=data.get("message", ""))
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    lines: list[str]
+    cursor: int
+
+
+@dataclass
+class ResolvedJob:
+    """A workload ready to run: templates rendered, secrets resolved, target chosen.
+
+    ``secrets`` holds real values: it is never logged, serialized into a trigger, or
+    pushed to XCom (its repr hides the values).
+    """
+
+    run_key: str
+    name: str
+    kind: str
+    workload: Workload
+    run: str | list[str]
+    setup: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    placement: dict[str, Any] | None = None
+
+    @property
+    def timeout_s(self) -> int | None:
+        t = self.workload.timeout
+        return int(t.total_seconds()) if t is not None else None
+
+    @property
+    def key_slug(self) -> str:
+        """A filesystem/DNS-safe, unique name for this run key: readable prefix + hash."""
+        return run_key_slug(self.run_key)
+
+
+def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    return f"{dag_id}/{task_id}/{run_id}/{map_index}"
+
+
+def run_key_slug(key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    readable = re.sub(r"[^a-z0-9]+", "-", "-".join(key.split("/")[:2]).lower()).strip("-")[:40]
+    return f"{readable}-{digest}" if readable else digest
+
+
+class Backend(ABC):
+    """One target. Instances are cheap and stateless; all per-job data is in the job/handle."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def render(self, job: ResolvedJob) -> str: ...
+
+    @abstractmethod
+    def submit(self, job: ResolvedJob) -> JobHandle: ...
+
+    @abstractmethod
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]: ...
+
+    @abstractmethod
+    def read_logs(self, handle: JobHandle, cursor: int) -> LogChunk: ...
+
+    @abstractmethod
+    def cancel(self, handle: JobHandle) -> None: ...
+
+    def batch_key(self, handle: JobHandle) -> str:
+        """Handles with the same key are polled together (one query per key per interval)."""
+        return self.name

@@ -1,0 +1,369 @@
+"""The flexorch job runner: one detached supervisor per job, shared by ``local`` and ``ssh``.
+
+Standard library only and Python 3.6-compatible, because the ssh backend copies this file
+to hosts that have a plain ``python3`` and nothing else. Everything about a job lives in
+one run directory; no user value ever appears on a command line::
+
+    RUN_DIR/job.json       what to run (argv or script, setup, env, workdir, timeout)
+    RUN_DIR/secrets.json   secret env values (0600); read and deleted at start
+    RUN_DIR/runner.pid     the supervisor's pid (it is a session leader)
+    RUN_DIR/job.pgid       process group of the job (setup, then run)
+    RUN_DIR/log            job stdout+stderr, secret values replaced by ***
+    RUN_DIR/result.json    written last and atomically: state, exit code, times
+
+Modes::
+
+    python3 jobrunner.py start RUN_DIR      detach and supervise the job (returns at once)
+    python3 jobrunner.py status RUN_DIR...  one JSON line per directory
+    python3 jobrunner.py cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
+
+States: pending (launched, not yet running), running, succeeded, failed, timeout,
+cancelled, lost (the supervisor died without a result: kill -9, reboot).
+"""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+LAUNCH_GRACE_S = 30  # a run dir with no runner.pid after this long is lost
+TIMEOUT_EXIT = 124
+CANCEL_EXIT = 143
+MASK = b"***"
+MIN_MASK_LEN = 4
+BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TMPDIR")
+
+
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid):
+    """Kernel start time of ``pid`` (ticks since boot), or None without /proc."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _runner_identity():
+    return "%d %s" % (os.getpid(), _start_time(os.getpid()) or "-")
+
+
+def _runner_alive(identity):
+    """``identity`` is 'PID STARTTIME' from runner.pid; the start time guards against pid reuse."""
+    parts = (identity or "").split()
+    if not parts or not parts[0].isdigit():
+        return False
+    pid = int(parts[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = _start_time(pid)
+    if len(parts) > 1 and parts[1] != "-" and os.path.exists("/proc/%d" % pid):
+        return started == parts[1]
+    return True
+
+
+# --- status ----------------------------------------------------------------------------
+def status(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    out = {"run_dir": run_dir}
+    result = _read(os.path.join(run_dir, "result.json"))
+    log_path = os.path.join(run_dir, "log")
+    try:
+        out["log_size"] = os.path.getsize(log_path)
+    except OSError:
+        out["log_size"] = 0
+    if result:
+        try:
+            out.update(json.loads(result))
+            return out
+        except ValueError:
+            pass
+    if not os.path.isdir(run_dir):
+        out.update(state="lost", message="run directory %s is gone" % run_dir)
+        return out
+    pid = _read(os.path.join(run_dir, "runner.pid"))
+    if pid:
+        if _runner_alive(pid):
+            out.update(state="running", pid=int(pid.split()[0]))
+            return out
+        # the runner may have written its result between our two reads
+        result = _read(os.path.join(run_dir, "result.json"))
+        if result:
+            out.update(json.loads(result))
+            return out
+        out.update(state="lost", message="the job supervisor (pid %s) died without a result" % pid.split()[0])
+        return out
+    age = time.time() - os.path.getmtime(run_dir)
+    if age > LAUNCH_GRACE_S:
+        out.update(state="lost", message="the job never started (no runner after %ds)" % int(age))
+    else:
+        out.update(state="pending")
+    return out
+
+
+# --- cancel ----------------------------------------------------------------------------
+def _kill_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cancel(run_dir, grace=10.0):
+    """Ask the runner to stop the job; make sure the job's process group is gone."""
+    run_dir = os.path.abspath(run_dir)
+    pid = _read(os.path.join(run_dir, "runner.pid"))
+    pgid = _read(os.path.join(run_dir, "job.pgid"))
+    if _runner_alive(pid):
+        try:
+            os.kill(int(pid.split()[0]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace + 5
+    while time.time() < deadline:
+        if os.path.exists(os.path.join(run_dir, "result.json")) and not (
+            pgid and pgid.isdigit() and _group_alive(int(pgid))
+        ):
+            break
+        time.sleep(0.1)
+    if pgid and pgid.isdigit() and _group_alive(int(pgid)):
+        _kill_group(int(pgid), signal.SIGKILL)
+    if not os.path.exists(os.path.join(run_dir, "result.json")):
+        _write_atomic(
+            os.path.join(run_dir, "result.json"),
+            json.dumps({"state": "cancelled", "exit_code": CANCEL_EXIT, "finished_at": time.time(),
+                        "message": "cancelled"}),
+        )  # fmt: skip
+    return status(run_dir)
+
+
+# --- the supervisor --------------------------------------------------------------------
+class _Supervisor:
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.stop_reason = None  # "cancelled" | "timeout"
+        with open(os.path.join(run_dir, "job.json")) as f:
+            self.job = json.load(f)
+        secrets_path = os.path.join(run_dir, "secrets.json")
+        self.secrets = {}
+        if os.path.exists(secrets_path):
+            with open(secrets_path) as f:
+                self.secrets = json.load(f)
+            os.unlink(secrets_path)
+        self.masks = sorted(
+            {v.encode("utf-8") for v in self.secrets.values() if len(v) >= MIN_MASK_LEN}, key=len, reverse=True
+        )
+        self.log = open(os.path.join(run_dir, "log"), "ab", buffering=0)
+        self.child = None
+
+    def note(self, text):
+        self.log.write(("[flexorch] %s\n" % text).encode("utf-8"))
+
+    def environment(self):
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.update(self.job.get("env") or {})
+        env.update(self.secrets)
+        env["FLEXORCH_RUN_DIR"] = self.run_dir
+        env["FLEXORCH_JOB_ID"] = self.job.get("job_id", "")
+        env["FLEXORCH_RUN_KEY"] = self.job.get("run_key", "")
+        return env
+
+    def _on_term(self, signum, frame):
+        if self.stop_reason is None:
+            self.stop_reason = "cancelled"
+
+    def run_step(self, argv, deadline):
+        """Run one process in its own group; stream its output through the masker."""
+        workdir = self.job.get("workdir") or self.run_dir
+        workdir = os.path.join(os.path.expanduser("~"), os.path.expanduser(workdir))  # relative → home
+        try:
+            self.child = subprocess.Popen(
+                argv, cwd=workdir, env=self.environment(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp,
+            )  # fmt: skip
+        except OSError as e:
+            self.note("could not start %s: %s" % (argv[0], e))
+            return 127
+        _write_atomic(os.path.join(self.run_dir, "job.pgid"), str(self.child.pid))
+        fd = self.child.stdout.fileno()
+        pending = b""
+        self._stop_sent_at = None
+        eof = False
+        while True:
+            self._enforce_stop(deadline)
+            if eof:
+                if self.child.poll() is not None:
+                    break
+                time.sleep(0.1)
+                continue
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    eof = True
+                    continue
+                pending += chunk
+                if b"\n" in pending:
+                    lines, pending = pending.rsplit(b"\n", 1)
+                    self.log.write(self.mask(lines + b"\n"))
+                elif len(pending) > 65536:
+                    self.log.write(self.mask(pending))
+                    pending = b""
+            elif self.child.poll() is not None:
+                break  # done; a background process may still hold the pipe: it is stopped below
+        if pending:
+            self.log.write(self.mask(pending) + b"\n")
+        # background processes the step left behind die with it
+        if _group_alive(self.child.pid):
+            _kill_group(self.child.pid, signal.SIGTERM)
+            time.sleep(0.2)
+            _kill_group(self.child.pid, signal.SIGKILL)
+        code = self.child.returncode
+        return 128 - code if code < 0 else code
+
+    def _enforce_stop(self, deadline):
+        if self.stop_reason is None and deadline is not None and time.time() > deadline:
+            self.stop_reason = "timeout"
+        if self.stop_reason and self._stop_sent_at is None:
+            self.note("%s: stopping the job (SIGTERM to its process group)" % self.stop_reason)
+            _kill_group(self.child.pid, signal.SIGTERM)
+            self._stop_sent_at = time.time()
+        grace = float(self.job.get("kill_grace", 10))
+        if self._stop_sent_at is not None and time.time() - self._stop_sent_at > grace:
+            self.note("still running %ds after SIGTERM: SIGKILL" % int(grace))
+            _kill_group(self.child.pid, signal.SIGKILL)
+            self._stop_sent_at = float("inf")
+
+    def mask(self, data):
+        for secret in self.masks:
+            data = data.replace(secret, MASK)
+        return data
+
+    def shell(self):
+        for candidate in ("/bin/bash", "/usr/bin/bash", "/bin/sh"):
+            if os.path.exists(candidate):
+                return candidate
+        return "sh"
+
+    def main(self):
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _write_atomic(os.path.join(self.run_dir, "runner.pid"), _runner_identity())
+        started = time.time()
+        timeout = self.job.get("timeout")
+        deadline = started + float(timeout) if timeout else None
+        code = 0
+        setup = self.job.get("setup")
+        if setup:
+            path = os.path.join(self.run_dir, "setup.sh")
+            with open(path, "w") as f:
+                f.write(setup)
+            self.note("setup")
+            code = self.run_step([self.shell(), "-e", path], deadline)
+            if code != 0 and not self.stop_reason:
+                self.note("setup failed with exit code %d; run is skipped" % code)
+        if code == 0 and not self.stop_reason:
+            if self.job.get("argv"):
+                argv = list(self.job["argv"])
+            else:
+                path = os.path.join(self.run_dir, "run.sh")
+                with open(path, "w") as f:
+                    f.write(self.job.get("script") or "")
+                argv = [self.shell(), path]
+            code = self.run_step(argv, deadline)
+        if self.stop_reason == "timeout":
+            state, code = "timeout", TIMEOUT_EXIT
+            message = "timed out after %ds" % int(float(timeout))
+        elif self.stop_reason == "cancelled":
+            state, code = "cancelled", CANCEL_EXIT
+            message = "cancelled"
+        else:
+            state = "succeeded" if code == 0 else "failed"
+            message = "exit code %d" % code
+        self.note("%s (%s)" % (state, message))
+        self.log.close()
+        _write_atomic(
+            os.path.join(self.run_dir, "result.json"),
+            json.dumps({"state": state, "exit_code": code, "started_at": started, "finished_at": time.time(),
+                        "message": message}),
+        )  # fmt: skip
+
+
+def start(run_dir):
+    """Detach (double fork + setsid) so the job outlives whoever started it, then supervise."""
+    run_dir = os.path.abspath(run_dir)
+    if os.fork() > 0:
+        return
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        _Supervisor(run_dir).main()
+    except BaseException as e:  # record why, then exit; nobody is watching stderr
+        try:
+            with open(os.path.join(run_dir, "log"), "ab") as f:
+                f.write(("[flexorch] supervisor error: %r\n" % (e,)).encode())
+            _write_atomic(
+                os.path.join(run_dir, "result.json"),
+                json.dumps({"state": "failed", "exit_code": 1, "finished_at": time.time(),
+                            "message": "supervisor error: %r" % (e,)}),
+            )  # fmt: skip
+        finally:
+            os._exit(1)
+    os._exit(0)
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "start":
+        start(argv[1])
+    elif len(argv) >= 2 and argv[0] == "status":
+        for run_dir in argv[1:]:
+            sys.stdout.write(json.dumps(status(run_dir)) + "\n")
+    elif len(argv) >= 2 and argv[0] == "cancel":
+        sys.stdout.write(json.dumps(cancel(argv[1])) + "\n")
+    else:
+        sys.stderr.write("usage: jobrunner.py start|status|cancel RUN_DIR...\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,160 @@
+"""The ``local`` target: the job runs on the Airflow worker itself, detached from it.
+
+Each run gets ``<root>/<run-key-slug>/<attempt>/`` and is supervised by
+:mod:`flexorch_provider.backends.jobrunner` — the same runner the ssh backend starts on
+remote hosts. The runner outlives the worker, so a worker that dies and comes back (or a
+retry while the job still runs) reattaches to the live attempt instead of starting a
+second one. A finished attempt is never reattached: a retry after a failure runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flexorch_provider.backends import jobrunner
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogChunk, ResolvedJob
+from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
+
+RUNNER = Path(jobrunner.__file__)
+MAX_LOG_READ = 1 << 20
+
+
+def run_root(job: ResolvedJob) -> Path:
+    configured = job.workload.local.run_dir or os.environ.get("FLEXORCH_RUN_DIR") or "~/.flexorch/runs"
+    return Path(configured).expanduser().absolute()
+
+
+def job_document(job: ResolvedJob, job_id: str) -> dict:
+    """job.json for the runner. Secret values are not in it (they go to secrets.json)."""
+    return {
+        "job_id": job_id,
+        "run_key": job.run_key,
+        "argv": job.run if isinstance(job.run, list) else None,
+        "script": job.run if isinstance(job.run, str) else None,
+        "setup": job.setup,
+        "env": job.env,
+        "workdir": job.workdir,
+        "timeout": job.timeout_s,
+        "kill_grace": 10,
+    }
+
+
+def _attempts(key_dir: Path) -> list[int]:
+    try:
+        return sorted(int(p.name) for p in key_dir.iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def render(self, job: ResolvedJob) -> str:
+        run_dir = run_root(job) / job.key_slug / "<attempt>"
+        doc = job_document(job, f"{job.key_slug}/<attempt>")
+        lines = [
+            f"# local: runs on this Airflow worker, detached, in {run_dir}",
+            f"# secrets (written to secrets.json, 0600, deleted at start): {', '.join(job.secrets) or 'none'}",
+            "# job.json:",
+            json.dumps(doc, indent=2),
+            "# started with:",
+            f"{sys.executable} {RUNNER} start {run_dir}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _handle(self, job: ResolvedJob, run_dir: Path) -> JobHandle:
+        return JobHandle(
+            target=self.name,
+            job_id=f"{run_dir.parent.name}/{run_dir.name}",
+            run_key=job.run_key,
+            data={"run_dir": str(run_dir), "host": socket.gethostname()},
+        )
+
+    def submit(self, job: ResolvedJob) -> JobHandle:
+        key_dir = run_root(job) / job.key_slug
+        try:
+            key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise SubmitError(f"cannot create the run directory {key_dir}: {e.strerror or e}") from e
+        attempts = _attempts(key_dir)
+        if attempts:
+            latest = key_dir / str(attempts[-1])
+            if jobrunner.status(str(latest))["state"] in ("pending", "running"):
+                return self._handle(job, latest)  # reattach: never a second live job per run key
+        number = (attempts[-1] + 1) if attempts else 1
+        run_dir = key_dir / str(number)
+        try:
+            run_dir.mkdir(mode=0o700)  # atomic: two racing submitters cannot both create it
+        except FileExistsError:
+            return self._handle(job, run_dir)
+        handle = self._handle(job, run_dir)
+        _write_private(run_dir / "job.json", json.dumps(job_document(job, handle.job_id)))
+        if job.secrets:
+            _write_private(run_dir / "secrets.json", json.dumps(job.secrets))
+        try:
+            subprocess.run(
+                [sys.executable, str(RUNNER), "start", str(run_dir)],
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SubmitError(f"could not start the job runner for {run_dir}: {e}") from e
+        return handle
+
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
+        out: dict[str, JobStatus] = {}
+        for handle in handles:
+            run_dir = handle.data["run_dir"]
+            if not os.path.isdir(run_dir) and handle.data.get("host") not in (None, socket.gethostname()):
+                out[handle.job_id] = JobStatus(
+                    JobState.LOST,
+                    message=f"the local job ran on host {handle.data['host']}, not on {socket.gethostname()}: "
+                    "run local jobs with deferrable=False when workers and triggerer are on different hosts",
+                )
+                continue
+            raw = jobrunner.status(run_dir)
+            out[handle.job_id] = JobStatus(JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""))
+        return out
+
+    def read_logs(self, handle: JobHandle, cursor: int) -> LogChunk:
+        return read_log_file(Path(handle.data["run_dir"]) / "log", cursor)
+
+    def cancel(self, handle: JobHandle) -> None:
+        run_dir = handle.data["run_dir"]
+        if not os.path.isdir(run_dir):
+            raise JobLostError(f"run directory {run_dir} is gone; nothing to cancel")
+        result = jobrunner.cancel(run_dir)
+        if result.get("state") in ("pending", "running"):
+            raise BackendError(f"job {handle.job_id} is still running after cancel")
+
+
+def read_log_file(path: Path, cursor: int) -> LogChunk:
+    """Complete lines after byte ``cursor``; the cursor moves past the last newline read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(cursor)
+            data = f.read(MAX_LOG_READ)
+    except FileNotFoundError:
+        return LogChunk([], cursor)
+    end = data.rfind(b"\n")
+    if end < 0:
+        if len(data) < MAX_LOG_READ:
+            return LogChunk([], cursor)
+        end = len(data) - 1  # one huge line: hand it over in pieces
+    text = data[: end + 1].decode("utf-8", errors="replace")
+    return LogChunk(text.splitlines(), cursor + end + 1)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

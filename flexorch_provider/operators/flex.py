@@ -1,0 +1,171 @@
+"""FlexOperator: run one flexorch spec (or one pipeline step) on its target.
+
+Everything about the job comes from the spec; the operator only adds Airflow knobs::
+
+    FlexOperator(task_id="train", spec="specs/llm-finetune.yaml")
+    FlexOperator(task_id="train", spec=spec_dict, overrides={"resources": {"gpus": 4}},
+                 target="local", deferrable=False, poll_interval=10)
+
+The path is always the same: resolve (templates, secrets) → submit to the first target
+that accepts (idempotent on the run key) → follow with :class:`FlexJobTrigger` (or poll
+in place when not deferrable) → XCom on success, an error with the log tail otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from pydantic import BaseModel
+
+from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob, run_key
+from flexorch_provider.backends.registry import get_backend
+from flexorch_provider.exceptions import BackendError, BackendUnavailableError, JobFailedError, SubmitError
+from flexorch_provider.resolve import load_workload, resolve_secrets
+from flexorch_provider.triggers.job import FlexJobTrigger
+
+TAIL_LINES = 30
+
+
+class FlexOperator(BaseOperator):
+    """Run a flexorch spec.
+
+    :param spec: path to a spec file, a spec dict, or a spec/step model.
+    :param step: for a pipeline spec, the step to run.
+    :param overrides: values merged into the spec before validation, e.g. ``{"resources": {"gpus": 2}}``.
+    :param target: replaces the spec's target (or ordered target list).
+    :param deferrable: free the worker slot while the job runs (default True).
+    :param poll_interval: seconds between status checks.
+    """
+
+    template_fields = ("run", "setup", "env", "workdir")
+    template_fields_renderers = {"run": "bash", "setup": "bash", "env": "json"}
+    template_ext = ()
+    ui_color = "#d9f0e3"
+
+    def __init__(
+        self,
+        *,
+        spec: str | Path | dict[str, Any] | BaseModel,
+        step: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        target: str | list[str] | None = None,
+        deferrable: bool = True,
+        poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        workload = load_workload(spec, step=step, overrides=overrides, target=target)
+        kwargs.setdefault("retries", workload.retries.count)
+        kwargs.setdefault("retry_delay", workload.retries.delay)
+        super().__init__(**kwargs)
+        self.workload = workload
+        self.run = workload.run  # type: ignore[attr-defined]
+        self.setup = workload.setup
+        self.env = dict(workload.env)
+        self.workdir = workload.workdir
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self._handle: JobHandle | None = None
+
+    # --- execution -----------------------------------------------------------------------
+    def _resolved(self, context: Any) -> ResolvedJob:
+        ti = context["ti"]
+        return ResolvedJob(
+            run_key=run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
+            name=self.workload.name,  # type: ignore[attr-defined]
+            kind=self.workload.kind,  # type: ignore[attr-defined]
+            workload=self.workload,
+            run=self.run,
+            setup=self.setup,
+            env={k: str(v) for k, v in (self.env or {}).items()},
+            workdir=self.workdir,
+            secrets=resolve_secrets(self.workload),
+        )
+
+    def _submit(self, job: ResolvedJob) -> JobHandle:
+        refusals: list[str] = []
+        for target in self.workload.target:
+            try:
+                handle = get_backend(target).submit(job)
+            except (SubmitError, BackendUnavailableError) as e:
+                self.log.warning("target %s refused the job: %s", target, e)
+                refusals.append(f"{target}: {e}")
+                continue
+            if refusals:
+                self.log.info("falling back: %s", "; ".join(refusals))
+            self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
+            return handle
+        raise SubmitError("no target accepted the job:\n  " + "\n  ".join(refusals))
+
+    def execute(self, context: Any) -> Any:
+        job = self._resolved(context)
+        handle = self._submit(job)
+        self._handle = handle
+        context["ti"].xcom_push(key="job", value=_public(handle))
+        if self.deferrable:
+            self.defer(
+                trigger=FlexJobTrigger(
+                    handle=handle.to_dict(), poll_interval=self.poll_interval, tail_lines=TAIL_LINES
+                ),
+                method_name="execute_complete",
+            )
+        return self._wait(handle)
+
+    def _wait(self, handle: JobHandle) -> dict[str, Any]:
+        """Non-deferrable mode: follow the job from the worker, streaming its log."""
+        backend = get_backend(handle.target)
+        cursor = 0
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        while True:
+            status = backend.poll([handle])[handle.job_id]
+            while True:
+                chunk = backend.read_logs(handle, cursor)
+                for line in chunk.lines:
+                    self.log.info("%s", line)
+                    tail.append(line)
+                if chunk.cursor == cursor:
+                    break
+                cursor = chunk.cursor
+            if status.state.finished:
+                return self._finish(
+                    {"status": "success" if status.state == JobState.SUCCEEDED else "failed",
+                     "handle": handle.to_dict(), "state": status.state.value, "exit_code": status.exit_code,
+                     "message": status.message, "log_tail": list(tail)}
+                )  # fmt: skip
+            time.sleep(self.poll_interval)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        return self._finish(event)
+
+    def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
+        handle = JobHandle.from_dict(event["handle"])
+        self._handle = None
+        if event.get("status") == "success":
+            self.log.info("job %s on %s succeeded", handle.job_id, handle.target)
+            return {**_public(handle), "state": event.get("state"), "exit_code": event.get("exit_code")}
+        if event.get("status") == "failed":
+            raise JobFailedError(
+                f"job {handle.job_id} on {handle.target} {event.get('state')}: {event.get('message')}",
+                exit_code=event.get("exit_code"),
+                log_tail=event.get("log_tail"),
+            )
+        raise BackendError(f"job {handle.job_id} on {handle.target}: {event.get('message')}")
+
+    def on_kill(self) -> None:
+        """The task was killed (mark failed, timeout, SIGTERM): stop the job."""
+        handle = self._handle
+        if handle is None:
+            return
+        self.log.info("cancelling job %s on %s", handle.job_id, handle.target)
+        try:
+            get_backend(handle.target).cancel(handle)
+        except Exception:
+            self.log.exception("could not cancel job %s", handle.job_id)
+
+
+def _public(handle: JobHandle) -> dict[str, Any]:
+    """What goes to XCom: identifiers only, never secrets."""
+    return {"job_id": handle.job_id, "target": handle.target, "run_key": handle.run_key}

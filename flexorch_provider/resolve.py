@@ -1,0 +1,122 @@
+"""spec → the workload to run: load, apply overrides, pick a pipeline step, resolve secrets."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
+from flexorch_provider.spec.fields import SecretRef
+from flexorch_provider.spec.loader import load_spec, parse_spec, parse_yaml
+from flexorch_provider.spec.models import PipelineSpec, Workload
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_workload(
+    spec: str | Path | dict[str, Any] | BaseModel,
+    *,
+    step: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    target: str | list[str] | None = None,
+) -> Workload:
+    """Whatever FlexOperator was given → one validated workload (a spec or a pipeline step)."""
+    extra = dict(overrides or {})
+    if target is not None:
+        extra["target"] = target
+    if isinstance(spec, str | Path):
+        path = str(spec)
+        if not extra:
+            model: BaseModel = load_spec(path)
+        else:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as e:
+                raise SpecError(SpecProblem(path, None, "", f"cannot read the file: {e.strerror or e}")) from None
+            data, lines = parse_yaml(text, path)
+            model = parse_spec(_merge(data, extra), file=path, lines=lines)
+    elif isinstance(spec, dict):
+        model = parse_spec(_merge(spec, extra), file="<dict spec>")
+    elif isinstance(spec, BaseModel):
+        model = spec
+        if extra:
+            try:
+                model = type(spec).model_validate(_merge(spec.model_dump(mode="json"), extra))
+            except ValidationError as e:
+                raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
+    else:
+        raise ConfigurationError(f"spec must be a path, a dict or a spec model, not {type(spec).__name__}")
+
+    if isinstance(model, PipelineSpec):
+        steps = {s.name: s for s in model.effective_steps()}
+        if step is None:
+            raise ConfigurationError(
+                f"{model.name!r} is a pipeline with steps {', '.join(steps)}; pass step='<name>' to run one of them, "
+                "or drop the spec into the specs folder to get the whole pipeline as a DAG"
+            )
+        if step not in steps:
+            raise ConfigurationError(f"pipeline {model.name!r} has no step {step!r} (steps: {', '.join(steps)})")
+        return steps[step]  # type: ignore[no-any-return]
+    if step is not None:
+        raise ConfigurationError(
+            f"step={step!r} was given but the spec is a {getattr(model, 'kind', '?')}, not a pipeline"
+        )
+    if not isinstance(model, Workload):
+        raise ConfigurationError(f"{type(model).__name__} is not a runnable workload")
+    return model
+
+
+def resolve_secret(name: str, ref: SecretRef) -> str:
+    """Read one secret from Airflow. Raises ConfigurationError saying how to create it."""
+    if ref.source == "variable":
+        from airflow.sdk import Variable
+
+        try:
+            value = Variable.get(ref.name)
+        except Exception as e:
+            raise ConfigurationError(
+                f"secrets.{name}: Airflow Variable {ref.name!r} could not be read ({type(e).__name__}); "
+                f"create it with: airflow variables set {ref.name} <value>"
+            ) from None
+        return str(value)
+    if ref.source == "connection":
+        from airflow.sdk import BaseHook
+
+        try:
+            conn = BaseHook.get_connection(ref.name)
+        except Exception as e:
+            raise ConfigurationError(
+                f"secrets.{name}: Airflow Connection {ref.name!r} could not be read ({type(e).__name__}); "
+                f"create it with: airflow connections add {ref.name} --conn-password <value>"
+            ) from None
+        field = ref.key or "password"
+        value = conn.get_uri() if field == "uri" else getattr(conn, field, None)
+        if value in (None, ""):
+            raise ConfigurationError(f"secrets.{name}: connection {ref.name!r} has no {field}")
+        return str(value)
+    raise ConfigurationError(f"secrets.{name}: {ref} is read by the kubernetes target itself, not by Airflow")
+
+
+def resolve_secrets(workload: Workload) -> dict[str, str]:
+    """Every Airflow-backed secret of the workload, registered with the secret masker."""
+    from airflow.sdk.log import mask_secret
+
+    values: dict[str, str] = {}
+    for name, ref in workload.secrets.items():
+        if ref.source == "kubernetes":
+            continue
+        value = resolve_secret(name, ref)
+        mask_secret(value, name)
+        values[name] = value
+    return values

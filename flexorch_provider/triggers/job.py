@@ -1,0 +1,207 @@
+"""The one backend-agnostic trigger: follow a job until it ends, streaming its log.
+
+All triggers in a triggerer process share one :class:`StatusBatcher`: the jobs of one
+backend batch key (one Slurm cluster, one SSH host, the local machine) are polled with a
+single ``backend.poll`` call per interval, however many tasks are deferred.
+
+Like every trigger it never raises: problems become an event with ``status: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus
+from flexorch_provider.exceptions import FlexorchError
+
+MAX_CONSECUTIVE_ERRORS = 5
+DRAIN_ROUNDS = 3
+
+
+@dataclass
+class _Group:
+    backend: Backend
+    interval: float
+    members: dict[str, JobHandle] = field(default_factory=dict)
+    waiters: dict[str, list[asyncio.Future[JobStatus]]] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    polls: int = 0
+
+
+class StatusBatcher:
+    """One poll loop per batch key; every watcher gets each round's result for its job."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, str], _Group] = {}
+
+    def polls(self, key: str) -> int:
+        return sum(g.polls for (loop, k), g in self._groups.items() if k == key)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, backend: Backend, handle: JobHandle, interval: float) -> AsyncIterator[_Watch]:
+        gkey = (id(asyncio.get_running_loop()), backend.batch_key(handle))
+        group = self._groups.get(gkey)
+        if group is None:
+            group = self._groups[gkey] = _Group(backend=backend, interval=interval)
+        group.interval = min(group.interval, interval)
+        group.members[handle.job_id] = handle
+        if group.task is None or group.task.done():
+            group.task = asyncio.get_running_loop().create_task(self._loop(gkey, group))
+        try:
+            yield _Watch(group, handle.job_id)
+        finally:
+            group.members.pop(handle.job_id, None)
+            for fut in group.waiters.pop(handle.job_id, []):
+                fut.cancel()
+
+    async def _loop(self, gkey: tuple[int, str], group: _Group) -> None:
+        try:
+            while group.members:
+                handles = list(group.members.values())
+                error: BaseException | None = None
+                result: dict[str, JobStatus] = {}
+                try:
+                    result = await asyncio.to_thread(group.backend.poll, handles)
+                except Exception as e:  # delivered to every watcher; each decides
+                    error = e
+                group.polls += 1
+                for job_id in [h.job_id for h in handles]:
+                    for fut in group.waiters.pop(job_id, []):
+                        if fut.done():
+                            continue
+                        if error is not None:
+                            fut.set_exception(error)
+                        elif job_id in result:
+                            fut.set_result(result[job_id])
+                        else:
+                            fut.set_exception(FlexorchError(f"the backend returned no status for job {job_id}"))
+                await asyncio.sleep(group.interval)
+        finally:
+            if self._groups.get(gkey) is group and not group.members:
+                del self._groups[gkey]
+
+
+@dataclass
+class _Watch:
+    group: _Group
+    job_id: str
+
+    async def next(self) -> JobStatus:
+        fut: asyncio.Future[JobStatus] = asyncio.get_running_loop().create_future()
+        self.group.waiters.setdefault(self.job_id, []).append(fut)
+        return await fut
+
+
+BATCHER = StatusBatcher()
+
+
+class FlexJobTrigger(BaseTrigger):
+    """Follows one job on any backend; fires once with the outcome.
+
+    :param handle: ``JobHandle.to_dict()`` of the submitted job.
+    :param poll_interval: seconds between status polls (shared per batch key).
+    :param log_cursor: where in the job's log to start streaming.
+    :param tail_lines: how many last log lines a failure event carries.
+    """
+
+    def __init__(
+        self, handle: dict[str, Any], poll_interval: float = 5.0, log_cursor: int = 0, tail_lines: int = 30
+    ) -> None:
+        super().__init__()
+        self.handle = handle
+        self.poll_interval = float(poll_interval)
+        self.log_cursor = int(log_cursor)
+        self.tail_lines = int(tail_lines)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "handle": self.handle,
+                "poll_interval": self.poll_interval,
+                "log_cursor": self.log_cursor,
+                "tail_lines": self.tail_lines,
+            },
+        )
+
+    def _backend(self) -> Backend:
+        from flexorch_provider.backends.registry import get_backend
+
+        return get_backend(self.handle["target"])
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            handle = JobHandle.from_dict(self.handle)
+            backend = self._backend()
+        except Exception as e:
+            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"cannot follow the job: {e}"})
+            return
+        tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
+        cursor = self.log_cursor
+        errors = 0
+        async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
+            while True:
+                try:
+                    status = await watch.next()
+                    cursor = await self._stream(backend, handle, cursor, tail)
+                    errors = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    errors += 1
+                    if errors >= MAX_CONSECUTIVE_ERRORS:
+                        yield TriggerEvent(
+                            {
+                                "status": "error",
+                                "handle": self.handle,
+                                "message": f"lost contact with job {handle.job_id} after {errors} failed polls: {e}",
+                                "log_tail": list(tail),
+                            }
+                        )
+                        return
+                    self.log.warning(
+                        "polling job %s failed (%d/%d): %s", handle.job_id, errors, MAX_CONSECUTIVE_ERRORS, e
+                    )
+                    continue
+                if status.state.finished:
+                    for _ in range(DRAIN_ROUNDS):  # whatever was written after the last poll
+                        before = cursor
+                        with contextlib.suppress(Exception):
+                            cursor = await self._stream(backend, handle, cursor, tail)
+                        if cursor == before:
+                            break
+                    yield TriggerEvent(
+                        {
+                            "status": "success" if status.state == JobState.SUCCEEDED else "failed",
+                            "handle": self.handle,
+                            "state": status.state.value,
+                            "exit_code": status.exit_code,
+                            "message": status.message,
+                            "log_tail": list(tail),
+                            "log_cursor": cursor,
+                        }
+                    )
+                    return
+
+    async def _stream(self, backend: Backend, handle: JobHandle, cursor: int, tail: collections.deque[str]) -> int:
+        chunk = await asyncio.to_thread(backend.read_logs, handle, cursor)
+        for line in chunk.lines:
+            self.log.info("%s", line)
+            tail.append(line)
+        return chunk.cursor
+
+    async def on_kill(self) -> None:
+        """The user marked the task failed/success or cleared it: stop the job."""
+        try:
+            handle = JobHandle.from_dict(self.handle)
+            self.log.info("task killed: cancelling job %s on %s", handle.job_id, handle.target)
+            await asyncio.to_thread(self._backend().cancel, handle)
+        except Exception:
+            self.log.exception("could not cancel job %s", self.handle.get("job_id"))

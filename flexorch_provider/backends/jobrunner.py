@@ -135,6 +135,19 @@ def _kill_group(pgid, sig):
 
 
 def _group_alive(pgid):
+    """True while any non-zombie process is in group ``pgid`` (zombies are already dead)."""
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+                return True
+        return False
     try:
         os.killpg(pgid, 0)
         return True
@@ -142,6 +155,27 @@ def _group_alive(pgid):
         return False
     except PermissionError:
         return True
+
+
+def _become_subreaper():
+    """Orphans of the job (its background processes) are re-parented to us, so we can reap them."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def cancel(run_dir, grace=10.0):
@@ -250,8 +284,17 @@ class _Supervisor:
         # background processes the step left behind die with it
         if _group_alive(self.child.pid):
             _kill_group(self.child.pid, signal.SIGTERM)
-            time.sleep(0.2)
+            for _ in range(20):
+                _reap()
+                if not _group_alive(self.child.pid):
+                    break
+                time.sleep(0.05)
             _kill_group(self.child.pid, signal.SIGKILL)
+        for _ in range(20):
+            _reap()
+            if not _group_alive(self.child.pid):
+                break
+            time.sleep(0.05)
         code = self.child.returncode
         return 128 - code if code < 0 else code
 
@@ -283,6 +326,7 @@ class _Supervisor:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        _become_subreaper()
         _write_atomic(os.path.join(self.run_dir, "runner.pid"), _runner_identity())
         started = time.time()
         timeout = self.job.get("timeout")

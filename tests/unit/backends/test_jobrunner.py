@@ -1,0 +1,164 @@
+"""The shared job runner, with real processes: the same code runs on ssh hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flexorch_provider.backends import jobrunner
+
+RUNNER = jobrunner.__file__
+
+
+def start(run_dir: Path, job: dict, secrets: dict | None = None) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.json").write_text(json.dumps(job))
+    if secrets:
+        (run_dir / "secrets.json").write_text(json.dumps(secrets))
+    subprocess.run([sys.executable, RUNNER, "start", str(run_dir)], check=True, timeout=30)
+
+
+def wait_done(run_dir: Path, timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobrunner.status(str(run_dir))
+        if st["state"] not in ("pending", "running"):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"job in {run_dir} did not finish: {jobrunner.status(str(run_dir))}")
+
+
+def group_alive(pgid: int) -> bool:
+    """Any live (non-zombie) process in the group, as `ps` sees it."""
+    out = subprocess.run(["ps", "-e", "-o", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+    return any(p.split()[0] == str(pgid) and not p.split()[1].startswith("Z") for p in out.splitlines() if p.strip())
+
+
+def test_success_and_output(tmp_path):
+    start(tmp_path / "r", {"script": "echo one; echo two >&2", "env": {"X": "y"}})
+    st = wait_done(tmp_path / "r")
+    assert (st["state"], st["exit_code"]) == ("succeeded", 0)
+    log = (tmp_path / "r" / "log").read_text().splitlines()
+    assert log[:2] == ["one", "two"]
+
+
+def test_failure_keeps_exit_code(tmp_path):
+    start(tmp_path / "r", {"script": "echo about to fail; exit 7"})
+    st = wait_done(tmp_path / "r")
+    assert (st["state"], st["exit_code"]) == ("failed", 7)
+
+
+def test_setup_runs_first_and_failure_skips_run(tmp_path):
+    start(tmp_path / "ok", {"setup": "echo setup > marker", "script": "cat marker", "workdir": str(tmp_path)})
+    assert wait_done(tmp_path / "ok")["state"] == "succeeded"
+    assert "setup" in (tmp_path / "ok" / "log").read_text().splitlines()
+    start(tmp_path / "bad", {"setup": "false\necho not reached", "script": "echo run ran"})
+    st = wait_done(tmp_path / "bad")
+    log = (tmp_path / "bad" / "log").read_text()
+    assert st["state"] == "failed" and "run ran" not in log and "not reached" not in log
+    assert "setup failed" in log
+
+
+def test_timeout_kills_whole_group(tmp_path):
+    start(tmp_path / "r", {"script": "sleep 60 & sleep 60", "timeout": 1, "kill_grace": 1})
+    st = wait_done(tmp_path / "r")
+    assert (st["state"], st["exit_code"]) == ("timeout", 124)
+    pgid = int((tmp_path / "r" / "job.pgid").read_text())
+    assert not group_alive(pgid)
+
+
+def test_cancel_kills_whole_group_including_background(tmp_path):
+    start(tmp_path / "r", {"script": "sleep 60 & echo started; sleep 60"})
+    deadline = time.time() + 10
+    while "started" not in (tmp_path / "r" / "log").read_text() if (tmp_path / "r" / "log").exists() else True:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    pgid = int((tmp_path / "r" / "job.pgid").read_text())
+    assert group_alive(pgid)
+    st = jobrunner.cancel(str(tmp_path / "r"))
+    assert st["state"] == "cancelled"
+    assert not group_alive(pgid)
+
+
+def test_leftover_background_processes_are_stopped_after_success(tmp_path):
+    start(tmp_path / "r", {"script": "sleep 60 & echo main done"})
+    assert wait_done(tmp_path / "r")["state"] == "succeeded"
+    pgid = int((tmp_path / "r" / "job.pgid").read_text())
+    time.sleep(0.3)
+    assert not group_alive(pgid)
+
+
+def test_secrets_are_masked_and_deleted_from_disk(tmp_path):
+    start(
+        tmp_path / "r",
+        {"script": 'echo "token=$TOKEN"; echo "twice $TOKEN $TOKEN"'},
+        secrets={"TOKEN": "hunter2-secret-value"},
+    )
+    wait_done(tmp_path / "r")
+    log = (tmp_path / "r" / "log").read_text()
+    assert "hunter2" not in log
+    assert "token=***" in log and "twice *** ***" in log
+    assert not (tmp_path / "r" / "secrets.json").exists()
+    assert "hunter2" not in (tmp_path / "r" / "job.json").read_text()
+
+
+def test_worker_environment_does_not_leak(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://user:pw@db/airflow")
+    start(tmp_path / "r", {"script": "env", "env": {"MINE": "1"}})
+    wait_done(tmp_path / "r")
+    log = (tmp_path / "r" / "log").read_text()
+    assert "AIRFLOW__DATABASE" not in log and "MINE=1" in log and "FLEXORCH_RUN_DIR=" in log
+
+
+NASTY = ["$(touch pwned1)", "`touch pwned2`", "a;touch pwned3", "'\"", "new\nline", "*", "$HOME", "--flag=x y"]
+
+
+def test_argv_and_env_reach_the_process_byte_for_byte(tmp_path):
+    out = tmp_path / "out.json"
+    code = "import json,os,sys; json.dump({'argv': sys.argv[1:], 'env': os.environ['NASTY']}, open(sys.argv[-1] + '', 'w'))"
+    start(
+        tmp_path / "r",
+        {"argv": [sys.executable, "-c", code, *NASTY, str(out)], "env": {"NASTY": "\n".join(NASTY)},
+         "workdir": str(tmp_path)},
+    )  # fmt: skip
+    assert wait_done(tmp_path / "r")["state"] == "succeeded"
+    got = json.loads(out.read_text())
+    assert got["argv"][:-1] == NASTY and got["env"] == "\n".join(NASTY)
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_runner_killed_hard_is_reported_lost(tmp_path):
+    start(tmp_path / "r", {"script": "sleep 30"})
+    deadline = time.time() + 10
+    while not (tmp_path / "r" / "job.pgid").exists():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    pid = int((tmp_path / "r" / "runner.pid").read_text().split()[0])
+    pgid = int((tmp_path / "r" / "job.pgid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
+    time.sleep(0.2)
+    st = jobrunner.status(str(tmp_path / "r"))
+    assert st["state"] == "lost" and "died without a result" in st["message"]
+
+
+def test_missing_workdir_is_a_clear_failure(tmp_path):
+    start(tmp_path / "r", {"script": "true", "workdir": str(tmp_path / "nope")})
+    st = wait_done(tmp_path / "r")
+    assert st["state"] == "failed"
+    assert "could not start" in (tmp_path / "r" / "log").read_text()
+
+
+@pytest.mark.parametrize("mode", ["status", "cancel"])
+def test_cli_modes_print_json(tmp_path, mode):
+    start(tmp_path / "r", {"script": "true"})
+    wait_done(tmp_path / "r")
+    out = subprocess.run([sys.executable, RUNNER, mode, str(tmp_path / "r")], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[0])["state"] == "succeeded"

@@ -1,0 +1,90 @@
+"""LocalBackend: idempotent submit, reattach, logs by cursor, render without side effects."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob, run_key
+from flexorch_provider.backends.local import LocalBackend, read_log_file
+from flexorch_provider.spec import load_spec_text
+
+
+def make_job(tmp_path: Path, run: str, key: str = "dag/task/run1/-1", **kw) -> ResolvedJob:
+    spec = load_spec_text(f"name: t\nkind: batch\nrun: x\nlocal: {{run_dir: '{tmp_path / 'runs'}'}}\n")
+    return ResolvedJob(run_key=key, name="t", kind="batch", workload=spec, run=run, **kw)
+
+
+def wait(backend: LocalBackend, handle: JobHandle, timeout: float = 20) -> JobState:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = backend.poll([handle])[handle.job_id].state
+        if state.finished:
+            return state
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def test_submit_twice_while_running_reattaches(tmp_path):
+    backend = LocalBackend()
+    job = make_job(tmp_path, "echo started >> $HOME_MARK; sleep 2", env={"HOME_MARK": str(tmp_path / "starts")})
+    first = backend.submit(job)
+    second = backend.submit(job)
+    assert first == second
+    assert wait(backend, first) == JobState.SUCCEEDED
+    assert (tmp_path / "starts").read_text().splitlines() == ["started"]
+
+
+def test_finished_job_is_not_reattached(tmp_path):
+    backend = LocalBackend()
+    job = make_job(tmp_path, "exit 3")
+    first = backend.submit(job)
+    assert wait(backend, first) == JobState.FAILED
+    assert backend.poll([first])[first.job_id].exit_code == 3
+    second = backend.submit(job)
+    assert second.job_id != first.job_id and second.job_id.endswith("/2")
+
+
+def test_poll_many_and_logs_by_cursor(tmp_path):
+    backend = LocalBackend()
+    handles = [backend.submit(make_job(tmp_path, f"echo job {i}; echo second", key=f"d/t/r/{i}")) for i in range(3)]
+    for h in handles:
+        wait(backend, h)
+    statuses = backend.poll(handles)
+    assert {s.state for s in statuses.values()} == {JobState.SUCCEEDED}
+    chunk = backend.read_logs(handles[1], 0)
+    assert chunk.lines[:2] == ["job 1", "second"]
+    again = backend.read_logs(handles[1], chunk.cursor)
+    assert again.lines == [] and again.cursor == chunk.cursor
+
+
+def test_partial_lines_wait_for_newline(tmp_path):
+    log = tmp_path / "log"
+    log.write_bytes(b"full line\npartial")
+    chunk = read_log_file(log, 0)
+    assert chunk.lines == ["full line"] and chunk.cursor == len(b"full line\n")
+    log.write_bytes(b"full line\npartial rest\n")
+    assert read_log_file(log, chunk.cursor).lines == ["partial rest"]
+
+
+def test_cancel_stops_the_job(tmp_path):
+    backend = LocalBackend()
+    handle = backend.submit(make_job(tmp_path, "sleep 60"))
+    time.sleep(0.3)
+    backend.cancel(handle)
+    status = backend.poll([handle])[handle.job_id]
+    assert status.state == JobState.CANCELLED
+
+
+def test_render_has_no_side_effects_and_hides_secret_values(tmp_path):
+    job = make_job(tmp_path, "echo hi", secrets={"TOKEN": "super-secret-value"})
+    text = LocalBackend().render(job)
+    assert "echo hi" in text and "TOKEN" in text and "super-secret-value" not in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_key_slug_is_safe_and_unique():
+    a = make_job(Path("/x"), "x", key=run_key("My DAG", "t/1", "manual__2025", 0)).key_slug
+    b = make_job(Path("/x"), "x", key=run_key("My DAG", "t/1", "manual__2025", 1)).key_slug
+    assert a != b
+    assert all(c.isalnum() or c == "-" for c in a)

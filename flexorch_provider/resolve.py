@@ -31,30 +31,31 @@ def load_workload(
     overrides: dict[str, Any] | None = None,
     target: str | list[str] | None = None,
 ) -> Workload:
-    """Whatever FlexOperator was given → one validated workload (a spec or a pipeline step)."""
+    """Whatever FlexOperator was given → one validated workload (a spec or a pipeline step).
+
+    Overrides (and ``target``) apply to the workload that runs: for a pipeline, the step.
+    """
     extra = dict(overrides or {})
     if target is not None:
         extra["target"] = target
     if isinstance(spec, str | Path):
         path = str(spec)
-        if not extra:
-            model: BaseModel = load_spec(path)
-        else:
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as e:
-                raise SpecError(SpecProblem(path, None, "", f"cannot read the file: {e.strerror or e}")) from None
-            data, lines = parse_yaml(text, path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise SpecError(SpecProblem(path, None, "", f"cannot read the file: {e.strerror or e}")) from None
+        data, lines = parse_yaml(text, path)
+        model: BaseModel = parse_spec(data, file=path, lines=lines)
+        if extra and not isinstance(model, PipelineSpec):
             model = parse_spec(_merge(data, extra), file=path, lines=lines)
+            extra = {}
     elif isinstance(spec, dict):
-        model = parse_spec(_merge(spec, extra), file="<dict spec>")
+        model = parse_spec(spec, file="<dict spec>")
+        if extra and not isinstance(model, PipelineSpec):
+            model = parse_spec(_merge(spec, extra), file="<dict spec + overrides>")
+            extra = {}
     elif isinstance(spec, BaseModel):
         model = spec
-        if extra:
-            try:
-                model = type(spec).model_validate(_merge(spec.model_dump(mode="json"), extra))
-            except ValidationError as e:
-                raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
     else:
         raise ConfigurationError(f"spec must be a path, a dict or a spec model, not {type(spec).__name__}")
 
@@ -67,11 +68,19 @@ def load_workload(
             )
         if step not in steps:
             raise ConfigurationError(f"pipeline {model.name!r} has no step {step!r} (steps: {', '.join(steps)})")
-        return steps[step]  # type: ignore[no-any-return]
-    if step is not None:
-        raise ConfigurationError(
-            f"step={step!r} was given but the spec is a {getattr(model, 'kind', '?')}, not a pipeline"
-        )
+        model = steps[step]
+    elif step is not None:
+        raise ConfigurationError(f"step={step!r} was given but the spec is a {getattr(model, 'kind', '?')}, not a pipeline")
+    if extra:
+        try:
+            model = type(model).model_validate(_merge(model.model_dump(mode="json"), extra))
+        except ValidationError as e:
+            raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
+        if isinstance(model, Workload):
+            try:
+                model._check_workload()
+            except ValueError as e:
+                raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
     if not isinstance(model, Workload):
         raise ConfigurationError(f"{type(model).__name__} is not a runnable workload")
     return model

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
 from flexorch_provider.spec.fields import SecretRef
-from flexorch_provider.spec.loader import load_spec, parse_spec, parse_yaml
+from flexorch_provider.spec.loader import parse_spec, parse_yaml
 from flexorch_provider.spec.models import PipelineSpec, Workload
 
 
@@ -70,7 +70,9 @@ def load_workload(
             raise ConfigurationError(f"pipeline {model.name!r} has no step {step!r} (steps: {', '.join(steps)})")
         model = steps[step]
     elif step is not None:
-        raise ConfigurationError(f"step={step!r} was given but the spec is a {getattr(model, 'kind', '?')}, not a pipeline")
+        raise ConfigurationError(
+            f"step={step!r} was given but the spec is a {getattr(model, 'kind', '?')}, not a pipeline"
+        )
     if extra:
         try:
             model = type(model).model_validate(_merge(model.model_dump(mode="json"), extra))

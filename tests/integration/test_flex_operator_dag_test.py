@@ -14,7 +14,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-DAG_FILE = '''
+DAG_FILE = """
 import pendulum
 from airflow.sdk import DAG
 from flexorch_provider import FlexOperator
@@ -33,7 +33,7 @@ with DAG("flex_it", schedule=None, start_date=pendulum.datetime(2025, 1, 1)) as 
                  poll_interval=0.2)
     FlexOperator(task_id="fallback", spec=spec("echo fell back", target=["kubernetes", "local"], image="python:3.11"),
                  poll_interval=0.2)
-'''
+"""
 
 SECRET = "s3cr3t-token-value-42"
 

@@ -160,5 +160,7 @@ def test_missing_workdir_is_a_clear_failure(tmp_path):
 def test_cli_modes_print_json(tmp_path, mode):
     start(tmp_path / "r", {"script": "true"})
     wait_done(tmp_path / "r")
-    out = subprocess.run([sys.executable, RUNNER, mode, str(tmp_path / "r")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, RUNNER, mode, str(tmp_path / "r")], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout.splitlines()[0])["state"] == "succeeded"

@@ -1,0 +1,139 @@
+"""FlexOperator on a real Airflow stack: scheduler + triggerer + dag-processor + api-server.
+
+Covers what dag.test() cannot: live log lines while the job runs (trigger logs in the
+task log), mark-failed → the job's process group is gone, and a worker killed mid-run →
+the retry reattaches to the same job (exactly one job process ever started).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.stack import AirflowStack
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e-stack"
+
+DAG_FILE = """
+import pendulum
+from datetime import timedelta
+from airflow.sdk import DAG
+from flexorch_provider import FlexOperator
+
+RUNS = {runs!r}
+LOCAL = {{"local": {{"run_dir": RUNS}}}}
+START = pendulum.datetime(2025, 1, 1, tz="UTC")
+
+with DAG("flex_e2e_live", schedule=None, start_date=START):
+    FlexOperator(task_id="hello", spec={example!r}, overrides=LOCAL, poll_interval=1)
+
+with DAG("flex_e2e_kill", schedule=None, start_date=START):
+    FlexOperator(task_id="long", spec={{"name": "long", "kind": "batch", "run": "echo started; sleep 300", **LOCAL}},
+                 poll_interval=1)
+
+with DAG("flex_e2e_reattach", schedule=None, start_date=START):
+    FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=2, retry_delay=timedelta(seconds=1),
+                 spec={{"name": "once", "kind": "batch", **LOCAL,
+                       "run": "echo start >> {starts}; echo running; sleep 45; echo finished"}})
+"""
+
+
+def group_alive(pgid: int) -> bool:
+    out = subprocess.run(["ps", "-e", "-o", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+    return any(p.split()[0] == str(pgid) and not p.split()[1].startswith("Z") for p in out.splitlines() if p.strip())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stack")
+    dags, runs = base / "dags", base / "runs"
+    dags.mkdir()
+    runs.mkdir()
+    starts = base / "starts.txt"
+    (dags / "flex_e2e_dags.py").write_text(
+        textwrap.dedent(
+            DAG_FILE.format(
+                runs=str(runs), example=str(ROOT / "spec_examples" / "hello-local.yaml"), starts=str(starts)
+            )
+        )
+    )
+    s = AirflowStack(base / "home", dags)
+    s.runs, s.starts = runs, starts  # type: ignore[attr-defined]
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for log in (base / "home").glob("*.log"):
+            shutil.copy(log, ARTIFACTS / log.name)
+
+
+def test_local_example_succeeds_with_live_logs(stack):
+    stack.wait_dag("flex_e2e_live")
+    run_id = stack.trigger("flex_e2e_live")
+    seen_while_running = False
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ti = stack.ti("flex_e2e_live", run_id, "hello")
+        if ti.get("state") in ("success", "failed"):
+            break
+        if ti.get("state") in ("running", "deferred"):
+            log = stack.task_log("flex_e2e_live", run_id, "hello", ti.get("try_number") or 1)
+            if "step 1" in log and "[flexorch] succeeded" not in log:
+                seen_while_running = True
+        time.sleep(0.5)
+    ti = stack.wait_ti_state("flex_e2e_live", run_id, "hello", {"success", "failed"}, 10)
+    log = stack.task_log("flex_e2e_live", run_id, "hello", ti["try_number"])
+    assert ti["state"] == "success", log[-3000:]
+    assert "hello from flexorch" in log and "step 5" in log
+    assert seen_while_running, "job output only appeared after the job finished"
+
+
+def test_mark_failed_cancels_the_job(stack):
+    stack.wait_dag("flex_e2e_kill")
+    run_id = stack.trigger("flex_e2e_kill")
+    stack.wait_ti_state("flex_e2e_kill", run_id, "long", {"deferred"}, 120)
+    pgid_files = stack.wait_for(lambda: [p for p in stack.runs.rglob("job.pgid") if "kill" in str(p)], 30, "job start")
+    pgid = int(pgid_files[0].read_text())
+    assert group_alive(pgid)
+    # the trigger is following the job once its first log line reaches the task log
+    stack.wait_for(lambda: "started" in stack.task_log("flex_e2e_kill", run_id, "long", 1), 60, "the trigger to run")
+    stack.api("PATCH", f"/api/v2/dags/flex_e2e_kill/dagRuns/{run_id}/taskInstances/long", {"new_state": "failed"})
+    stack.wait_for(lambda: not group_alive(pgid), 60, "the job's process group to be gone")
+    assert (pgid_files[0].parent / "result.json").exists()
+
+
+def _task_processes(marker: str) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if args.startswith(marker):
+            pids.append(int(pid))
+    return pids
+
+
+def test_worker_killed_mid_run_then_retry_reattaches(stack):
+    stack.wait_dag("flex_e2e_reattach")
+    run_id = stack.trigger("flex_e2e_reattach")
+    ti = stack.wait_ti_state("flex_e2e_reattach", run_id, "once", {"running"}, 120)
+    stack.wait_for(lambda: stack.starts.exists(), 60, "the job to start")
+    # the task process Airflow titles "airflow worker -- <ti id>": SIGKILL, as when a worker dies
+    workers = stack.wait_for(lambda: _task_processes(f"airflow worker -- {ti['id']}"), 10, "the task process")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    ti = stack.wait_ti_state("flex_e2e_reattach", run_id, "once", {"success", "failed"}, 180)
+    log = stack.task_log("flex_e2e_reattach", run_id, "once", ti["try_number"])
+    assert ti["state"] == "success", log[-3000:]
+    assert ti["try_number"] >= 2
+    assert stack.starts.read_text().splitlines() == ["start"], "the job was started more than once"

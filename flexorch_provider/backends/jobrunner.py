@@ -206,6 +206,18 @@ def cancel(run_dir, grace=10.0):
     return status(run_dir)
 
 
+def _reaped_within(pgid, seconds):
+    """Reap orphaned children until group ``pgid`` is gone; False if it outlives ``seconds``."""
+    deadline = time.time() + seconds
+    while True:
+        _reap()
+        if not _group_alive(pgid):
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 # --- the supervisor --------------------------------------------------------------------
 class _Supervisor:
     def __init__(self, run_dir):
@@ -282,19 +294,11 @@ class _Supervisor:
         if pending:
             self.log.write(self.mask(pending) + b"\n")
         # background processes the step left behind die with it
-        if _group_alive(self.child.pid):
+        if not _reaped_within(self.child.pid, 0):
             _kill_group(self.child.pid, signal.SIGTERM)
-            for _ in range(20):
-                _reap()
-                if not _group_alive(self.child.pid):
-                    break
-                time.sleep(0.05)
-            _kill_group(self.child.pid, signal.SIGKILL)
-        for _ in range(20):
-            _reap()
-            if not _group_alive(self.child.pid):
-                break
-            time.sleep(0.05)
+            if not _reaped_within(self.child.pid, 1.0):
+                _kill_group(self.child.pid, signal.SIGKILL)
+                _reaped_within(self.child.pid, 1.0)
         code = self.child.returncode
         return 128 - code if code < 0 else code
 

@@ -97,6 +97,7 @@ class ResolvedJob:
     workdir: str | None = None
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     placement: dict[str, Any] | None = None
+    action: str | None = None  # services: deploy | undeploy | reconcile
 
     @property
     def timeout_s(self) -> int | None:
@@ -123,6 +124,7 @@ class Backend(ABC):
     """One target. Instances are cheap and stateless; all per-job data is in the job/handle."""
 
     name: ClassVar[str]
+    supports_services: ClassVar[bool] = False
 
     @abstractmethod
     def render(self, job: ResolvedJob) -> str: ...

@@ -1,4 +1,4 @@
-"""``flexorch`` — validate, render and export the schema of job specs.
+"""``flexorch`` — validate, render, generate DAGs from, and run job specs.
 
 Exit codes: 0 success, 1 invalid spec(s) or a failed action, 2 usage error.
 """
@@ -63,6 +63,25 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from flexorch_provider.dag_factory.codegen import generate
+
+    result = generate(args.spec_dir, args.out_dir)
+    for path in result.written:
+        print(f"wrote      {path}")
+    for path in result.removed:
+        print(f"removed    {path}  (its spec is gone)")
+    if not args.quiet:
+        for path in result.unchanged:
+            print(f"unchanged  {path}")
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    if result.problems:
+        print(f"{len(result.problems)} problem(s): those specs got no DAG file", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flexorch", description="Describe AI/ML workloads in one YAML spec and run them from Airflow."
@@ -84,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="a spec file")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     p.set_defaults(func=_render)
+
+    p = sub.add_parser("generate", help="write one static DAG file per spec (for reviewed, committed DAGs)")
+    p.add_argument("spec_dir", metavar="SPEC_DIR", help="folder of spec files")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where the DAG files go (e.g. your dags folder)")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not list unchanged files")
+    p.set_defaults(func=_generate)
+
+    from flexorch_provider.cli import up
+
+    up.add_parser(sub)
     return parser
 
 

@@ -23,7 +23,13 @@ from pydantic import BaseModel
 
 from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob, run_key
 from flexorch_provider.backends.registry import get_backend
-from flexorch_provider.exceptions import BackendError, BackendUnavailableError, JobFailedError, SubmitError
+from flexorch_provider.exceptions import (
+    BackendError,
+    BackendUnavailableError,
+    ConfigurationError,
+    JobFailedError,
+    SubmitError,
+)
 from flexorch_provider.resolve import load_workload, resolve_secrets
 from flexorch_provider.triggers.job import FlexJobTrigger
 
@@ -35,13 +41,14 @@ class FlexOperator(BaseOperator):
 
     :param spec: path to a spec file, a spec dict, or a spec/step model.
     :param step: for a pipeline spec, the step to run.
+    :param action: for a service: ``deploy`` (default), ``undeploy`` or ``reconcile`` (templated).
     :param overrides: values merged into the spec before validation, e.g. ``{"resources": {"gpus": 2}}``.
     :param target: replaces the spec's target (or ordered target list).
     :param deferrable: free the worker slot while the job runs (default True).
     :param poll_interval: seconds between status checks.
     """
 
-    template_fields = ("run", "setup", "env", "workdir")
+    template_fields = ("run", "setup", "env", "workdir", "action")
     template_fields_renderers = {"run": "bash", "setup": "bash", "env": "json"}
     template_ext = ()
     ui_color = "#d9f0e3"
@@ -51,6 +58,7 @@ class FlexOperator(BaseOperator):
         *,
         spec: str | Path | dict[str, Any] | BaseModel,
         step: str | None = None,
+        action: str | None = None,
         overrides: dict[str, Any] | None = None,
         target: str | list[str] | None = None,
         deferrable: bool = True,
@@ -58,6 +66,11 @@ class FlexOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         workload = load_workload(spec, step=step, overrides=overrides, target=target)
+        is_service = workload.kind == "service"  # type: ignore[attr-defined]
+        if action is None and is_service:
+            action = "deploy"
+        if action is not None and "{{" not in action:
+            _check_action(action, is_service)
         kwargs.setdefault("retries", workload.retries.count)
         kwargs.setdefault("retry_delay", workload.retries.delay)
         super().__init__(**kwargs)
@@ -66,13 +79,21 @@ class FlexOperator(BaseOperator):
         self.setup = workload.setup
         self.env = dict(workload.env)
         self.workdir = workload.workdir
+        self.action = action
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
         self._handle: JobHandle | None = None
 
     # --- execution -----------------------------------------------------------------------
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        if "ds" not in context and context.get("dag_run") is not None:
+            _date_macros_from_run_after(context, self.log)
+        super().render_template_fields(context, jinja_env)
+
     def _resolved(self, context: Any) -> ResolvedJob:
         ti = context["ti"]
+        if self.action is not None:
+            self.action = _check_action(str(self.action).strip(), self.workload.kind == "service")  # type: ignore[attr-defined]
         return ResolvedJob(
             run_key=run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
             name=self.workload.name,  # type: ignore[attr-defined]
@@ -83,13 +104,19 @@ class FlexOperator(BaseOperator):
             env={k: str(v) for k, v in (self.env or {}).items()},
             workdir=self.workdir,
             secrets=resolve_secrets(self.workload),
+            action=self.action,
         )
 
     def _submit(self, job: ResolvedJob) -> JobHandle:
         refusals: list[str] = []
         for target in self.workload.target:
             try:
-                handle = get_backend(target).submit(job)
+                backend = get_backend(target)
+                if job.action is not None and not backend.supports_services:
+                    raise SubmitError(
+                        f"the {target} target cannot run services (action {job.action!r}) in this version"
+                    )
+                handle = backend.submit(job)
             except (SubmitError, BackendUnavailableError) as e:
                 self.log.warning("target %s refused the job: %s", target, e)
                 refusals.append(f"{target}: {e}")
@@ -164,6 +191,39 @@ class FlexOperator(BaseOperator):
             get_backend(handle.target).cancel(handle)
         except Exception:
             self.log.exception("could not cancel job %s", handle.job_id)
+
+
+SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile")
+
+
+def _check_action(action: str, is_service: bool) -> str:
+    if not is_service:
+        raise ConfigurationError(f"action={action!r} applies to services only; this spec runs a job to completion")
+    if action not in SERVICE_ACTIONS:
+        raise ConfigurationError(f"action must be one of {', '.join(SERVICE_ACTIONS)}, not {action!r}")
+    return action
+
+
+def _date_macros_from_run_after(context: Any, log: Any) -> None:
+    """A run without a logical date (a manual run in Airflow 3) has no ``{{ ds }}``.
+
+    Specs use ``{{ ds }}`` to mean "the day this run is about"; for a manual run that is the
+    day it was requested, so the date macros come from the run's ``run_after``.
+    """
+    run_after = getattr(context["dag_run"], "run_after", None)
+    if run_after is None:
+        return
+    ts = run_after.isoformat()
+    context.update(
+        {
+            "ds": run_after.strftime("%Y-%m-%d"),
+            "ds_nodash": run_after.strftime("%Y%m%d"),
+            "ts": ts,
+            "ts_nodash": run_after.strftime("%Y%m%dT%H%M%S"),
+            "ts_nodash_with_tz": ts.replace("-", "").replace(":", ""),
+        }
+    )
+    log.info("this run has no logical date (a manual run): {{ ds }} and {{ ts }} use its run_after %s", ts)
 
 
 def _public(handle: JobHandle) -> dict[str, Any]:

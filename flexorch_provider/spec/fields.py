@@ -32,7 +32,7 @@ from flexorch_provider.spec.units import (
 
 # DNS-1123 label: valid as an Airflow DAG/task id, a Kubernetes object name, a Slurm job
 # name and a path component.
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LABEL_NAME_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -44,7 +44,7 @@ def _dns_label(value: Any) -> Any:
     if isinstance(value, str):
         if len(value) > 63:
             raise ValueError(f"{value!r} is {len(value)} characters long; the limit is 63")
-        if not _DNS_LABEL_RE.match(value):
+        if not DNS_LABEL_RE.match(value):
             suggestion = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63] or "my-job"
             raise ValueError(
                 f"{value!r} is not a valid name: use lowercase letters, digits and '-', starting and "

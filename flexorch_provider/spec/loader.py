@@ -165,13 +165,16 @@ def load_spec(path: str | Path) -> SpecModel:
         raw = path.read_bytes()
     except OSError as e:
         raise SpecError(SpecProblem(str(path), None, "", f"cannot read the file: {e.strerror or e}")) from None
+    return load_spec_bytes(raw, str(path))
+
+
+def load_spec_bytes(raw: bytes, file: str) -> SpecModel:
+    """A spec file's bytes → a validated spec."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError(
-            SpecProblem(str(path), None, "", f"not UTF-8 text (byte {e.start}); save it as UTF-8")
-        ) from None
-    return load_spec_text(text, str(path))
+        raise SpecError(SpecProblem(file, None, "", f"not UTF-8 text (byte {e.start}); save it as UTF-8")) from None
+    return load_spec_text(text, file)
 
 
 def iter_spec_files(paths: Iterable[str | Path]) -> Iterator[Path]:

@@ -1,0 +1,232 @@
+"""The embedded Airflow stack: api-server, scheduler, dag-processor and triggerer on SQLite.
+
+Used by ``flexorch up`` (the demo) and by the end-to-end tests. Every component runs in
+its own session (``setsid``) so that stopping it — SIGTERM to its process group, SIGKILL
+after a grace period — also stops the task processes it started. Output goes to
+``<home>/<component>.log``.
+
+This is a development stack (SQLite, LocalExecutor, one machine). For production run
+Airflow with Postgres as usual and install flexorch-provider into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+LOADER_FILE = "flexorch_dags.py"
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if nothing listens there, else any free port on loopback."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free TCP port on 127.0.0.1")
+
+
+def loader_source() -> str:
+    """The drop-in loader file users copy into their dags folder (``dags/flexorch_dags.py``)."""
+    from importlib.resources import files
+
+    return files("flexorch_provider.dag_factory").joinpath("loader_template.py").read_text(encoding="utf-8")
+
+
+class AirflowStack:
+    """Start, talk to (REST) and stop a local Airflow.
+
+    :param home: AIRFLOW_HOME (created); the SQLite database and component logs live here.
+    :param dags: the dags folder.
+    :param all_admins: skip login (tests); otherwise the simple auth manager's ``admin``
+        user is used and its generated password read from ``home``.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        port: int | None = None,
+        all_admins: bool = True,
+    ) -> None:
+        self.home = home
+        self.dags = dags
+        self.port = free_port(port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.all_admins = all_admins
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._token: str | None = None
+        airflow_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        self.env = {
+            **airflow_env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": str(all_admins),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            **(extra_env or {}),
+        }
+        self.airflow = str(Path(sys.executable).parent / "airflow")
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run ``airflow <args>`` against this stack's home and database."""
+        return subprocess.run(
+            [self.airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def start(self, timeout: float = 120) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags.mkdir(parents=True, exist_ok=True)
+        migrated = self.cli("db", "migrate")
+        if migrated.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
+        for name in COMPONENTS:
+            with open(self.home / f"{name}.log", "ab") as out:
+                self.procs[name] = subprocess.Popen(
+                    [self.airflow, name], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        self.wait_for(lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health")
+
+    def stop(self, grace: float = 20) -> None:
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+    def password(self) -> str | None:
+        """The ``admin`` password the api-server generated (None with all_admins or before start)."""
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        try:
+            return str(json.loads(path.read_text())["admin"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    # --- REST ----------------------------------------------------------------------------
+    def _auth_header(self) -> str | None:
+        if self.all_admins:
+            return None
+        if self._token is None:
+            body = json.dumps({"username": "admin", "password": self.password()}).encode()
+            req = urllib.request.Request(self.url + "/auth/token", data=body, method="POST")
+            req.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                self._token = json.loads(resp.read())["access_token"]
+        return f"Bearer {self._token}"
+
+    def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Accept", accept)
+        auth = self._auth_header() if not path.startswith("/api/v2/monitor") else None
+        if auth:
+            req.add_header("Authorization", auth)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+        return json.loads(raw) if accept == "application/json" and raw else raw.decode()
+
+    def _get(self, path: str) -> Any:
+        try:
+            return self._request("GET", path)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return None
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return self._request(method, path, body)
+
+    def wait_for(self, check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = check()
+            if value:
+                return value
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    tail = (self.home / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{name} exited while waiting for {what}:\n{tail}")
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+    def dag(self, dag_id: str) -> Any:
+        return self._get(f"/api/v2/dags/{dag_id}")
+
+    def dag_ids(self) -> list[str]:
+        data = self._get("/api/v2/dags?limit=1000") or {}
+        return [d["dag_id"] for d in data.get("dags", [])]
+
+    def wait_dag(self, dag_id: str, timeout: float = 60) -> Any:
+        return self.wait_for(lambda: self.dag(dag_id), timeout, f"DAG {dag_id} to be parsed")
+
+    def trigger(self, dag_id: str, logical_date: str | None = None, conf: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"logical_date": logical_date}
+        if conf:
+            body["conf"] = conf
+        run = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+        return str(run["dag_run_id"])
+
+    def dag_run(self, dag_id: str, run_id: str) -> Any:
+        return self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}") or {}
+
+    def ti(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        return self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}") or {}
+
+    def wait_ti_state(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 120) -> Any:
+        return self.wait_for(
+            lambda: (ti := self.ti(dag_id, run_id, task_id)) and ti.get("state") in states and ti,
+            timeout,
+            f"{task_id} to reach {states}",
+        )
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
+        try:
+            data = self._request("GET", path)
+        except (urllib.error.URLError, OSError):
+            return ""
+        content = data.get("content", "") if isinstance(data, dict) else data
+        if isinstance(content, list):
+            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
+        return str(content)

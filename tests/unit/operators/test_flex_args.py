@@ -1,0 +1,56 @@
+"""FlexOperator's own argument logic: service actions and the date macros of manual runs."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pendulum
+import pytest
+
+from flexorch_provider.exceptions import ConfigurationError, SubmitError
+from flexorch_provider.operators.flex import FlexOperator, _date_macros_from_run_after
+
+JOB = {"name": "j", "kind": "batch", "run": "echo hi"}
+SERVICE = {"name": "svc", "kind": "service", "run": "python serve.py", "replicas": 2}
+
+
+def test_a_service_deploys_by_default_and_checks_its_action():
+    assert FlexOperator(task_id="d", spec=SERVICE).action == "deploy"
+    assert FlexOperator(task_id="u", spec=SERVICE, action="undeploy").action == "undeploy"
+    with pytest.raises(ConfigurationError, match="deploy, undeploy, reconcile"):
+        FlexOperator(task_id="x", spec=SERVICE, action="redeploy")
+    # a template is checked once rendered, not at parse time
+    assert FlexOperator(task_id="t", spec=SERVICE, action="{{ params.action }}").action == "{{ params.action }}"
+
+
+def test_a_job_takes_no_action():
+    assert FlexOperator(task_id="j", spec=JOB).action is None
+    with pytest.raises(ConfigurationError, match="services only"):
+        FlexOperator(task_id="j2", spec=JOB, action="deploy")
+
+
+def test_a_target_without_service_support_refuses_the_deploy():
+    op = FlexOperator(task_id="d", spec=SERVICE)
+    job = SimpleNamespace(action="deploy", run_key="k")
+    with pytest.raises(SubmitError, match="local target cannot run services"):
+        op._submit(job)  # type: ignore[arg-type]
+
+
+def test_manual_run_without_logical_date_gets_dates_from_run_after(caplog):
+    run_after = pendulum.datetime(2026, 11, 24, 13, 5, 9, tz="UTC")
+    context = {"dag_run": SimpleNamespace(run_after=run_after, logical_date=None)}
+    with caplog.at_level(logging.INFO):
+        _date_macros_from_run_after(context, logging.getLogger("t"))
+    assert context["ds"] == "2026-11-24"
+    assert context["ds_nodash"] == "20261124"
+    assert context["ts"] == "2026-11-24T13:05:09+00:00"
+    assert context["ts_nodash"] == "20261124T130509"
+    assert "no logical date" in caplog.text
+
+
+def test_runs_with_a_logical_date_keep_theirs():
+    op = FlexOperator(task_id="j", spec={**JOB, "run": "echo {{ ds }}"})
+    context = {"ds": "2025-01-02", "dag_run": SimpleNamespace(run_after=pendulum.now("UTC")), "params": {}}
+    op.render_template_fields(context)
+    assert op.run == "echo 2025-01-02"

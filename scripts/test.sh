@@ -5,5 +5,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/bootstrap.sh
+bash scripts/system-deps.sh
 # GPU tests need a real NVIDIA GPU; they are selected only with -m gpu on such a machine.
 exec .venv/bin/python -m pytest -m "not gpu" "$@"

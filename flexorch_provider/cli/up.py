@@ -27,6 +27,11 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _noise(line: str) -> bool:
+    """Airflow's log-folding markers and log-source lines say nothing to someone watching a run."""
+    return line.startswith("::") or "/log/dag_id=" in line
+
+
 def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
     """Trigger ``dag_id`` now and stream its task logs until the run finishes; returns its state."""
     stack.wait_dag(dag_id, timeout=90)
@@ -45,7 +50,8 @@ def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
             key = (ti["task_id"], tries)
             lines = stack.task_log(dag_id, run_id, ti["task_id"], tries).splitlines()
             for line in lines[printed.get(key, 0) :]:
-                _say(f"    [{ti['task_id']}] {line}")
+                if not _noise(line):
+                    _say(f"    [{ti['task_id']}] {line}")
             printed[key] = len(lines)
         if state in FINISHED:
             return str(state)

@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexorch_provider.devstack import LOADER_FILE, loader_source  # noqa: E402
+from flexorch_provider.devstack import LOADER_FILE, loader_source
 
 KINDS = ("batch", "training", "inference", "pipeline", "service")
 
@@ -136,7 +136,9 @@ def main() -> int:
     try:
         import dagfactory  # noqa: F401
     except ImportError:
-        raise SystemExit("dag-factory is not installed: pip install -e '.[bench]' -c constraints/constraints-3.11.txt")
+        raise SystemExit(
+            "dag-factory is not installed: pip install -e '.[bench]' -c constraints/constraints-3.11.txt"
+        ) from None
 
     work = Path(tempfile.mkdtemp(prefix="flexorch-bench-parse-"))
     try:
@@ -169,7 +171,9 @@ def main() -> int:
                 result = measure(folder, env)
                 if result["errors"] or result["dags"] < args.specs:
                     # dag-factory logs a YAML it cannot load and carries on: count the DAGs too
-                    raise SystemExit(f"{label}: {result['dags']} DAGs of {args.specs}, {result['errors']} import errors")
+                    raise SystemExit(
+                        f"{label}: {result['dags']} DAGs of {args.specs}, {result['errors']} import errors"
+                    )
                 runs[label].append(result["seconds"])
                 counts[label] = int(result["dags"])
         median = {k: statistics.median(v) for k, v in runs.items()}

@@ -13,8 +13,12 @@ one run directory; no user value ever appears on a command line::
 
 Modes::
 
+    python3 jobrunner.py submit KEY_DIR     read {"job": ..., "secrets": ...} from stdin; reattach
+                                            to the live attempt under KEY_DIR or create and start
+                                            the next one (KEY_DIR/<n>); print one JSON line
     python3 jobrunner.py start RUN_DIR      detach and supervise the job (returns at once)
     python3 jobrunner.py status RUN_DIR...  one JSON line per directory
+    python3 jobrunner.py log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
     python3 jobrunner.py cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
 
 States: pending (launched, not yet running), running, succeeded, failed, timeout,
@@ -123,6 +127,74 @@ def status(run_dir):
     else:
         out.update(state="pending")
     return out
+
+
+# --- submit (idempotent per run key) ----------------------------------------------------
+def _attempts(key_dir):
+    try:
+        return sorted(int(n) for n in os.listdir(key_dir) if n.isdigit())
+    except OSError:
+        return []
+
+
+def _write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def prepare(key_dir, job, secrets):
+    """The live attempt under ``key_dir`` (reattach), or a new attempt directory with its files.
+
+    Returns ``{"run_dir", "job_id", "attempt", "reattached"}``; a new attempt still has to be
+    started. Attempt directories are created with mkdir, which is atomic: two racing
+    submitters cannot both create the same attempt.
+    """
+    key_dir = os.path.abspath(key_dir)
+    if not os.path.isdir(key_dir):
+        os.makedirs(key_dir, 0o700)
+    slug = os.path.basename(key_dir)
+    attempts = _attempts(key_dir)
+    if attempts:
+        latest = os.path.join(key_dir, str(attempts[-1]))
+        if status(latest)["state"] in ("pending", "running"):
+            return {"run_dir": latest, "job_id": "%s/%d" % (slug, attempts[-1]), "attempt": attempts[-1],
+                    "reattached": True}  # fmt: skip
+    number = attempts[-1] + 1 if attempts else 1
+    run_dir = os.path.join(key_dir, str(number))
+    out = {"run_dir": run_dir, "job_id": "%s/%d" % (slug, number), "attempt": number, "reattached": False}
+    try:
+        os.mkdir(run_dir, 0o700)
+    except FileExistsError:
+        out["reattached"] = True
+        return out
+    doc = dict(job)
+    doc["job_id"] = out["job_id"]
+    _write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
+    if secrets:
+        _write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))
+    return out
+
+
+# --- logs ------------------------------------------------------------------------------
+MAX_LOG_READ = 1 << 20
+
+
+def read_log(run_dir, cursor, limit=MAX_LOG_READ):
+    """Complete lines after byte ``cursor`` and the new cursor (past the last newline read)."""
+    try:
+        with open(os.path.join(run_dir, "log"), "rb") as f:
+            f.seek(cursor)
+            data = f.read(limit)
+    except (OSError, ValueError):
+        return [], cursor
+    end = data.rfind(b"\n")
+    if end < 0:
+        if len(data) < limit:
+            return [], cursor
+        end = len(data) - 1  # one huge line: hand it over in pieces
+    text = data[: end + 1].decode("utf-8", "replace")
+    return text.splitlines(), cursor + end + 1
 
 
 # --- cancel ----------------------------------------------------------------------------
@@ -400,7 +472,16 @@ def start(run_dir):
 
 
 def main(argv):
-    if len(argv) >= 2 and argv[0] == "start":
+    if len(argv) == 2 and argv[0] == "submit":
+        payload = json.loads(sys.stdin.read())
+        out = prepare(argv[1], payload["job"], payload.get("secrets") or {})
+        if not out["reattached"]:
+            start(out["run_dir"])
+        sys.stdout.write(json.dumps(out) + "\n")
+    elif len(argv) == 3 and argv[0] == "log":
+        lines, cursor = read_log(argv[1], int(argv[2]))
+        sys.stdout.write(json.dumps({"lines": lines, "cursor": cursor}) + "\n")
+    elif len(argv) >= 2 and argv[0] == "start":
         start(argv[1])
     elif len(argv) >= 2 and argv[0] == "status":
         for run_dir in argv[1:]:
@@ -408,7 +489,7 @@ def main(argv):
     elif len(argv) >= 2 and argv[0] == "cancel":
         sys.stdout.write(json.dumps(cancel(argv[1])) + "\n")
     else:
-        sys.stderr.write("usage: jobrunner.py start|status|cancel RUN_DIR...\n")
+        sys.stderr.write("usage: jobrunner.py submit KEY_DIR | start|status|cancel RUN_DIR... | log RUN_DIR CURSOR\n")
         return 2
     return 0
 

@@ -22,7 +22,6 @@ from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobSta
 from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
 
 RUNNER = Path(jobrunner.__file__)
-MAX_LOG_READ = 1 << 20
 
 
 def run_root(job: ResolvedJob) -> Path:
@@ -30,10 +29,9 @@ def run_root(job: ResolvedJob) -> Path:
     return Path(configured).expanduser().absolute()
 
 
-def job_document(job: ResolvedJob, job_id: str) -> dict:
-    """job.json for the runner. Secret values are not in it (they go to secrets.json)."""
+def job_document(job: ResolvedJob) -> dict:
+    """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json)."""
     return {
-        "job_id": job_id,
         "run_key": job.run_key,
         "argv": job.run if isinstance(job.run, list) else None,
         "script": job.run if isinstance(job.run, str) else None,
@@ -45,19 +43,12 @@ def job_document(job: ResolvedJob, job_id: str) -> dict:
     }
 
 
-def _attempts(key_dir: Path) -> list[int]:
-    try:
-        return sorted(int(p.name) for p in key_dir.iterdir() if p.name.isdigit())
-    except FileNotFoundError:
-        return []
-
-
 class LocalBackend(Backend):
     name = "local"
 
     def render(self, job: ResolvedJob) -> str:
         run_dir = run_root(job) / job.key_slug / "<attempt>"
-        doc = job_document(job, f"{job.key_slug}/<attempt>")
+        doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         lines = [
             f"# local: runs on this Airflow worker, detached, in {run_dir}",
             f"# secrets (written to secrets.json, 0600, deleted at start): {', '.join(job.secrets) or 'none'}",
@@ -79,24 +70,13 @@ class LocalBackend(Backend):
     def submit(self, job: ResolvedJob) -> JobHandle:
         key_dir = run_root(job) / job.key_slug
         try:
-            key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            attempt = jobrunner.prepare(str(key_dir), job_document(job), job.secrets)
         except OSError as e:
-            raise SubmitError(f"cannot create the run directory {key_dir}: {e.strerror or e}") from e
-        attempts = _attempts(key_dir)
-        if attempts:
-            latest = key_dir / str(attempts[-1])
-            if jobrunner.status(str(latest))["state"] in ("pending", "running"):
-                return self._handle(job, latest)  # reattach: never a second live job per run key
-        number = (attempts[-1] + 1) if attempts else 1
-        run_dir = key_dir / str(number)
-        try:
-            run_dir.mkdir(mode=0o700)  # atomic: two racing submitters cannot both create it
-        except FileExistsError:
-            return self._handle(job, run_dir)
+            raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
+        run_dir = Path(attempt["run_dir"])
         handle = self._handle(job, run_dir)
-        _write_private(run_dir / "job.json", json.dumps(job_document(job, handle.job_id)))
-        if job.secrets:
-            _write_private(run_dir / "secrets.json", json.dumps(job.secrets))
+        if attempt["reattached"]:
+            return handle  # never a second live job per run key
         try:
             subprocess.run(
                 [sys.executable, str(RUNNER), "start", str(run_dir)],
@@ -126,7 +106,7 @@ class LocalBackend(Backend):
         return out
 
     def read_logs(self, handle: JobHandle, cursor: int) -> LogChunk:
-        return read_log_file(Path(handle.data["run_dir"]) / "log", cursor)
+        return read_log_file(Path(handle.data["run_dir"]), cursor)
 
     def cancel(self, handle: JobHandle) -> None:
         run_dir = handle.data["run_dir"]
@@ -137,24 +117,7 @@ class LocalBackend(Backend):
             raise BackendError(f"job {handle.job_id} is still running after cancel")
 
 
-def read_log_file(path: Path, cursor: int) -> LogChunk:
-    """Complete lines after byte ``cursor``; the cursor moves past the last newline read."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(cursor)
-            data = f.read(MAX_LOG_READ)
-    except FileNotFoundError:
-        return LogChunk([], cursor)
-    end = data.rfind(b"\n")
-    if end < 0:
-        if len(data) < MAX_LOG_READ:
-            return LogChunk([], cursor)
-        end = len(data) - 1  # one huge line: hand it over in pieces
-    text = data[: end + 1].decode("utf-8", errors="replace")
-    return LogChunk(text.splitlines(), cursor + end + 1)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def read_log_file(run_dir: Path, cursor: int) -> LogChunk:
+    """Complete lines of ``run_dir/log`` after byte ``cursor``; the cursor moves past the last newline read."""
+    lines, new_cursor = jobrunner.read_log(str(run_dir), cursor)
+    return LogChunk(lines, new_cursor)

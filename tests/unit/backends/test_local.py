@@ -61,10 +61,10 @@ def test_poll_many_and_logs_by_cursor(tmp_path):
 def test_partial_lines_wait_for_newline(tmp_path):
     log = tmp_path / "log"
     log.write_bytes(b"full line\npartial")
-    chunk = read_log_file(log, 0)
+    chunk = read_log_file(tmp_path, 0)
     assert chunk.lines == ["full line"] and chunk.cursor == len(b"full line\n")
     log.write_bytes(b"full line\npartial rest\n")
-    assert read_log_file(log, chunk.cursor).lines == ["partial rest"]
+    assert read_log_file(tmp_path, chunk.cursor).lines == ["partial rest"]
 
 
 def test_cancel_stops_the_job(tmp_path):

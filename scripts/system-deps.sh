@@ -3,7 +3,8 @@
 # missing, so a second run costs nothing. Needs root (or sudo).
 set -euo pipefail
 need=()
-command -v chromium >/dev/null 2>&1 || need+=(chromium)       # UI screenshot test
+command -v chromium >/dev/null 2>&1 || need+=(chromium)                    # UI screenshot test
+[[ -x /usr/sbin/sshd ]] || need+=(openssh-server)                          # the ssh fleet the tests start
 if ((${#need[@]} == 0)); then
     exit 0
 fi

@@ -6,7 +6,8 @@
     submit(job)        start the job, idempotent on job.run_key: a live job with the same
                        run key is returned instead of starting a second one
     poll(handles)      status of many jobs at once (one query can serve many jobs)
-    read_logs(h, cur)  log lines after a cursor, and the next cursor
+    read_logs(h, cur)  log lines after a cursor, and the next cursor (an int, or a dict of
+                       ints for a job on several hosts: opaque, JSON-serializable)
     cancel(handle)     stop the job; nothing of it is left running
 
 Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
@@ -73,10 +74,13 @@ class JobStatus:
         return cls(state=JobState(data["state"]), exit_code=data.get("exit_code"), message=data.get("message", ""))
 
 
+LogCursor = int | dict[str, int]
+
+
 @dataclass(frozen=True)
 class LogChunk:
     lines: list[str]
-    cursor: int
+    cursor: LogCursor
 
 
 @dataclass
@@ -136,7 +140,7 @@ class Backend(ABC):
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]: ...
 
     @abstractmethod
-    def read_logs(self, handle: JobHandle, cursor: int) -> LogChunk: ...
+    def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk: ...
 
     @abstractmethod
     def cancel(self, handle: JobHandle) -> None: ...

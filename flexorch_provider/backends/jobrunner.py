@@ -16,6 +16,7 @@ Modes::
     python3 jobrunner.py submit KEY_DIR     read {"job": ..., "secrets": ...} from stdin; reattach
                                             to the live attempt under KEY_DIR or create and start
                                             the next one (KEY_DIR/<n>); print one JSON line
+    python3 jobrunner.py live KEY_DIR       the live attempt under KEY_DIR as JSON, or {}
     python3 jobrunner.py start RUN_DIR      detach and supervise the job (returns at once)
     python3 jobrunner.py status RUN_DIR...  one JSON line per directory
     python3 jobrunner.py log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
@@ -143,6 +144,18 @@ def _write_private(path, text):
         f.write(text)
 
 
+def live_attempt(key_dir):
+    """The latest attempt under ``key_dir`` if it is still pending or running, else None."""
+    attempts = _attempts(key_dir)
+    if not attempts:
+        return None
+    latest = os.path.join(os.path.abspath(key_dir), str(attempts[-1]))
+    if status(latest)["state"] not in ("pending", "running"):
+        return None
+    return {"run_dir": latest, "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), attempts[-1]),
+            "attempt": attempts[-1], "reattached": True}  # fmt: skip
+
+
 def prepare(key_dir, job, secrets):
     """The live attempt under ``key_dir`` (reattach), or a new attempt directory with its files.
 
@@ -151,15 +164,13 @@ def prepare(key_dir, job, secrets):
     submitters cannot both create the same attempt.
     """
     key_dir = os.path.abspath(key_dir)
-    if not os.path.isdir(key_dir):
-        os.makedirs(key_dir, 0o700)
+    os.makedirs(key_dir, 0o700, exist_ok=True)
+
     slug = os.path.basename(key_dir)
+    live = live_attempt(key_dir)
+    if live:
+        return live
     attempts = _attempts(key_dir)
-    if attempts:
-        latest = os.path.join(key_dir, str(attempts[-1]))
-        if status(latest)["state"] in ("pending", "running"):
-            return {"run_dir": latest, "job_id": "%s/%d" % (slug, attempts[-1]), "attempt": attempts[-1],
-                    "reattached": True}  # fmt: skip
     number = attempts[-1] + 1 if attempts else 1
     run_dir = os.path.join(key_dir, str(number))
     out = {"run_dir": run_dir, "job_id": "%s/%d" % (slug, number), "attempt": number, "reattached": False}
@@ -478,6 +489,8 @@ def main(argv):
         if not out["reattached"]:
             start(out["run_dir"])
         sys.stdout.write(json.dumps(out) + "\n")
+    elif len(argv) == 2 and argv[0] == "live":
+        sys.stdout.write(json.dumps(live_attempt(argv[1]) or {}) + "\n")
     elif len(argv) == 3 and argv[0] == "log":
         lines, cursor = read_log(argv[1], int(argv[2]))
         sys.stdout.write(json.dumps({"lines": lines, "cursor": cursor}) + "\n")

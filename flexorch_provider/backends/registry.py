@@ -11,6 +11,7 @@ from flexorch_provider.exceptions import BackendUnavailableError
 BACKENDS: dict[str, tuple[str, str, str]] = {
     # target: (module, class, pip package that provides its dependency)
     "local": ("flexorch_provider.backends.local", "LocalBackend", "flexorch-provider"),
+    "ssh": ("flexorch_provider.backends.ssh", "SshBackend", "apache-airflow-providers-ssh"),
 }
 
 

@@ -110,9 +110,28 @@ class KubernetesOptions(FlexModel):
     _labels = field_validator("labels", "node_selector")(_check_labels)
 
 
+HOST_ENTRY_RE = re.compile(
+    r"^(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]{0,31})@)?"
+    r"(?:(?P<host>[A-Za-z0-9][A-Za-z0-9_.-]{0,252})|\[(?P<ipv6>[0-9A-Fa-f:]+)\])"
+    r"(?::(?P<port>\d{1,5}))?$"
+)
+
+
 def _host_entry(value: Any) -> Any:
-    if isinstance(value, str) and not re.match(r"^[A-Za-z0-9_.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:]+\](:\d{1,5})?$", value):
-        raise ValueError(f"{value!r} is not a host; write 'host', 'host:port' or '10.0.0.5:2222'")
+    if isinstance(value, str):
+        m = HOST_ENTRY_RE.match(value)
+        if not m or (m.group("port") and not 0 < int(m.group("port")) < 65536):
+            raise ValueError(
+                f"{value!r} is not a host; write 'host', 'host:port', 'user@host:port' or '[2001:db8::5]:2222'"
+            )
+    return value
+
+
+def _unique_hosts(value: Any) -> Any:
+    if isinstance(value, list):
+        dupes = sorted({h for h in value if isinstance(h, str) and value.count(h) > 1})
+        if dupes:
+            raise ValueError(f"hosts: {', '.join(dupes)} listed more than once")
     return value
 
 
@@ -124,7 +143,11 @@ class SshOptions(FlexModel):
     )
     hosts: Annotated[
         list[Annotated[str, BeforeValidator(_host_entry)]],
-        Field(description="Hosts of the fleet ('host' or 'host:port'); empty means the connection's host."),
+        BeforeValidator(_unique_hosts),
+        Field(
+            description="Hosts of the fleet ('host', 'host:port' or 'user@host:port'); empty means the connection's "
+            "host. The connection gives the user, key and port unless an entry names its own."
+        ),
     ] = Field(default_factory=list)
     placement: Annotated[
         Literal["any", "all"],

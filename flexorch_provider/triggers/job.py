@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogCursor
 from flexorch_provider.exceptions import FlexorchError
 
 MAX_CONSECUTIVE_ERRORS = 5
@@ -112,12 +112,12 @@ class FlexJobTrigger(BaseTrigger):
     """
 
     def __init__(
-        self, handle: dict[str, Any], poll_interval: float = 5.0, log_cursor: int = 0, tail_lines: int = 30
+        self, handle: dict[str, Any], poll_interval: float = 5.0, log_cursor: LogCursor = 0, tail_lines: int = 30
     ) -> None:
         super().__init__()
         self.handle = handle
         self.poll_interval = float(poll_interval)
-        self.log_cursor = int(log_cursor)
+        self.log_cursor = log_cursor
         self.tail_lines = int(tail_lines)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -190,7 +190,9 @@ class FlexJobTrigger(BaseTrigger):
                     )
                     return
 
-    async def _stream(self, backend: Backend, handle: JobHandle, cursor: int, tail: collections.deque[str]) -> int:
+    async def _stream(
+        self, backend: Backend, handle: JobHandle, cursor: LogCursor, tail: collections.deque[str]
+    ) -> LogCursor:
         chunk = await asyncio.to_thread(backend.read_logs, handle, cursor)
         for line in chunk.lines:
             self.log.info("%s", line)

@@ -294,7 +294,7 @@ class SshBackend(Backend):
             if live:
                 h, found = live[0]
                 return self._handle(job, conn, [(h, found["run_dir"])], found["job_id"])
-            refusals = [f"{h.label}: {reason}" for h, reason in unreachable.items()]
+            refusals = list(unreachable.values())
             for h, _, e in probes:
                 if e is not None:
                     continue
@@ -309,10 +309,10 @@ class SshBackend(Backend):
         if unreachable:
             raise SubmitError(
                 f"placement all needs every host; nothing was started because {len(unreachable)} of {len(hosts)} "
-                "cannot be reached: " + "; ".join(f"{h.label}: {r}" for h, r in unreachable.items())
+                "cannot be reached: " + "; ".join(unreachable.values())
             )
         results = _parallel(hosts, start)
-        failed = [f"{h.label}: {_reason(e)}" for h, _, e in results if e is not None]
+        failed = [_reason(e) for _, _, e in results if e is not None]
         placed = [(h, r["run_dir"]) for h, r, e in results if e is None]
         if failed:
             try:
@@ -396,7 +396,7 @@ class SshBackend(Backend):
         for p, result, error in _parallel(handle.data["hosts"], stop):
             label = Host(**p["host"]).label
             if error is not None:
-                problems.append(f"{label}: {_reason(error)}")
+                problems.append(_reason(error))
             elif result.get("state") in ("pending", "running"):
                 problems.append(f"{label}: still running after cancel")
         if problems:

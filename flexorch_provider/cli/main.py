@@ -54,12 +54,38 @@ def _render(args: argparse.Namespace) -> int:
     from flexorch_provider.spec.loader import load_spec
     from flexorch_provider.spec.render import spec_to_dict, to_yaml
 
+    if args.target:
+        return _render_target(args)
     spec = load_spec(args.spec)
     data = spec_to_dict(spec)
     if args.format == "json":
         print(json.dumps(data, indent=2))
     else:
         sys.stdout.write(to_yaml(data))
+    return 0
+
+
+def _render_target(args: argparse.Namespace) -> int:
+    """What the target would run for this spec: sbatch script, manifests or commands."""
+    from flexorch_provider.backends.base import ResolvedJob
+    from flexorch_provider.backends.registry import get_backend
+    from flexorch_provider.resolve import load_workload
+    from flexorch_provider.spec.loader import load_spec
+
+    name = load_spec(args.spec).name
+    workload = load_workload(args.spec, step=args.step, target=args.target)
+    job = ResolvedJob(
+        run_key=f"{name}/{args.step or workload.kind}/<run_id>/-1",  # type: ignore[attr-defined]
+        name=getattr(workload, "name", name),
+        kind=workload.kind,  # type: ignore[attr-defined]
+        workload=workload,
+        run=workload.run,  # type: ignore[attr-defined]
+        setup=workload.setup,
+        env=dict(workload.env),
+        workdir=workload.workdir,
+        secrets={k: "<resolved at run time>" for k in workload.secrets},
+    )
+    sys.stdout.write(get_backend(args.target).render(job))
     return 0
 
 
@@ -102,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="print the normalized, fully defaulted spec")
     p.add_argument("spec", metavar="SPEC", help="a spec file")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument("--target", help="instead, print what this target would run (templates not rendered)")
+    p.add_argument("--step", help="the pipeline step to render with --target")
     p.set_defaults(func=_render)
 
     p = sub.add_parser("generate", help="write one static DAG file per spec (for reviewed, committed DAGs)")

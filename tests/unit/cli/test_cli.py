@@ -85,3 +85,26 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_render_target_ssh_prints_the_commands_each_host_runs(capsys):
+    assert main(["render", str(EXAMPLES / "thumbnails-fleet.yaml"), "--target", "ssh"]) == 0
+    out = capsys.readouterr().out
+    assert "placement any: the first reachable of render-01, render-02, render-03:2222" in out
+    assert "submit .flexorch/runs/thumbnails-fleet-batch-" in out
+    assert "/bin/sh -c './make_thumbnails.sh --date {{ ds }} --size 256'" in out
+
+
+def test_render_target_for_a_pipeline_step_and_an_unknown_backend(capsys):
+    assert main(["render", str(EXAMPLES / "recsys-pipeline.yaml"), "--target", "local", "--step", "evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "recsys-pipeline-evaluate-" in out and "WAREHOUSE_PASSWORD" in out
+    assert main(["render", str(EXAMPLES / "recsys-pipeline.yaml"), "--target", "nowhere", "--step", "train"]) == 1
+
+
+def test_generate_writes_static_dag_files(tmp_path, capsys):
+    assert main(["generate", str(EXAMPLES), str(tmp_path)]) == 0
+    assert (tmp_path / "flexorch_hello_local.py").exists()
+    assert "wrote" in capsys.readouterr().out
+    assert main(["generate", str(EXAMPLES), str(tmp_path), "-q"]) == 0
+    assert capsys.readouterr().out == ""  # nothing changed, nothing listed

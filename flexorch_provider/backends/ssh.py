@@ -175,8 +175,22 @@ class _Session:
             self.runner_ready = True
 
     def runner(self, *args: str, stdin: bytes | None = None) -> str:
-        self.ensure_runner()
-        return self.run([PYTHON, REMOTE_RUNNER, *args], stdin=stdin)
+        """Run the job runner; install it first if this host does not have this version yet.
+
+        Trying first saves an SFTP round trip on every fresh connection to a host that has it.
+        """
+        try:
+            out = self.run([PYTHON, REMOTE_RUNNER, *args], stdin=stdin)
+        except HostError as e:
+            if "exited 127" in str(e):
+                raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it") from e
+            if self.runner_ready or "exited 2" not in str(e) or "can't open file" not in str(e):
+                raise
+            self.runner_ready = False
+            self.ensure_runner()
+            out = self.run([PYTHON, REMOTE_RUNNER, *args], stdin=stdin)
+        self.runner_ready = True
+        return out
 
 
 _POOL: dict[tuple[str, Host], _Session] = {}
@@ -279,8 +293,17 @@ class SshBackend(Backend):
         payload = json.dumps({"job": document, "secrets": job.secrets}).encode()
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
-        # one round per host, in parallel: reachable? runner installed? a live attempt of this run key?
-        probes = _parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
+        # one round per host, in parallel: reachable, runner installed, and (when several hosts
+        # could hold it) a live attempt of this run key? `submit` itself reattaches on its host.
+        probe_live = opts.placement == "any" and len(hosts) > 1
+
+        def probe(h: Host) -> dict[str, Any]:
+            def check(s: _Session) -> dict[str, Any]:
+                return dict(json.loads(s.runner("live", key_dir))) if probe_live else {}
+
+            return _on_host(conn, h, check)
+
+        probes = _parallel(hosts, probe)
         unreachable = {h: _reason(e) for h, _, e in probes if e is not None}
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):

@@ -194,3 +194,16 @@ def test_hostile_args_env_and_run_ids_arrive_byte_for_byte(ssh_fleet, args, valu
     result = [line for line in all_logs(handle) if line.startswith("RESULT ")]
     assert json.loads(result[0][len("RESULT ") :]) == [args, value]
     assert not (ssh_fleet.hosts[0].home / "pwned").exists()
+
+
+def test_the_runner_is_installed_on_a_host_that_lacks_it(ssh_fleet):
+    import shutil
+
+    from flexorch_provider.backends import ssh
+
+    host = ssh_fleet.hosts[3]
+    shutil.rmtree(host.home / ".flexorch" / "bin", ignore_errors=True)
+    ssh.forget(FLEET_CONN, ssh.Host.parse(host.entry))  # a fresh connection knows nothing
+    handle = BACKEND.submit(make_job("echo installed", [host.entry]))
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert (host.home / ssh.REMOTE_RUNNER).read_bytes() == ssh.RUNNER_SOURCE

@@ -293,17 +293,13 @@ class SshBackend(Backend):
         payload = json.dumps({"job": document, "secrets": job.secrets}).encode()
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
-        # one round per host, in parallel: reachable, runner installed, and (when several hosts
-        # could hold it) a live attempt of this run key? `submit` itself reattaches on its host.
-        probe_live = opts.placement == "any" and len(hosts) > 1
-
-        def probe(h: Host) -> dict[str, Any]:
-            def check(s: _Session) -> dict[str, Any]:
-                return dict(json.loads(s.runner("live", key_dir))) if probe_live else {}
-
-            return _on_host(conn, h, check)
-
-        probes = _parallel(hosts, probe)
+        # one round per host, in parallel: is it reachable right now (a command, not just a pooled
+        # connection), and does it hold a live attempt of this run key? A single host needs no
+        # probe: `submit` itself reattaches there.
+        if len(hosts) > 1:
+            probes = _parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
+        else:
+            probes = [(hosts[0], {}, None)]
         unreachable = {h: _reason(e) for h, _, e in probes if e is not None}
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):

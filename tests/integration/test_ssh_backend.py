@@ -111,12 +111,12 @@ def test_a_live_attempt_on_a_later_host_is_found(ssh_fleet):
 def test_dead_host_is_skipped_and_reported(ssh_fleet, restart_host):
     dead, live = ssh_fleet.hosts[2], ssh_fleet.hosts[3]
     dead.kill()
+    restart_host(dead)  # after the test, whatever its outcome
     handle = BACKEND.submit(make_job("echo ok", [dead.entry, live.entry]))
     assert handle.data["hosts"][0]["host"]["user"] == live.user
     assert wait(handle).state == JobState.SUCCEEDED
     with pytest.raises(SubmitError, match=rf"no ssh host could take the job: {dead.entry}: cannot connect"):
         BACKEND.submit(make_job("echo never", [dead.entry]))
-    restart_host(dead)
 
 
 def test_host_killed_mid_run_then_the_retry_lands_on_another_host(ssh_fleet, restart_host):
@@ -125,12 +125,12 @@ def test_host_killed_mid_run_then_the_retry_lands_on_another_host(ssh_fleet, res
     handle = BACKEND.submit(job)
     assert handle.data["hosts"][0]["host"]["user"] == first.user
     first.kill()
+    restart_host(first)
     with pytest.raises(HostError, match="cannot get job status"):
         BACKEND.poll([handle])  # the trigger turns repeated failures into a failed try
     retry = BACKEND.submit(job)  # same run key: the next try
     assert retry.data["hosts"][0]["host"]["user"] == second.user
     BACKEND.cancel(retry)
-    restart_host(first)
 
 
 def test_placement_all_runs_everywhere_and_names_failed_hosts(ssh_fleet):
@@ -151,12 +151,12 @@ def test_placement_all_runs_everywhere_and_names_failed_hosts(ssh_fleet):
 def test_placement_all_starts_nothing_when_a_host_is_down(ssh_fleet, restart_host):
     down = ssh_fleet.hosts[3]
     down.kill()
+    restart_host(down)
     marker = f"all-or-nothing-{time.time_ns()}"
     with pytest.raises(SubmitError, match=rf"nothing was started because 1 of 2 .*{down.entry}"):
         BACKEND.submit(make_job(f"touch $HOME/{marker}", [ssh_fleet.hosts[0].entry, down.entry], placement="all"))
     time.sleep(0.5)
     assert not (ssh_fleet.hosts[0].home / marker).exists()
-    restart_host(down)
 
 
 def test_gpu_placement_pins_cuda_visible_devices(ssh_fleet):

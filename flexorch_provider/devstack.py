@@ -135,6 +135,14 @@ class AirflowStack:
                     pass
                 proc.wait()
 
+    def save_logs(self, dest: Path) -> None:
+        """Copy every component's log to ``dest`` (kept as test artifacts)."""
+        import shutil
+
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in self.home.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+
     def password(self) -> str | None:
         """The ``admin`` password the api-server generated (None with all_admins or before start)."""
         path = self.home / "simple_auth_manager_passwords.json.generated"
@@ -209,6 +217,10 @@ class AirflowStack:
 
     def dag_run(self, dag_id: str, run_id: str) -> Any:
         return self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}") or {}
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        data = self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances") or {}
+        return list(data.get("task_instances", []))
 
     def ti(self, dag_id: str, run_id: str, task_id: str) -> Any:
         return self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}") or {}

@@ -114,6 +114,20 @@ class ResolvedJob:
         return run_key_slug(self.run_key)
 
 
+def job_document(job: ResolvedJob) -> dict[str, Any]:
+    """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json)."""
+    return {
+        "run_key": job.run_key,
+        "argv": job.run if isinstance(job.run, list) else None,
+        "script": job.run if isinstance(job.run, str) else None,
+        "setup": job.setup,
+        "env": job.env,
+        "workdir": job.workdir,
+        "timeout": job.timeout_s,
+        "kill_grace": 10,
+    }
+
+
 def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
     return f"{dag_id}/{task_id}/{run_id}/{map_index}"
 

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flexorch_provider.backends import jobrunner
-from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogChunk, ResolvedJob
+from flexorch_provider.backends.base import (
+    Backend,
+    JobHandle,
+    JobState,
+    JobStatus,
+    LogChunk,
+    ResolvedJob,
+    job_document,
+)
 from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
 
 RUNNER = Path(jobrunner.__file__)
@@ -27,20 +35,6 @@ RUNNER = Path(jobrunner.__file__)
 def run_root(job: ResolvedJob) -> Path:
     configured = job.workload.local.run_dir or os.environ.get("FLEXORCH_RUN_DIR") or "~/.flexorch/runs"
     return Path(configured).expanduser().absolute()
-
-
-def job_document(job: ResolvedJob) -> dict:
-    """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json)."""
-    return {
-        "run_key": job.run_key,
-        "argv": job.run if isinstance(job.run, list) else None,
-        "script": job.run if isinstance(job.run, str) else None,
-        "setup": job.setup,
-        "env": job.env,
-        "workdir": job.workdir,
-        "timeout": job.timeout_s,
-        "kill_grace": 10,
-    }
 
 
 class LocalBackend(Backend):

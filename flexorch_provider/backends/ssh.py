@@ -39,8 +39,8 @@ from flexorch_provider.backends.base import (
     LogChunk,
     LogCursor,
     ResolvedJob,
+    job_document,
 )
-from flexorch_provider.backends.local import job_document
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 

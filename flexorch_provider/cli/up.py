@@ -42,8 +42,7 @@ def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = stack.dag_run(dag_id, run_id).get("state")
-        tis = (stack._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances") or {}).get("task_instances", [])
-        for ti in sorted(tis, key=lambda t: t.get("start_date") or ""):
+        for ti in sorted(stack.task_instances(dag_id, run_id), key=lambda t: t.get("start_date") or ""):
             tries = int(ti.get("try_number") or 0)
             if tries < 1:
                 continue

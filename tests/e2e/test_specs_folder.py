@@ -74,9 +74,7 @@ def stack(tmp_path_factory):
         yield s
     finally:
         s.stop()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for log in (base / "home").glob("*.log"):
-            shutil.copy(log, ARTIFACTS / log.name)
+        s.save_logs(ARTIFACTS)
 
 
 def _run_log(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> str:

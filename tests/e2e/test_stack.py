@@ -8,7 +8,6 @@ the retry reattaches to the same job (exactly one job process ever started).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import textwrap
@@ -73,9 +72,7 @@ def stack(tmp_path_factory):
         yield s
     finally:
         s.stop()
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for log in (base / "home").glob("*.log"):
-            shutil.copy(log, ARTIFACTS / log.name)
+        s.save_logs(ARTIFACTS)
 
 
 def test_local_example_succeeds_with_live_logs(stack):

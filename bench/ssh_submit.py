@@ -1,6 +1,6 @@
 """ssh target: task start → remote job running, and a fleet deploy on 16 hosts vs 1.
 
-Real sshd hosts on loopback (the test suite's fleet, tests/integration/sshd.py; needs root
+Real sshd hosts, each in its own network namespace (the test suite's fleet, tests/integration/sshd.py; needs root
 and openssh-server). Every measurement starts without pooled connections, like a fresh
 task process. Baseline in the same run: one plain SSHHook command (connect + ``true``),
 what Airflow's own SSHOperator pays before it runs anything.

@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)                    # UI screenshot test
 [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)                          # the ssh fleet the tests start
+command -v ip >/dev/null 2>&1 || need+=(iproute2)                           # its hosts live in network namespaces
 if ((${#need[@]} == 0)); then
     exit 0
 fi

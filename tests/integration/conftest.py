@@ -16,7 +16,7 @@ FLEET_CONN = "flexorch_test_fleet"
 
 @pytest.fixture(scope="session")
 def ssh_fleet(tmp_path_factory) -> SshFleet:
-    """Four sshd hosts on loopback and an Airflow connection (from the environment) for them."""
+    """Four sshd hosts, each in its own network namespace, and an Airflow connection (from the environment) for them."""
     # sshd reads authorized keys as the host's account: the folder must not be root-only
     base = Path(tempfile.mkdtemp(prefix="flexorch-ssh-fleet-"))
     base.chmod(0o755)

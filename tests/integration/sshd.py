@@ -1,10 +1,16 @@
-"""A fleet of real sshd "hosts" on loopback, started by the tests.
+"""A fleet of real sshd "hosts", each in its own network namespace, started by the tests.
 
-Each host is its own ``sshd`` (own port, own pid) that admits exactly one Unix account,
-``flexorch-hN``, so each host also has its own home directory — what separate machines
-would give us. Killing a host kills its sshd and every process of its account, like a
-machine that loses power. One Airflow connection (key file, no host key check) serves
-the whole fleet; spec host entries carry ``user@127.0.0.1:port``.
+Each host is a network namespace with its own address (``10.N.0.11``, ``.12``, ... on a
+bridge in the test's own namespace) running its own ``sshd`` on port 22 that admits exactly
+one Unix account, ``flexorch-hN``, so each host also has its own home directory — what
+separate machines would give us. Everything a host runs lives in its namespace: two hosts
+can both listen on port 8000, and a health check to ``127.0.0.1`` on one host does not see
+the other. Killing a host kills its sshd and every process of its account, like a machine
+that loses power. One Airflow connection (key file, no host key check) serves the whole
+fleet; spec host entries carry ``user@10.N.0.1x``.
+
+Only loopback and namespaces this module created are ever addressed. Needs root (``ip
+netns``, ``useradd``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -20,12 +27,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+TAG = f"fx{os.getpid() % 100000}"  # names of this run's namespaces and links (≤ 15 chars)
+SUBNET = f"10.{200 + os.getpid() % 50}.0"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()} (the ssh fleet needs root and iproute2)")
+
+
+def _remove_stale_namespaces() -> None:
+    """Namespaces and bridges of earlier test runs whose process is gone."""
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
+    bridges = re.findall(r"^\d+: (fx\d+br)[:@]", links, re.M)
+    for name in [n for n in names if re.fullmatch(r"fx\d+h\d+", n)] + bridges:
+        pid = int(re.match(r"fx(\d+)", name).group(1))
+        if name.startswith(TAG) or any(int(p) % 100000 == pid for p in os.listdir("/proc") if p.isdigit()):
+            continue
+        if name in bridges:
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+        else:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def ensure_user(name: str) -> Path:
@@ -42,17 +66,19 @@ class SshHost:
     index: int
     user: str
     home: Path
-    port: int
+    address: str
+    namespace: str
     config: Path
+    port: int = 22
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def entry(self) -> str:
-        return f"{self.user}@127.0.0.1:{self.port}"
+        return f"{self.user}@{self.address}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(self.config)],
+            ["ip", "netns", "exec", self.namespace, SSHD, "-D", "-e", "-f", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=open(self.config.with_suffix(".log"), "ab"),
             start_new_session=True,
@@ -60,10 +86,11 @@ class SshHost:
         deadline = time.time() + 10
         while time.time() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                s.settimeout(1)
+                if s.connect_ex((self.address, self.port)) == 0:
                     return
             time.sleep(0.05)
-        raise RuntimeError(f"sshd for {self.user} did not listen on {self.port}: {self.config.with_suffix('.log')}")
+        raise RuntimeError(f"sshd for {self.user} did not listen on {self.address}: {self.config.with_suffix('.log')}")
 
     def processes(self, pattern: str = "") -> list[str]:
         """Command lines of this host's account, optionally filtered by a substring."""
@@ -105,6 +132,8 @@ class SshFleet:
     def stop(self) -> None:
         for h in self.hosts:
             h.stop()
+            subprocess.run(["ip", "netns", "del", h.namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{TAG}br"], capture_output=True)
 
 
 def start_fleet(base: Path, count: int) -> SshFleet:
@@ -117,23 +146,39 @@ def start_fleet(base: Path, count: int) -> SshFleet:
     keys = base / "authorized"
     keys.mkdir(exist_ok=True)
     fleet = SshFleet(base, key)
+    _remove_stale_namespaces()
+    bridge = f"{TAG}br"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    _ip("link", "add", bridge, "type", "bridge")
+    _ip("addr", "add", f"{SUBNET}.1/24", "dev", bridge)
+    _ip("link", "set", bridge, "up")
     for i in range(1, count + 1):
         user = f"flexorch-h{i}"
         home = ensure_user(user)
         (keys / user).write_text((base / "id_ed25519.pub").read_text())
-        port = _free_port()
+        namespace, address = f"{TAG}h{i}", f"{SUBNET}.{10 + i}"
+        outside, inside = f"{TAG}v{i}", f"{TAG}p{i}"
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        _ip("netns", "add", namespace)
+        _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        _ip("link", "set", outside, "master", bridge)
+        _ip("link", "set", outside, "up")
+        _ip("link", "set", inside, "netns", namespace)
+        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", inside)
+        _ip("-n", namespace, "link", "set", inside, "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
         config = base / f"sshd-{i}.conf"
         config.write_text(
             "\n".join(
                 [
-                    f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {base}/sshd-{i}.pid",
+                    "Port 22", "ListenAddress 0.0.0.0", f"HostKey {host_key}", f"PidFile {base}/sshd-{i}.pid",
                     f"AuthorizedKeysFile {keys}/%u", "UsePAM no", "StrictModes no", "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", f"AllowUsers {user}",
                     "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 100", "MaxSessions 100", "",
                 ]
             )
         )  # fmt: skip
-        host = SshHost(i, user, home, port, config)
+        host = SshHost(i, user, home, address, namespace, config)
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)  # leftovers of an earlier run
         host.start()
         fleet.hosts.append(host)

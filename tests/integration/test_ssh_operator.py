@@ -36,7 +36,7 @@ def dag_run(ssh_fleet):
     dags_folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     path = dags_folder / "flex_ssh_it_dag.py"
     # the dead host first: every task must skip it and land on the live one
-    hosts = [ssh_fleet.hosts[0].entry.rsplit(":", 1)[0] + ":1", ssh_fleet.hosts[0].entry]
+    hosts = [ssh_fleet.hosts[0].entry + ":1", ssh_fleet.hosts[0].entry]
     path.write_text(textwrap.dedent(DAG_FILE.format(conn=FLEET_CONN, hosts=hosts)))
     db.resetdb()
     bag = DagBag(str(path))
@@ -49,7 +49,7 @@ def test_ssh_tasks_succeed_and_fail_through_airflow(dag_run):
     assert states == {"remote_ok": "success", "remote_sync": "success", "remote_fails": "failed"}
 
 
-def test_xcom_names_the_ssh_job(dag_run):
+def test_xcom_names_the_ssh_job(dag_run, ssh_fleet):
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
@@ -59,4 +59,4 @@ def test_xcom_names_the_ssh_job(dag_run):
     ok = values["remote_ok"]
     ok = ok if isinstance(ok, dict) else __import__("json").loads(ok)
     assert ok["target"] == "ssh" and ok["state"] == "succeeded" and ok["exit_code"] == 0
-    assert "@flexorch-h1@127.0.0.1:" in ok["job_id"]  # the dead first host was skipped
+    assert ok["job_id"].endswith("@" + ssh_fleet.hosts[0].entry)  # the dead first host was skipped

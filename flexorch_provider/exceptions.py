@@ -9,6 +9,7 @@
         ├── BackendUnavailableError        a backend's optional dependency is missing
         ├── SubmitError                    a target refused or could not take the job
         ├── JobFailedError                 the job ran and ended unsuccessfully
+        ├── ServiceError                   a service did not reach its desired state
         └── JobLostError                   the job disappeared (purged, host gone)
 
 Library errors (paramiko, kubernetes, subprocess) are mapped onto this tree at the
@@ -71,6 +72,10 @@ class SubmitError(BackendError):
 
     With an ordered target list, the operator tries the next target.
     """
+
+
+class ServiceError(BackendError):
+    """A service did not reach its desired state (a replica never got healthy, no host fits)."""
 
 
 class JobFailedError(BackendError):

@@ -10,6 +10,10 @@
                        ints for a job on several hosts: opaque, JSON-serializable)
     cancel(handle)     stop the job; nothing of it is left running
 
+Services add one more, ``service(job, log)``: bring the service to the state the spec and
+``job.action`` ask for (deploy, reconcile, undeploy) and return a summary; targets that
+cannot run services keep the default, which refuses.
+
 Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
 can carry them across a triggerer restart.
 """
@@ -20,10 +24,11 @@ import enum
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.spec.models import Workload
 
 
@@ -142,7 +147,6 @@ class Backend(ABC):
     """One target. Instances are cheap and stateless; all per-job data is in the job/handle."""
 
     name: ClassVar[str]
-    supports_services: ClassVar[bool] = False
 
     @abstractmethod
     def render(self, job: ResolvedJob) -> str: ...
@@ -158,6 +162,10 @@ class Backend(ABC):
 
     @abstractmethod
     def cancel(self, handle: JobHandle) -> None: ...
+
+    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+        """Deploy, reconcile or undeploy a service (``job.action``); a summary for XCom."""
+        raise SubmitError(f"the {self.name} target cannot run services (action {job.action!r}) in this version")
 
     def batch_key(self, handle: JobHandle) -> str:
         """Handles with the same key are polled together (one query per key per interval)."""

@@ -22,6 +22,13 @@ Modes::
     python3 jobrunner.py log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
     python3 jobrunner.py cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
 
+Services (a replica is a job under SVC_DIR/<slot>-<revision>; its job.json carries
+"service" and "health")::
+
+    python3 jobrunner.py replicas SVC_DIR   one JSON line per replica: slot, revision, state
+    python3 jobrunner.py health RUN_DIR     run the replica's health check here, as JSON
+    python3 jobrunner.py retire KEY_DIR     stop a replica and move it to SVC_DIR/.retired/
+
 States: pending (launched, not yet running), running, succeeded, failed, timeout,
 cancelled, lost (the supervisor died without a result: kill -9, reboot).
 """
@@ -289,6 +296,120 @@ def cancel(run_dir, grace=10.0):
     return status(run_dir)
 
 
+# --- services --------------------------------------------------------------------------
+RETIRED = ".retired"
+KEEP_RETIRED = 10
+
+
+def _job_of(run_dir):
+    try:
+        with open(os.path.join(run_dir, "job.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def replicas(svc_dir):
+    """Every replica under ``svc_dir``: its latest attempt's state and what it runs."""
+    out = []
+    try:
+        names = sorted(os.listdir(svc_dir))
+    except OSError:
+        return out
+    for name in names:
+        key_dir = os.path.join(os.path.abspath(svc_dir), name)
+        attempts = _attempts(key_dir)
+        if name.startswith(".") or not attempts:
+            continue
+        run_dir = os.path.join(key_dir, str(attempts[-1]))
+        meta = _job_of(run_dir).get("service") or {}
+        st = status(run_dir)
+        try:
+            started = os.path.getmtime(os.path.join(run_dir, "runner.pid"))
+        except OSError:
+            started = os.path.getmtime(run_dir)
+        out.append({"key_dir": key_dir, "run_dir": run_dir, "slot": meta.get("slot"), "revision": meta.get("revision"),
+                    "state": st["state"], "exit_code": st.get("exit_code"), "message": st.get("message", ""),
+                    "started_at": started, "age": max(0.0, time.time() - started)})  # fmt: skip
+    return out
+
+
+def _check_http(port, path, timeout):
+    import urllib.error
+    import urllib.request
+
+    url = "http://127.0.0.1:%d%s" % (int(port), path)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            code = response.getcode()
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except Exception as e:  # refused, reset, timeout
+        return False, "GET %s: %s" % (url, getattr(e, "reason", None) or e)
+    return code < 400, "GET %s: HTTP %d" % (url, code)
+
+
+def _check_command(run_dir, job, command, timeout):
+    """The command runs where and with what the replica runs (its workdir and env, no secrets)."""
+    env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+    env.update(job.get("env") or {})
+    env["FLEXORCH_RUN_DIR"] = run_dir
+    workdir = os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
+    argv = list(command) if isinstance(command, list) else ["/bin/sh", "-c", command]
+    try:
+        done = subprocess.run(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout, start_new_session=True)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False, "health command timed out after %ss" % timeout
+    except OSError as e:
+        return False, "health command could not start: %s" % e
+    last = (done.stdout or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    return done.returncode == 0, "health command exited %d %s" % (done.returncode, last[0][:200])
+
+
+def health(run_dir):
+    """Is this replica running and healthy? Checks run on the replica's own host."""
+    st = status(run_dir)
+    out = {"run_dir": os.path.abspath(run_dir), "state": st["state"], "exit_code": st.get("exit_code")}
+    if st["state"] != "running":
+        out.update(healthy=False, detail="not running: %s %s" % (st["state"], st.get("message", "")))
+        return out
+    job = _job_of(run_dir)
+    check = job.get("health") or {}
+    timeout = float(check.get("timeout") or 5)
+    if check.get("http"):
+        ok, detail = _check_http(check["port"], check["http"], timeout)
+    elif check.get("command"):
+        ok, detail = _check_command(out["run_dir"], job, check["command"], timeout)
+    else:
+        ok, detail = True, "running (no health check configured)"
+    out.update(healthy=ok, detail=detail)
+    return out
+
+
+def retire(key_dir):
+    """Stop the replica (if it runs) and keep its directory, logs included, under .retired/."""
+    key_dir = os.path.abspath(key_dir)
+    attempts = _attempts(key_dir)
+    out = {"key_dir": key_dir, "state": "gone"}
+    if attempts:
+        run_dir = os.path.join(key_dir, str(attempts[-1]))
+        st = status(run_dir)
+        if st["state"] in ("pending", "running"):
+            st = cancel(run_dir, float(_job_of(run_dir).get("kill_grace", 10)))
+        out["state"] = st["state"]
+    if os.path.isdir(key_dir):
+        graveyard = os.path.join(os.path.dirname(key_dir), RETIRED)
+        os.makedirs(graveyard, 0o700, exist_ok=True)
+        os.rename(key_dir, os.path.join(graveyard, "%s.%d" % (os.path.basename(key_dir), int(time.time() * 1000))))
+        old = sorted(os.listdir(graveyard), key=lambda n: os.path.getmtime(os.path.join(graveyard, n)))
+        for name in old[:-KEEP_RETIRED]:
+            import shutil
+
+            shutil.rmtree(os.path.join(graveyard, name), ignore_errors=True)
+    return out
+
+
 def _reaped_within(pgid, seconds):
     """Reap orphaned children until group ``pgid`` is gone; False if it outlives ``seconds``."""
     deadline = time.time() + seconds
@@ -501,8 +622,20 @@ def main(argv):
             sys.stdout.write(json.dumps(status(run_dir)) + "\n")
     elif len(argv) >= 2 and argv[0] == "cancel":
         sys.stdout.write(json.dumps(cancel(argv[1])) + "\n")
+    elif len(argv) == 2 and argv[0] == "replicas":
+        for replica in replicas(argv[1]):
+            sys.stdout.write(json.dumps(replica) + "\n")
+    elif len(argv) >= 2 and argv[0] == "health":
+        for run_dir in argv[1:]:
+            sys.stdout.write(json.dumps(health(run_dir)) + "\n")
+    elif len(argv) >= 2 and argv[0] == "retire":
+        for key_dir in argv[1:]:
+            sys.stdout.write(json.dumps(retire(key_dir)) + "\n")
     else:
-        sys.stderr.write("usage: jobrunner.py submit KEY_DIR | start|status|cancel RUN_DIR... | log RUN_DIR CURSOR\n")
+        sys.stderr.write(
+            "usage: jobrunner.py submit|live KEY_DIR | start|status|cancel|health RUN_DIR... | log RUN_DIR CURSOR"
+            " | replicas SVC_DIR | retire KEY_DIR...\n"
+        )
         return 2
     return 0
 

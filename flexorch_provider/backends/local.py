@@ -14,8 +14,9 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flexorch_provider.backends import jobrunner
 from flexorch_provider.backends.base import (
@@ -27,6 +28,7 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     job_document,
 )
+from flexorch_provider.backends.services import Fleet, run_service
 from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
 
 RUNNER = Path(jobrunner.__file__)
@@ -39,6 +41,21 @@ def run_root(job: ResolvedJob) -> Path:
 
 class LocalBackend(Backend):
     name = "local"
+
+    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+        """A service on the worker itself: one host, the same converge as on an ssh fleet."""
+        host = socket.gethostname()
+
+        def call(_host: str, args: Sequence[str], stdin: bytes | None) -> str:
+            done = subprocess.run(
+                [sys.executable, str(RUNNER), *args], input=stdin or b"", capture_output=True, timeout=120
+            )
+            if done.returncode != 0:
+                raise BackendError(f"job runner {args[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
+            return done.stdout.decode("utf-8", "replace")
+
+        root = str(run_root(job) / "_services")
+        return run_service(Fleet(hosts=[host], call=call, label=str, root=root), job, log)
 
     def render(self, job: ResolvedJob) -> str:
         run_dir = run_root(job) / job.key_slug / "<attempt>"

@@ -24,8 +24,7 @@ import hashlib
 import json
 import shlex
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,12 +40,14 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     job_document,
 )
+from flexorch_provider.backends.services import Fleet, parallel, reason, run_service
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 
 RUNNER_SOURCE = Path(jobrunner.__file__).read_bytes()
 REMOTE_RUNNER = f".flexorch/bin/jobrunner-{hashlib.sha256(RUNNER_SOURCE).hexdigest()[:12]}.py"
 REMOTE_RUNS = ".flexorch/runs"
+REMOTE_SERVICES = ".flexorch/services"
 PYTHON = "python3"
 CONNECT_TIMEOUT = 5
 COMMAND_TIMEOUT = 60
@@ -113,7 +114,7 @@ class _Session:
         try:
             self.client = hook.get_conn()
         except Exception as e:  # paramiko, socket and auth errors
-            raise HostError(f"{host.label}: cannot connect: {_reason(e)}") from e
+            raise HostError(f"{host.label}: cannot connect: {reason(e)}") from e
         self.runner_ready = False
         self.lock = threading.Lock()
 
@@ -139,7 +140,7 @@ class _Session:
             code = channel.recv_exit_status()
             channel.close()
         except Exception as e:
-            raise HostError(f"{self.label}: {_reason(e)}") from e
+            raise HostError(f"{self.label}: {reason(e)}") from e
         if code != 0:
             tail = stderr.decode("utf-8", "replace").strip()[-500:]
             raise HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
@@ -171,7 +172,7 @@ class _Session:
                 finally:
                     sftp.close()
             except Exception as e:
-                raise HostError(f"{self.label}: cannot install the job runner: {_reason(e)}") from e
+                raise HostError(f"{self.label}: cannot install the job runner: {reason(e)}") from e
             self.runner_ready = True
 
     def runner(self, *args: str, stdin: bytes | None = None) -> str:
@@ -228,32 +229,18 @@ def _on_host(conn_id: str, host: Host, action: Callable[[_Session], T]) -> T:
         return action(session(conn_id, host))
 
 
-def _parallel(items: Iterable[T], fn: Callable[[T], Any]) -> list[tuple[T, Any, Exception | None]]:
-    items = list(items)
-    if len(items) == 1:  # no thread for the common case
-        try:
-            return [(items[0], fn(items[0]), None)]
-        except Exception as e:
-            return [(items[0], None, e)]
-    out = []
-    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
-        futures = [(item, pool.submit(fn, item)) for item in items]
-        for item, fut in futures:
-            try:
-                out.append((item, fut.result(), None))
-            except Exception as e:
-                out.append((item, None, e))
-    return out
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
-
-
 # --- the backend -----------------------------------------------------------------------
 class SshBackend(Backend):
     name = "ssh"
+
+    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+        conn = job.workload.ssh.connection
+
+        def call(host: Host, args: Sequence[str], stdin: bytes | None) -> str:
+            return _on_host(conn, host, lambda s: s.runner(*args, stdin=stdin))
+
+        fleet = Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
+        return run_service(fleet, job, log)
 
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh
@@ -297,10 +284,10 @@ class SshBackend(Backend):
         # connection), and does it hold a live attempt of this run key? A single host needs no
         # probe: `submit` itself reattaches there.
         if len(hosts) > 1:
-            probes = _parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
+            probes = parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
         else:
             probes = [(hosts[0], {}, None)]
-        unreachable = {h: _reason(e) for h, _, e in probes if e is not None}
+        unreachable = {h: reason(e) for h, _, e in probes if e is not None}
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):
                 raise e
@@ -320,7 +307,7 @@ class SshBackend(Backend):
                 try:
                     started = start(h)
                 except HostError as err:
-                    refusals.append(_reason(err))
+                    refusals.append(reason(err))
                     continue
                 return self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
             raise SubmitError("no ssh host could take the job: " + "; ".join(refusals))
@@ -330,8 +317,8 @@ class SshBackend(Backend):
                 f"placement all needs every host; nothing was started because {len(unreachable)} of {len(hosts)} "
                 "cannot be reached: " + "; ".join(unreachable.values())
             )
-        results = _parallel(hosts, start)
-        failed = [_reason(e) for _, _, e in results if e is not None]
+        results = parallel(hosts, start)
+        failed = [reason(e) for _, _, e in results if e is not None]
         placed = [(h, r["run_dir"]) for h, r, e in results if e is None]
         if failed:
             try:
@@ -370,9 +357,9 @@ class SshBackend(Backend):
             return {r["run_dir"]: r for r in map(json.loads, text.splitlines())}
 
         raw: dict[tuple[Host, str], dict[str, Any]] = {}
-        for ((_, host), _dirs), result, error in _parallel(by_host.items(), status_of):
+        for ((_, host), _dirs), result, error in parallel(by_host.items(), status_of):
             if error is not None:
-                raise HostError(f"cannot get job status from {host.label}: {_reason(error)}") from error
+                raise HostError(f"cannot get job status from {host.label}: {reason(error)}") from error
             for run_dir, status in result.items():
                 raw[(host, run_dir)] = status
 
@@ -397,7 +384,7 @@ class SshBackend(Backend):
             return json.loads(_on_host(conn, host, lambda s: s.runner("log", p["run_dir"], str(start))))
 
         lines: list[str] = []
-        for p, data, error in _parallel(placed, fetch):
+        for p, data, error in parallel(placed, fetch):
             if error is not None:
                 continue  # this host's lines come next time
             label = Host(**p["host"]).label
@@ -412,10 +399,10 @@ class SshBackend(Backend):
             return json.loads(_on_host(conn, Host(**p["host"]), lambda s: s.runner("cancel", p["run_dir"])))
 
         problems = []
-        for p, result, error in _parallel(handle.data["hosts"], stop):
+        for p, result, error in parallel(handle.data["hosts"], stop):
             label = Host(**p["host"]).label
             if error is not None:
-                problems.append(_reason(error))
+                problems.append(reason(error))
             elif result.get("state") in ("pending", "running"):
                 problems.append(f"{label}: still running after cancel")
         if problems:

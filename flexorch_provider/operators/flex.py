@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
-from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob, run_key
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, ResolvedJob, run_key
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.exceptions import (
     BackendError,
@@ -34,6 +35,7 @@ from flexorch_provider.resolve import load_workload, resolve_secrets
 from flexorch_provider.triggers.job import FlexJobTrigger
 
 TAIL_LINES = 30
+T = TypeVar("T")
 
 
 class FlexOperator(BaseOperator):
@@ -107,28 +109,39 @@ class FlexOperator(BaseOperator):
             action=self.action,
         )
 
-    def _submit(self, job: ResolvedJob) -> JobHandle:
+    def _on_first_target(self, job: ResolvedJob, start: Callable[[Backend], T]) -> tuple[str, T]:
+        """Run ``start`` on the first target that accepts the job (in the spec's order)."""
         refusals: list[str] = []
         for target in self.workload.target:
             try:
-                backend = get_backend(target)
-                if job.action is not None and not backend.supports_services:
-                    raise SubmitError(
-                        f"the {target} target cannot run services (action {job.action!r}) in this version"
-                    )
-                handle = backend.submit(job)
+                result = start(get_backend(target))
             except (SubmitError, BackendUnavailableError) as e:
                 self.log.warning("target %s refused the job: %s", target, e)
                 refusals.append(f"{target}: {e}")
                 continue
             if refusals:
                 self.log.info("falling back: %s", "; ".join(refusals))
-            self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
-            return handle
+            return target, result
         raise SubmitError("no target accepted the job:\n  " + "\n  ".join(refusals))
+
+    def _submit(self, job: ResolvedJob) -> JobHandle:
+        target, handle = self._on_first_target(job, lambda backend: backend.submit(job))
+        self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
+        return handle
+
+    def _service(self, job: ResolvedJob) -> dict[str, Any]:
+        """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
+        self.log.info("service %s: %s", job.name, job.action)
+        target, summary = self._on_first_target(job, lambda backend: backend.service(job, self._service_log))
+        return {**summary, "target": target, "action": job.action}
+
+    def _service_log(self, line: str) -> None:
+        self.log.info("%s", line)
 
     def execute(self, context: Any) -> Any:
         job = self._resolved(context)
+        if job.action is not None:
+            return self._service(job)
         handle = self._submit(job)
         self._handle = handle
         context["ti"].xcom_push(key="job", value=_public(handle))

@@ -19,6 +19,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,7 @@ def start_fleet(base: Path, count: int) -> SshFleet:
         )  # fmt: skip
         host = SshHost(i, user, home, address, namespace, config)
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)  # leftovers of an earlier run
+        shutil.rmtree(home / ".flexorch", ignore_errors=True)  # a fresh host: no runner, no runs
         host.start()
         fleet.hosts.append(host)
     return fleet

@@ -1,0 +1,419 @@
+"""Services on plain hosts (``ssh``, ``local``): keep N healthy replicas of one revision.
+
+There is one operation, :func:`converge`: look at what runs on every host, compare it with
+the spec, and change the fewest replicas needed. ``deploy`` and ``reconcile`` are both a
+converge (so a deploy that dies half way is finished by the next run or by reconcile);
+``undeploy`` converges to zero. Desired state is the spec: a spec edited in the folder
+reaches the hosts at the next deploy or reconcile run, through the same health gates.
+
+A replica is a job of the shared job runner under ``<services>/<service>/<slot>-<revision>``
+on its host; its job.json records slot and revision, so the hosts themselves are the
+record of what is deployed — there is no second copy of the state to drift. Restarting a
+dead replica of the same revision in place is a new attempt of the same run key.
+
+Order of work: retire dead replicas (keeping their logs under ``.retired/``), extra
+replicas and duplicates; restart replicas that stay unhealthy past the grace; fill empty
+slots; then replace old revisions one slot at a time — start the new replica (on a free
+host when the port allows a surge), wait until it is healthy, only then stop the old one.
+A new replica that never gets healthy stops the rollout with its log tail; the replicas
+not yet replaced keep serving.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from flexorch_provider.backends.base import ResolvedJob, job_document, run_key_slug
+from flexorch_provider.exceptions import BackendError, ConfigurationError, ServiceError
+
+H = TypeVar("H")
+LIVE = ("pending", "running")
+TAIL_LINES = 20
+
+
+@dataclass
+class Fleet(Generic[H]):
+    """Where a service runs: hosts in spec order and one way to run the job runner on a host."""
+
+    hosts: list[H]
+    call: Callable[[H, Sequence[str], bytes | None], str]  # (host, runner args, stdin) → stdout
+    label: Callable[[H], str]
+    root: str  # the services directory on every host
+
+
+@dataclass
+class Replica(Generic[H]):
+    host: H
+    slot: int
+    revision: str
+    key_dir: str
+    run_dir: str
+    state: str
+    age: float
+    message: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+
+@dataclass
+class Desired:
+    """The service as the spec wants it, for one run."""
+
+    name: str
+    directory: str
+    replicas: int
+    revision: str
+    port: int | None
+    grace_s: float
+    interval_s: float
+    strategy: str
+    max_surge: int
+    max_unavailable: int
+    documents: dict[int, dict[str, Any]] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def service_slug(name: str) -> str:
+    return run_key_slug(f"service/{name}")
+
+
+def desired_state(job: ResolvedJob, root: str) -> Desired:
+    """Slots, revision and each slot's job document (what the runner gets) from the spec."""
+    w: Any = job.workload
+    base = job_document(job)
+    base["timeout"] = None  # a service runs until it is replaced or undeployed
+    env = dict(base["env"])
+    if w.port is not None:
+        env.setdefault("PORT", str(w.port))
+    health = None
+    if w.health is not None:
+        health = {"http": w.health.http, "port": w.port, "command": w.health.command,
+                  "timeout": w.health.timeout.total_seconds()}  # fmt: skip
+    fingerprint = {k: v for k, v in base.items() if k != "run_key"}
+    fingerprint.update(env=env, health=health, secrets=hashlib.sha256(json.dumps(job.secrets, sort_keys=True).encode()).hexdigest())  # fmt: skip
+    revision = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
+    directory = f"{root}/{service_slug(job.name)}"
+    documents = {}
+    for slot in range(w.replicas):
+        documents[slot] = {
+            **base,
+            "run_key": f"service/{job.name}/{slot}",
+            "env": {**env, "FLEXORCH_REPLICA": str(slot)},
+            "service": {"name": job.name, "slot": slot, "revision": revision},
+            "health": health,
+        }
+    return Desired(
+        name=job.name, directory=directory, replicas=w.replicas, revision=revision, port=w.port,
+        grace_s=w.health.grace.total_seconds() if w.health else 5.0,
+        interval_s=min(w.health.interval.total_seconds(), 0.5) if w.health else 0.5,
+        strategy=w.update.strategy, max_surge=w.update.max_surge, max_unavailable=w.update.max_unavailable,
+        documents=documents, secrets=dict(job.secrets),
+    )  # fmt: skip
+
+
+class Converger(Generic[H]):
+    def __init__(self, fleet: Fleet[H], desired: Desired, log: Callable[[str], None]) -> None:
+        self.fleet = fleet
+        self.want = desired
+        self.log = log
+        self.reachable: list[H] = []
+        self.changes: list[str] = []
+
+    # --- talking to hosts ----------------------------------------------------------------
+    def _json_lines(self, host: H, *args: str, stdin: bytes | None = None) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.fleet.call(host, list(args), stdin).splitlines() if line.strip()]
+
+    def observe(self) -> tuple[list[Replica[H]], dict[str, str]]:
+        def look(host: H) -> list[dict[str, Any]]:
+            return self._json_lines(host, "replicas", self.want.directory)
+
+        found: list[Replica[H]] = []
+        unreachable: dict[str, str] = {}
+        self.reachable = []
+        for host, rows, error in parallel(self.fleet.hosts, look):
+            if error is not None:
+                if isinstance(error, ConfigurationError):
+                    raise error
+                unreachable[self.fleet.label(host)] = reason(error)
+                continue
+            self.reachable.append(host)
+            for r in rows:
+                if r.get("slot") is None:
+                    continue  # not a replica we started
+                found.append(Replica(host, int(r["slot"]), str(r["revision"]), r["key_dir"], r["run_dir"],
+                                     r["state"], float(r.get("age") or 0), r.get("message", "")))  # fmt: skip
+        return found, unreachable
+
+    def where(self, r: Replica[H]) -> str:
+        return f"replica {r.slot} ({r.revision}) on {self.fleet.label(r.host)}"
+
+    def retire(self, r: Replica[H], why: str) -> None:
+        self.log(f"{self.where(r)}: {why}: stopping it")
+        self._json_lines(r.host, "retire", r.key_dir)
+        self.changes.append(f"retired {self.where(r)}: {why}")
+
+    def start(self, slot: int, host: H) -> Replica[H]:
+        doc = self.want.documents[slot]
+        key_dir = f"{self.want.directory}/{slot}-{self.want.revision}"
+        payload = json.dumps({"job": doc, "secrets": self.want.secrets}).encode()
+        out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
+        r = Replica(host, slot, self.want.revision, key_dir, out["run_dir"], "pending", 0.0)
+        self.log(f"{self.where(r)}: {'already running' if out.get('reattached') else 'started'}")
+        self.changes.append(f"started {self.where(r)}")
+        return r
+
+    def health(self, replicas: Sequence[Replica[H]]) -> dict[str, dict[str, Any]]:
+        by_host: dict[str, list[Replica[H]]] = collections.defaultdict(list)
+        for r in replicas:
+            by_host[self.fleet.label(r.host)].append(r)
+        out: dict[str, dict[str, Any]] = {}
+
+        def check(key: str) -> list[dict[str, Any]]:
+            group = by_host[key]
+            return self._json_lines(group[0].host, "health", *(r.run_dir for r in group))
+
+        for key, rows, error in parallel(list(by_host), check):
+            if error is not None:
+                for r in by_host[key]:
+                    out[r.run_dir] = {"healthy": False, "state": "unknown", "detail": reason(error)}
+                continue
+            for row in rows:
+                out[row["run_dir"]] = row
+        return out
+
+    def wait_healthy(self, replicas: Sequence[Replica[H]]) -> dict[str, str]:
+        """Wait until every replica is healthy; returns {run_dir: why} for those that never got there."""
+        waiting = {r.run_dir: r for r in replicas}
+        failed: dict[str, str] = {}
+        last: dict[str, str] = {}
+        started = time.monotonic()
+        while waiting:
+            for run_dir, row in self.health(list(waiting.values())).items():
+                r = waiting.get(run_dir)
+                if r is None:
+                    continue
+                if row.get("healthy"):
+                    self.log(f"{self.where(r)}: healthy after {time.monotonic() - started:.1f}s ({row.get('detail')})")
+                    del waiting[run_dir]
+                elif row.get("state") not in (*LIVE, "unknown"):
+                    failed[run_dir] = f"{self.where(r)} exited ({row.get('state')}, exit {row.get('exit_code')})"
+                    failed[run_dir] += self.tail(r)
+                    del waiting[run_dir]
+                else:
+                    last[run_dir] = str(row.get("detail", ""))
+            if not waiting or time.monotonic() - started > self.want.grace_s:
+                break
+            time.sleep(self.want.interval_s)
+        for run_dir, r in waiting.items():
+            failed[run_dir] = (
+                f"{self.where(r)} is not healthy after {self.want.grace_s:.0f}s: {last.get(run_dir, 'no answer')}"
+                + self.tail(r)
+            )
+        return failed
+
+    def tail(self, r: Replica[H]) -> str:
+        try:
+            data = json.loads(self.fleet.call(r.host, ["log", r.run_dir, "0"], None))
+        except (BackendError, ValueError):
+            return ""
+        lines = data.get("lines", [])[-TAIL_LINES:]
+        return ("\n  last log lines:\n    " + "\n    ".join(lines)) if lines else ""
+
+    # --- placement -------------------------------------------------------------------------
+    def pick_host(self, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None) -> H | None:
+        """A reachable host for a new replica; with a port, only a host without one of ours."""
+        choices = [h for h in self.reachable if avoid is None or h != avoid]
+        if self.want.port is not None:
+            choices = [h for h in choices if load[self.fleet.label(h)] == 0]
+        if not choices:
+            return None
+        if prefer is not None and prefer in choices:
+            return prefer
+        order = {self.fleet.label(h): i for i, h in enumerate(self.fleet.hosts)}
+        return min(choices, key=lambda h: (load[self.fleet.label(h)], order[self.fleet.label(h)]))
+
+    def no_room(self, slot: int) -> ServiceError:
+        n = len(self.reachable)
+        return ServiceError(
+            f"service {self.want.name}: no host can take replica {slot}: each replica listens on port "
+            f"{self.want.port}, so {self.want.replicas} replicas need {self.want.replicas} hosts and {n} "
+            f"{'is' if n == 1 else 'are'} reachable; add hosts to ssh.hosts or lower replicas"
+        )
+
+    # --- the converge ------------------------------------------------------------------------
+    def undeploy(self) -> dict[str, Any]:
+        found, unreachable = self.observe()
+        for r in found:
+            self.retire(r, "undeploy") if r.live else self._json_lines(r.host, "retire", r.key_dir)
+        if unreachable:
+            raise ServiceError(
+                f"service {self.want.name}: undeployed from the reachable hosts, but "
+                + "; ".join(f"{h}: {why}" for h, why in unreachable.items())
+                + " — replicas there may still run; run undeploy again once the hosts are back"
+            )
+        self.log(f"service {self.want.name}: undeployed ({len([r for r in found if r.live])} replicas stopped)")
+        return self.summary([])
+
+    def converge(self) -> dict[str, Any]:
+        want = self.want
+        found, unreachable = self.observe()
+        for label, why in unreachable.items():
+            self.log(f"{label} is unreachable ({why}): replicas there count as lost")
+        if not self.reachable:
+            raise ServiceError(f"service {want.name}: no host is reachable: " + "; ".join(unreachable.values()))
+
+        # 1. what is dead, extra or duplicated goes (dead ones keep their logs under .retired/)
+        for r in found:
+            if not r.live:
+                self.retire(r, f"it is not running ({r.state}: {r.message})")
+        live = sorted((r for r in found if r.live), key=lambda r: (r.revision != want.revision, r.age))
+        slots: dict[int, Replica[H]] = {}
+        for r in live:
+            if r.slot >= want.replicas:
+                self.retire(r, f"scaled down to {want.replicas} replicas")
+            elif r.slot in slots:
+                self.retire(r, f"duplicate of {self.where(slots[r.slot])}")
+            else:
+                slots[r.slot] = r
+
+        # 2. replicas unhealthy past their grace are restarted
+        checks = self.health(list(slots.values()))
+        for slot, r in list(slots.items()):
+            row = checks.get(r.run_dir, {})
+            if not row.get("healthy") and r.age > want.grace_s:
+                self.retire(r, f"unhealthy: {row.get('detail')}")
+                del slots[slot]
+
+        load: collections.Counter[str] = collections.Counter(self.fleet.label(r.host) for r in slots.values())
+        previous = {r.slot: r.host for r in found}
+
+        # 3. empty slots get the wanted revision (they serve nothing now, so all at once)
+        started = []
+        for slot in range(want.replicas):
+            if slot in slots:
+                continue
+            host = self.pick_host(load, prefer=previous.get(slot))
+            if host is None:
+                raise self.no_room(slot)
+            started.append(self.start(slot, host))
+            load[self.fleet.label(host)] += 1
+        failures = self.wait_healthy(started) if started else {}
+        for r in started:
+            slots[r.slot] = r
+        if failures:
+            raise ServiceError(f"service {want.name}: " + "\n".join(failures.values()))
+
+        # 4. old revisions are replaced one slot at a time, each gated on health
+        old = [r for r in slots.values() if r.revision != want.revision]
+        if old and want.strategy == "recreate":
+            for r in old:
+                self.retire(r, f"recreate with revision {want.revision}")
+                load[self.fleet.label(r.host)] -= 1
+            fresh = [self.start(r.slot, self.pick_host(load, prefer=r.host) or r.host) for r in old]
+            failures = self.wait_healthy(fresh)
+            if failures:
+                raise ServiceError(f"service {want.name}: recreate failed: " + "\n".join(failures.values()))
+            old = []
+        for done, r in enumerate(sorted(old, key=lambda r: r.slot)):
+            self.replace(r, load, remaining=len(old) - done)
+
+        # 5. the final word: every slot healthy at the wanted revision
+        final = [r for r in self.observe()[0] if r.live and r.revision == want.revision and r.slot < want.replicas]
+        checks = self.health(final)
+        healthy = sorted({r.slot for r in final if checks.get(r.run_dir, {}).get("healthy")})
+        if len(healthy) < want.replicas:
+            missing = sorted(set(range(want.replicas)) - set(healthy))
+            raise ServiceError(f"service {want.name}: replicas {missing} are not healthy at revision {want.revision}")
+        self.log(
+            f"service {want.name}: {want.replicas}/{want.replicas} replicas healthy at revision {want.revision}"
+            + ("" if self.changes else " (nothing to change)")
+        )
+        return self.summary(final)
+
+    def replace(self, old: Replica[H], load: collections.Counter[str], remaining: int) -> None:
+        """Rolling update of one slot: surge onto a free host, or stop-then-start in place."""
+        want = self.want
+        host = self.pick_host(load, avoid=old.host) if want.max_surge >= 1 else None
+        if host is not None:
+            new = self.start(old.slot, host)
+            load[self.fleet.label(host)] += 1
+            failures = self.wait_healthy([new])
+            if failures:
+                self.retire(new, "never became healthy")
+                raise ServiceError(
+                    f"service {want.name}: rolling update to {want.revision} stopped: {failures[new.run_dir]}\n"
+                    f"{remaining} replica(s) keep serving revision {old.revision}; fix the spec and deploy again"
+                )
+            self.retire(old, f"replaced by revision {want.revision} on {self.fleet.label(host)}")
+            load[self.fleet.label(old.host)] -= 1
+            return
+        if want.max_unavailable < 1:
+            raise ServiceError(
+                f"service {want.name}: rolling update needs a free host for the extra replica (max_surge), but "
+                f"port {want.port} is taken on every reachable host; add a host, or set update.max_unavailable: 1 "
+                "to update in place one replica at a time"
+            )
+        self.retire(old, f"update in place to revision {want.revision}")
+        new = self.start(old.slot, old.host)
+        failures = self.wait_healthy([new])
+        if failures:
+            raise ServiceError(
+                f"service {want.name}: rolling update to {want.revision} stopped: {failures[new.run_dir]}\n"
+                f"replica {old.slot} is down; {remaining - 1} replica(s) keep serving revision {old.revision}; "
+                "fix the spec and deploy again"
+            )
+
+    def summary(self, replicas: Sequence[Replica[H]]) -> dict[str, Any]:
+        return {
+            "service": self.want.name,
+            "revision": self.want.revision,
+            "replicas": [
+                {"slot": r.slot, "host": self.fleet.label(r.host), "run_dir": r.run_dir}
+                for r in sorted(replicas, key=lambda r: r.slot)
+            ],
+            "changes": list(self.changes),
+        }
+
+
+def run_service(fleet: Fleet[H], job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+    """deploy | reconcile → converge; undeploy → stop every replica."""
+    converger = Converger(fleet, desired_state(job, fleet.root), log)
+    if job.action == "undeploy":
+        return converger.undeploy()
+    return converger.converge()
+
+
+def parallel(items: Sequence[H], fn: Callable[[H], Any]) -> list[tuple[H, Any, Exception | None]]:
+    """``fn`` on every item at once (threads; none for a single item): (item, result, error) in order."""
+    if len(items) <= 1:
+        out = []
+        for item in items:
+            try:
+                out.append((item, fn(item), None))
+            except Exception as e:
+                out.append((item, None, e))
+        return out
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        futures = [(item, pool.submit(fn, item)) for item in items]
+        results = []
+        for item, fut in futures:
+            try:
+                results.append((item, fut.result(), None))
+            except Exception as e:
+                results.append((item, None, e))
+        return results
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an error, for messages that list many."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

@@ -28,7 +28,7 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     job_document,
 )
-from flexorch_provider.backends.services import Fleet, run_service
+from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
 
 RUNNER = Path(jobrunner.__file__)
@@ -58,6 +58,9 @@ class LocalBackend(Backend):
         return run_service(Fleet(hosts=[host], call=call, label=str, root=root), job, log)
 
     def render(self, job: ResolvedJob) -> str:
+        if job.action is not None:
+            root = str(run_root(job) / "_services")
+            return render_service(job, root, [socket.gethostname()], [sys.executable, str(RUNNER)])
         run_dir = run_root(job) / job.key_slug / "<attempt>"
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         lines = [

@@ -40,7 +40,7 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     job_document,
 )
-from flexorch_provider.backends.services import Fleet, parallel, reason, run_service
+from flexorch_provider.backends.services import Fleet, parallel, reason, render_service, run_service
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 
@@ -245,6 +245,9 @@ class SshBackend(Backend):
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh
         hosts = hosts_of(job)
+        if job.action is not None:
+            header = f"# ssh: connection {opts.connection!r}; paths are relative to the login's home\n"
+            return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], [PYTHON, REMOTE_RUNNER])
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         stdin = json.dumps({"job": doc, "secrets": {k: "<secret>" for k in job.secrets}}, indent=2)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"

@@ -84,6 +84,7 @@ def _render_target(args: argparse.Namespace) -> int:
         env=dict(workload.env),
         workdir=workload.workdir,
         secrets={k: "<resolved at run time>" for k in workload.secrets},
+        action="deploy" if workload.kind == "service" else None,  # type: ignore[attr-defined]
     )
     sys.stdout.write(get_backend(args.target).render(job))
     return 0

@@ -112,7 +112,7 @@ def test_reconcile_restarts_a_killed_replica_in_place(ssh_fleet, clean):
         time.sleep(0.1)
     assert answer(victim) is None
 
-    summary, log = service("reconcile", ssh_fleet.entries(3))
+    summary, _ = service("reconcile", ssh_fleet.entries(3))
     assert any("replica 1" in c and "not running" in c for c in summary["changes"])
     assert answer(victim) == f"v1 1 {victim.user}"  # same slot, same host
     assert len(server_processes(victim)) == 1

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pendulum
 import pytest
 
+from flexorch_provider.backends.base import Backend
+from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.exceptions import ConfigurationError, SubmitError
 from flexorch_provider.operators.flex import FlexOperator, _date_macros_from_run_after
 
@@ -31,10 +33,13 @@ def test_a_job_takes_no_action():
 
 
 def test_a_target_without_service_support_refuses_the_deploy():
-    op = FlexOperator(task_id="d", spec=SERVICE)
+    class JobsOnly(LocalBackend):
+        name = "jobs-only"
+        service = Backend.service  # the contract's default
+
     job = SimpleNamespace(action="deploy", run_key="k")
-    with pytest.raises(SubmitError, match="local target cannot run services"):
-        op._submit(job)  # type: ignore[arg-type]
+    with pytest.raises(SubmitError, match="jobs-only target cannot run services"):
+        JobsOnly().service(job, print)  # type: ignore[arg-type]
 
 
 def test_manual_run_without_logical_date_gets_dates_from_run_after(caplog):

@@ -94,6 +94,8 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            # a triggerer that died hands its triggers to a live one after this long
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
             **(extra_env or {}),
         }
         self.airflow = str(Path(sys.executable).parent / "airflow")
@@ -112,11 +114,27 @@ class AirflowStack:
         if migrated.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
         for name in COMPONENTS:
-            with open(self.home / f"{name}.log", "ab") as out:
-                self.procs[name] = subprocess.Popen(
-                    [self.airflow, name], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
+            self._launch(name)
         self.wait_for(lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health")
+
+    def _launch(self, name: str) -> None:
+        with open(self.home / f"{name}.log", "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [self.airflow, name], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component and all its processes, as when its machine dies."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def restart(self, name: str) -> None:
+        """Start a killed component again."""
+        self._launch(name)
 
     def stop(self, grace: float = 20) -> None:
         for proc in self.procs.values():

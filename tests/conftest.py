@@ -1,10 +1,15 @@
-"""Test-wide setup: a private AIRFLOW_HOME before anything imports airflow."""
+"""Test-wide setup: a private AIRFLOW_HOME before anything imports airflow; the ssh fleet."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+import pytest
+
+from tests.integration.sshd import SshFleet, start_fleet  # standard library only: no airflow import yet
 
 _HOME = Path(tempfile.mkdtemp(prefix="flexorch-test-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
@@ -12,3 +17,36 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
 (_HOME / "dags").mkdir(exist_ok=True)
+
+
+# --- a fleet of real sshd hosts (integration and e2e tests) -------------------------------
+FLEET_CONN = "flexorch_test_fleet"
+
+
+@pytest.fixture(scope="session")
+def ssh_fleet(tmp_path_factory) -> SshFleet:
+    """Four sshd hosts, each in its own network namespace, and an Airflow connection (environment) for them."""
+    # sshd reads authorized keys as the host's account: the folder must not be root-only
+    base = Path(tempfile.mkdtemp(prefix="flexorch-ssh-fleet-"))
+    base.chmod(0o755)
+    fleet = start_fleet(base, 4)
+    os.environ[f"AIRFLOW_CONN_{FLEET_CONN.upper()}"] = fleet.connection_json()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def restart_host(ssh_fleet):
+    """Bring killed hosts back after a test, whatever the test's outcome."""
+    killed = []
+
+    def restart(host) -> None:
+        killed.append(host)
+
+    yield restart
+    for host in killed:
+        if host.proc is None:
+            host.start()

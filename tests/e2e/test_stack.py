@@ -2,7 +2,9 @@
 
 Covers what dag.test() cannot: live log lines while the job runs (trigger logs in the
 task log), mark-failed → the job's process group is gone, and a worker killed mid-run →
-the retry reattaches to the same job (exactly one job process ever started).
+the retry reattaches to the same job (exactly one job process ever started). The same on
+the ssh fleet: mark-failed → nothing left on the host; the triggerer killed mid-job → a new
+triggerer follows the same remote job to the end, which started once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FLEET_CONN
 from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +46,17 @@ with DAG("flex_e2e_reattach", schedule=None, start_date=START):
     FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=2, retry_delay=timedelta(seconds=1),
                  spec={{"name": "once", "kind": "batch", **LOCAL,
                        "run": "echo start >> {starts}; echo running; sleep 45; echo finished"}})
+
+SSH = {{"connection": {conn!r}, "hosts": [{host!r}]}}
+with DAG("flex_e2e_ssh_kill", schedule=None, start_date=START):
+    FlexOperator(task_id="remote_long", poll_interval=1,
+                 spec={{"name": "remote-long", "kind": "batch", "target": "ssh", "ssh": SSH,
+                       "run": "echo started; exec sleep 301"}})
+
+with DAG("flex_e2e_ssh_triggerer", schedule=None, start_date=START):
+    FlexOperator(task_id="remote_once", poll_interval=1,
+                 spec={{"name": "remote-once", "kind": "batch", "target": "ssh", "ssh": SSH,
+                       "run": "echo start >> starts.txt; for i in $(seq 1 25); do echo tick $i; sleep 1; done"}})
 """
 
 
@@ -52,7 +66,7 @@ def group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, ssh_fleet):
     base = tmp_path_factory.mktemp("stack")
     dags, runs = base / "dags", base / "runs"
     dags.mkdir()
@@ -61,11 +75,16 @@ def stack(tmp_path_factory):
     (dags / "flex_e2e_dags.py").write_text(
         textwrap.dedent(
             DAG_FILE.format(
-                runs=str(runs), example=str(ROOT / "spec_examples" / "hello-local.yaml"), starts=str(starts)
+                runs=str(runs),
+                example=str(ROOT / "spec_examples" / "hello-local.yaml"),
+                starts=str(starts),
+                conn=FLEET_CONN,
+                host=ssh_fleet.hosts[0].entry,
             )
         )
     )
-    s = AirflowStack(base / "home", dags)
+    conn_env = f"AIRFLOW_CONN_{FLEET_CONN.upper()}"
+    s = AirflowStack(base / "home", dags, {conn_env: os.environ[conn_env]})
     s.runs, s.starts = runs, starts  # type: ignore[attr-defined]
     s.start()
     try:
@@ -134,3 +153,35 @@ def test_worker_killed_mid_run_then_retry_reattaches(stack):
     assert ti["state"] == "success", log[-3000:]
     assert ti["try_number"] >= 2
     assert stack.starts.read_text().splitlines() == ["start"], "the job was started more than once"
+
+
+def test_ssh_mark_failed_leaves_nothing_on_the_host(stack, ssh_fleet):
+    host = ssh_fleet.hosts[0]
+    stack.wait_dag("flex_e2e_ssh_kill")
+    run_id = stack.trigger("flex_e2e_ssh_kill")
+    stack.wait_ti_state("flex_e2e_ssh_kill", run_id, "remote_long", {"deferred"}, 120)
+    stack.wait_for(lambda: host.processes("sleep 301"), 30, "the remote job to start")
+    log = lambda: stack.task_log("flex_e2e_ssh_kill", run_id, "remote_long", 1)  # noqa: E731
+    stack.wait_for(lambda: "started" in log(), 60, "the trigger to stream the remote log")
+    stack.api("PATCH", f"/api/v2/dags/flex_e2e_ssh_kill/dagRuns/{run_id}/taskInstances/remote_long",
+              {"new_state": "failed"})  # fmt: skip
+    stack.wait_for(lambda: not host.processes("sleep 301"), 60, "the remote process to be gone")
+    results = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-kill-remote-long-*/1/result.json"))
+    assert results and '"cancelled"' in results[0].read_text()
+
+
+def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_fleet):
+    host = ssh_fleet.hosts[0]
+    stack.wait_dag("flex_e2e_ssh_triggerer")
+    run_id = stack.trigger("flex_e2e_ssh_triggerer")
+    log = lambda: stack.task_log("flex_e2e_ssh_triggerer", run_id, "remote_once", 1)  # noqa: E731
+    stack.wait_for(lambda: "tick 2" in log(), 120, "the trigger to stream the remote log")
+    stack.kill("triggerer")
+    time.sleep(2)
+    stack.restart("triggerer")
+    ti = stack.wait_ti_state("flex_e2e_ssh_triggerer", run_id, "remote_once", {"success", "failed"}, 180)
+    text = stack.task_log("flex_e2e_ssh_triggerer", run_id, "remote_once", ti["try_number"])
+    assert ti["state"] == "success", text[-3000:]
+    assert "tick 25" in text and ti["try_number"] == 1  # the same try, followed to the end
+    starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-triggerer-remote-once-*/*/starts.txt"))
+    assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"

@@ -98,7 +98,9 @@ def test_render_target_ssh_prints_the_commands_each_host_runs(capsys):
 def test_render_target_ssh_for_a_service_shows_replicas_health_and_the_runner_calls(capsys):
     assert main(["render", str(EXAMPLES / "embeddings-ssh-service.yaml"), "--target", "ssh"]) == 0
     out = capsys.readouterr().out
-    assert "2 replicas of revision " in out and "one per host (each listens on port 9000), on lab-gpu-1, lab-gpu-2" in out
+    assert (
+        "2 replicas of revision " in out and "one per host (each listens on port 9000), on lab-gpu-1, lab-gpu-2" in out
+    )
     assert "health: command 'curl -fsS http://127.0.0.1:9000/health' on the host" in out
     assert "replicas .flexorch/services/service-embeddings-ssh-" in out
     assert '"FLEXORCH_REPLICA": "0"' in out and '"timeout": null' in out

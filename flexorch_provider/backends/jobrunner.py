@@ -603,12 +603,21 @@ def start(run_dir):
     os._exit(0)
 
 
+def _wait_for_runner(run_dir, seconds=5.0):
+    """Return once the supervisor has started (so the caller's first status says running)."""
+    deadline = time.time() + seconds
+    pid_file = os.path.join(run_dir, "runner.pid")
+    while time.time() < deadline and not os.path.exists(pid_file):
+        time.sleep(0.005)
+
+
 def main(argv):
     if len(argv) == 2 and argv[0] == "submit":
         payload = json.loads(sys.stdin.read())
         out = prepare(argv[1], payload["job"], payload.get("secrets") or {})
         if not out["reattached"]:
             start(out["run_dir"])
+            _wait_for_runner(out["run_dir"])
         sys.stdout.write(json.dumps(out) + "\n")
     elif len(argv) == 2 and argv[0] == "live":
         sys.stdout.write(json.dumps(live_attempt(argv[1]) or {}) + "\n")

@@ -49,6 +49,7 @@ REMOTE_RUNNER = f".flexorch/bin/jobrunner-{hashlib.sha256(RUNNER_SOURCE).hexdige
 REMOTE_RUNS = ".flexorch/runs"
 REMOTE_SERVICES = ".flexorch/services"
 PYTHON = "python3"
+RUNNER_ARGV = (PYTHON, "-S", REMOTE_RUNNER)  # -S: the runner needs only the standard library (a third faster)
 CONNECT_TIMEOUT = 5
 COMMAND_TIMEOUT = 60
 T = TypeVar("T")
@@ -116,6 +117,7 @@ class _Session:
         except Exception as e:  # paramiko, socket and auth errors
             raise HostError(f"{host.label}: cannot connect: {reason(e)}") from e
         self.runner_ready = False
+        self.used = False  # a fresh connection is proof of life; a pooled one needs a command
         self.lock = threading.Lock()
 
     @property
@@ -125,6 +127,7 @@ class _Session:
 
     def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
+        self.used = True
         command = shlex.join(argv)
         try:
             transport = self.client.get_transport()
@@ -181,7 +184,7 @@ class _Session:
         Trying first saves an SFTP round trip on every fresh connection to a host that has it.
         """
         try:
-            out = self.run([PYTHON, REMOTE_RUNNER, *args], stdin=stdin)
+            out = self.run([*RUNNER_ARGV, *args], stdin=stdin)
         except HostError as e:
             if "exited 127" in str(e):
                 raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it") from e
@@ -189,7 +192,7 @@ class _Session:
                 raise
             self.runner_ready = False
             self.ensure_runner()
-            out = self.run([PYTHON, REMOTE_RUNNER, *args], stdin=stdin)
+            out = self.run([*RUNNER_ARGV, *args], stdin=stdin)
         self.runner_ready = True
         return out
 
@@ -229,6 +232,19 @@ def _on_host(conn_id: str, host: Host, action: Callable[[_Session], T]) -> T:
         return action(session(conn_id, host))
 
 
+def _reachable(conn_id: str, host: Host) -> dict[str, Any]:
+    """Proof of life: a connection made just now, or a trivial command on a pooled one."""
+    s = session(conn_id, host)
+    if s.used:
+        try:
+            s.run(["true"], timeout=CONNECT_TIMEOUT)
+        except HostError:
+            forget(conn_id, host)
+            session(conn_id, host)
+    s.used = True
+    return {}
+
+
 # --- the backend -----------------------------------------------------------------------
 class SshBackend(Backend):
     name = "ssh"
@@ -247,7 +263,7 @@ class SshBackend(Backend):
         hosts = hosts_of(job)
         if job.action is not None:
             header = f"# ssh: connection {opts.connection!r}; paths are relative to the login's home\n"
-            return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], [PYTHON, REMOTE_RUNNER])
+            return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], RUNNER_ARGV)
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         stdin = json.dumps({"job": doc, "secrets": {k: "<secret>" for k in job.secrets}}, indent=2)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
@@ -257,7 +273,7 @@ class SshBackend(Backend):
             + ", ".join(h.label for h in hosts),
             f"# once per host and runner version: copy {Path(jobrunner.__file__).name} to ~/{REMOTE_RUNNER} (SFTP)",
             "# then, on the host (cwd = the login's home):",
-            shlex.join([PYTHON, REMOTE_RUNNER, "submit", key_dir]) + "   # with this JSON on stdin:",
+            shlex.join([*RUNNER_ARGV, "submit", key_dir]) + "   # with this JSON on stdin:",
             stdin,
             "# the runner starts, in its own session and process group, in ~/" + key_dir + "/<attempt>/:",
         ]
@@ -265,9 +281,9 @@ class SshBackend(Backend):
             lines.append(shlex.join(["/bin/sh", "-c", job.setup]))
         lines.append(shlex.join(["/bin/sh", "-c", job.run] if isinstance(job.run, str) else job.run))
         lines += [
-            "# status: " + shlex.join([PYTHON, REMOTE_RUNNER, "status", f"{key_dir}/<attempt>"]),
-            "# logs:   " + shlex.join([PYTHON, REMOTE_RUNNER, "log", f"{key_dir}/<attempt>", "<byte offset>"]),
-            "# cancel: " + shlex.join([PYTHON, REMOTE_RUNNER, "cancel", f"{key_dir}/<attempt>"]),
+            "# status: " + shlex.join([*RUNNER_ARGV, "status", f"{key_dir}/<attempt>"]),
+            "# logs:   " + shlex.join([*RUNNER_ARGV, "log", f"{key_dir}/<attempt>", "<byte offset>"]),
+            "# cancel: " + shlex.join([*RUNNER_ARGV, "cancel", f"{key_dir}/<attempt>"]),
         ]
         return "\n".join(lines) + "\n"
 
@@ -283,13 +299,16 @@ class SshBackend(Backend):
         payload = json.dumps({"job": document, "secrets": job.secrets}).encode()
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
-        # one round per host, in parallel: is it reachable right now (a command, not just a pooled
-        # connection), and does it hold a live attempt of this run key? A single host needs no
-        # probe: `submit` itself reattaches there.
-        if len(hosts) > 1:
-            probes = parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
-        else:
+        # one round per host, in parallel, before anything starts. `any` on several hosts: which
+        # host holds a live attempt of this run key? `all`: is every host reachable right now?
+        # (`submit` itself reattaches to a live attempt on its host, so `all` needs no lookup.)
+        # A single host needs no round at all.
+        if len(hosts) == 1:
             probes = [(hosts[0], {}, None)]
+        elif opts.placement == "all":
+            probes = parallel(hosts, lambda h: _reachable(conn, h))
+        else:
+            probes = parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
         unreachable = {h: reason(e) for h, _, e in probes if e is not None}
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):

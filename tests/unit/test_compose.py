@@ -1,0 +1,60 @@
+"""docker-compose.yaml and Dockerfile: no Docker engine runs here, so these check what can
+drift without one — Airflow option names, the image version against our constraints, the
+paths mounted and copied, and that every Airflow component is there."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import yaml
+
+from flexorch_provider.devstack import COMPONENTS, LOADER_FILE
+
+ROOT = Path(__file__).parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+AIRFLOW_SERVICES = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "flexorch-airflow:dev"}
+
+
+def test_every_airflow_component_runs_from_our_image():
+    commands = {svc["command"][0] for svc in AIRFLOW_SERVICES.values()}
+    assert commands == {*COMPONENTS, "db"}
+    assert all(svc["build"] == "." for svc in AIRFLOW_SERVICES.values())
+    assert COMPOSE["services"]["triggerer"]["pid"] == "service:scheduler"
+
+
+def test_airflow_options_in_the_environment_exist():
+    from airflow.configuration import conf
+
+    env = AIRFLOW_SERVICES["scheduler"]["environment"]
+    options = [k for k in env if k.startswith("AIRFLOW__")]
+    assert len(options) >= 8
+    for key in options:
+        _, section, option = key.split("__", 2)
+        known = conf.configuration_description.get(section.lower(), {}).get("options", {})
+        assert option.lower() in known, f"{key} is not an Airflow option"
+
+
+def test_the_jwt_secret_must_be_set_by_the_user():
+    secret = AIRFLOW_SERVICES["api-server"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert re.fullmatch(r"\$\{AIRFLOW_JWT_SECRET:\?.+\}", secret)
+
+
+def test_the_image_matches_the_pinned_airflow_and_copies_what_exists():
+    pinned = re.search(r"^ARG AIRFLOW_VERSION=(\S+)$", DOCKERFILE, re.M).group(1)
+    assert pinned == version("apache-airflow")
+    constraints = (ROOT / "constraints" / "constraints-3.11.txt").read_text()
+    assert f"apache-airflow=={pinned}\n" in constraints
+    for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", DOCKERFILE, re.M):
+        for source in line.split():
+            assert (ROOT / source).exists(), source
+
+
+def test_mounted_folders_exist_and_hold_the_loader_and_specs():
+    volumes = AIRFLOW_SERVICES["scheduler"]["volumes"]
+    host_paths = [v.split(":")[0] for v in volumes if v.startswith("./")]
+    assert host_paths == ["./dags", "./spec_examples"]
+    assert (ROOT / "dags" / LOADER_FILE).exists()
+    assert list((ROOT / "spec_examples").glob("*.yaml"))

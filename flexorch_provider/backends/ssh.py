@@ -125,8 +125,10 @@ class _Session:
         transport = self.client.get_transport()
         return bool(transport and transport.is_active())
 
-    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
-        """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
+    def exec(
+        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> tuple[int, str, str]:
+        """Run ``argv`` (quoted word by word) → (exit code, stdout, stderr); HostError if the host fails us."""
         self.used = True
         command = shlex.join(argv)
         try:
@@ -144,10 +146,15 @@ class _Session:
             channel.close()
         except Exception as e:
             raise HostError(f"{self.label}: {reason(e)}") from e
+        return code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
+        code, stdout, stderr = self.exec(argv, stdin, timeout)
         if code != 0:
-            tail = stderr.decode("utf-8", "replace").strip()[-500:]
+            tail = stderr.strip()[-500:]
             raise HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
-        return stdout.decode("utf-8", "replace")
+        return stdout
 
     def ensure_runner(self) -> None:
         """Copy the job runner once per host and version (write to a temp name, then rename)."""

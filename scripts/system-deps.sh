@@ -6,6 +6,7 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)                    # UI screenshot test
 [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)                          # the ssh fleet the tests start
 command -v ip >/dev/null 2>&1 || need+=(iproute2)                           # its hosts live in network namespaces
+[[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/sbin/munged ]] || need+=(slurmctld slurmd slurm-client munge)  # the test Slurm cluster
 if ((${#need[@]} == 0)); then
     exit 0
 fi

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.sshd import SshFleet, start_fleet  # standard library only: no airflow import yet
+from tests.integration.slurm import SlurmCluster, start_cluster
+from tests.integration.sshd import SUBNET, SshFleet, start_fleet  # standard library only: no airflow import yet
 
 _HOME = Path(tempfile.mkdtemp(prefix="flexorch-test-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
@@ -21,6 +22,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
 
 # --- a fleet of real sshd hosts (integration and e2e tests) -------------------------------
 FLEET_CONN = "flexorch_test_fleet"
+LOGIN_CONN = "flexorch_test_slurm_login"
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,17 @@ def restart_host(ssh_fleet):
     for host in killed:
         if host.proc is None:
             host.start()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(ssh_fleet) -> SlurmCluster:
+    """A real one-node Slurm with 4 fake a100 GPUs; its controller is reachable from the fleet's
+    hosts too, and the fleet's first host is the login node of connection LOGIN_CONN."""
+    base = Path(tempfile.mkdtemp(prefix="flexorch-slurm-"))
+    cluster = start_cluster(base, f"{SUBNET}.1")
+    os.environ[f"AIRFLOW_CONN_{LOGIN_CONN.upper()}"] = ssh_fleet.login_connection_json(ssh_fleet.hosts[0])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -127,6 +127,13 @@ class SshFleet:
              "extra": {"key_file": str(self.key_file), "no_host_key_check": True}}
         )  # fmt: skip
 
+    def login_connection_json(self, host: SshHost) -> str:
+        """A connection to one host (a Slurm login node): host and login in the connection itself."""
+        return json.dumps(
+            {"conn_type": "ssh", "host": host.address, "login": host.user,
+             "extra": {"key_file": str(self.key_file), "no_host_key_check": True}}
+        )  # fmt: skip
+
     def entries(self, n: int | None = None) -> list[str]:
         return [h.entry for h in self.hosts[: n or len(self.hosts)]]
 

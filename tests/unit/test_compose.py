@@ -15,7 +15,9 @@ from flexorch_provider.devstack import COMPONENTS, LOADER_FILE
 ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-AIRFLOW_SERVICES = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "flexorch-airflow:dev"}
+AIRFLOW_SERVICES = {
+    name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "flexorch-airflow:dev"
+}
 
 
 def test_every_airflow_component_runs_from_our_image():

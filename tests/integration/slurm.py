@@ -1,0 +1,121 @@
+"""A real single-node Slurm cluster with fake GPUs, started by the tests.
+
+munge, slurmctld and slurmd from Debian's slurm-wlm, one node ``localhost`` with 2 CPUs and
+4 "a100" GPUs (character devices made with mknod, so GRES binds and sets
+CUDA_VISIBLE_DEVICES as on a real node). State, spool and logs live in a private folder.
+
+The configuration is written to ``/etc/slurm/slurm.conf`` (marked as ours) so that every
+client finds it — the tests' own process and login shells on the ssh fleet's hosts, which
+reach slurmctld on the fleet bridge's address. An existing slurm.conf that is not ours is
+never touched: the fixture refuses to start instead. Needs root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONF = Path("/etc/slurm/slurm.conf")
+MARK = "# flexorch test cluster"
+GPUS = 4
+
+
+@dataclass
+class SlurmCluster:
+    base: Path
+    controller_addr: str
+
+    def run(self, *argv: str, check: bool = True) -> str:
+        done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def jobs(self) -> list[str]:
+        """Lines of squeue for every job the controller still knows (any state)."""
+        return [x for x in self.run("squeue", "-h", "-t", "all", "-o", "%i|%j|%T|%u").splitlines() if x.strip()]
+
+    def live_jobs(self) -> list[str]:
+        return [x for x in self.jobs() if x.split("|")[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
+
+    def stop(self) -> None:
+        for name in ("slurmd", "slurmctld"):
+            subprocess.run(["pkill", "-KILL", "-x", name], capture_output=True)
+        if CONF.exists() and CONF.read_text().startswith(MARK):
+            CONF.unlink()
+            (CONF.parent / "gres.conf").unlink(missing_ok=True)
+
+
+def _config(base: Path, addr: str) -> str:
+    return "\n".join(
+        [
+            MARK,
+            "ClusterName=flexorch",
+            f"SlurmctldHost=localhost({addr})",
+            "SlurmUser=root",
+            "AuthType=auth/munge",
+            f"StateSaveLocation={base}/state",
+            f"SlurmdSpoolDir={base}/spool",
+            f"SlurmctldPidFile={base}/slurmctld.pid",
+            f"SlurmdPidFile={base}/slurmd.pid",
+            f"SlurmctldLogFile={base}/slurmctld.log",
+            f"SlurmdLogFile={base}/slurmd.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "GresTypes=gpu",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={base}/jobcomp.txt",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            "ReturnToService=2",
+            "MinJobAge=300",
+            "KillWait=2",
+            f"NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Gres=gpu:a100:{GPUS} State=UNKNOWN",
+            "PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
+
+
+def start_cluster(base: Path, controller_addr: str) -> SlurmCluster:
+    if CONF.exists() and not CONF.read_text().startswith(MARK):
+        raise RuntimeError(f"{CONF} exists and is not the test cluster's: refusing to replace a real configuration")
+    for name in ("slurmd", "slurmctld"):
+        subprocess.run(["pkill", "-KILL", "-x", name], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+    for sub in ("state", "spool", "dev"):
+        (base / sub).mkdir(parents=True)
+    base.chmod(0o755)
+    for i in range(GPUS):
+        subprocess.run(["mknod", str(base / "dev" / f"nvidia{i}"), "c", "195", str(i)], check=True)
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(_config(base, controller_addr))
+    (CONF.parent / "gres.conf").write_text(
+        f"{MARK}\nAutoDetect=off\nNodeName=localhost Name=gpu Type=a100 File={base}/dev/nvidia[0-{GPUS - 1}]\n"
+    )
+    # munge: the system daemon (one per machine), started if it is not running
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        subprocess.run(["install", "-d", "-o", "munge", "-g", "munge", "-m", "0755", "/run/munge"], check=True)
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    subprocess.run(["/usr/sbin/slurmctld"], check=True)
+    subprocess.run(["/usr/sbin/slurmd", "-N", "localhost"], check=True)
+    cluster = SlurmCluster(base, controller_addr)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        out = subprocess.run(["timeout", "3", "sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip() == "idle":
+            return cluster
+        time.sleep(0.3)
+    log = (base / "slurmctld.log").read_text()[-2000:] if (base / "slurmctld.log").exists() else ""
+    raise RuntimeError(f"the test Slurm node did not become idle in 30 s: {out.stdout} {out.stderr}\n{log}")
+
+
+if __name__ == "__main__":  # a manual check: python -m tests.integration.slurm
+    c = start_cluster(Path("/tmp/flexorch-slurm-manual"), os.environ.get("ADDR", "127.0.0.1"))
+    print(c.run("sinfo", "-N", "-O", "NodeList:20,Gres:30,GresUsed:40,StateLong:12"))

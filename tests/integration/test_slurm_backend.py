@@ -1,0 +1,180 @@
+"""The slurm target against a real Slurm (tests/integration/slurm.py): munge, slurmctld and
+slurmd with 4 fake a100 GPUs, driven with the local clients and through a real sshd login
+node (the first host of the test fleet, in its own network namespace)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from flexorch_provider.backends import slurm
+from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob
+from flexorch_provider.backends.slurm import SlurmBackend
+from flexorch_provider.exceptions import SubmitError
+from flexorch_provider.resolve import load_workload
+from tests.conftest import LOGIN_CONN
+
+BACKEND = SlurmBackend()
+_n = iter(range(1_000_000))
+
+
+def make_job(run, *, gpus=None, env=None, secrets=None, key=None, login=False, **fields):
+    spec = {"name": "sj", "kind": "training", "target": "slurm", "run": run, "env": env or {},
+            "resources": {"gpus": gpus} if gpus else {}, **fields}  # fmt: skip
+    if login:
+        spec["slurm"] = {"connection": LOGIN_CONN}
+    w = load_workload(spec)
+    return ResolvedJob(
+        run_key=key or f"slurm_dag/train/run-{next(_n)}-{time.time_ns()}/-1", name="sj", kind="training",
+        workload=w, run=w.run, env=dict(w.env), secrets=secrets or {},
+    )  # fmt: skip
+
+
+def wait(handle, timeout=60, seen=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = BACKEND.poll([handle])[handle.job_id]
+        if seen is not None:
+            seen.append(status)
+        if status.state.finished:
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"Slurm job {handle.job_id} did not finish in {timeout}s")
+
+
+def log_of(handle):
+    lines, cursor = [], 0
+    while True:
+        chunk = BACKEND.read_logs(handle, cursor)
+        lines += chunk.lines
+        if chunk.cursor == cursor:
+            return lines
+        cursor = chunk.cursor
+
+
+def test_success_gets_its_gpus_from_gres_and_streams_its_log(slurm_cluster):
+    handle = BACKEND.submit(make_job("echo gpus=$CUDA_VISIBLE_DEVICES; echo done", gpus="A100:2"))
+    status = wait(handle)
+    assert status.state == JobState.SUCCEEDED and status.exit_code == 0
+    assert log_of(handle) == ["gpus=0,1", "done"]
+
+
+def test_failure_has_its_exit_code_and_log_tail(slurm_cluster):
+    handle = BACKEND.submit(make_job("echo loading; echo 'CUDA error: out of memory' >&2; exit 3"))
+    status = wait(handle)
+    assert status.state == JobState.FAILED and status.exit_code == 3
+    assert "exit code 3" in status.message
+    assert log_of(handle)[-1] == "CUDA error: out of memory"
+
+
+def test_a_job_pends_while_all_gpus_are_busy_then_runs(slurm_cluster):
+    hog = BACKEND.submit(make_job("sleep 4", gpus="A100:4"))
+    waiter = BACKEND.submit(make_job("echo got $CUDA_VISIBLE_DEVICES", gpus="A100:1"))
+    seen: list = []
+    status = wait(waiter, seen=seen)
+    assert any(s.state == JobState.PENDING and "Resources" in s.message for s in seen), seen
+    assert status.state == JobState.SUCCEEDED and log_of(waiter) == ["got 0"]
+    assert wait(hog).state == JobState.SUCCEEDED
+
+
+def test_cancel_leaves_nothing_in_the_queue(slurm_cluster):
+    handle = BACKEND.submit(make_job("echo started; sleep 300"))
+    deadline = time.time() + 30
+    while BACKEND.poll([handle])[handle.job_id].state != JobState.RUNNING and time.time() < deadline:
+        time.sleep(0.2)
+    BACKEND.cancel(handle)
+    assert not [j for j in slurm_cluster.live_jobs() if j.startswith(f"{handle.job_id}|")]
+    assert BACKEND.poll([handle])[handle.job_id].state == JobState.CANCELLED
+
+
+def test_resubmitting_a_live_run_key_reattaches(slurm_cluster):
+    job = make_job("sleep 3")
+    first = BACKEND.submit(job)
+    second = BACKEND.submit(make_job("sleep 3", key=job.run_key))
+    assert first.job_id == second.job_id
+    name = slurm.job_name(job)
+    assert [j.split("|")[0] for j in slurm_cluster.jobs() if j.split("|")[1] == name] == [first.job_id]
+    assert wait(first).state == JobState.SUCCEEDED
+
+
+def test_an_external_scancel_fails_the_task_with_a_clear_message(slurm_cluster):
+    handle = BACKEND.submit(make_job("sleep 300"))
+    slurm_cluster.run("scancel", handle.job_id)
+    status = wait(handle)
+    assert status.state == JobState.CANCELLED and "cancelled (scancel)" in status.message
+
+
+def test_impossible_requests_fail_at_once_with_what_the_cluster_offers(slurm_cluster):
+    with pytest.raises(SubmitError) as err:
+        BACKEND.submit(make_job("true", gpus="A100:9"))
+    text = str(err.value)
+    assert "--gres=gpu:a100:9" in text and "Requested node configuration is not available" in text
+    assert "GRES gpu:a100:4" in text and "2 CPUs" in text
+    with pytest.raises(SubmitError, match=r"--gres=gpu:h100:1.*offers.*gpu:a100:4"):
+        BACKEND.submit(make_job("true", gpus="H100:1"))
+
+
+def test_one_squeue_call_per_poll_for_many_jobs(slurm_cluster, monkeypatch):
+    handles = [BACKEND.submit(make_job(f"echo job {i}")) for i in range(12)]
+    calls: list[list[str]] = []
+    real_run = slurm.Cluster.run
+
+    def counting(self, argv, stdin=None):
+        calls.append(list(argv))
+        return real_run(self, argv, stdin)
+
+    monkeypatch.setattr(slurm.Cluster, "run", counting)
+    statuses = BACKEND.poll(handles)
+    assert set(statuses) == {h.job_id for h in handles}
+    assert [c[0] for c in calls] == ["squeue"]
+
+
+def test_a_job_the_controller_forgot_is_settled_from_its_exit_code_file(slurm_cluster, tmp_path):
+    import os
+    from pathlib import Path
+
+    out_dir = Path.home() / slurm.OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "flexorch-gone-4242424.rc").write_text("0\n")
+    done = JobHandle("slurm", "4242424", "k", {"conn": None, "name": "flexorch-gone"})
+    lost = JobHandle("slurm", "4242425", "k2", {"conn": None, "name": "flexorch-gone"})
+    statuses = BACKEND.poll([done, lost])
+    os.unlink(out_dir / "flexorch-gone-4242424.rc")
+    assert statuses["4242424"].state == JobState.SUCCEEDED
+    assert statuses["4242425"].state == JobState.LOST and "no longer knows" in statuses["4242425"].message
+
+
+def test_through_a_login_node_over_ssh_with_secrets_kept_out_of_the_script(slurm_cluster, ssh_fleet):
+    login = ssh_fleet.hosts[0]
+    job = make_job("echo user=$(whoami) token=${#API_TOKEN}", login=True, secrets={"API_TOKEN": "s3cr3t-value"})
+    assert "s3cr3t-value" not in BACKEND.render(job)
+    handle = BACKEND.submit(job)
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert log_of(handle) == [f"user={login.user} token=12"]
+    out_dir = login.home / slurm.OUT_DIR
+    assert not list(out_dir.glob("*.secrets"))  # removed when the job ended
+    assert not any("s3cr3t-value" in p.read_text() for p in out_dir.glob("*.sh"))
+
+
+HOSTILE = ["it's", 'say "hi"', "$(touch /tmp/flexorch-pwned)", "`id`", "a;b", "line1\nline2", "\\$HOME", "*"]
+
+
+@pytest.mark.parametrize("login", [False, True], ids=["local", "login-node"])
+def test_hostile_args_and_env_reach_the_job_byte_for_byte(slurm_cluster, login):
+    code = "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['V1'], os.environ['V2']]))"
+    job = make_job(["python3", "-c", code, *HOSTILE], env={"V1": HOSTILE[2], "V2": HOSTILE[5]}, login=login)
+    handle = BACKEND.submit(job)
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert json.loads(log_of(handle)[-1]) == [HOSTILE, HOSTILE[2], HOSTILE[5]]
+    assert not __import__("os").path.exists("/tmp/flexorch-pwned")
+
+
+def test_render_prints_the_exact_sbatch_script():
+    text = BACKEND.render(make_job("python train.py", gpus="A100:2", timeout="90m",
+                                   slurm={"partition": "gpu", "options": {"exclusive": True}}))  # fmt: skip
+    for line in ("#SBATCH --gres=gpu:a100:2", "#SBATCH --time=90", "#SBATCH --partition=gpu", "#SBATCH --exclusive",
+                 "#SBATCH --export=NONE"):  # fmt: skip
+        assert line in text.splitlines()
+    assert "python train.py" in text.splitlines()

@@ -146,10 +146,17 @@ class FlexJobTrigger(BaseTrigger):
         tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
         cursor = self.log_cursor
         errors = 0
+        last_said = ""
         async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
             while True:
                 try:
                     status = await watch.next()
+                    said = status.message or status.state.value
+                    if not said.startswith(status.state.value):
+                        said = f"{status.state.value} ({said})"
+                    if said != last_said and not status.state.finished:
+                        self.log.info("job %s is %s", handle.job_id, said)  # e.g. pending: Resources
+                        last_said = said
                     cursor = await self._stream(backend, handle, cursor, tail)
                     errors = 0
                 except asyncio.CancelledError:

@@ -4,7 +4,9 @@ Covers what dag.test() cannot: live log lines while the job runs (trigger logs i
 task log), mark-failed → the job's process group is gone, and a worker killed mid-run →
 the retry reattaches to the same job (exactly one job process ever started). The same on
 the ssh fleet: mark-failed → nothing left on the host; the triggerer killed mid-job → a new
-triggerer follows the same remote job to the end, which started once.
+triggerer follows the same remote job to the end, which started once. And on the real
+Slurm: a pending job's reason in the task log, mark-failed → scancel, the triggerer killed
+mid-job → the same Slurm job followed to the end, submitted once.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ with DAG("flex_e2e_reattach", schedule=None, start_date=START):
                  spec={{"name": "once", "kind": "batch", **LOCAL,
                        "run": "echo start >> {starts}; echo running; sleep 45; echo finished"}})
 
+SLURM = {{"target": "slurm", "kind": "training"}}
+with DAG("flex_e2e_slurm_pending", schedule=None, start_date=START):
+    FlexOperator(task_id="hog", poll_interval=1,
+                 spec={{"name": "hog", **SLURM, "resources": {{"gpus": "A100:4"}}, "run": "sleep 8"}})
+    FlexOperator(task_id="waiter", poll_interval=1,
+                 spec={{"name": "waiter", **SLURM, "resources": {{"gpus": "A100:4"}}, "run": "sleep 8"}})
+
+with DAG("flex_e2e_slurm_kill", schedule=None, start_date=START):
+    FlexOperator(task_id="train", poll_interval=1, spec={{"name": "train", **SLURM, "run": "echo started; sleep 300"}})
+
+with DAG("flex_e2e_slurm_triggerer", schedule=None, start_date=START):
+    FlexOperator(task_id="train", poll_interval=1,
+                 spec={{"name": "train", **SLURM, "run": "for i in $(seq 1 20); do echo tick $i; sleep 1; done"}})
+
 SSH = {{"connection": {conn!r}, "hosts": [{host!r}]}}
 with DAG("flex_e2e_ssh_kill", schedule=None, start_date=START):
     FlexOperator(task_id="remote_long", poll_interval=1,
@@ -66,7 +82,7 @@ def group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, ssh_fleet):
+def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
     base = tmp_path_factory.mktemp("stack")
     dags, runs = base / "dags", base / "runs"
     dags.mkdir()
@@ -185,3 +201,50 @@ def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_
     assert "tick 25" in text and ti["try_number"] == 1  # the same try, followed to the end
     starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-triggerer-remote-once-*/*/starts.txt"))
     assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"
+
+
+def _slurm_jobs_named(cluster, dag_id: str, task_id: str) -> list[list[str]]:
+    prefix = f"flexorch-{dag_id}-{task_id}".replace("_", "-")[:49]
+    return [j.split("|") for j in cluster.jobs() if j.split("|")[1].startswith(prefix)]
+
+
+def test_slurm_pending_reason_shows_in_the_task_log(stack):
+    stack.wait_dag("flex_e2e_slurm_pending")
+    run_id = stack.trigger("flex_e2e_slurm_pending")
+    states = {t: stack.wait_ti_state("flex_e2e_slurm_pending", run_id, t, {"success", "failed"}, 180)
+              for t in ("hog", "waiter")}  # fmt: skip
+    logs = {t: stack.task_log("flex_e2e_slurm_pending", run_id, t, ti["try_number"]) for t, ti in states.items()}
+    assert all(ti["state"] == "success" for ti in states.values()), logs
+    # both want all 4 GPUs: whichever came second waited, and its log says why
+    assert any("is pending: Resources" in text for text in logs.values()), logs
+
+
+def test_slurm_mark_failed_cancels_the_job(stack, slurm_cluster):
+    stack.wait_dag("flex_e2e_slurm_kill")
+    run_id = stack.trigger("flex_e2e_slurm_kill")
+    stack.wait_ti_state("flex_e2e_slurm_kill", run_id, "train", {"deferred"}, 120)
+    log = lambda: stack.task_log("flex_e2e_slurm_kill", run_id, "train", 1)  # noqa: E731
+    stack.wait_for(lambda: "started" in log(), 60, "the job's first log line")
+    (job,) = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_kill", "train")
+    assert job[2] == "RUNNING"
+    stack.api("PATCH", f"/api/v2/dags/flex_e2e_slurm_kill/dagRuns/{run_id}/taskInstances/train",
+              {"new_state": "failed"})  # fmt: skip
+    stack.wait_for(
+        lambda: _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_kill", "train")[0][2] == "CANCELLED", 60, "scancel"
+    )
+
+
+def test_triggerer_killed_mid_slurm_job_the_same_job_is_followed(stack, slurm_cluster):
+    stack.wait_dag("flex_e2e_slurm_triggerer")
+    run_id = stack.trigger("flex_e2e_slurm_triggerer")
+    log = lambda: stack.task_log("flex_e2e_slurm_triggerer", run_id, "train", 1)  # noqa: E731
+    stack.wait_for(lambda: "tick 2" in log(), 120, "the trigger to stream the job's log")
+    stack.kill("triggerer")
+    time.sleep(2)
+    stack.restart("triggerer")
+    ti = stack.wait_ti_state("flex_e2e_slurm_triggerer", run_id, "train", {"success", "failed"}, 180)
+    text = stack.task_log("flex_e2e_slurm_triggerer", run_id, "train", ti["try_number"])
+    assert ti["state"] == "success" and ti["try_number"] == 1, text[-3000:]
+    assert "tick 20" in text
+    jobs = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_triggerer", "train")
+    assert len(jobs) == 1 and jobs[0][2] == "COMPLETED", jobs

@@ -157,7 +157,8 @@ class FlexJobTrigger(BaseTrigger):
                     if said != last_said and not status.state.finished:
                         self.log.info("job %s is %s", handle.job_id, said)  # e.g. pending: Resources
                         last_said = said
-                    cursor = await self._stream(backend, handle, cursor, tail)
+                    if status.state != JobState.PENDING:  # a job that has not started has no log yet
+                        cursor = await self._stream(backend, handle, cursor, tail)
                     errors = 0
                 except asyncio.CancelledError:
                     raise

@@ -23,6 +23,8 @@ _n = iter(range(1_000_000))
 def make_job(run, *, gpus=None, env=None, secrets=None, key=None, login=False, **fields):
     spec = {"name": "sj", "kind": "training", "target": "slurm", "run": run, "env": env or {},
             "resources": {"gpus": gpus} if gpus else {}, **fields}  # fmt: skip
+    if "resources" in fields and gpus:
+        spec["resources"] = {**fields["resources"], "gpus": gpus}
     if login:
         spec["slurm"] = {"connection": LOGIN_CONN}
     w = load_workload(spec)
@@ -178,3 +180,14 @@ def test_render_prints_the_exact_sbatch_script():
                  "#SBATCH --export=NONE"):  # fmt: skip
         assert line in text.splitlines()
     assert "python train.py" in text.splitlines()
+
+
+def test_multi_node_jobs_run_the_step_with_srun_and_rank_variables():
+    """Rendered only: the test cluster has one node (a real 2-node run is not covered here)."""
+    text = BACKEND.render(make_job(["torchrun", "train.py"], resources={"nodes": 2, "gpus": "A100:1"}))
+    lines = text.splitlines()
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
+    assert 'export WORLD_SIZE="$SLURM_NNODES"' in lines
+    assert any(x.startswith("export MASTER_ADDR=") for x in lines)
+    assert lines[-1].startswith('srun --kill-on-bad-exit=1 bash -c \'export RANK="$SLURM_PROCID"')
+    assert "torchrun train.py" in lines

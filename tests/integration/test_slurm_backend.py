@@ -165,11 +165,13 @@ HOSTILE = ["it's", 'say "hi"', "$(touch /tmp/flexorch-pwned)", "`id`", "a;b", "l
 
 @pytest.mark.parametrize("login", [False, True], ids=["local", "login-node"])
 def test_hostile_args_and_env_reach_the_job_byte_for_byte(slurm_cluster, login):
-    code = "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['V1'], os.environ['V2']]))"
-    job = make_job(["python3", "-c", code, *HOSTILE], env={"V1": HOSTILE[2], "V2": HOSTILE[5]}, login=login)
+    code = "import json, os as o, sys; print(json.dumps([sys.argv[1:], o.environ['V1'], o.environ['V2'], o.environ['FLEXORCH_RUN_KEY']]))"
+    run_id = f"manual__it's $(touch /tmp/flexorch-pwned) `id`;{time.time_ns()}"
+    job = make_job(["python3", "-c", code, *HOSTILE], env={"V1": HOSTILE[2], "V2": HOSTILE[5]}, login=login,
+                   key=f"hostile_dag/task/{run_id}/-1")  # fmt: skip
     handle = BACKEND.submit(job)
     assert wait(handle).state == JobState.SUCCEEDED
-    assert json.loads(log_of(handle)[-1]) == [HOSTILE, HOSTILE[2], HOSTILE[5]]
+    assert json.loads(log_of(handle)[-1]) == [HOSTILE, HOSTILE[2], HOSTILE[5], job.run_key]
     assert not __import__("os").path.exists("/tmp/flexorch-pwned")
 
 

@@ -23,6 +23,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
 # --- a fleet of real sshd hosts (integration and e2e tests) -------------------------------
 FLEET_CONN = "flexorch_test_fleet"
 LOGIN_CONN = "flexorch_test_slurm_login"
+KUBE_CONN = "flexorch_test_kube"
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +62,26 @@ def slurm_cluster(ssh_fleet) -> SlurmCluster:
     base = Path(tempfile.mkdtemp(prefix="flexorch-slurm-"))
     cluster = start_cluster(base, f"{SUBNET}.1")
     os.environ[f"AIRFLOW_CONN_{LOGIN_CONN.upper()}"] = ssh_fleet.login_connection_json(ssh_fleet.hosts[0])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster():
+    """The Kubernetes API emulator with fake controllers (tests/integration/kube.py), and a
+    connection (kubeconfig file) for it."""
+    import json
+
+    from tests.integration.kube import FakeCluster
+
+    base = Path(tempfile.mkdtemp(prefix="flexorch-kube-"))
+    cluster = FakeCluster(base)
+    os.environ[f"AIRFLOW_CONN_{KUBE_CONN.upper()}"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": str(cluster.kubeconfig)}}
+    )
     try:
         yield cluster
     finally:

@@ -12,6 +12,11 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     # target: (module, class, pip package that provides its dependency)
     "local": ("flexorch_provider.backends.local", "LocalBackend", "flexorch-provider"),
     "ssh": ("flexorch_provider.backends.ssh", "SshBackend", "apache-airflow-providers-ssh"),
+    "kubernetes": (
+        "flexorch_provider.backends.kubernetes",
+        "KubernetesBackend",
+        "apache-airflow-providers-cncf-kubernetes",
+    ),
     "slurm": ("flexorch_provider.backends.slurm", "SlurmBackend", "apache-airflow-providers-ssh"),
 }
 

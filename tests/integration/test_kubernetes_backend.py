@@ -1,0 +1,254 @@
+"""The kubernetes target against the kmock API emulator (tests/integration/kube.py) with
+the test playing the controllers — no real cluster is available to the test suite.
+
+Every object the backend sends is validated with kubernetes-validate (strict) for
+Kubernetes 1.32-1.37, plus the server-side rules the schema does not express."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import kubernetes_validate
+import pytest
+
+from flexorch_provider.backends import kubernetes as k8s
+from flexorch_provider.backends.base import JobState, ResolvedJob
+from flexorch_provider.exceptions import ServiceError
+from flexorch_provider.resolve import load_workload
+from tests.conftest import KUBE_CONN
+from tests.integration.kube import Behaviour
+
+BACKEND = k8s.KubernetesBackend()
+VERSIONS = ("1.32", "1.33", "1.34", "1.35", "1.36", "1.37")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_n = iter(range(1_000_000))
+
+
+def check_manifest(obj):
+    """Strict schema for every version, then what only an API server would reject."""
+    for version in VERSIONS:
+        kubernetes_validate.validate(obj, version, strict=True)
+    meta = obj["metadata"]
+    assert DNS_1123_LABEL.match(meta["name"]), meta["name"]
+    for key, value in meta.get("labels", {}).items():
+        assert len(value) <= 63 and re.match(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?$", value), (key, value)
+    if obj["kind"] in ("Job", "Deployment"):
+        pod = obj["spec"]["template"]["spec"]
+        if obj["kind"] == "Job":
+            assert pod["restartPolicy"] in ("Never", "OnFailure")
+        else:
+            assert pod.get("restartPolicy", "Always") == "Always"
+            selector = obj["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= obj["spec"]["template"]["metadata"]["labels"].items()
+        for c in pod["containers"]:
+            for section in ("requests", "limits"):
+                gpus = c.get("resources", {}).get(section, {}).get("nvidia.com/gpu")
+                assert gpus is None or isinstance(gpus, int)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every object the backend creates or replaces, validated after the test."""
+    objects = []
+    real_create, real_replace = k8s.Api.create, k8s.Api.replace
+
+    def create(self, obj):
+        objects.append(obj)
+        return real_create(self, obj)
+
+    def replace(self, obj):
+        objects.append(obj)
+        return real_replace(self, obj)
+
+    monkeypatch.setattr(k8s.Api, "create", create)
+    monkeypatch.setattr(k8s.Api, "replace", replace)
+    yield objects
+    for obj in objects:
+        check_manifest(obj)
+
+
+def make_job(name, run="python -m task", *, kind="batch", action=None, secrets=None, **fields):
+    spec = {"name": name, "kind": kind, "target": "kubernetes", "image": "ghcr.io/acme/task:1.0", "run": run,
+            "kubernetes": {"connection": KUBE_CONN, "namespace": "ml"}, **fields}  # fmt: skip
+    w = load_workload(spec)
+    return ResolvedJob(run_key=f"{name}/task/run-{next(_n)}-{time.time_ns()}/-1", name=name, kind=kind, workload=w,
+                       run=w.run, env=dict(w.env), secrets=secrets or {}, action=action)  # fmt: skip
+
+
+def wait(handle, timeout=20, seen=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = BACKEND.poll([handle])[handle.job_id]
+        if seen is not None:
+            seen.append(status)
+        if status.state.finished:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"Job {handle.job_id} did not finish in {timeout}s")
+
+
+def test_a_job_runs_to_success_with_its_log(kube_cluster, sent):
+    kube_cluster.behaviours["ok-job"] = Behaviour(log=["loading", "score=0.93"], exit_code=0)
+    handle = BACKEND.submit(make_job("ok-job", resources={"gpus": "A100:2", "cpus": 4, "memory": "16Gi"}))
+    status = wait(handle)
+    assert status.state == JobState.SUCCEEDED and status.exit_code == 0
+    assert BACKEND.read_logs(handle, 0).lines == ["loading", "score=0.93"]
+    (job,) = [o for o in sent if o["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
+
+
+def test_failure_carries_the_exit_code_and_the_log_is_still_readable(kube_cluster, sent):
+    kube_cluster.behaviours["bad-job"] = Behaviour(log=["Traceback...", "KeyError: 'x'"], exit_code=3)
+    handle = BACKEND.submit(make_job("bad-job"))
+    status = wait(handle)
+    assert status.state == JobState.FAILED and status.exit_code == 3 and "exit code 3" in status.message
+    assert BACKEND.read_logs(handle, 0).lines[-1] == "KeyError: 'x'"
+
+
+def test_oom_and_a_bad_image_become_clear_errors(kube_cluster, sent):
+    kube_cluster.behaviours["oom-job"] = Behaviour(oom=True)
+    status = wait(BACKEND.submit(make_job("oom-job")))
+    assert status.state == JobState.FAILED and status.message.startswith("OOMKilled")
+
+    kube_cluster.behaviours["pull-job"] = Behaviour(waiting_reason="ImagePullBackOff")
+    handle = BACKEND.submit(make_job("pull-job"))
+    status = wait(handle)
+    assert status.state == JobState.FAILED and "ImagePullBackOff" in status.message
+    assert status.message.endswith("(image x)")
+    # a Job that can never start is deleted as it is reported: nothing is left behind
+    assert BACKEND.poll([handle])[handle.job_id].state == JobState.LOST
+
+
+def test_unschedulable_shows_the_schedulers_message_while_pending(kube_cluster, sent):
+    why = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    kube_cluster.behaviours["big-job"] = Behaviour(unschedulable=why)
+    handle = BACKEND.submit(make_job("big-job", resources={"gpus": 8}))
+    deadline = time.time() + 10
+    status = BACKEND.poll([handle])[handle.job_id]
+    while "Unschedulable" not in status.message and time.time() < deadline:
+        time.sleep(0.1)
+        status = BACKEND.poll([handle])[handle.job_id]
+    assert status.state == JobState.PENDING and status.message == f"Unschedulable: {why}"
+    BACKEND.cancel(handle)
+
+
+def test_kill_deletes_the_job_and_its_secret_and_reattach_finds_a_live_job(kube_cluster, sent):
+    kube_cluster.behaviours["long-job"] = Behaviour(exit_code=None, log=["working"])
+    job = make_job("long-job", secrets={"TOKEN": "tok-123456"})
+    job.workload.secrets = load_workload(  # the spec declares the secret; its value was resolved from Airflow
+        {"name": "x", "kind": "batch", "run": "x", "secrets": {"TOKEN": "variable:token"}}
+    ).secrets
+    first = BACKEND.submit(job)
+    assert BACKEND.submit(job).job_id == first.job_id  # reattached, no second Job
+    jobs = kube_cluster.batch.list_namespaced_job("ml").items
+    assert [j.metadata.name for j in jobs if j.metadata.name.startswith(job.key_slug)] == [first.job_id]
+    secret = next(o for o in sent if o["kind"] == "Secret")
+    env = next(o for o in sent if o["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert secret["stringData"] == {"TOKEN": "tok-123456"}
+    assert "tok-123456" not in str(env) and {"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": secret["metadata"]["name"], "key": "TOKEN"}}} in env  # fmt: skip
+    wait_running = time.time() + 10
+    while BACKEND.poll([first])[first.job_id].state != JobState.RUNNING and time.time() < wait_running:
+        time.sleep(0.1)
+    BACKEND.cancel(first)
+    assert first.job_id not in [j.metadata.name for j in kube_cluster.batch.list_namespaced_job("ml").items]
+    assert secret["metadata"]["name"] not in [
+        s.metadata.name for s in kube_cluster.core.list_namespaced_secret("ml").items
+    ]
+    assert BACKEND.poll([first])[first.job_id].state == JobState.LOST
+    again = BACKEND.submit(job)  # after a kill, a retry creates the next attempt
+    assert again.job_id != first.job_id and again.job_id.startswith(job.key_slug)
+    BACKEND.cancel(again)
+
+
+def test_polling_many_jobs_costs_two_list_calls(kube_cluster, sent, monkeypatch):
+    kube_cluster.behaviours["many"] = Behaviour(exit_code=None)
+    handles = [BACKEND.submit(make_job("many")) for _ in range(8)]
+    calls = []
+    from kubernetes.client import BatchV1Api, CoreV1Api
+
+    for cls, name in ((BatchV1Api, "list_namespaced_job"), (CoreV1Api, "list_namespaced_pod")):
+        real = getattr(cls, name)
+
+        def counting(self, *a, _real=real, _name=name, **kw):
+            calls.append(_name)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(cls, name, counting)
+    assert set(BACKEND.poll(handles)) == {h.job_id for h in handles}
+    assert sorted(calls) == ["list_namespaced_job", "list_namespaced_pod"]
+    for h in handles:
+        BACKEND.cancel(h)
+
+
+def test_multi_node_is_an_indexed_job_with_a_headless_service(kube_cluster, sent):
+    kube_cluster.behaviours["ddp"] = Behaviour(exit_code=0)
+    handle = BACKEND.submit(make_job("ddp", kind="training", resources={"nodes": 3, "gpus": 8}))
+    assert wait(handle).state == JobState.SUCCEEDED
+    job = next(o for o in sent if o["kind"] == "Job")
+    svc = next(o for o in sent if o["kind"] == "Service")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 3
+    assert (
+        svc["spec"]["clusterIP"] == "None" and job["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"]
+    )
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WORLD_SIZE"] == "3" and env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+
+
+SERVICE = {"replicas": 2, "port": 8000, "health": {"http": "/healthz", "interval": "5s", "grace": "30s"},
+           "update": {"strategy": "rolling", "max_surge": 1, "max_unavailable": 0}}  # fmt: skip
+
+
+def test_service_deploy_waits_for_the_rollout_then_undeploy_removes_it(kube_cluster, sent):
+    kube_cluster.behaviours["chat"] = Behaviour()
+    lines: list[str] = []
+    out = BACKEND.service(make_job("chat", kind="service", action="deploy", **SERVICE), lines.append)
+    assert out["replicas"] == 2 and any("2/2 available" in line for line in lines)
+    dep = next(o for o in sent if o["kind"] == "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8000}
+    assert c["livenessProbe"]["initialDelaySeconds"] == 30
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    # a second deploy with a change waits for the new generation, not the old (complete) status
+    import threading
+
+    lines.clear()
+    kube_cluster.behaviours["chat"] = Behaviour(hold=True)
+    update = make_job("chat", kind="service", action="deploy", env={"MODE": "v2"}, **SERVICE)
+    worker = threading.Thread(target=BACKEND.service, args=(update, lines.append))
+    worker.start()
+    worker.join(2.0)
+    assert worker.is_alive(), f"the deploy returned before the controller saw the change: {lines}"
+    kube_cluster.behaviours["chat"] = Behaviour()
+    worker.join(20)
+    assert lines[0] == "Deployment chat: updated" and "2/2 replicas available at revision" in lines[-1]
+    out = BACKEND.service(make_job("chat", kind="service", action="undeploy", **SERVICE), lines.append)
+    assert out["deleted"] == ["Deployment", "Service"]
+    assert "chat" not in [d.metadata.name for d in kube_cluster.apps.list_namespaced_deployment("ml").items]
+
+
+def test_service_rollout_with_an_image_that_cannot_be_pulled_fails_clearly(kube_cluster, sent):
+    kube_cluster.behaviours["broken-api"] = Behaviour(waiting_reason="ErrImagePull")
+    with pytest.raises(ServiceError, match=r"rollout of broken-api cannot finish: pod .*ErrImagePull"):
+        BACKEND.service(make_job("broken-api", kind="service", action="deploy", **SERVICE), print)
+    BACKEND.service(make_job("broken-api", kind="service", action="undeploy", **SERVICE), print)
+
+
+def test_render_prints_valid_manifests_without_secret_values():
+    job = make_job("render-me", secrets={"TOKEN": "tok-987654"}, resources={"gpus": "H100:1"}, timeout="2h")
+    job.workload.secrets = load_workload(
+        {"name": "x", "kind": "batch", "run": "x", "secrets": {"TOKEN": "variable:token"}}
+    ).secrets
+    text = BACKEND.render(job)
+    assert "tok-987654" not in text and "TOKEN: <secret>" in text
+    import yaml
+
+    docs = list(yaml.safe_load_all(text))
+    assert [d["kind"] for d in docs] == ["Secret", "Job"]
+    assert docs[1]["spec"]["activeDeadlineSeconds"] == 7200
+    for d in docs:
+        check_manifest(d)

@@ -48,9 +48,15 @@ class FlexOperator(BaseOperator):
     :param target: replaces the spec's target (or ordered target list).
     :param deferrable: free the worker slot while the job runs (default True).
     :param poll_interval: seconds between status checks.
+    :param placement: where a GpuPoolSensor placed the job, usually
+        ``"{{ ti.xcom_pull(task_ids='wait_gpus') }}"`` (templated): on ssh the job runs on that
+        host with ``CUDA_VISIBLE_DEVICES`` set to its GPU indices.
+
+    A spec with ``gpu_pool`` takes one slot of the Airflow pool ``gpu-<pool>`` per GPU it
+    requests (``flexorch pools sync`` sizes those pools), so Airflow never over-commits.
     """
 
-    template_fields = ("run", "setup", "env", "workdir", "action")
+    template_fields = ("run", "setup", "env", "workdir", "action", "placement")
     template_fields_renderers = {"run": "bash", "setup": "bash", "env": "json"}
     template_ext = ()
     ui_color = "#d9f0e3"
@@ -65,9 +71,16 @@ class FlexOperator(BaseOperator):
         target: str | list[str] | None = None,
         deferrable: bool = True,
         poll_interval: float = 5.0,
+        placement: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
         workload = load_workload(spec, step=step, overrides=overrides, target=target)
+        gpus = workload.resources.gpus.count * workload.resources.nodes if workload.resources.gpus else 0
+        if workload.gpu_pool and gpus:
+            from flexorch_provider.inventory.pools import airflow_pool_name
+
+            kwargs.setdefault("pool", airflow_pool_name(workload.gpu_pool))
+            kwargs.setdefault("pool_slots", gpus)
         is_service = workload.kind == "service"  # type: ignore[attr-defined]
         if action is None and is_service:
             action = "deploy"
@@ -84,6 +97,7 @@ class FlexOperator(BaseOperator):
         self.action = action
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
+        self.placement = placement
         self._handle: JobHandle | None = None
 
     # --- execution -----------------------------------------------------------------------
@@ -107,6 +121,7 @@ class FlexOperator(BaseOperator):
             workdir=self.workdir,
             secrets=resolve_secrets(self.workload),
             action=self.action,
+            placement=_placement(self.placement),
         )
 
     def _on_first_target(self, job: ResolvedJob, start: Callable[[Backend], T]) -> tuple[str, T]:
@@ -215,6 +230,26 @@ def _check_action(action: str, is_service: bool) -> str:
     if action not in SERVICE_ACTIONS:
         raise ConfigurationError(f"action must be one of {', '.join(SERVICE_ACTIONS)}, not {action!r}")
     return action
+
+
+def _placement(value: Any) -> dict[str, Any] | None:
+    """A GpuPoolSensor's XCom: a dict, or its rendered text (JSON or a Python literal)."""
+    if value in (None, "", "None"):
+        return None
+    if isinstance(value, str):
+        import ast
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ConfigurationError(f"placement {value!r} is not a placement dict (from GpuPoolSensor)") from None
+    if not isinstance(value, dict) or "host" not in value:
+        raise ConfigurationError(f"placement must be a dict with 'host' and 'gpus' (from GpuPoolSensor), not {value!r}")
+    return value
 
 
 def _date_macros_from_run_after(context: Any, log: Any) -> None:

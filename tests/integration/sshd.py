@@ -70,6 +70,7 @@ class SshHost:
     address: str
     namespace: str
     config: Path
+    bin_dir: Path | None = None  # first on the host's PATH (test stand-ins, e.g. nvidia-smi)
     port: int = 22
     proc: subprocess.Popen[bytes] | None = None
 
@@ -176,17 +177,21 @@ def start_fleet(base: Path, count: int) -> SshFleet:
         _ip("-n", namespace, "link", "set", inside, "up")
         _ip("-n", namespace, "link", "set", "lo", "up")
         config = base / f"sshd-{i}.conf"
+        bin_dir = base / f"bin-h{i}"
+        bin_dir.mkdir(exist_ok=True)
+        bin_dir.chmod(0o755)
         config.write_text(
             "\n".join(
                 [
                     "Port 22", "ListenAddress 0.0.0.0", f"HostKey {host_key}", f"PidFile {base}/sshd-{i}.pid",
                     f"AuthorizedKeysFile {keys}/%u", "UsePAM no", "StrictModes no", "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", f"AllowUsers {user}",
-                    "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 100", "MaxSessions 100", "",
+                    "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 100", "MaxSessions 100",
+                    f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin", "",
                 ]
             )
         )  # fmt: skip
-        host = SshHost(i, user, home, address, namespace, config)
+        host = SshHost(i, user, home, address, namespace, config, bin_dir)
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)  # leftovers of an earlier run
         shutil.rmtree(home / ".flexorch", ignore_errors=True)  # a fresh host: no runner, no runs
         host.start()

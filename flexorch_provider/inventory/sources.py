@@ -1,0 +1,201 @@
+"""The four inventory sources. Each turns its native view into :class:`Node` lists."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flexorch_provider.inventory.model import Gpu, Node, PoolInventory
+from flexorch_provider.spec.units import normalize_gpu_type
+
+# --- nvidia-smi (ssh hosts) -------------------------------------------------------------------
+GPU_QUERY = "index,uuid,name,memory.total,memory.used,utilization.gpu"
+APPS_QUERY = "gpu_uuid,pid,used_memory"
+SEPARATOR = "--- flexorch compute apps ---"
+# one command per host, no user values in it: both queries, the separator between them
+PROBE = (
+    f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits && echo '{SEPARATOR}' && "
+    f"nvidia-smi --query-compute-apps={APPS_QUERY} --format=csv,noheader,nounits"
+)
+
+
+def model_name(raw: str) -> str:
+    """'NVIDIA A100-SXM4-80GB' → 'A100', 'Tesla T4' → 'T4', 'NVIDIA GeForce RTX 4090' → 'RTX4090'."""
+    text = re.sub(r"^(NVIDIA|Tesla|Quadro)\s+", "", raw.strip(), flags=re.I)
+    text = re.sub(r"^GeForce\s+", "", text, flags=re.I)
+    head = re.split(r"[-\s](?=(SXM|PCIE|PCIe|NVL|\d+GB|MIG))", text)[0]
+    try:
+        return normalize_gpu_type(head)
+    except ValueError:
+        return re.sub(r"[^A-Za-z0-9]", "", head).upper()[:32] or "UNKNOWN"
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(float(text)) if re.fullmatch(r"\d+(\.\d+)?", text) else None  # "[N/A]" → None
+
+
+def parse_nvidia_smi(text: str) -> list[Gpu]:
+    gpu_part, _, apps_part = text.partition(SEPARATOR)
+    apps: dict[str, int] = {}
+    for line in apps_part.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0].startswith("GPU-"):
+            apps[fields[0]] = apps.get(fields[0], 0) + 1
+    gpus = []
+    for line in gpu_part.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < 6 or not fields[0].isdigit():
+            continue
+        index, uuid, name, total, used, util = fields[:6]
+        count = apps.get(uuid, 0)
+        gpus.append(Gpu(int(index), model_name(name), _int(total), _int(used), _int(util), count, busy=count > 0))
+    return gpus
+
+
+def probe_ssh(pool: Any) -> list[Node]:
+    from flexorch_provider.backends.services import parallel
+    from flexorch_provider.backends.ssh import Host, _on_host
+
+    hosts = [Host.parse(h) for h in pool.hosts] or [Host()]
+
+    def one(host: Host) -> tuple[int, str, str]:
+        return _on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE]))
+
+    nodes = []
+    for host, result, error in parallel(hosts, one):
+        if error is not None:
+            nodes.append(Node(host.label, state="unreachable", detail=str(error).splitlines()[0][:200]))
+            continue
+        code, out, err = result
+        if code != 0:
+            why = "nvidia-smi is not installed" if code == 127 else (err.strip() or out.strip())[:200]
+            nodes.append(Node(host.label, state="no-driver", detail=why))
+            continue
+        nodes.append(Node(host.label, parse_nvidia_smi(out)))
+    return nodes
+
+
+# --- NVML (this machine) -----------------------------------------------------------------------
+def probe_local() -> list[Node]:
+    import socket
+
+    host = socket.gethostname()
+    try:
+        import pynvml
+    except ImportError:
+        return [Node(host, state="no-driver", detail="pynvml is not installed")]
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
+        return [Node(host, state="no-driver", detail=f"no NVIDIA driver (NVML: {e})")]
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                util = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
+            except Exception:
+                util = None
+            try:
+                procs = len(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
+            except Exception:
+                procs = 0
+            gpus.append(Gpu(i, model_name(name.decode() if isinstance(name, bytes) else name),
+                            int(mem.total // 2**20), int(mem.used // 2**20), util, procs, busy=procs > 0))  # fmt: skip
+        return [Node(host, gpus)]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+# --- Slurm ----------------------------------------------------------------------------------------
+SINFO_FORMAT = "NodeList:|,Partition:|,Gres:|,GresUsed:|,StateLong:|"
+_GRES = re.compile(r"gpu:(?:([A-Za-z0-9_.\-]+):)?(\d+)")
+_USED = re.compile(r"gpu:(?:([A-Za-z0-9_.\-]+):)?(\d+)(?:\(IDX:([^)]*)\))?")
+
+
+def _indices(spec: str) -> set[int]:
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if re.fullmatch(r"\d+-\d+", part):
+            a, b = map(int, part.split("-"))
+            out.update(range(a, b + 1))
+        elif part.isdigit():
+            out.add(int(part))
+    return out
+
+
+def parse_sinfo(text: str) -> list[Node]:
+    """``sinfo -h -N -O`` lines → nodes; GPUs are numbered as Slurm does (GRES order), busy from IDX."""
+    nodes: dict[str, Node] = {}
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 5 or not fields[0] or fields[0] in nodes:
+            continue
+        name, _, gres, used, state = fields[:5]
+        gpus: list[Gpu] = []
+        for m in _GRES.finditer(gres):
+            model = model_name(m.group(1) or "GPU")
+            gpus += [Gpu(len(gpus) + i, model) for i in range(int(m.group(2)))]
+        busy: set[int] = set()
+        for m in _USED.finditer(used):
+            if m.group(3) and m.group(3) != "N/A":
+                busy |= _indices(m.group(3))
+        for g in gpus:
+            g.busy = g.index in busy
+        down = any(s in state.lower() for s in ("down", "drain", "fail", "not_responding", "inval"))
+        nodes[name] = Node(name, gpus, state="down" if down else "up", detail=state)
+    return list(nodes.values())
+
+
+def probe_slurm(pool: Any) -> list[Node]:
+    from flexorch_provider.backends.slurm import Cluster
+
+    argv = ["sinfo", "-h", "-N", "-O", SINFO_FORMAT] + (["-p", pool.partition] if pool.partition else [])
+    return parse_sinfo(Cluster(pool.connection).check(argv))
+
+
+# --- Kubernetes -----------------------------------------------------------------------------------
+def probe_kubernetes(pool: Any) -> list[Node]:
+    from flexorch_provider.backends.kubernetes import Api, _plain
+
+    api = Api(pool.connection)
+    selector = ",".join(f"{k}={v}" for k, v in pool.node_selector.items()) or None
+    nodes = _plain(api.core.list_node(label_selector=selector))["items"]
+    nodes = [n for n in nodes if pool.node_selector.items() <= (n["metadata"].get("labels") or {}).items()]
+    pods = _plain(api.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
+    used: dict[str, int] = {}
+    for p in pods["items"]:
+        node = (p.get("spec") or {}).get("nodeName")
+        if not node or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in p["spec"].get("containers") or []:
+            res = c.get("resources") or {}
+            n = (res.get("limits") or {}).get("nvidia.com/gpu") or (res.get("requests") or {}).get("nvidia.com/gpu")
+            used[node] = used.get(node, 0) + int(n or 0)
+    out = []
+    for n in nodes:
+        name = n["metadata"]["name"]
+        alloc = int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu") or 0)
+        model = model_name((n["metadata"].get("labels") or {}).get(pool.gpu_label, "GPU"))
+        busy = min(used.get(name, 0), alloc)
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (n.get("status") or {}).get("conditions") or [])  # fmt: skip
+        gpus = [Gpu(i, model, busy=i < busy) for i in range(alloc)]
+        out.append(Node(name, gpus, state="up" if ready else "down", detail="" if ready else "node not Ready"))
+    return out
+
+
+def probe(pool: Any) -> PoolInventory:
+    if pool.source == "local":
+        nodes = probe_local()
+    elif pool.source == "ssh":
+        nodes = probe_ssh(pool)
+    elif pool.source == "slurm":
+        nodes = probe_slurm(pool)
+    else:
+        nodes = probe_kubernetes(pool)
+    return PoolInventory(pool.name, pool.source, nodes)

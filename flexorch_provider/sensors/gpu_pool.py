@@ -55,12 +55,14 @@ class GpuPoolSensor(BaseSensorOperator):
     """Wait until ``pool`` has ``gpus`` free GPUs on one node (of ``gpu_type``, with
     ``min_free_memory`` free and at most ``max_utilization`` percent busy each).
 
-    :param pool: a GPU pool name from gpu_pools.yaml.
+    :param pool: a GPU pool name from gpu_pools.yaml (kept as ``gpu_pool``: ``pool`` on an
+        operator is its Airflow pool, which this sensor leaves at the default; pass
+        ``airflow_pool=`` to set that).
     :param pools_file: the pools file (default: $FLEXORCH_GPU_POOLS or <dags>/specs/gpu_pools.yaml).
     :param deferrable: wait in the triggerer instead of a worker slot.
     """
 
-    template_fields = ("pool", "gpus", "gpu_type")
+    template_fields = ("gpu_pool", "gpus", "gpu_type")
     ui_color = "#f0e6d9"
 
     def __init__(
@@ -73,14 +75,17 @@ class GpuPoolSensor(BaseSensorOperator):
         max_utilization: int | None = None,
         pools_file: str | None = None,
         deferrable: bool = False,
+        airflow_pool: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if airflow_pool is not None:
+            kwargs["pool"] = airflow_pool
         super().__init__(**kwargs)
         if int(gpus) < 1:
             raise ConfigurationError(f"gpus must be at least 1, got {gpus!r}")
         if max_utilization is not None and not 0 <= int(max_utilization) <= 100:
             raise ConfigurationError(f"max_utilization is a percentage (0-100), got {max_utilization!r}")
-        self.pool = pool
+        self.gpu_pool = pool
         self.gpus = gpus
         self.gpu_type = gpu_type
         self.min_free_mib = memory_mib(min_free_memory)
@@ -89,7 +94,7 @@ class GpuPoolSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _check(self) -> tuple[dict[str, Any] | None, str]:
-        return check_pool(self.pool, self.pools_file, int(self.gpus), self.gpu_type, self.min_free_mib,
+        return check_pool(self.gpu_pool, self.pools_file, int(self.gpus), self.gpu_type, self.min_free_mib,
                           self.max_utilization)  # fmt: skip
 
     def poke(self, context: Any) -> PokeReturnValue:
@@ -98,7 +103,7 @@ class GpuPoolSensor(BaseSensorOperator):
         except (FlexorchError, ValueError):
             raise  # a missing or invalid pool: waiting will not fix it
         except Exception as e:  # a source that cannot be asked this time: wait, say why
-            self.log.warning("pool %s: cannot take the inventory: %s", self.pool, e)
+            self.log.warning("pool %s: cannot take the inventory: %s", self.gpu_pool, e)
             return PokeReturnValue(False)
         self.log.info("%s", line)
         if placement:
@@ -115,7 +120,7 @@ class GpuPoolSensor(BaseSensorOperator):
         from flexorch_provider.triggers.gpu_pool import GpuPoolTrigger
 
         self.defer(
-            trigger=GpuPoolTrigger(pool=self.pool, pools_file=self.pools_file, gpus=int(self.gpus),
+            trigger=GpuPoolTrigger(pool=self.gpu_pool, pools_file=self.pools_file, gpus=int(self.gpus),
                                    gpu_type=self.gpu_type, min_free_mib=self.min_free_mib,
                                    max_utilization=self.max_utilization, poke_interval=float(self.poke_interval)),
             method_name="execute_complete",
@@ -124,6 +129,6 @@ class GpuPoolSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") != "success":
-            raise FlexorchError(f"GPU pool {self.pool}: {event.get('message')}")
+            raise FlexorchError(f"GPU pool {self.gpu_pool}: {event.get('message')}")
         self.log.info("placement: %s", event["placement"])
         return event["placement"]

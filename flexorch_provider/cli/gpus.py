@@ -12,15 +12,10 @@ from flexorch_provider.backends.services import parallel
 
 
 def _inventories(args: argparse.Namespace) -> list[tuple[Any, Any, Exception | None]]:
-    import logging
+    import contextlib
 
-    # the table is the output: hooks' and paramiko's per-connection chatter is not
-    for name in ("airflow.task.hooks", "paramiko", "kubernetes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     from flexorch_provider.inventory import inventory
     from flexorch_provider.inventory.pools import load_pools
-
-    import contextlib
 
     pools = load_pools(args.pools)
     chosen = [p for name, p in pools.items() if not args.pool or name in args.pool]

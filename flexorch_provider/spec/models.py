@@ -129,7 +129,13 @@ class Workload(FlexModel):
         Field(description="Retry policy."),
     ] = Field(default_factory=Retries)
     resources: Annotated[Resources, Field(description="CPUs, memory, GPUs, nodes.")] = Field(default_factory=Resources)
-    gpu_pool: Annotated[Name | None, Field(description="Name of a GPU pool to place the job in.")] = None
+    gpu_pool: Annotated[
+        Name | None,
+        Field(
+            description="A GPU pool from gpu_pools.yaml: the task takes one slot of the Airflow pool gpu-<name> per "
+            "GPU it requests (flexorch pools sync sizes it)."
+        ),
+    ] = None
     slurm: Annotated[SlurmOptions, Field(description="Settings for the slurm target.")] = Field(
         default_factory=SlurmOptions
     )

@@ -200,7 +200,9 @@ def test_flexorch_gpus_prints_every_pool_and_pools_sync_sizes_airflow_pools(pool
     h1, h2, h3 = gpu_hosts
     assert main(["gpus", "--pool", "lab", "--pool", "cluster"]) == 0
     out = capsys.readouterr().out
-    print(out)  # kept in the test log: this is what users see
+    artifact = Path(__file__).parents[2] / "test-artifacts" / "flexorch-gpus.txt"
+    artifact.parent.mkdir(exist_ok=True)
+    artifact.write_text(out)  # what users see, kept with the test run
     lines = out.splitlines()
     assert lines[0].split() == ["POOL", "SOURCE", "NODE", "MODEL", "GPUS", "FREE", "FREE", "MEMORY", "STATE"]
     assert any(line.split()[:6] == ["lab", "ssh", h1.entry, "A100", "2", "1"] for line in lines)

@@ -94,7 +94,8 @@ def _airflow_secrets(job: ResolvedJob) -> dict[str, str]:
 
 
 def secret_name(job: ResolvedJob) -> str:
-    return dns_label(f"{job.key_slug}-env")
+    """A run's own Secret; a service's is one per service (every deploy updates the same one)."""
+    return dns_label(f"{job.name}-env" if job.action is not None else f"{job.key_slug}-env")
 
 
 def _env(job: ResolvedJob, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from flexorch_provider.exceptions import SpecError, SpecProblem
 from flexorch_provider.spec.models import KINDS, SPEC_CLASSES, STEP_CLASSES, Spec, SpecModel
 
 SPEC_SUFFIXES = (".yaml", ".yml")
+NOT_SPECS = ("gpu_pools.yaml", "gpu_pools.yml")  # the GPU pools file may live beside the specs
 MAX_SPEC_BYTES = 1_000_000
 
 _adapter: TypeAdapter[Any] | None = None
@@ -178,13 +179,19 @@ def load_spec_bytes(raw: bytes, file: str) -> SpecModel:
 
 
 def iter_spec_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files as given, folders searched recursively for *.yaml / *.yml (sorted, hidden skipped)."""
+    """Files as given, folders searched recursively for *.yaml / *.yml (sorted; hidden files and
+    the GPU pools file skipped)."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p).parts
-                if f.is_file() and f.suffix in SPEC_SUFFIXES and not any(x.startswith(".") for x in rel):
+                if (
+                    f.is_file()
+                    and f.suffix in SPEC_SUFFIXES
+                    and f.name not in NOT_SPECS
+                    and not any(x.startswith(".") for x in rel)
+                ):
                     yield f
         else:
             yield p

@@ -252,3 +252,28 @@ def test_render_prints_valid_manifests_without_secret_values():
     assert docs[1]["spec"]["activeDeadlineSeconds"] == 7200
     for d in docs:
         check_manifest(d)
+
+
+def test_a_services_secret_is_one_object_updated_by_each_deploy_and_removed_by_undeploy(kube_cluster, sent):
+    kube_cluster.behaviours["secret-api"] = Behaviour()
+    declared = load_workload({"name": "x", "kind": "batch", "run": "x", "secrets": {"API_KEY": "variable:k"}}).secrets
+
+    def deploy(value, action="deploy"):
+        job = make_job("secret-api", kind="service", action=action, secrets={"API_KEY": value}, **SERVICE)
+        job.workload.secrets = declared
+        return BACKEND.service(job, print)
+
+    deploy("key-one-1111")
+    deploy("key-two-2222")
+    names = {o["metadata"]["name"] for o in sent if o["kind"] == "Secret"}
+    assert names == {"secret-api-env"}
+    stored = kube_cluster.core.read_namespaced_secret("secret-api-env", "ml")
+    import base64
+
+    # the emulator keeps stringData as sent; a real API server folds it into base64 data
+    value = (stored.string_data or {}).get("API_KEY") or base64.b64decode(
+        (stored.data or {}).get("API_KEY", "")
+    ).decode()
+    assert value == "key-two-2222"
+    deploy("key-two-2222", action="undeploy")
+    assert "secret-api-env" not in [s.metadata.name for s in kube_cluster.core.list_namespaced_secret("ml").items]

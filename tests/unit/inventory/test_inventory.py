@@ -130,3 +130,12 @@ def test_placement_from_a_rendered_xcom_is_parsed_and_checked():
     assert _placement("None") is None
     with pytest.raises(ConfigurationError, match="placement"):
         _placement("[1, 2]")
+
+
+def test_the_example_pools_file_loads_and_spec_folders_skip_it():
+    from flexorch_provider.spec.loader import iter_spec_files
+
+    examples = Path(__file__).parents[3] / "spec_examples"
+    assert set(load_pools(examples / "gpu_pools.yaml")) == {"lab", "a100", "inference-nodes", "worker"}
+    found = [f.name for f in iter_spec_files([examples])]
+    assert "gpu_pools.yaml" not in found and "hello-local.yaml" in found

@@ -20,6 +20,7 @@ from flexorch_provider.dag_factory.build import INVALID_TAG
 from flexorch_provider.dag_factory.codegen import HEADER, generate
 from flexorch_provider.devstack import LOADER_FILE, loader_source
 from flexorch_provider.exceptions import SpecError
+from flexorch_provider.spec.loader import iter_spec_files
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "spec_examples"
@@ -50,7 +51,7 @@ def test_repo_loader_file_is_the_packaged_one():
 def test_every_example_becomes_its_dags(dags_dir):
     bag = dagbag(dags_dir)
     assert bag.import_errors == {}
-    expected = {p.stem for p in EXAMPLES.glob("*.yaml")} - {"embeddings-ssh-service"}
+    expected = {p.stem for p in iter_spec_files([EXAMPLES])} - {"embeddings-ssh-service"}
     expected |= {"embeddings-ssh", "embeddings-ssh-reconcile"}
     assert set(bag.dag_ids) == expected
 
@@ -150,7 +151,7 @@ def test_a_broken_spec_keeps_its_dag_id(dags_dir):
 
 def test_unchanged_specs_come_from_the_cache(dags_dir):
     specs = dags_dir / "specs"
-    n = len(list(specs.glob("*.yaml")))
+    n = len(list(iter_spec_files([specs])))
     _, stats = folder.load_entries(specs)
     assert stats == {"cached": 0, "parsed": n}
     _, stats = folder.load_entries(specs)
@@ -202,7 +203,7 @@ def _describe(dag):
 def test_generated_files_equal_the_loaded_dags(dags_dir, tmp_path):
     out = tmp_path / "generated"
     result = generate(dags_dir / "specs", out)
-    assert not result.problems and len(result.written) == len(list(EXAMPLES.glob("*.yaml")))
+    assert not result.problems and len(result.written) == len(list(iter_spec_files([EXAMPLES])))
     generated = dagbag(out)
     assert generated.import_errors == {}
     loaded = dagbag(dags_dir)

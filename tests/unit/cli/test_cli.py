@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from flexorch_provider.cli.main import main
+from flexorch_provider.spec.loader import iter_spec_files
 
 ROOT = Path(__file__).parents[3]
 EXAMPLES = ROOT / "spec_examples"
@@ -25,7 +26,7 @@ def flexorch(*args: str) -> subprocess.CompletedProcess[str]:
 def test_validate_examples_exits_zero():
     result = flexorch("validate", str(EXAMPLES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok  ") == len(list(EXAMPLES.glob("*.yaml")))
+    assert result.stdout.count("ok  ") == len(list(iter_spec_files([EXAMPLES])))
 
 
 def test_validate_reports_file_line_field_and_did_you_mean(tmp_path):

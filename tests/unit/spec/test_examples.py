@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from flexorch_provider.spec import KINDS, TARGETS, json_schema, load_spec, load_spec_text
+from flexorch_provider.spec.loader import iter_spec_files
 from flexorch_provider.spec.render import spec_to_dict, to_yaml
 
-EXAMPLES = sorted((Path(__file__).parents[3] / "spec_examples").glob("*.yaml"))
+EXAMPLES = list(iter_spec_files([Path(__file__).parents[3] / "spec_examples"]))  # specs only
 
 
 def test_examples_cover_every_kind_and_target():

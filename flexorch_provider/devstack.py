@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Four components share one SQLite file: on a small machine a writer can hold the lock for
+# longer than SQLite's default 5 s wait, and the loser fails with "database is locked".
+SQLITE_CONNECT_ARGS = {"timeout": 30}
+SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 30}  # its own dict: Airflow adds sync-only keys to the other
 LOADER_FILE = "flexorch_dags.py"
 
 
@@ -78,6 +82,8 @@ class AirflowStack:
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "flexorch_provider.devstack.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "flexorch_provider.devstack.SQLITE_CONNECT_ARGS_ASYNC",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -227,11 +233,23 @@ class AirflowStack:
         return self.wait_for(lambda: self.dag(dag_id), timeout, f"DAG {dag_id} to be parsed")
 
     def trigger(self, dag_id: str, logical_date: str | None = None, conf: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"logical_date": logical_date}
+        """Create a run; a transient server error (a busy SQLite) is retried with the same run id."""
+        import datetime as dt
+
+        run_id = f"manual__{dt.datetime.now(dt.UTC).isoformat()}"
+        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": logical_date}
         if conf:
             body["conf"] = conf
-        run = self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
-        return str(run["dag_run_id"])
+        for attempt in range(5):
+            try:
+                return str(self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+            except urllib.error.HTTPError as e:
+                if e.code == 409:
+                    return run_id  # an earlier attempt got through after all
+                if e.code < 500 or attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
 
     def dag_run(self, dag_id: str, run_id: str) -> Any:
         return self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}") or {}

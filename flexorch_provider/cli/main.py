@@ -72,7 +72,12 @@ def _render_target(args: argparse.Namespace) -> int:
     from flexorch_provider.resolve import load_workload
     from flexorch_provider.spec.loader import load_spec
 
-    name = load_spec(args.spec).name
+    spec = load_spec(args.spec)
+    name = spec.name
+    steps = [st.name for st in getattr(spec, "steps", None) or []]
+    if steps and not args.step:
+        print(f"error: {name} is a pipeline: render one step with --step (steps: {', '.join(steps)})", file=sys.stderr)
+        return 2
     workload = load_workload(args.spec, step=args.step, target=args.target)
     job = ResolvedJob(
         run_key=f"{name}/{args.step or workload.kind}/<run_id>/-1",  # type: ignore[attr-defined]

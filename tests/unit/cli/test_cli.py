@@ -112,6 +112,8 @@ def test_render_target_for_a_pipeline_step_and_an_unknown_backend(capsys):
     out = capsys.readouterr().out
     assert "recsys-pipeline-evaluate-" in out and "WAREHOUSE_PASSWORD" in out
     assert main(["render", str(EXAMPLES / "recsys-pipeline.yaml"), "--target", "nowhere", "--step", "train"]) == 1
+    assert main(["render", str(EXAMPLES / "recsys-pipeline.yaml"), "--target", "slurm"]) == 2
+    assert "render one step with --step (steps: extract-features, train, evaluate, serve)" in capsys.readouterr().err
 
 
 def test_generate_writes_static_dag_files(tmp_path, capsys):

@@ -32,7 +32,7 @@ from flexorch_provider.exceptions import (
     SubmitError,
 )
 from flexorch_provider.resolve import load_workload, resolve_secrets
-from flexorch_provider.triggers.job import FlexJobTrigger
+from flexorch_provider.triggers.job import SECRET_REFS, FlexJobTrigger, Masker
 
 TAIL_LINES = 30
 T = TypeVar("T")
@@ -142,6 +142,9 @@ class FlexOperator(BaseOperator):
     def _submit(self, job: ResolvedJob) -> JobHandle:
         target, handle = self._on_first_target(job, lambda backend: backend.submit(job))
         self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
+        refs = {k: ref.model_dump() for k, ref in self.workload.secrets.items() if ref.source != "kubernetes"}
+        if refs:  # where the secrets live (never their values): whoever follows the job masks them in its output
+            handle = JobHandle(handle.target, handle.job_id, handle.run_key, {**handle.data, SECRET_REFS: refs})
         return handle
 
     def _service(self, job: ResolvedJob) -> dict[str, Any]:
@@ -174,11 +177,12 @@ class FlexOperator(BaseOperator):
         backend = get_backend(handle.target)
         cursor = 0
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        mask = Masker.from_handle(handle)
         while True:
             status = backend.poll([handle])[handle.job_id]
             while True:
                 chunk = backend.read_logs(handle, cursor)
-                for line in chunk.lines:
+                for line in map(mask, chunk.lines):
                     self.log.info("%s", line)
                     tail.append(line)
                 if chunk.cursor == cursor:

@@ -23,6 +23,41 @@ from flexorch_provider.exceptions import FlexorchError
 
 MAX_CONSECUTIVE_ERRORS = 5
 DRAIN_ROUNDS = 3
+SECRET_REFS = "secret_refs"  # handle.data key: {name: SecretRef as dict}; references only, never values
+MASK = "***"
+MIN_MASK_LEN = 4
+
+
+class Masker:
+    """Replaces secret values in job output. The ssh and local runners mask at the source; Slurm
+    and Kubernetes jobs write their output where we cannot, so lines are masked as we read them."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = sorted({v for v in values if len(v) >= MIN_MASK_LEN}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for value in self.values:
+            if value in line:
+                line = line.replace(value, MASK)
+        return line
+
+    @classmethod
+    def from_handle(cls, handle: JobHandle) -> Masker:
+        """Resolve the handle's secret references (blocking: call it from a thread in a trigger)."""
+        refs = handle.data.get(SECRET_REFS) or {}
+        if not refs:
+            return cls([])
+        from airflow.sdk.log import mask_secret
+
+        from flexorch_provider.resolve import resolve_secret
+        from flexorch_provider.spec.fields import SecretRef
+
+        values = []
+        for name, ref in refs.items():
+            value = resolve_secret(name, SecretRef.model_validate(ref))
+            mask_secret(value, name)  # Airflow's own redaction of this process's logs, too
+            values.append(value)
+        return cls(values)
 
 
 @dataclass
@@ -119,6 +154,7 @@ class FlexJobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.log_cursor = log_cursor
         self.tail_lines = int(tail_lines)
+        self._mask = Masker([])
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -146,6 +182,12 @@ class FlexJobTrigger(BaseTrigger):
         tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
         cursor = self.log_cursor
         errors = 0
+        try:
+            self._mask = await asyncio.to_thread(Masker.from_handle, handle)
+        except Exception as e:  # without the values nothing could be masked: do not stream unmasked output
+            yield TriggerEvent({"status": "error", "handle": self.handle,
+                                "message": f"cannot read the job's secrets to mask its output: {e}"})  # fmt: skip
+            return
         last_said = ""
         async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
             while True:
@@ -202,7 +244,7 @@ class FlexJobTrigger(BaseTrigger):
         self, backend: Backend, handle: JobHandle, cursor: LogCursor, tail: collections.deque[str]
     ) -> LogCursor:
         chunk = await asyncio.to_thread(backend.read_logs, handle, cursor)
-        for line in chunk.lines:
+        for line in map(self._mask, chunk.lines):
             self.log.info("%s", line)
             tail.append(line)
         return chunk.cursor

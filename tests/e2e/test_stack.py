@@ -24,6 +24,7 @@ from tests.conftest import FLEET_CONN
 from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
+SECRET = "hf_e2eSecretValue42"
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e-stack"
 
@@ -63,6 +64,11 @@ with DAG("flex_e2e_slurm_triggerer", schedule=None, start_date=START):
     FlexOperator(task_id="train", poll_interval=1,
                  spec={{"name": "train", **SLURM, "run": "for i in $(seq 1 20); do echo tick $i; sleep 1; done"}})
 
+with DAG("flex_e2e_slurm_secret", schedule=None, start_date=START):
+    FlexOperator(task_id="train", poll_interval=1,
+                 spec={{"name": "train", **SLURM, "secrets": {{"HF_TOKEN": "variable:flex_e2e_model_ref"}},
+                       "run": "echo token=$HF_TOKEN; echo done"}})
+
 SSH = {{"connection": {conn!r}, "hosts": [{host!r}]}}
 with DAG("flex_e2e_ssh_kill", schedule=None, start_date=START):
     FlexOperator(task_id="remote_long", poll_interval=1,
@@ -100,7 +106,7 @@ def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
         )
     )
     conn_env = f"AIRFLOW_CONN_{FLEET_CONN.upper()}"
-    s = AirflowStack(base / "home", dags, {conn_env: os.environ[conn_env]})
+    s = AirflowStack(base / "home", dags, {conn_env: os.environ[conn_env], "AIRFLOW_VAR_FLEX_E2E_MODEL_REF": SECRET})
     s.runs, s.starts = runs, starts  # type: ignore[attr-defined]
     s.start()
     try:
@@ -248,3 +254,13 @@ def test_triggerer_killed_mid_slurm_job_the_same_job_is_followed(stack, slurm_cl
     assert "tick 20" in text
     jobs = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_triggerer", "train")
     assert len(jobs) == 1 and jobs[0][2] == "COMPLETED", jobs
+
+
+def test_a_secret_a_slurm_job_prints_is_masked_in_the_task_log(stack):
+    stack.wait_dag("flex_e2e_slurm_secret")
+    run_id = stack.trigger("flex_e2e_slurm_secret")
+    ti = stack.wait_ti_state("flex_e2e_slurm_secret", run_id, "train", {"success", "failed"}, 180)
+    log = stack.task_log("flex_e2e_slurm_secret", run_id, "train", ti["try_number"])
+    assert ti["state"] == "success", log[-3000:]
+    assert "token=***" in log and "done" in log
+    assert SECRET not in log

@@ -98,3 +98,38 @@ def test_many_watchers_share_one_poll_per_interval():
     assert backend.calls == 3  # 200 jobs, 3 intervals → 3 polls, not 600
     assert backend.sizes == [200, 200, 200]
     assert set(rounds) == {3}
+
+
+class LeakyBackend(Backend):
+    """A job whose output contains a secret value (unit test of the trigger's masking)."""
+
+    name = "leaky"
+
+    def render(self, job):  # pragma: no cover - not used
+        return ""
+
+    def submit(self, job):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def poll(self, handles):
+        return {h.job_id: JobStatus(JobState.FAILED, 1, "exit code 1") for h in handles}
+
+    def read_logs(self, handle, cursor):
+        if cursor:
+            return LogChunk([], cursor)
+        return LogChunk(["connecting with s3cr3t-token-value", "auth failed for s3cr3t-token-value"], 1)
+
+    def cancel(self, handle):  # pragma: no cover - not used
+        pass
+
+
+def test_secret_values_in_job_output_are_masked_before_logging_and_in_the_event(monkeypatch):
+    import flexorch_provider.resolve as resolve
+
+    monkeypatch.setattr(resolve, "resolve_secret", lambda name, ref: "s3cr3t-token-value")
+    handle = JobHandle("leaky", "j1", "d/t/r/-1", {"secret_refs": {"TOKEN": {"source": "variable", "name": "tok"}}})
+    trigger = FlexJobTrigger(handle.to_dict(), poll_interval=0.01)
+    monkeypatch.setattr(trigger, "_backend", lambda: LeakyBackend())
+    (event,) = asyncio.run(_events(trigger))
+    assert event.payload["status"] == "failed"
+    assert event.payload["log_tail"] == ["connecting with ***", "auth failed for ***"]

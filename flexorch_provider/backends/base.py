@@ -80,12 +80,28 @@ class JobStatus:
 
 
 LogCursor = int | dict[str, int]
+MAX_LOG_READ = 1 << 20
 
 
 @dataclass(frozen=True)
 class LogChunk:
     lines: list[str]
     cursor: LogCursor
+
+
+def complete_lines(data: bytes, cursor: int, limit: int = MAX_LOG_READ) -> LogChunk:
+    """The complete lines of ``data`` (a log from byte ``cursor`` on) and the cursor past them.
+
+    A partial last line waits for its newline; a line longer than ``limit`` comes in pieces.
+    (jobrunner.read_log does the same on the hosts; it cannot import this module.)
+    """
+    data = data[:limit]
+    end = data.rfind(b"\n")
+    if end < 0:
+        if len(data) < limit:
+            return LogChunk([], cursor)
+        end = len(data) - 1
+    return LogChunk(data[: end + 1].decode("utf-8", "replace").splitlines(), cursor + end + 1)
 
 
 @dataclass

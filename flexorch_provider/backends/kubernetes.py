@@ -41,6 +41,7 @@ from flexorch_provider.backends.base import (
     LogChunk,
     LogCursor,
     ResolvedJob,
+    complete_lines,
 )
 from flexorch_provider.exceptions import BackendError, ConfigurationError, ServiceError, SubmitError
 
@@ -55,7 +56,6 @@ CONTAINER = "main"
 NEVER_PULLS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                "CreateContainerError"}  # fmt: skip
 ROLLOUT_TIMEOUT_S = 600
-MAX_LOG_READ = 1 << 20
 
 
 # --- manifests -----------------------------------------------------------------------------
@@ -419,11 +419,7 @@ class KubernetesBackend(Backend):
             if getattr(e, "status", None) in (400, 404):
                 return LogChunk([], start)  # not started yet, or gone
             raise BackendError(f"cannot read the log of job {handle.job_id}: {_api_error(e)}") from e
-        data = bytes(raw)[start : start + MAX_LOG_READ]
-        end = data.rfind(b"\n")
-        if end < 0:
-            return LogChunk([], start)
-        return LogChunk(data[: end + 1].decode(errors="replace").splitlines(), start + end + 1)
+        return complete_lines(bytes(raw)[start:], start)
 
     def cancel(self, handle: JobHandle) -> None:
         api = Api(handle.data["conn"])

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flexorch_provider.backends.base import (
+    MAX_LOG_READ,
     Backend,
     JobHandle,
     JobState,
@@ -36,6 +37,7 @@ from flexorch_provider.backends.base import (
     LogChunk,
     LogCursor,
     ResolvedJob,
+    complete_lines,
 )
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
 
@@ -59,7 +61,6 @@ WHY = {
     "CANCELLED": "it was cancelled (scancel)",
 }
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_LOG_READ = 1 << 20
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|"
 
 
@@ -86,17 +87,12 @@ class Cluster:
                     "to an SSH connection of one"
                 ) from None
             return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        from flexorch_provider.backends.ssh import Host, HostError, forget, session
+        from flexorch_provider.backends.ssh import Host, HostError, _on_host
 
-        conn = self.conn_id
         try:
-            return session(conn, Host()).exec(argv, stdin)
-        except HostError:  # a stale pooled connection: one fresh try
-            forget(conn, Host())
-            try:
-                return session(conn, Host()).exec(argv, stdin)
-            except HostError as e:
-                raise SubmitError(f"cannot reach the Slurm login node of connection {conn!r}: {e}") from e
+            return _on_host(self.conn_id, Host(), lambda s: s.exec(argv, stdin))
+        except HostError as e:
+            raise SubmitError(f"cannot reach the Slurm login node of connection {self.conn_id!r}: {e}") from e
 
     def check(self, argv: Sequence[str], stdin: bytes | None = None) -> str:
         code, out, err = self.run(argv, stdin)
@@ -333,11 +329,8 @@ class SlurmBackend(Backend):
             code, text, _ = cluster_of(handle).run(["tail", "-c", f"+{start + 1}", path])
             if code != 0:
                 return LogChunk([], start)
-            data = text.encode()[:MAX_LOG_READ]
-        end = data.rfind(b"\n")
-        if end < 0:
-            return LogChunk([], start)
-        return LogChunk(data[: end + 1].decode(errors="replace").splitlines(), start + end + 1)
+            data = text.encode()
+        return complete_lines(data, start)
 
     def cancel(self, handle: JobHandle) -> None:
         cluster = cluster_of(handle)

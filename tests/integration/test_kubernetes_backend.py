@@ -17,6 +17,7 @@ from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.exceptions import ServiceError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import KUBE_CONN
+from tests.integration.follow import wait_finished
 from tests.integration.kube import Behaviour
 
 BACKEND = k8s.KubernetesBackend()
@@ -77,15 +78,7 @@ def make_job(name, run="python -m task", *, kind="batch", action=None, secrets=N
 
 
 def wait(handle, timeout=20, seen=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = BACKEND.poll([handle])[handle.job_id]
-        if seen is not None:
-            seen.append(status)
-        if status.state.finished:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"Job {handle.job_id} did not finish in {timeout}s")
+    return wait_finished(BACKEND, handle, timeout, 0.1, seen)
 
 
 def test_a_job_runs_to_success_with_its_log(kube_cluster, sent):

@@ -15,6 +15,7 @@ from flexorch_provider.backends.slurm import SlurmBackend
 from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import LOGIN_CONN
+from tests.integration.follow import all_lines, wait_finished
 
 BACKEND = SlurmBackend()
 _n = iter(range(1_000_000))
@@ -35,25 +36,11 @@ def make_job(run, *, gpus=None, env=None, secrets=None, key=None, login=False, *
 
 
 def wait(handle, timeout=60, seen=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = BACKEND.poll([handle])[handle.job_id]
-        if seen is not None:
-            seen.append(status)
-        if status.state.finished:
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"Slurm job {handle.job_id} did not finish in {timeout}s")
+    return wait_finished(BACKEND, handle, timeout, 0.3, seen)
 
 
 def log_of(handle):
-    lines, cursor = [], 0
-    while True:
-        chunk = BACKEND.read_logs(handle, cursor)
-        lines += chunk.lines
-        if chunk.cursor == cursor:
-            return lines
-        cursor = chunk.cursor
+    return all_lines(BACKEND, handle)
 
 
 def test_success_gets_its_gpus_from_gres_and_streams_its_log(slurm_cluster):

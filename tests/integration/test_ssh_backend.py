@@ -20,6 +20,7 @@ from flexorch_provider.backends.ssh import HostError, SshBackend
 from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.integration.conftest import FLEET_CONN
+from tests.integration.follow import all_lines, wait_finished
 
 BACKEND = SshBackend()
 _counter = iter(range(1_000_000))
@@ -36,23 +37,11 @@ def make_job(run, hosts, *, placement="any", env=None, key=None, placement_hint=
 
 
 def wait(handle, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = BACKEND.poll([handle])[handle.job_id]
-        if status.state.finished:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"job {handle.job_id} did not finish in {timeout}s")
+    return wait_finished(BACKEND, handle, timeout)
 
 
 def all_logs(handle):
-    lines, cursor = [], 0
-    while True:
-        chunk = BACKEND.read_logs(handle, cursor)
-        lines += chunk.lines
-        if chunk.cursor == cursor:
-            return lines
-        cursor = chunk.cursor
+    return all_lines(BACKEND, handle)
 
 
 def test_success_runs_on_the_first_host_as_its_user(ssh_fleet):

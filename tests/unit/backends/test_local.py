@@ -88,3 +88,13 @@ def test_run_key_slug_is_safe_and_unique():
     b = make_job(Path("/x"), "x", key=run_key("My DAG", "t/1", "manual__2025", 1)).key_slug
     assert a != b
     assert all(c.isalnum() or c == "-" for c in a)
+
+
+def test_complete_lines_wait_for_a_newline_and_split_a_huge_line():
+    from flexorch_provider.backends.base import complete_lines
+
+    assert complete_lines(b"a\nb\npart", 10) == complete_lines(b"a\nb\n", 10)
+    assert complete_lines(b"a\nb\npart", 10).lines == ["a", "b"] and complete_lines(b"a\nb\npart", 10).cursor == 14
+    assert complete_lines(b"partial", 3).cursor == 3
+    huge = complete_lines(b"x" * 100, 0, limit=40)
+    assert huge.lines == ["x" * 40] and huge.cursor == 40

@@ -148,7 +148,8 @@ def test_mark_failed_cancels_the_job(stack):
     stack.wait_for(lambda: "started" in stack.task_log("flex_e2e_kill", run_id, "long", 1), 60, "the trigger to run")
     stack.api("PATCH", f"/api/v2/dags/flex_e2e_kill/dagRuns/{run_id}/taskInstances/long", {"new_state": "failed"})
     stack.wait_for(lambda: not group_alive(pgid), 60, "the job's process group to be gone")
-    assert (pgid_files[0].parent / "result.json").exists()
+    # the supervisor writes its result just after the group is gone
+    stack.wait_for(lambda: (pgid_files[0].parent / "result.json").exists(), 15, "the job's result file")
 
 
 def _task_processes(marker: str) -> list[int]:
@@ -188,8 +189,12 @@ def test_ssh_mark_failed_leaves_nothing_on_the_host(stack, ssh_fleet):
     stack.api("PATCH", f"/api/v2/dags/flex_e2e_ssh_kill/dagRuns/{run_id}/taskInstances/remote_long",
               {"new_state": "failed"})  # fmt: skip
     stack.wait_for(lambda: not host.processes("sleep 301"), 60, "the remote process to be gone")
-    results = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-kill-remote-long-*/1/result.json"))
-    assert results and '"cancelled"' in results[0].read_text()
+    # the supervisor writes its result just after the job's process group is gone
+    results = stack.wait_for(
+        lambda: list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-kill-remote-long-*/1/result.json")),
+        15, "the job's result file",
+    )  # fmt: skip
+    assert '"cancelled"' in results[0].read_text()
 
 
 def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_fleet):

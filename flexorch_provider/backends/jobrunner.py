@@ -309,6 +309,20 @@ def _job_of(run_dir):
         return {}
 
 
+def _settled_status(run_dir, wait=3.0):
+    """``status``, except that a supervisor whose job process is already gone is given a moment to
+    record how it ended: a replica killed a moment ago is dead, not running."""
+    st = status(run_dir)
+    deadline = time.time() + wait
+    while st["state"] == "running" and time.time() < deadline:
+        pgid = _read(os.path.join(run_dir, "job.pgid"))
+        if not (pgid and pgid.isdigit()) or _group_alive(int(pgid)):
+            break
+        time.sleep(0.05)
+        st = status(run_dir)
+    return st
+
+
 def replicas(svc_dir):
     """Every replica under ``svc_dir``: its latest attempt's state and what it runs."""
     out = []
@@ -323,7 +337,7 @@ def replicas(svc_dir):
             continue
         run_dir = os.path.join(key_dir, str(attempts[-1]))
         meta = _job_of(run_dir).get("service") or {}
-        st = status(run_dir)
+        st = _settled_status(run_dir)
         try:
             started = os.path.getmtime(os.path.join(run_dir, "runner.pid"))
         except OSError:

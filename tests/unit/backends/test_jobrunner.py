@@ -164,3 +164,36 @@ def test_cli_modes_print_json(tmp_path, mode):
         [sys.executable, RUNNER, mode, str(tmp_path / "r")], capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout.splitlines()[0])["state"] == "succeeded"
+
+
+def test_replica_whose_process_just_died_is_reported_dead_not_running(tmp_path):
+    """The supervisor records a death a moment after the process is gone; `replicas` waits for that
+    record instead of calling a killed replica running (a reconcile then restarts it)."""
+    run_dir = tmp_path / "svc" / "0-abc" / "1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.json").write_text(json.dumps({"service": {"slot": 0, "revision": "abc"}}))
+    (run_dir / "runner.pid").write_text(jobrunner._runner_identity())  # a live "supervisor": this process
+    dead = subprocess.Popen(["true"], preexec_fn=os.setpgrp)
+    dead.wait()
+    (run_dir / "job.pgid").write_text(str(dead.pid))
+
+    def record_death():
+        time.sleep(0.5)
+        (run_dir / "result.json").write_text(json.dumps({"state": "failed", "exit_code": 137, "message": "x"}))
+
+    import threading
+
+    threading.Thread(target=record_death, daemon=True).start()
+    [row] = jobrunner.replicas(str(tmp_path / "svc"))
+    assert (row["state"], row["exit_code"]) == ("failed", 137)
+
+
+def test_replica_with_a_live_process_is_running_at_once(tmp_path):
+    run_dir = tmp_path / "svc" / "0-abc" / "1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.json").write_text(json.dumps({"service": {"slot": 0, "revision": "abc"}}))
+    (run_dir / "runner.pid").write_text(jobrunner._runner_identity())
+    (run_dir / "job.pgid").write_text(str(os.getpgid(0)))
+    started = time.monotonic()
+    [row] = jobrunner.replicas(str(tmp_path / "svc"))
+    assert row["state"] == "running" and time.monotonic() - started < 2.5

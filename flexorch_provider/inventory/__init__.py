@@ -3,7 +3,8 @@
 ::
 
     local        this machine, through NVML (pynvml)
-    ssh          hosts over SSH, all in parallel: ``nvidia-smi --query-gpu`` CSV
+    ssh          hosts over SSH, all in parallel: NVML through ``python3 -m flexorch_provider.nvml``
+                 where flexorch-provider is installed, else ``nvidia-smi --query-gpu`` CSV
     slurm        GRES total/used per node (``sinfo``), locally or on a login node
     kubernetes   node allocatable ``nvidia.com/gpu`` minus the requests of live pods
 

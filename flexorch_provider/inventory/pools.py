@@ -6,6 +6,7 @@
       source: ssh
       connection: lab_gpu
       hosts: [lab-gpu-1, lab-gpu-2]
+      python: /opt/venv/bin/python  # optional: NVML through flexorch-provider there, else nvidia-smi
     a100:
       source: slurm
       connection: slurm_login        # omit to use the local Slurm clients
@@ -56,6 +57,15 @@ class SshPool(_Pool):
     hosts: Annotated[list[Annotated[str, BeforeValidator(_host_entry)]], BeforeValidator(_unique_hosts)] = Field(
         default_factory=list
     )
+    python: Annotated[
+        str,
+        Field(
+            min_length=1,
+            pattern=r"^[^\s]+$",
+            description="The hosts' Python: where flexorch-provider and pynvml are installed there, the probe "
+            "reads NVML through it; elsewhere (or when it fails) it asks nvidia-smi.",
+        ),
+    ] = "python3"
 
 
 class SlurmPool(_Pool):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from flexorch_provider.inventory.model import Gpu, Node, PoolInventory
 from flexorch_provider.spec.units import normalize_gpu_type
 
-# --- nvidia-smi (ssh hosts) -------------------------------------------------------------------
+# --- ssh hosts: NVML through our package where it is installed, else nvidia-smi -------------
 GPU_QUERY = "index,uuid,name,memory.total,memory.used,utilization.gpu"
 APPS_QUERY = "gpu_uuid,pid,used_memory"
 SEPARATOR = "--- flexorch compute apps ---"
-# one command per host, no user values in it: both queries, the separator between them
+# one command per host, no user values in it ("$1" is the pool's python, an argv element):
+# NVML through flexorch_provider.nvml when that imports, else both nvidia-smi queries
 PROBE = (
+    '"$1" -m flexorch_provider.nvml 2>/dev/null || { '
     f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits && echo '{SEPARATOR}' && "
-    f"nvidia-smi --query-compute-apps={APPS_QUERY} --format=csv,noheader,nounits"
+    f"nvidia-smi --query-compute-apps={APPS_QUERY} --format=csv,noheader,nounits; }}"
 )
 
 
@@ -53,6 +56,23 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
     return gpus
 
 
+def gpus_from_nvml(rows: list[dict[str, Any]]) -> list[Gpu]:
+    """What :func:`flexorch_provider.nvml.read` returns, as inventory GPUs."""
+    out = []
+    for r in rows:
+        procs = int(r.get("processes") or 0)
+        out.append(Gpu(int(r["index"]), model_name(r["name"]), r.get("memory_total"), r.get("memory_used"),
+                       r.get("utilization"), procs, busy=procs > 0))  # fmt: skip
+    return out
+
+
+def parse_probe(text: str) -> list[Gpu]:
+    """A host's answer to :data:`PROBE`: NVML's JSON, or nvidia-smi's CSV."""
+    if text.lstrip().startswith("{"):
+        return gpus_from_nvml(json.loads(text)["gpus"])
+    return parse_nvidia_smi(text)
+
+
 def probe_ssh(pool: Any) -> list[Node]:
     from flexorch_provider.backends.services import parallel
     from flexorch_provider.backends.ssh import Host, _on_host
@@ -60,7 +80,7 @@ def probe_ssh(pool: Any) -> list[Node]:
     hosts = [Host.parse(h) for h in pool.hosts] or [Host()]
 
     def one(host: Host) -> tuple[int, str, str]:
-        return _on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE]))
+        return _on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE, "sh", pool.python]))
 
     nodes = []
     for host, result, error in parallel(hosts, one):
@@ -69,10 +89,19 @@ def probe_ssh(pool: Any) -> list[Node]:
             continue
         code, out, err = result
         if code != 0:
-            why = "nvidia-smi is not installed" if code == 127 else (err.strip() or out.strip())[:200]
+            why = (
+                f"nvidia-smi is not installed, nor flexorch-provider with pynvml for {pool.python}"
+                if code == 127
+                else (err.strip() or out.strip())[:200]
+            )
             nodes.append(Node(host.label, state="no-driver", detail=why))
             continue
-        nodes.append(Node(host.label, parse_nvidia_smi(out)))
+        try:
+            nodes.append(Node(host.label, parse_probe(out)))
+        except (ValueError, KeyError, TypeError) as e:
+            nodes.append(
+                Node(host.label, state="no-driver", detail=f"unreadable GPU probe output ({e}): {out[:120]!r}")
+            )
     return nodes
 
 
@@ -80,34 +109,13 @@ def probe_ssh(pool: Any) -> list[Node]:
 def probe_local() -> list[Node]:
     import socket
 
+    from flexorch_provider import nvml
+
     host = socket.gethostname()
     try:
-        import pynvml
-    except ImportError:
-        return [Node(host, state="no-driver", detail="pynvml is not installed")]
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
-        return [Node(host, state="no-driver", detail=f"no NVIDIA driver (NVML: {e})")]
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            try:
-                util = int(pynvml.nvmlDeviceGetUtilizationRates(h).gpu)
-            except Exception:
-                util = None
-            try:
-                procs = len(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
-            except Exception:
-                procs = 0
-            gpus.append(Gpu(i, model_name(name.decode() if isinstance(name, bytes) else name),
-                            int(mem.total // 2**20), int(mem.used // 2**20), util, procs, busy=procs > 0))  # fmt: skip
-        return [Node(host, gpus)]
-    finally:
-        pynvml.nvmlShutdown()
+        return [Node(host, gpus_from_nvml(nvml.read()))]
+    except nvml.NoNvml as e:
+        return [Node(host, state="no-driver", detail=str(e))]
 
 
 # --- Slurm ----------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """GPU inventory, GpuPoolSensor, placement and GPU-counting Airflow pools against real
-servers: sshd hosts (with a test stand-in for nvidia-smi that prints nvidia-smi's CSV),
+servers: sshd hosts (with a test stand-in for nvidia-smi that prints nvidia-smi's CSV, or
+flexorch-provider installed with a pynvml stand-in serving recorded devices),
 the real Slurm with 4 fake a100 GPUs, and the Kubernetes emulator."""
 
 from __future__ import annotations
@@ -85,6 +86,48 @@ def test_ssh_inventory_counts_models_per_host_and_names_hosts_it_cannot_use(pool
     assert by_name[h3.entry].state == "no-driver" and "nvidia-smi is not installed" in by_name[h3.entry].detail
     assert by_name[f"{h1.entry}:1"].state == "unreachable"
     assert (inv.total, inv.free) == (6, 5)
+
+
+@pytest.fixture
+def nvml_host(ssh_fleet):
+    """Host 4 with flexorch-provider importable by a Python of its own (a wrapper on its PATH) and the
+    pynvml stand-in serving a recorded H100 ×2 + L4; no nvidia-smi there."""
+    h4 = ssh_fleet.hosts[3]
+    site = ssh_fleet.base / "nvml-site"
+    shutil.rmtree(site, ignore_errors=True)
+    package = Path(__file__).parents[2] / "flexorch_provider"
+    shutil.copytree(package, site / "flexorch_provider", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(DATA / "nvml-stand-in" / "pynvml.py", site / "pynvml.py")
+    for path in [site, *site.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    wrapper = h4.bin_dir / "python-with-flexorch"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec python3 "$@"\n')
+    wrapper.chmod(0o755)
+    (h4.home / "nvml.json").write_text((DATA / "nvml-h100-l4.json").read_text())
+    (h4.home / "nvml.json").chmod(0o644)
+    yield h4
+    wrapper.unlink()
+    (h4.home / "nvml.json").unlink()
+    shutil.rmtree(site)
+
+
+def test_ssh_inventory_reads_nvml_through_flexorch_where_it_is_installed(tmp_path, monkeypatch, nvml_host):
+    path = tmp_path / "gpu_pools.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        nvml: {{source: ssh, connection: {FLEET_CONN}, hosts: [{nvml_host.entry}], python: python-with-flexorch}}
+        plain: {{source: ssh, connection: {FLEET_CONN}, hosts: [{nvml_host.entry}]}}
+    """)
+    )
+    pools = load_pools(path)
+    (node,) = inventory(pools["nvml"]).nodes
+    assert node.state == "up", node.detail
+    assert node.models() == {"H100": (2, 1), "L4": (1, 1)}
+    assert [(g.memory_total, g.memory_used, g.utilization, g.processes) for g in node.gpus] == [
+        (81559, 40213, 97, 1), (81559, 4, 0, 0), (23034, 0, None, 0)]  # fmt: skip
+    # the same host through its plain python3 (no flexorch there) and no nvidia-smi: says what is missing
+    (node,) = inventory(pools["plain"]).nodes
+    assert node.state == "no-driver" and "nor flexorch-provider with pynvml for python3" in node.detail
 
 
 def test_the_sensor_places_a_request_on_the_host_that_fits(pools_file, gpu_hosts):

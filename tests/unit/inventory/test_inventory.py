@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -12,7 +14,14 @@ from flexorch_provider.exceptions import ConfigurationError, SpecError
 from flexorch_provider.inventory import find_placement
 from flexorch_provider.inventory.model import Node, PoolInventory
 from flexorch_provider.inventory.pools import load_pools
-from flexorch_provider.inventory.sources import SEPARATOR, model_name, parse_nvidia_smi, parse_sinfo, probe_local
+from flexorch_provider.inventory.sources import (
+    SEPARATOR,
+    model_name,
+    parse_nvidia_smi,
+    parse_probe,
+    parse_sinfo,
+    probe_local,
+)
 
 DATA = Path(__file__).parents[2] / "data"
 
@@ -90,6 +99,30 @@ def test_nvml_boundary_reads_devices_and_says_when_there_is_no_driver(monkeypatc
     monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=no_driver))
     (node,) = probe_local()
     assert node.state == "no-driver" and "no NVIDIA driver" in node.detail and node.gpus == []
+
+
+def test_nvml_module_prints_json_for_remote_probes_and_exits_3_without_a_driver(tmp_path):
+    """`python -m flexorch_provider.nvml` is what an ssh host with flexorch-provider runs."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(DATA / "nvml-stand-in"),
+        "FLEXORCH_TEST_NVML": str(DATA / "nvml-h100-l4.json"),
+    }
+    done = subprocess.run([sys.executable, "-m", "flexorch_provider.nvml"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    gpus = parse_probe(done.stdout)
+    assert [(g.model, g.busy, g.memory_free) for g in gpus] == [("H100", True, 41346), ("H100", False, 81555),
+                                                                ("L4", False, 23034)]  # fmt: skip
+    env["FLEXORCH_TEST_NVML"] = str(tmp_path / "absent.json")
+    done = subprocess.run([sys.executable, "-m", "flexorch_provider.nvml"], capture_output=True, text=True, env=env)
+    assert done.returncode == 3 and done.stdout == "" and "no NVIDIA driver (NVML: Driver Not Loaded)" in done.stderr
+
+
+def test_probe_output_of_either_kind_is_parsed():
+    csv = "0, GPU-a, NVIDIA A100-SXM4-80GB, 81920, 100, 3\n--- flexorch compute apps ---\n"
+    assert [(g.model, g.memory_used) for g in parse_probe(csv)] == [("A100", 100)]
+    text = '{"host": "h", "gpus": [{"index": 0, "name": "Tesla T4", "memory_total": 15360, "memory_used": 0}]}'
+    assert [(g.model, g.memory_total, g.utilization) for g in parse_probe(text)] == [("T4", 15360, None)]
 
 
 def test_pools_file_errors_name_the_field_and_a_missing_file_says_what_to_do(tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
-from flexorch_provider.backends.base import Backend, JobHandle, JobState, ResolvedJob, run_key
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, LogCursor, ResolvedJob, run_key
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.exceptions import (
     BackendError,
@@ -35,6 +35,8 @@ from flexorch_provider.resolve import load_workload, resolve_secrets
 from flexorch_provider.triggers.job import SECRET_REFS, FlexJobTrigger, Masker
 
 TAIL_LINES = 30
+DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
+PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
 T = TypeVar("T")
 
 
@@ -48,6 +50,10 @@ class FlexOperator(BaseOperator):
     :param target: replaces the spec's target (or ordered target list).
     :param deferrable: free the worker slot while the job runs (default True).
     :param poll_interval: seconds between status checks.
+    :param defer_after: seconds to follow a job from the worker before deferring (default 5). A job
+        that ends sooner finishes the task at once, without the defer/resume round trip; 0 defers at
+        once. It also keeps quick jobs clear of an Airflow 3.3 scheduler race that can fail a task
+        whose trigger fires moments after it deferred (apache/airflow#67287).
     :param placement: where a GpuPoolSensor placed the job, usually
         ``"{{ ti.xcom_pull(task_ids='wait_gpus') }}"`` (templated): on ssh the job runs on that
         host with ``CUDA_VISIBLE_DEVICES`` set to its GPU indices.
@@ -71,6 +77,7 @@ class FlexOperator(BaseOperator):
         target: str | list[str] | None = None,
         deferrable: bool = True,
         poll_interval: float = 5.0,
+        defer_after: float = DEFER_AFTER_S,
         placement: dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -97,6 +104,7 @@ class FlexOperator(BaseOperator):
         self.action = action
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
+        self.defer_after = max(0.0, float(defer_after))
         self.placement = placement
         self._handle: JobHandle | None = None
 
@@ -163,19 +171,24 @@ class FlexOperator(BaseOperator):
         handle = self._submit(job)
         self._handle = handle
         context["ti"].xcom_push(key="job", value=_public(handle))
-        if self.deferrable:
-            self.defer(
-                trigger=FlexJobTrigger(
-                    handle=handle.to_dict(), poll_interval=self.poll_interval, tail_lines=TAIL_LINES
-                ),
-                method_name="execute_complete",
-            )
-        return self._wait(handle)
+        if not self.deferrable:
+            event, _ = self._follow(handle)
+            return self._finish(event)  # type: ignore[arg-type]
+        event, cursor = self._follow(handle, until=time.monotonic() + self.defer_after)
+        if event is not None:
+            return self._finish(event)
+        self.defer(
+            trigger=FlexJobTrigger(
+                handle=handle.to_dict(), poll_interval=self.poll_interval, log_cursor=cursor, tail_lines=TAIL_LINES
+            ),
+            method_name="execute_complete",
+        )
 
-    def _wait(self, handle: JobHandle) -> dict[str, Any]:
-        """Non-deferrable mode: follow the job from the worker, streaming its log."""
+    def _follow(self, handle: JobHandle, until: float | None = None) -> tuple[dict[str, Any] | None, LogCursor]:
+        """Follow the job from the worker, streaming its log: its final event once it ends, or None
+        with the log cursor reached when ``until`` (a monotonic time) comes first."""
         backend = get_backend(handle.target)
-        cursor = 0
+        cursor: LogCursor = 0
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         mask = Masker.from_handle(handle)
         while True:
@@ -189,12 +202,16 @@ class FlexOperator(BaseOperator):
                     break
                 cursor = chunk.cursor
             if status.state.finished:
-                return self._finish(
-                    {"status": "success" if status.state == JobState.SUCCEEDED else "failed",
-                     "handle": handle.to_dict(), "state": status.state.value, "exit_code": status.exit_code,
-                     "message": status.message, "log_tail": list(tail)}
-                )  # fmt: skip
-            time.sleep(self.poll_interval)
+                return {"status": "success" if status.state == JobState.SUCCEEDED else "failed",
+                        "handle": handle.to_dict(), "state": status.state.value, "exit_code": status.exit_code,
+                        "message": status.message, "log_tail": list(tail)}, cursor  # fmt: skip
+            interval = self.poll_interval
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return None, cursor
+                interval = min(interval, PRE_DEFER_POLL_S, left)
+            time.sleep(interval)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         return self._finish(event)

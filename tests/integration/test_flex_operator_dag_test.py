@@ -26,7 +26,7 @@ def spec(run, **extra):
 with DAG("flex_it", schedule=None, start_date=pendulum.datetime(2025, 1, 1)) as dag:
     FlexOperator(task_id="ok_sync", spec=spec("echo day {{{{ ds }}}} $WHO", env={{"WHO": "{{{{ dag.dag_id }}}}"}}),
                  deferrable=False, poll_interval=0.2)
-    FlexOperator(task_id="ok_deferred", spec=spec("echo deferred"), poll_interval=0.2)
+    FlexOperator(task_id="ok_deferred", spec=spec("echo deferred"), poll_interval=0.2, defer_after=0)
     FlexOperator(task_id="fails", spec=spec("echo before failing; exit 9"), poll_interval=0.2)
     FlexOperator(task_id="times_out", spec=spec("sleep 60", timeout=1), poll_interval=0.2)
     FlexOperator(task_id="secret", spec=spec('echo "token is $TOKEN"', secrets={{"TOKEN": "variable:flex_token"}}),

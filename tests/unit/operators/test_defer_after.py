@@ -1,0 +1,56 @@
+"""FlexOperator follows a job from the worker for ``defer_after`` seconds before deferring
+(real local jobs; the context is a stand-in for the task runner's)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from airflow.exceptions import TaskDeferred
+
+from flexorch_provider.operators.flex import FlexOperator
+
+
+def context(task_id="t"):
+    """Each task id is its own run key (one run key is one job: a second execute reattaches)."""
+    pushed: dict[str, object] = {}
+    ti = types.SimpleNamespace(dag_id="d", task_id=task_id, run_id="r", map_index=-1,
+                               xcom_push=lambda key, value: pushed.__setitem__(key, value))  # fmt: skip
+    return {"ti": ti}, pushed
+
+
+def op(tmp_path, run, **kw):
+    spec = {"name": "quick", "kind": "batch", "target": "local", "run": run, "local": {"run_dir": str(tmp_path)}}
+    return FlexOperator(task_id="t", spec=spec, poll_interval=0.2, **kw)
+
+
+def test_a_job_that_ends_within_defer_after_finishes_in_the_worker(tmp_path):
+    ctx, pushed = context()
+    result = op(tmp_path, "echo quick", defer_after=10).execute(ctx)
+    assert result["state"] == "succeeded" and result["exit_code"] == 0 and pushed["job"]["job_id"]
+
+
+def test_a_longer_job_defers_with_the_log_cursor_it_reached(tmp_path):
+    ctx, _ = context()
+    with pytest.raises(TaskDeferred) as deferred:
+        op(tmp_path, "echo early; sleep 30", defer_after=1.5).execute(ctx)
+    trigger = deferred.value.trigger
+    # the trigger starts after "early\n" (streamed by the worker), so the task log shows it once
+    assert trigger.log_cursor == len(b"early\n")
+    assert deferred.value.method_name == "execute_complete"
+    from flexorch_provider.backends.base import JobHandle
+    from flexorch_provider.backends.registry import get_backend
+
+    get_backend("local").cancel(JobHandle.from_dict(trigger.handle))
+
+
+def test_defer_after_zero_defers_at_once_and_a_quick_failure_fails_in_the_worker(tmp_path):
+    ctx, _ = context()
+    with pytest.raises(TaskDeferred) as deferred:
+        op(tmp_path, "sleep 0.5", defer_after=0).execute(ctx)
+    assert deferred.value.trigger.log_cursor == 0
+    from flexorch_provider.exceptions import JobFailedError
+
+    with pytest.raises(JobFailedError) as failed:
+        op(tmp_path, "echo broken; exit 4", defer_after=10).execute(context("broken")[0])
+    assert failed.value.exit_code == 4 and "broken" in failed.value.log_tail

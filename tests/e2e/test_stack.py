@@ -45,6 +45,10 @@ with DAG("flex_e2e_kill", schedule=None, start_date=START):
     FlexOperator(task_id="long", spec={{"name": "long", "kind": "batch", "run": "echo started; sleep 300", **LOCAL}},
                  poll_interval=1)
 
+with DAG("flex_e2e_kill_in_worker", schedule=None, start_date=START):
+    FlexOperator(task_id="early", poll_interval=1, defer_after=600,
+                 spec={{"name": "early", "kind": "batch", "run": "echo started; sleep 303", **LOCAL}})
+
 with DAG("flex_e2e_reattach", schedule=None, start_date=START):
     FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=2, retry_delay=timedelta(seconds=1),
                  spec={{"name": "once", "kind": "batch", **LOCAL,
@@ -116,6 +120,13 @@ def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
         s.save_logs(ARTIFACTS)
 
 
+def trigger_started(task_log: str) -> bool:
+    """The triggerer runs the task's trigger (its "trigger <name> starting" line is in the task log).
+    Mark-failed cancels a deferred job through the running trigger's on_kill; a trigger the
+    triggerer has not picked up yet cannot act (README, "Known limits")."""
+    return any(line.startswith("trigger ") and line.endswith(" starting") for line in task_log.splitlines())
+
+
 def test_local_example_succeeds_with_live_logs(stack):
     stack.wait_dag("flex_e2e_live")
     run_id = stack.trigger("flex_e2e_live")
@@ -144,12 +155,28 @@ def test_mark_failed_cancels_the_job(stack):
     pgid_files = stack.wait_for(lambda: [p for p in stack.runs.rglob("job.pgid") if "kill" in str(p)], 30, "job start")
     pgid = int(pgid_files[0].read_text())
     assert group_alive(pgid)
-    # the trigger is following the job once its first log line reaches the task log
-    stack.wait_for(lambda: "started" in stack.task_log("flex_e2e_kill", run_id, "long", 1), 60, "the trigger to run")
+    stack.wait_for(lambda: trigger_started(stack.task_log("flex_e2e_kill", run_id, "long", 1)), 60, "the trigger")
     stack.api("PATCH", f"/api/v2/dags/flex_e2e_kill/dagRuns/{run_id}/taskInstances/long", {"new_state": "failed"})
     stack.wait_for(lambda: not group_alive(pgid), 60, "the job's process group to be gone")
     # the supervisor writes its result just after the group is gone
     stack.wait_for(lambda: (pgid_files[0].parent / "result.json").exists(), 15, "the job's result file")
+
+
+def test_mark_failed_before_deferring_cancels_the_job_from_the_worker(stack):
+    """Within defer_after the worker follows the job: mark-failed reaches the operator's on_kill."""
+    stack.wait_dag("flex_e2e_kill_in_worker")
+    run_id = stack.trigger("flex_e2e_kill_in_worker")
+    stack.wait_ti_state("flex_e2e_kill_in_worker", run_id, "early", {"running"}, 120)
+    find = lambda: [p for p in stack.runs.rglob("job.pgid") if "in-worker" in str(p)]  # noqa: E731
+    pgid_file = stack.wait_for(find, 30, "job start")[0]
+    pgid = int(pgid_file.read_text())
+    assert group_alive(pgid)
+    stack.api("PATCH", f"/api/v2/dags/flex_e2e_kill_in_worker/dagRuns/{run_id}/taskInstances/early",
+              {"new_state": "failed"})  # fmt: skip
+    stack.wait_for(lambda: not group_alive(pgid), 60, "the job's process group to be gone")
+    result = stack.wait_for(lambda: (pgid_file.parent / "result.json").exists(), 15, "the job's result file")
+    assert result and '"cancelled"' in (pgid_file.parent / "result.json").read_text()
+    assert stack.ti("flex_e2e_kill_in_worker", run_id, "early")["state"] == "failed"
 
 
 def _task_processes(marker: str) -> list[int]:
@@ -185,7 +212,7 @@ def test_ssh_mark_failed_leaves_nothing_on_the_host(stack, ssh_fleet):
     stack.wait_ti_state("flex_e2e_ssh_kill", run_id, "remote_long", {"deferred"}, 120)
     stack.wait_for(lambda: host.processes("sleep 301"), 30, "the remote job to start")
     log = lambda: stack.task_log("flex_e2e_ssh_kill", run_id, "remote_long", 1)  # noqa: E731
-    stack.wait_for(lambda: "started" in log(), 60, "the trigger to stream the remote log")
+    stack.wait_for(lambda: trigger_started(log()), 60, "the triggerer to run the trigger")
     stack.api("PATCH", f"/api/v2/dags/flex_e2e_ssh_kill/dagRuns/{run_id}/taskInstances/remote_long",
               {"new_state": "failed"})  # fmt: skip
     stack.wait_for(lambda: not host.processes("sleep 301"), 60, "the remote process to be gone")
@@ -235,7 +262,7 @@ def test_slurm_mark_failed_cancels_the_job(stack, slurm_cluster):
     run_id = stack.trigger("flex_e2e_slurm_kill")
     stack.wait_ti_state("flex_e2e_slurm_kill", run_id, "train", {"deferred"}, 120)
     log = lambda: stack.task_log("flex_e2e_slurm_kill", run_id, "train", 1)  # noqa: E731
-    stack.wait_for(lambda: "started" in log(), 60, "the job's first log line")
+    stack.wait_for(lambda: trigger_started(log()), 60, "the triggerer to run the trigger")
     (job,) = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_kill", "train")
     assert job[2] == "RUNNING"
     stack.api("PATCH", f"/api/v2/dags/flex_e2e_slurm_kill/dagRuns/{run_id}/taskInstances/train",

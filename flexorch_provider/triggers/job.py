@@ -12,8 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
+import json
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -137,6 +142,84 @@ class _Watch:
 BATCHER = StatusBatcher()
 
 
+def furthest(a: LogCursor, b: Any) -> LogCursor:
+    """The cursor further into the log: byte offsets, or per-host offsets (``placement: all``)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: max(int(a.get(k, 0)), int(b.get(k, 0))) for k in a.keys() | b.keys()}
+    if not a and isinstance(b, dict):
+        return {str(k): int(v) for k, v in b.items()}
+    return a
+
+
+class LogCheckpoint:
+    """How far a trigger has streamed its job's log, on the triggerer's own disk.
+
+    A trigger's kwargs are fixed when the task defers, so a trigger restarted by a new
+    triggerer would stream the log again from there. Each trigger records its cursor here
+    instead, one poll behind (lines logged an interval ago have surely reached the task
+    log), and a trigger restarted on the same machine resumes from it: after a triggerer
+    restart at most the last interval's lines appear twice, and none are lost. Files live
+    under ``$FLEXORCH_STATE_DIR`` (default ``$AIRFLOW_HOME/flexorch``)``/log-cursors``; a
+    trigger removes its own when it fires or its task is killed; a week-old one is pruned.
+    """
+
+    MAX_AGE_S = 7 * 24 * 3600
+    _pruned: set[Path] = set()
+
+    def __init__(self, handle: dict[str, Any]) -> None:
+        key = json.dumps([handle.get("target"), handle.get("job_id"), handle.get("run_key")])
+        self.path = self.root() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+        self.saved: LogCursor | None = None
+
+    @staticmethod
+    def root() -> Path:
+        base = os.environ.get("FLEXORCH_STATE_DIR")
+        if not base:
+            from airflow.configuration import AIRFLOW_HOME
+
+            base = os.path.join(AIRFLOW_HOME, "flexorch")
+        return Path(base) / "log-cursors"
+
+    def load(self, start: LogCursor) -> LogCursor:
+        """The further of ``start`` (from the task) and the recorded cursor."""
+        try:
+            value = json.loads(self.path.read_text())["cursor"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return start
+        self.saved = value
+        return furthest(start, value)
+
+    def save(self, cursor: LogCursor) -> None:
+        if cursor == self.saved:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._prune()
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"cursor": cursor}))
+            os.replace(tmp, self.path)
+            self.saved = cursor
+        except OSError:
+            pass  # a read-only or full disk costs duplicate lines after a restart, nothing else
+
+    def drop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    def _prune(self) -> None:
+        root = self.path.parent
+        if root in self._pruned:
+            return
+        self._pruned.add(root)
+        cutoff = time.time() - self.MAX_AGE_S
+        for old in root.iterdir():
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+
+
 class FlexJobTrigger(BaseTrigger):
     """Follows one job on any backend; fires once with the outcome.
 
@@ -188,6 +271,10 @@ class FlexJobTrigger(BaseTrigger):
             yield TriggerEvent({"status": "error", "handle": self.handle,
                                 "message": f"cannot read the job's secrets to mask its output: {e}"})  # fmt: skip
             return
+        checkpoint = LogCheckpoint(self.handle)
+        cursor = checkpoint.load(cursor)
+        if cursor != self.log_cursor:
+            self.log.info("resuming job %s's log where this task's previous trigger left it", handle.job_id)
         last_said = ""
         async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
             while True:
@@ -200,6 +287,7 @@ class FlexJobTrigger(BaseTrigger):
                         self.log.info("job %s is %s", handle.job_id, said)  # e.g. pending: Resources
                         last_said = said
                     if status.state != JobState.PENDING:  # a job that has not started has no log yet
+                        checkpoint.save(cursor)  # lines before it went to the log an interval ago
                         cursor = await self._stream(backend, handle, cursor, tail)
                     errors = 0
                 except asyncio.CancelledError:
@@ -207,6 +295,7 @@ class FlexJobTrigger(BaseTrigger):
                 except Exception as e:
                     errors += 1
                     if errors >= MAX_CONSECUTIVE_ERRORS:
+                        checkpoint.drop()
                         yield TriggerEvent(
                             {
                                 "status": "error",
@@ -227,6 +316,7 @@ class FlexJobTrigger(BaseTrigger):
                             cursor = await self._stream(backend, handle, cursor, tail)
                         if cursor == before:
                             break
+                    checkpoint.drop()
                     yield TriggerEvent(
                         {
                             "status": "success" if status.state == JobState.SUCCEEDED else "failed",
@@ -255,5 +345,6 @@ class FlexJobTrigger(BaseTrigger):
             handle = JobHandle.from_dict(self.handle)
             self.log.info("task killed: cancelling job %s on %s", handle.job_id, handle.target)
             await asyncio.to_thread(self._backend().cancel, handle)
+            LogCheckpoint(self.handle).drop()
         except Exception:
             self.log.exception("could not cancel job %s", self.handle.get("job_id"))

@@ -127,6 +127,23 @@ def trigger_started(task_log: str) -> bool:
     return any(line.startswith("trigger ") and line.endswith(" starting") for line in task_log.splitlines())
 
 
+def ticks(task_log: str, after_trigger_start: bool = False) -> list[str]:
+    """The job's "tick N" lines in the task log (only those the trigger streamed, if asked)."""
+    lines = task_log.splitlines()
+    if after_trigger_start:
+        starts = [i for i, line in enumerate(lines) if trigger_started(line)]
+        lines = lines[starts[0] + 1 :] if starts else []
+    return [line.strip() for line in lines if line.strip().startswith("tick ")]
+
+
+def assert_each_tick_once_give_or_take_a_poll(task_log: str, count: int) -> None:
+    """After a triggerer restart the new trigger resumes from the old one's checkpoint, which
+    trails by one poll (1 s here, one tick a second): at most 2 lines appear twice."""
+    seen = ticks(task_log)
+    assert set(seen) == {f"tick {i}" for i in range(1, count + 1)}, seen
+    assert len(seen) - count <= 2, f"{len(seen) - count} tick lines repeated: {seen}"
+
+
 def test_local_example_succeeds_with_live_logs(stack):
     stack.wait_dag("flex_e2e_live")
     run_id = stack.trigger("flex_e2e_live")
@@ -229,7 +246,7 @@ def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_
     stack.wait_dag("flex_e2e_ssh_triggerer")
     run_id = stack.trigger("flex_e2e_ssh_triggerer")
     log = lambda: stack.task_log("flex_e2e_ssh_triggerer", run_id, "remote_once", 1)  # noqa: E731
-    stack.wait_for(lambda: "tick 2" in log(), 120, "the trigger to stream the remote log")
+    stack.wait_for(lambda: len(ticks(log(), after_trigger_start=True)) >= 5, 120, "the trigger to stream ticks")
     stack.kill("triggerer")
     time.sleep(2)
     stack.restart("triggerer")
@@ -237,6 +254,7 @@ def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_
     text = stack.task_log("flex_e2e_ssh_triggerer", run_id, "remote_once", ti["try_number"])
     assert ti["state"] == "success", text[-3000:]
     assert "tick 25" in text and ti["try_number"] == 1  # the same try, followed to the end
+    assert_each_tick_once_give_or_take_a_poll(text, 25)
     starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-triggerer-remote-once-*/*/starts.txt"))
     assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"
 
@@ -276,7 +294,7 @@ def test_triggerer_killed_mid_slurm_job_the_same_job_is_followed(stack, slurm_cl
     stack.wait_dag("flex_e2e_slurm_triggerer")
     run_id = stack.trigger("flex_e2e_slurm_triggerer")
     log = lambda: stack.task_log("flex_e2e_slurm_triggerer", run_id, "train", 1)  # noqa: E731
-    stack.wait_for(lambda: "tick 2" in log(), 120, "the trigger to stream the job's log")
+    stack.wait_for(lambda: len(ticks(log(), after_trigger_start=True)) >= 5, 120, "the trigger to stream ticks")
     stack.kill("triggerer")
     time.sleep(2)
     stack.restart("triggerer")
@@ -284,6 +302,7 @@ def test_triggerer_killed_mid_slurm_job_the_same_job_is_followed(stack, slurm_cl
     text = stack.task_log("flex_e2e_slurm_triggerer", run_id, "train", ti["try_number"])
     assert ti["state"] == "success" and ti["try_number"] == 1, text[-3000:]
     assert "tick 20" in text
+    assert_each_tick_once_give_or_take_a_poll(text, 20)
     jobs = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_triggerer", "train")
     assert len(jobs) == 1 and jobs[0][2] == "COMPLETED", jobs
 

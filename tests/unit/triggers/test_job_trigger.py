@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import Sequence
 
@@ -133,3 +134,56 @@ def test_secret_values_in_job_output_are_masked_before_logging_and_in_the_event(
     (event,) = asyncio.run(_events(trigger))
     assert event.payload["status"] == "failed"
     assert event.payload["log_tail"] == ["connecting with ***", "auth failed for ***"]
+
+
+def test_a_restarted_trigger_resumes_the_log_where_the_previous_one_left_it(tmp_path, monkeypatch, caplog):
+    """A triggerer dies mid-job and a new one runs the same trigger kwargs: the lines already in
+    the task log are not streamed again, none are lost, and the checkpoint goes when it fires."""
+    import json
+    import logging
+
+    from flexorch_provider.triggers.job import LogCheckpoint
+
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path / "state"))
+    go = tmp_path / "go"
+    handle = (
+        LocalBackend()
+        .submit(_job(tmp_path, f"echo one; echo two; while [ ! -f {go} ]; do sleep 0.05; done; echo three"))
+        .to_dict()
+    )
+    checkpoint = LogCheckpoint(handle).path
+    caplog.set_level(logging.INFO)
+
+    def trigger():
+        t = FlexJobTrigger(handle, poll_interval=0.05)
+        t._log = logging.getLogger("flexorch-test-trigger")  # what it logs is what the task log gets
+        return t
+
+    async def first_triggerer_dies_after_two():
+        task = asyncio.create_task(_events(trigger()))
+        for _ in range(200):  # the checkpoint trails the log by one poll: wait until it is past "two"
+            await asyncio.sleep(0.05)
+            if checkpoint.exists() and json.loads(checkpoint.read_text())["cursor"] == len(b"one\ntwo\n"):
+                break
+        task.cancel()  # as when the triggerer process dies: no event, no on_kill
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(first_triggerer_dies_after_two())
+    assert "two" in caplog.messages
+    caplog.clear()
+    go.touch()
+    (event,) = asyncio.run(_events(trigger()))
+    assert event.payload["status"] == "success"
+    streamed = [m for m in caplog.messages if m in ("one", "two", "three")]
+    assert streamed == ["three"], caplog.messages
+    assert not checkpoint.exists()
+
+
+def test_checkpoint_takes_the_furthest_cursor_of_both_kinds():
+    from flexorch_provider.triggers.job import furthest
+
+    assert furthest(10, 4) == 10 and furthest(4, 10) == 10
+    assert furthest({"h1": 5, "h2": 9}, {"h1": 7}) == {"h1": 7, "h2": 9}
+    assert furthest(0, {"h1": 3}) == {"h1": 3}
+    assert furthest(12, {"h1": 3}) == 12  # a cursor of another kind is not this job's

@@ -146,7 +146,20 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         "workdir": job.workdir,
         "timeout": job.timeout_s,
         "kill_grace": 10,
+        "gpus": gpu_request(job),
     }
+
+
+def gpu_request(job: ResolvedJob) -> dict[str, Any] | None:
+    """What the runner claims on its host: the placement's GPU indices (from GpuPoolSensor), else
+    a count and model from ``resources.gpus``; None for a job without GPUs."""
+    placed = (job.placement or {}).get("gpus")
+    if placed is not None:
+        return {"indices": [int(g) for g in placed]}
+    gpus = job.workload.resources.gpus
+    if gpus is None or not gpus.count:
+        return None
+    return {"count": gpus.count, "type": gpus.type}
 
 
 def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:

@@ -4,7 +4,7 @@ Standard library only and Python 3.6-compatible, because the ssh backend copies 
 to hosts that have a plain ``python3`` and nothing else. Everything about a job lives in
 one run directory; no user value ever appears on a command line::
 
-    RUN_DIR/job.json       what to run (argv or script, setup, env, workdir, timeout)
+    RUN_DIR/job.json       what to run (argv or script, setup, env, workdir, timeout, GPUs)
     RUN_DIR/secrets.json   secret env values (0600); read and deleted at start
     RUN_DIR/runner.pid     the supervisor's pid (it is a session leader)
     RUN_DIR/job.pgid       process group of the job (setup, then run)
@@ -163,6 +163,90 @@ def live_attempt(key_dir):
             "attempt": attempts[-1], "reattached": True}  # fmt: skip
 
 
+# --- GPUs on this host ------------------------------------------------------------------
+# A job that asks for GPUs gets CUDA_VISIBLE_DEVICES set to GPUs of its own: free ones (no
+# compute process, not claimed by another live flexorch run of this account) of the asked
+# model, or the indices a placement names. Claims live in ~/.flexorch/gpu-claims.json, taken
+# under a lock, and lapse when their run ends.
+GPU_CLAIMS = os.path.join("~", ".flexorch", "gpu-claims.json")
+GPU_QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
+             "--format=csv,noheader,nounits"]  # fmt: skip
+APPS_QUERY = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"]
+GPU_REFUSED_EXIT = 4
+
+
+class GpuError(Exception):
+    """The GPUs a job asks for are not free on this host; the message says what is there."""
+
+
+def _squash(text):
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def _gpus_here():
+    """[(index, name, uuid)] and the uuids with compute processes; GpuError without nvidia-smi."""
+    try:
+        done = subprocess.run(GPU_QUERY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=30)  # fmt: skip
+        apps = subprocess.run(APPS_QUERY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GpuError("no NVIDIA GPU here: nvidia-smi cannot be run (%s)" % e) from None
+    if done.returncode != 0:
+        raise GpuError("no NVIDIA GPU here: nvidia-smi exited %d: %s" % (done.returncode, done.stderr.strip()[:200]))
+    gpus = []
+    for line in done.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 3 and fields[0].isdigit():
+            gpus.append((int(fields[0]), fields[2], fields[1]))
+    busy = set()
+    for line in apps.stdout.splitlines() if apps.returncode == 0 else []:
+        uuid = line.split(",")[0].strip()
+        if uuid.startswith("GPU-"):
+            busy.add(uuid)
+    return gpus, busy
+
+
+def claim_gpus(run_dir, want):
+    """Claim GPUs for ``run_dir``; ``want`` is {"count", "type", "indices"}. Returns the indices."""
+    import fcntl
+
+    path = os.path.expanduser(GPU_CLAIMS)
+    os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(path) as f:
+                claims = json.load(f)
+        except (OSError, ValueError):
+            claims = {}
+        claims = {i: d for i, d in claims.items() if status(d)["state"] in ("pending", "running")}
+        if want.get("indices") is not None:
+            chosen = [int(i) for i in want["indices"]]
+            held = ["GPU %d by %s" % (i, claims[str(i)]) for i in chosen if str(i) in claims]
+            if held:
+                raise GpuError("the placement's GPUs are held by other flexorch runs: " + "; ".join(held))
+        else:
+            gpus, busy = _gpus_here()
+            count, model = int(want.get("count") or 1), want.get("type")
+            fits = [g for g in gpus if not model or _squash(model) in _squash(g[1])]
+            free = [g for g in fits if g[2] not in busy and str(g[0]) not in claims]
+            if len(free) < count:
+                have = ", ".join("%d: %s%s" % (g[0], g[1], " (claimed by a flexorch run)" if str(g[0]) in claims
+                                               else " (busy: compute processes)" if g[2] in busy else "")
+                                 for g in gpus) or "none"  # fmt: skip
+                raise GpuError("%d %sGPU(s) wanted, %d free; this host's GPUs: %s" % (
+                    count, (model + " ") if model else "", len(free), have))  # fmt: skip
+            chosen = [g[0] for g in free[:count]]
+        for i in chosen:
+            claims[str(i)] = run_dir
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump(claims, f)
+        os.replace(tmp, path)
+    return chosen
+
+
 def prepare(key_dir, job, secrets):
     """The live attempt under ``key_dir`` (reattach), or a new attempt directory with its files.
 
@@ -188,6 +272,14 @@ def prepare(key_dir, job, secrets):
         return out
     doc = dict(job)
     doc["job_id"] = out["job_id"]
+    if doc.get("gpus"):
+        try:
+            chosen = claim_gpus(run_dir, doc["gpus"])
+        except Exception:
+            os.rmdir(run_dir)  # nothing was started: the next submit may try again
+            raise
+        doc["env"] = dict(doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen))
+        doc["gpu_indices"] = chosen
     _write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
     if secrets:
         _write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))
@@ -628,7 +720,11 @@ def _wait_for_runner(run_dir, seconds=5.0):
 def main(argv):
     if len(argv) == 2 and argv[0] == "submit":
         payload = json.loads(sys.stdin.read())
-        out = prepare(argv[1], payload["job"], payload.get("secrets") or {})
+        try:
+            out = prepare(argv[1], payload["job"], payload.get("secrets") or {})
+        except GpuError as e:
+            sys.stderr.write("GPUs: %s\n" % e)
+            return GPU_REFUSED_EXIT
         if not out["reattached"]:
             start(out["run_dir"])
             _wait_for_runner(out["run_dir"])

@@ -85,6 +85,8 @@ class LocalBackend(Backend):
         key_dir = run_root(job) / job.key_slug
         try:
             attempt = jobrunner.prepare(str(key_dir), job_document(job), job.secrets)
+        except jobrunner.GpuError as e:
+            raise SubmitError(f"this machine cannot give the job its GPUs: {e}") from None
         except OSError as e:
             raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
         run_dir = Path(attempt["run_dir"])

@@ -165,7 +165,12 @@ class Converger(Generic[H]):
         doc = self.want.documents[slot]
         key_dir = f"{self.want.directory}/{slot}-{self.want.revision}"
         payload = json.dumps({"job": doc, "secrets": self.want.secrets}).encode()
-        out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
+        try:
+            out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
+        except ServiceError:
+            raise
+        except BackendError as e:  # e.g. the host has no free GPU for it
+            raise ServiceError(f"service {self.want.name}: cannot start replica {slot}: {e}") from e
         r = Replica(host, slot, self.want.revision, key_dir, out["run_dir"], "pending", 0.0)
         self.log(f"{self.where(r)}: {'already running' if out.get('reattached') else 'started'}")
         self.changes.append(f"started {self.where(r)}")

@@ -298,11 +298,7 @@ class SshBackend(Backend):
         opts = job.workload.ssh
         conn = opts.connection
         hosts = hosts_of(job)
-        env = dict(job.env)
-        gpus = (job.placement or {}).get("gpus")
-        if gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(g)) for g in gpus)
-        document = {**job_document(job), "env": env}
+        document = job_document(job)  # GPUs: the runner claims them on the host it starts on
         payload = json.dumps({"job": document, "secrets": job.secrets}).encode()
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 

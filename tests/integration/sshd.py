@@ -94,6 +94,20 @@ class SshHost:
             time.sleep(0.05)
         raise RuntimeError(f"sshd for {self.user} did not listen on {self.address}: {self.config.with_suffix('.log')}")
 
+    def fake_nvidia_smi(self, gpus_csv: str | None, apps_csv: str = "") -> None:
+        """Put the test stand-in for nvidia-smi on this host's PATH, answering with the recorded
+        CSV (nvidia-smi's own format); ``None`` takes it away."""
+        assert self.bin_dir is not None
+        stand_in = self.bin_dir / "nvidia-smi"
+        if gpus_csv is None:
+            stand_in.unlink(missing_ok=True)
+            return
+        stand_in.write_text((Path(__file__).parents[1] / "data" / "nvidia-smi-stand-in.sh").read_text())
+        stand_in.chmod(0o755)
+        for name, text in (("nvidia-smi-gpus.csv", gpus_csv), ("nvidia-smi-apps.csv", apps_csv)):
+            (self.home / name).write_text(text)
+            (self.home / name).chmod(0o644)
+
     def processes(self, pattern: str = "") -> list[str]:
         """Command lines of this host's account, optionally filtered by a substring."""
         out = subprocess.run(["ps", "-u", self.user, "-o", "pid=,stat=,args="], capture_output=True, text=True)

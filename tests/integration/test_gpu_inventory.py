@@ -25,14 +25,6 @@ from flexorch_provider.sensors.gpu_pool import GpuPoolSensor
 from tests.conftest import FLEET_CONN, KUBE_CONN
 
 DATA = Path(__file__).parents[1] / "data"
-STAND_IN = """#!/bin/sh
-# test stand-in for nvidia-smi: answers the two queries flexorch asks with recorded CSV
-case "$1" in
-  --query-gpu=*) cat "$HOME/nvidia-smi-gpus.csv" ;;
-  --query-compute-apps=*) cat "$HOME/nvidia-smi-apps.csv" 2>/dev/null; true ;;
-  *) echo "stand-in: unexpected arguments $*" >&2; exit 2 ;;
-esac
-"""
 L4_PAIR = ("0, GPU-0b1c2d3e-0000-4000-8000-00000000aa01, NVIDIA L4, 23034, 0, 0\n"
            "1, GPU-0b1c2d3e-0000-4000-8000-00000000aa02, NVIDIA L4, 23034, 0, 0\n")  # fmt: skip
 
@@ -41,17 +33,11 @@ L4_PAIR = ("0, GPU-0b1c2d3e-0000-4000-8000-00000000aa01, NVIDIA L4, 23034, 0, 0\
 def gpu_hosts(ssh_fleet):
     """Host 1: 2×A100 (one busy) + 2×T4; host 2: 2×L4; host 3: no nvidia-smi."""
     h1, h2, h3 = ssh_fleet.hosts[:3]
-    for host, gpus, apps in ((h1, (DATA / "nvidia-smi-mixed.csv").read_text(),
-                              (DATA / "nvidia-smi-mixed-apps.csv").read_text()), (h2, L4_PAIR, "")):  # fmt: skip
-        stand_in = host.bin_dir / "nvidia-smi"
-        stand_in.write_text(STAND_IN)
-        stand_in.chmod(0o755)
-        for name, text in (("nvidia-smi-gpus.csv", gpus), ("nvidia-smi-apps.csv", apps)):
-            (host.home / name).write_text(text)
-            (host.home / name).chmod(0o644)
+    h1.fake_nvidia_smi((DATA / "nvidia-smi-mixed.csv").read_text(), (DATA / "nvidia-smi-mixed-apps.csv").read_text())
+    h2.fake_nvidia_smi(L4_PAIR)
     yield h1, h2, h3
-    for host in (h1, h2):
-        (host.bin_dir / "nvidia-smi").unlink()
+    h1.fake_nvidia_smi(None)
+    h2.fake_nvidia_smi(None)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,12 +24,15 @@ from tests.integration.conftest import FLEET_CONN
 from tests.integration.follow import all_lines, wait_finished
 
 BACKEND = SshBackend()
+DATA = Path(__file__).parents[1] / "data"
 _counter = iter(range(1_000_000))
 
 
-def make_job(run, hosts, *, placement="any", env=None, key=None, placement_hint=None, secrets=None):
+def make_job(run, hosts, *, placement="any", env=None, key=None, placement_hint=None, secrets=None, gpus=None):
     spec = {"name": "t", "kind": "batch", "target": "ssh", "run": run, "env": env or {},
             "ssh": {"connection": FLEET_CONN, "hosts": hosts, "placement": placement}}  # fmt: skip
+    if gpus:
+        spec["resources"] = {"gpus": gpus}
     w = load_workload(spec)
     return ResolvedJob(
         run_key=key or f"dag/task/run-{next(_counter)}-{time.time_ns()}/-1", name="t", kind="batch", workload=w,
@@ -196,3 +200,23 @@ def test_the_runner_is_installed_on_a_host_that_lacks_it(ssh_fleet):
     handle = BACKEND.submit(make_job("echo installed", [host.entry]))
     assert wait(handle).state == JobState.SUCCEEDED
     assert (host.home / ssh.REMOTE_RUNNER).read_bytes() == ssh.RUNNER_SOURCE
+
+
+def test_a_gpu_job_skips_a_host_without_gpus_and_is_pinned_to_a_free_one(ssh_fleet):
+    plain, gpu_host = ssh_fleet.hosts[0], ssh_fleet.hosts[2]
+    gpu_host.fake_nvidia_smi(
+        (DATA / "nvidia-smi-mixed.csv").read_text(), (DATA / "nvidia-smi-mixed-apps.csv").read_text()
+    )
+    try:
+        handle = BACKEND.submit(make_job('echo "gpus=$CUDA_VISIBLE_DEVICES"', [plain.entry, gpu_host.entry],
+                                         gpus="A100:1"))  # fmt: skip
+        assert handle.data["hosts"][0]["host"]["user"] == gpu_host.user  # the first host has no GPU
+        assert wait(handle).state == JobState.SUCCEEDED
+        assert "gpus=1" in all_logs(handle)  # GPU 0 runs a foreign compute process
+        with pytest.raises(SubmitError) as refused:
+            BACKEND.submit(make_job("true", [plain.entry, gpu_host.entry], gpus="T4:3"))
+        text = str(refused.value)
+        assert f"{plain.entry}" in text and "no NVIDIA GPU here" in text
+        assert "3 T4 GPU(s) wanted, 2 free" in text
+    finally:
+        gpu_host.fake_nvidia_smi(None)

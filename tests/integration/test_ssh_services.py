@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ from flexorch_provider.resolve import load_workload
 from tests.integration.conftest import FLEET_CONN
 
 BACKEND = SshBackend()
+DATA = Path(__file__).parents[1] / "data"
 PORT = 8000
 SERVER = r"""
 import http.server, os
@@ -186,3 +188,30 @@ def test_a_health_command_gates_replicas_that_share_a_host(ssh_fleet, clean):
     assert sum("health command exited 0" in line for line in log) == 3
     service("undeploy", ssh_fleet.entries(1), run=run, port=None, name="worker", health={"command": "true"})
     assert not ssh_fleet.hosts[0].processes("sleep 600")
+
+
+@pytest.fixture
+def t4_host(ssh_fleet):
+    """Host 2 with the nvidia-smi stand-in: 2×A100 (GPU 0 busy) + 2×T4."""
+    host = ssh_fleet.hosts[1]
+    host.fake_nvidia_smi((DATA / "nvidia-smi-mixed.csv").read_text(), (DATA / "nvidia-smi-mixed-apps.csv").read_text())
+    yield host
+    host.fake_nvidia_smi(None)
+
+
+def test_replicas_sharing_a_gpu_host_each_get_their_own_gpu(ssh_fleet, clean, t4_host):
+    run = 'echo "gpus=$CUDA_VISIBLE_DEVICES" > gpu-$FLEXORCH_REPLICA; exec sleep 600'
+    kw = dict(run=run, port=None, name="worker", resources={"gpus": "T4:1"},
+              health={"command": "test -f gpu-$FLEXORCH_REPLICA", "grace": "10s"})  # fmt: skip
+    try:
+        summary, _ = service("deploy", [t4_host.entry], replicas=2, **kw)
+        assert [r["host"] for r in summary["replicas"]] == [t4_host.entry] * 2
+        runs = t4_host.home / ".flexorch" / "services"
+        pinned = sorted(p.read_text().strip() for p in runs.glob("service-worker-*/*/*/gpu-*"))
+        assert pinned == ["gpus=2", "gpus=3"]
+        # a third T4 replica does not fit: the error names the host's GPUs and who holds them
+        with pytest.raises(ServiceError, match=r"1 T4 GPU\(s\) wanted, 0 free.*2: Tesla T4 \(claimed by a flexorch"):
+            service("deploy", [t4_host.entry], replicas=3, **kw)
+    finally:
+        service("undeploy", [t4_host.entry], replicas=2, **kw)
+    assert not t4_host.processes("sleep 600")

@@ -27,7 +27,7 @@ from bench.ssh_submit import cold, plain_hook_command, plain_hook_parallel
 from flexorch_provider.inventory import inventory
 from flexorch_provider.inventory.pools import SshPool
 from tests.integration.sshd import start_fleet
-from tests.integration.test_gpu_inventory import DATA, STAND_IN
+from tests.integration.test_gpu_inventory import DATA
 
 CONN = "flexorch_bench_fleet"
 
@@ -51,14 +51,9 @@ def main() -> int:
     fleet = start_fleet(base, 16)
     os.environ[f"AIRFLOW_CONN_{CONN.upper()}"] = fleet.connection_json()
     for host in fleet.hosts:
-        (host.bin_dir / "nvidia-smi").write_text(STAND_IN)
-        (host.bin_dir / "nvidia-smi").chmod(0o755)
-        for name, src in (
-            ("nvidia-smi-gpus.csv", "nvidia-smi-mixed.csv"),
-            ("nvidia-smi-apps.csv", "nvidia-smi-mixed-apps.csv"),
-        ):
-            (host.home / name).write_text((DATA / src).read_text())
-            (host.home / name).chmod(0o644)
+        host.fake_nvidia_smi(
+            (DATA / "nvidia-smi-mixed.csv").read_text(), (DATA / "nvidia-smi-mixed-apps.csv").read_text()
+        )
     try:
         timed_inventory(fleet.entries(16))  # warm the hosts' page cache once
         plain, plain16, one, sixteen = [], [], [], []

@@ -159,7 +159,7 @@ def gpu_request(job: ResolvedJob) -> dict[str, Any] | None:
     gpus = job.workload.resources.gpus
     if gpus is None or not gpus.count:
         return None
-    return {"count": gpus.count, "type": gpus.type}
+    return {"count": gpus.count, "type": gpus.type, "memory_mib": gpus.memory // 2**20 if gpus.memory else None}
 
 
 def run_key(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:

@@ -184,7 +184,7 @@ def _squash(text):
 
 
 def _gpus_here():
-    """[(index, name, uuid)] and the uuids with compute processes; GpuError without nvidia-smi."""
+    """[(index, name, uuid, memory MiB)] and the uuids with compute processes; GpuError without nvidia-smi."""
     try:
         done = subprocess.run(GPU_QUERY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                               timeout=30)  # fmt: skip
@@ -197,8 +197,9 @@ def _gpus_here():
     gpus = []
     for line in done.stdout.splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) >= 3 and fields[0].isdigit():
-            gpus.append((int(fields[0]), fields[2], fields[1]))
+        if len(fields) >= 4 and fields[0].isdigit():
+            total = int(float(fields[3])) if fields[3].replace(".", "", 1).isdigit() else None
+            gpus.append((int(fields[0]), fields[2], fields[1], total))
     busy = set()
     for line in apps.stdout.splitlines() if apps.returncode == 0 else []:
         uuid = line.split(",")[0].strip()
@@ -228,15 +229,17 @@ def claim_gpus(run_dir, want):
                 raise GpuError("the placement's GPUs are held by other flexorch runs: " + "; ".join(held))
         else:
             gpus, busy = _gpus_here()
-            count, model = int(want.get("count") or 1), want.get("type")
-            fits = [g for g in gpus if not model or _squash(model) in _squash(g[1])]
+            count, model, memory = int(want.get("count") or 1), want.get("type"), want.get("memory_mib")
+            fits = [g for g in gpus if (not model or _squash(model) in _squash(g[1]))
+                    and (not memory or (g[3] or 0) >= memory)]  # fmt: skip
             free = [g for g in fits if g[2] not in busy and str(g[0]) not in claims]
             if len(free) < count:
-                have = ", ".join("%d: %s%s" % (g[0], g[1], " (claimed by a flexorch run)" if str(g[0]) in claims
+                have = ", ".join("%d: %s %s MiB%s" % (g[0], g[1], g[3], " (claimed by a flexorch run)" if str(g[0]) in claims
                                                else " (busy: compute processes)" if g[2] in busy else "")
                                  for g in gpus) or "none"  # fmt: skip
-                raise GpuError("%d %sGPU(s) wanted, %d free; this host's GPUs: %s" % (
-                    count, (model + " ") if model else "", len(free), have))  # fmt: skip
+                with_memory = " with %d MiB or more" % memory if memory else ""
+                raise GpuError("%d %sGPU(s)%s wanted, %d free; this host's GPUs: %s" % (
+                    count, (model + " ") if model else "", with_memory, len(free), have))  # fmt: skip
             chosen = [g[0] for g in free[:count]]
         for i in chosen:
             claims[str(i)] = run_dir

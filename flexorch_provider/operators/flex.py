@@ -37,6 +37,7 @@ from flexorch_provider.triggers.job import SECRET_REFS, FlexJobTrigger, Masker
 TAIL_LINES = 30
 DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
+RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
 
 
@@ -52,8 +53,9 @@ class FlexOperator(BaseOperator):
     :param poll_interval: seconds between status checks.
     :param defer_after: seconds to follow a job from the worker before deferring (default 5). A job
         that ends sooner finishes the task at once, without the defer/resume round trip; 0 defers at
-        once. It also keeps quick jobs clear of an Airflow 3.3 scheduler race that can fail a task
-        whose trigger fires moments after it deferred (apache/airflow#67287).
+        once. With Airflow 3.3.2's scheduler race (apache/airflow#67287: a task whose trigger
+        fires moments after it deferred can be failed) in mind, a deferred task also resumes no
+        sooner than 10 s after deferring.
     :param placement: where a GpuPoolSensor placed the job, usually
         ``"{{ ti.xcom_pull(task_ids='wait_gpus') }}"`` (templated): on ssh the job runs on that
         host with ``CUDA_VISIBLE_DEVICES`` set to its GPU indices.
@@ -179,7 +181,11 @@ class FlexOperator(BaseOperator):
             return self._finish(event)
         self.defer(
             trigger=FlexJobTrigger(
-                handle=handle.to_dict(), poll_interval=self.poll_interval, log_cursor=cursor, tail_lines=TAIL_LINES
+                handle=handle.to_dict(),
+                poll_interval=self.poll_interval,
+                log_cursor=cursor,
+                tail_lines=TAIL_LINES,
+                not_before=time.time() + RESUME_HOLD_S,
             ),
             method_name="execute_complete",
         )

@@ -227,16 +227,23 @@ class FlexJobTrigger(BaseTrigger):
     :param poll_interval: seconds between status polls (shared per batch key).
     :param log_cursor: where in the job's log to start streaming.
     :param tail_lines: how many last log lines a failure event carries.
+    :param not_before: epoch seconds before which the final event is held back (see ``_hold``).
     """
 
     def __init__(
-        self, handle: dict[str, Any], poll_interval: float = 5.0, log_cursor: LogCursor = 0, tail_lines: int = 30
+        self,
+        handle: dict[str, Any],
+        poll_interval: float = 5.0,
+        log_cursor: LogCursor = 0,
+        tail_lines: int = 30,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.handle = handle
         self.poll_interval = float(poll_interval)
         self.log_cursor = log_cursor
         self.tail_lines = int(tail_lines)
+        self.not_before = not_before
         self._mask = Masker([])
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -247,8 +254,19 @@ class FlexJobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "log_cursor": self.log_cursor,
                 "tail_lines": self.tail_lines,
+                "not_before": self.not_before,
             },
         )
+
+    async def _hold(self) -> None:
+        """Fire no sooner than ``not_before`` (epoch seconds). Airflow 3.3.2's scheduler fails a
+        task whose trigger fires before it has processed the executor's report of the defer
+        itself (apache/airflow#67287, fixed upstream after 3.3.2); under load that report was
+        seen arriving 6 s late. The operator sets this to 10 s after it defers."""
+        if self.not_before is not None:
+            delay = self.not_before - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     def _backend(self) -> Backend:
         from flexorch_provider.backends.registry import get_backend
@@ -296,6 +314,7 @@ class FlexJobTrigger(BaseTrigger):
                     errors += 1
                     if errors >= MAX_CONSECUTIVE_ERRORS:
                         checkpoint.drop()
+                        await self._hold()
                         yield TriggerEvent(
                             {
                                 "status": "error",
@@ -317,6 +336,7 @@ class FlexJobTrigger(BaseTrigger):
                         if cursor == before:
                             break
                     checkpoint.drop()
+                    await self._hold()
                     yield TriggerEvent(
                         {
                             "status": "success" if status.state == JobState.SUCCEEDED else "failed",

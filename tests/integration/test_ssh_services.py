@@ -210,7 +210,9 @@ def test_replicas_sharing_a_gpu_host_each_get_their_own_gpu(ssh_fleet, clean, t4
         pinned = sorted(p.read_text().strip() for p in runs.glob("service-worker-*/*/*/gpu-*"))
         assert pinned == ["gpus=2", "gpus=3"]
         # a third T4 replica does not fit: the error names the host's GPUs and who holds them
-        with pytest.raises(ServiceError, match=r"1 T4 GPU\(s\) wanted, 0 free.*2: Tesla T4 \(claimed by a flexorch"):
+        with pytest.raises(
+            ServiceError, match=r"1 T4 GPU\(s\) wanted, 0 free.*2: Tesla T4 15360 MiB \(claimed by a flexorch"
+        ):
             service("deploy", [t4_host.entry], replicas=3, **kw)
     finally:
         service("undeploy", [t4_host.entry], replicas=2, **kw)

@@ -59,9 +59,11 @@ def test_jobs_get_free_gpus_of_their_model_and_a_full_host_refuses_with_what_it_
         backend.submit(job(tmp_path, hold, "A100:1", "b"))
     text = str(refused.value)
     assert "1 A100 GPU(s) wanted, 0 free" in text
-    assert "0: NVIDIA A100-SXM4-80GB (busy: compute processes)" in text
-    assert "1: NVIDIA A100-SXM4-80GB (claimed by a flexorch run)" in text
+    assert "0: NVIDIA A100-SXM4-80GB 81920 MiB (busy: compute processes)" in text
+    assert "1: NVIDIA A100-SXM4-80GB 81920 MiB (claimed by a flexorch run)" in text
     assert not list((tmp_path / "runs").glob("d-b-*/*")), "a refused job leaves no attempt behind"
+    with pytest.raises(SubmitError, match=r"1 T4 GPU\(s\) with 38146 MiB or more wanted, 0 free"):
+        backend.submit(job(tmp_path, hold, "T4:40GB:1", "m"))  # the T4s have 15360 MiB
     # the claim lapses when its run ends: the same GPU goes to the next job
     backend.cancel(a100)
     wait_finished(backend, a100, 30)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -38,6 +39,7 @@ def test_a_longer_job_defers_with_the_log_cursor_it_reached(tmp_path):
     # the trigger starts after "early\n" (streamed by the worker), so the task log shows it once
     assert trigger.log_cursor == len(b"early\n")
     assert deferred.value.method_name == "execute_complete"
+    assert trigger.not_before >= time.time() + 5  # it resumes no sooner than 10 s after deferring
     from flexorch_provider.backends.base import JobHandle
     from flexorch_provider.backends.registry import get_backend
 

@@ -187,3 +187,13 @@ def test_checkpoint_takes_the_furthest_cursor_of_both_kinds():
     assert furthest({"h1": 5, "h2": 9}, {"h1": 7}) == {"h1": 7, "h2": 9}
     assert furthest(0, {"h1": 3}) == {"h1": 3}
     assert furthest(12, {"h1": 3}) == 12  # a cursor of another kind is not this job's
+
+
+def test_the_final_event_is_held_until_not_before(tmp_path):
+    """A job that ends right after its task deferred: the event waits for not_before."""
+    import time
+
+    handle = LocalBackend().submit(_job(tmp_path, "true")).to_dict()
+    not_before = time.time() + 1.5
+    (event,) = asyncio.run(_events(FlexJobTrigger(handle, poll_interval=0.05, not_before=not_before)))
+    assert event.payload["status"] == "success" and time.time() >= not_before

@@ -30,6 +30,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SQLITE_CONNECT_ARGS = {"timeout": 30}
 SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 30}  # its own dict: Airflow adds sync-only keys to the other
 LOADER_FILE = "flexorch_dags.py"
+REQUEST_TIMEOUT_S = 60  # longer than the SQLite lock wait above: a busy server answers late, not never
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -183,7 +184,7 @@ class AirflowStack:
             body = json.dumps({"username": "admin", "password": self.password()}).encode()
             req = urllib.request.Request(self.url + "/auth/token", data=body, method="POST")
             req.add_header("Content-Type", "application/json")
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
                 self._token = json.loads(resp.read())["access_token"]
         return f"Bearer {self._token}"
 
@@ -196,7 +197,7 @@ class AirflowStack:
             req.add_header("Authorization", auth)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
             raw = resp.read()
         return json.loads(raw) if accept == "application/json" and raw else raw.decode()
 
@@ -233,7 +234,8 @@ class AirflowStack:
         return self.wait_for(lambda: self.dag(dag_id), timeout, f"DAG {dag_id} to be parsed")
 
     def trigger(self, dag_id: str, logical_date: str | None = None, conf: dict[str, Any] | None = None) -> str:
-        """Create a run; a transient server error (a busy SQLite) is retried with the same run id."""
+        """Create a run; a transient server error or a request that timed out (a busy SQLite) is retried
+        with the same run id."""
         import datetime as dt
 
         run_id = f"manual__{dt.datetime.now(dt.UTC).isoformat()}"
@@ -247,6 +249,10 @@ class AirflowStack:
                 if e.code == 409:
                     return run_id  # an earlier attempt got through after all
                 if e.code < 500 or attempt == 4:
+                    raise
+                time.sleep(1 + attempt)
+            except (urllib.error.URLError, TimeoutError, ConnectionError):
+                if attempt == 4:  # no answer in time (a server waiting on SQLite's lock): maybe it got through
                     raise
                 time.sleep(1 + attempt)
         raise AssertionError("unreachable")

@@ -246,7 +246,7 @@ class AirflowStack:
             try:
                 return str(self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
             except urllib.error.HTTPError as e:
-                if e.code == 409:
+                if e.code == 409 and attempt > 0:
                     return run_id  # an earlier attempt got through after all
                 if e.code < 500 or attempt == 4:
                     raise

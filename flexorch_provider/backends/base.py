@@ -136,8 +136,9 @@ class ResolvedJob:
 
 
 def job_document(job: ResolvedJob) -> dict[str, Any]:
-    """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json)."""
-    return {
+    """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json).
+    ``gpus`` is there only for a job that asks for GPUs (a service's revision hashes this document)."""
+    doc = {
         "run_key": job.run_key,
         "argv": job.run if isinstance(job.run, list) else None,
         "script": job.run if isinstance(job.run, str) else None,
@@ -146,8 +147,11 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         "workdir": job.workdir,
         "timeout": job.timeout_s,
         "kill_grace": 10,
-        "gpus": gpu_request(job),
     }
+    gpus = gpu_request(job)
+    if gpus:
+        doc["gpus"] = gpus
+    return doc
 
 
 def gpu_request(job: ResolvedJob) -> dict[str, Any] | None:

@@ -167,71 +167,98 @@ def live_attempt(key_dir):
 # A job that asks for GPUs gets CUDA_VISIBLE_DEVICES set to GPUs of its own: free ones (no
 # compute process, not claimed by another live flexorch run of this account) of the asked
 # model, or the indices a placement names. Claims live in ~/.flexorch/gpu-claims.json, taken
-# under a lock, and lapse when their run ends.
+# under a lock, and lapse when their run ends. nvidia-smi numbers GPUs in PCI bus order, so
+# CUDA_DEVICE_ORDER=PCI_BUS_ID is set too (CUDA's own default order is fastest first).
 GPU_CLAIMS = os.path.join("~", ".flexorch", "gpu-claims.json")
 GPU_QUERY = ["nvidia-smi", "--query-gpu=index,uuid,name,memory.total,memory.used,utilization.gpu",
              "--format=csv,noheader,nounits"]  # fmt: skip
 APPS_QUERY = ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"]
 GPU_REFUSED_EXIT = 4
+GPU_QUERY_TIMEOUT_S = 10
+GPU_LOCK_WAIT_S = 10  # both well inside LAUNCH_GRACE_S: a slow claim never looks like a lost launch
+MEMORY_SLACK = 0.95  # boards report less than their nominal size (an "80Gi" H100 shows 81559 MiB)
 
 
 class GpuError(Exception):
     """The GPUs a job asks for are not free on this host; the message says what is there."""
 
 
-def _squash(text):
-    return "".join(c for c in text.lower() if c.isalnum())
+def gpu_model(name):
+    """nvidia-smi's name → the spec's model name: 'NVIDIA A100-SXM4-80GB' → 'A100', 'NVIDIA L40S' →
+    'L40S', 'Tesla T4' → 'T4' (the inventory's model_name, without its dependencies)."""
+    import re
+
+    text = re.sub(r"^(NVIDIA|Tesla|Quadro)\s+", "", name.strip(), flags=re.I)
+    text = re.sub(r"^GeForce\s+", "", text, flags=re.I)
+    head = re.split(r"[-\s](?=(?:SXM|PCIE|NVL|\d+GB|MIG))", text, flags=re.I)[0]
+    return "".join(c for c in head if c.isalnum()).upper()
 
 
-def _gpus_here():
-    """[(index, name, uuid, memory MiB)] and the uuids with compute processes; GpuError without nvidia-smi."""
+def _nvidia_smi(argv):
     try:
-        done = subprocess.run(GPU_QUERY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=30)  # fmt: skip
-        apps = subprocess.run(APPS_QUERY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=30)  # fmt: skip
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=GPU_QUERY_TIMEOUT_S)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as e:
         raise GpuError("no NVIDIA GPU here: nvidia-smi cannot be run (%s)" % e) from None
     if done.returncode != 0:
-        raise GpuError("no NVIDIA GPU here: nvidia-smi exited %d: %s" % (done.returncode, done.stderr.strip()[:200]))
+        raise GpuError("nvidia-smi %s exited %d: %s" % (argv[1].split("=")[0], done.returncode,
+                                                       (done.stderr or done.stdout).strip()[:200]))  # fmt: skip
+    return done.stdout
+
+
+def gpus_here():
+    """[(index, name, uuid, memory MiB)] and the uuids with compute processes (GpuError when unknown)."""
     gpus = []
-    for line in done.stdout.splitlines():
+    for line in _nvidia_smi(GPU_QUERY).splitlines():
         fields = [f.strip() for f in line.split(",")]
         if len(fields) >= 4 and fields[0].isdigit():
             total = int(float(fields[3])) if fields[3].replace(".", "", 1).isdigit() else None
             gpus.append((int(fields[0]), fields[2], fields[1], total))
     busy = set()
-    for line in apps.stdout.splitlines() if apps.returncode == 0 else []:
+    for line in _nvidia_smi(APPS_QUERY).splitlines():  # unknown ≠ idle: a failed query refuses
         uuid = line.split(",")[0].strip()
         if uuid.startswith("GPU-"):
             busy.add(uuid)
     return gpus, busy
 
 
-def claim_gpus(run_dir, want):
-    """Claim GPUs for ``run_dir``; ``want`` is {"count", "type", "indices"}. Returns the indices."""
+def claim_gpus(run_dir, want, table=None):
+    """Claim GPUs for ``run_dir``; ``want`` is {"count", "type", "memory_mib"} or {"indices"};
+    ``table`` is :func:`gpus_here` (asked here when not given). Returns the indices."""
     import fcntl
 
+    if want.get("indices") is None and table is None:
+        table = gpus_here()
     path = os.path.expanduser(GPU_CLAIMS)
     os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
     with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        deadline = time.time() + GPU_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise GpuError(
+                        "the GPU claims lock %s.lock stayed busy for %ds" % (path, GPU_LOCK_WAIT_S)
+                    ) from None
+                time.sleep(0.05)
         try:
             with open(path) as f:
                 claims = json.load(f)
         except (OSError, ValueError):
             claims = {}
-        claims = {i: d for i, d in claims.items() if status(d)["state"] in ("pending", "running")}
+        claims = {i: d for i, d in claims.items() if d != run_dir and status(d)["state"] in ("pending", "running")}
         if want.get("indices") is not None:
             chosen = [int(i) for i in want["indices"]]
             held = ["GPU %d by %s" % (i, claims[str(i)]) for i in chosen if str(i) in claims]
             if held:
                 raise GpuError("the placement's GPUs are held by other flexorch runs: " + "; ".join(held))
         else:
-            gpus, busy = _gpus_here()
+            gpus, busy = table
             count, model, memory = int(want.get("count") or 1), want.get("type"), want.get("memory_mib")
-            fits = [g for g in gpus if (not model or _squash(model) in _squash(g[1]))
-                    and (not memory or (g[3] or 0) >= memory)]  # fmt: skip
+            fits = [g for g in gpus if (not model or gpu_model(g[1]) == model)
+                    and (not memory or (g[3] or 0) >= memory * MEMORY_SLACK)]  # fmt: skip
             free = [g for g in fits if g[2] not in busy and str(g[0]) not in claims]
             if len(free) < count:
                 have = ", ".join("%d: %s %s MiB%s" % (g[0], g[1], g[3], " (claimed by a flexorch run)" if str(g[0]) in claims
@@ -268,6 +295,8 @@ def prepare(key_dir, job, secrets):
     number = attempts[-1] + 1 if attempts else 1
     run_dir = os.path.join(key_dir, str(number))
     out = {"run_dir": run_dir, "job_id": "%s/%d" % (slug, number), "attempt": number, "reattached": False}
+    want = job.get("gpus")
+    table = gpus_here() if want and want.get("indices") is None else None  # before anything exists
     try:
         os.mkdir(run_dir, 0o700)
     except FileExistsError:
@@ -275,13 +304,14 @@ def prepare(key_dir, job, secrets):
         return out
     doc = dict(job)
     doc["job_id"] = out["job_id"]
-    if doc.get("gpus"):
+    if want:
         try:
-            chosen = claim_gpus(run_dir, doc["gpus"])
+            chosen = claim_gpus(run_dir, want, table)
         except Exception:
             os.rmdir(run_dir)  # nothing was started: the next submit may try again
             raise
-        doc["env"] = dict(doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen))
+        doc["env"] = dict(doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen),
+                          CUDA_DEVICE_ORDER="PCI_BUS_ID")  # fmt: skip
         doc["gpu_indices"] = chosen
     _write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
     if secrets:

@@ -37,6 +37,7 @@ from flexorch_provider.triggers.job import SECRET_REFS, FlexJobTrigger, Masker
 TAIL_LINES = 30
 DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
+DRAIN_S = 2.0  # longest a running job's log backlog is read before its status is polled again
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
 
@@ -192,21 +193,39 @@ class FlexOperator(BaseOperator):
 
     def _follow(self, handle: JobHandle, until: float | None = None) -> tuple[dict[str, Any] | None, LogCursor]:
         """Follow the job from the worker, streaming its log: its final event once it ends, or None
-        with the log cursor reached when ``until`` (a monotonic time) comes first."""
+        with the log cursor reached when ``until`` (a monotonic time) comes first. Before ``until``
+        a backend error defers at once: the trigger has the patience (and the retries) for it."""
         backend = get_backend(handle.target)
         cursor: LogCursor = 0
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        mask = Masker.from_handle(handle)
+        try:
+            mask = Masker.from_handle(handle)
+        except Exception as e:
+            if until is None:
+                raise
+            self.log.warning("deferring at once: cannot read the job's secrets here (%s)", e)
+            return None, cursor
         while True:
-            status = backend.poll([handle])[handle.job_id]
-            while True:
-                chunk = backend.read_logs(handle, cursor)
-                for line in map(mask, chunk.lines):
-                    self.log.info("%s", line)
-                    tail.append(line)
-                if chunk.cursor == cursor:
-                    break
-                cursor = chunk.cursor
+            try:
+                status = backend.poll([handle])[handle.job_id]
+                draining_since = time.monotonic()
+                while True:  # a running job's backlog for up to DRAIN_S; a finished job's whole log
+                    chunk = backend.read_logs(handle, cursor)
+                    for line in map(mask, chunk.lines):
+                        self.log.info("%s", line)
+                        tail.append(line)
+                    progressed, cursor = chunk.cursor != cursor, chunk.cursor
+                    if not progressed:
+                        break
+                    if not status.state.finished and (
+                        time.monotonic() - draining_since > DRAIN_S or (until is not None and time.monotonic() > until)
+                    ):
+                        break
+            except Exception as e:  # the trigger retries polls and reports what keeps failing
+                if until is None:
+                    raise
+                self.log.warning("deferring: following job %s from the worker failed (%s)", handle.job_id, e)
+                return None, cursor
             if status.state.finished:
                 return {"status": "success" if status.state == JobState.SUCCEEDED else "failed",
                         "handle": handle.to_dict(), "state": status.state.value, "exit_code": status.exit_code,

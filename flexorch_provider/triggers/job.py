@@ -186,10 +186,11 @@ class LogCheckpoint:
         """The further of ``start`` (from the task) and the recorded cursor."""
         try:
             value = json.loads(self.path.read_text())["cursor"]
-        except (OSError, ValueError, KeyError, TypeError):
+            self.saved = value
+            return furthest(start, value)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or unreadable: start over
+            self.saved = None
             return start
-        self.saved = value
-        return furthest(start, value)
 
     def save(self, cursor: LogCursor) -> None:
         if cursor == self.saved:
@@ -278,6 +279,7 @@ class FlexJobTrigger(BaseTrigger):
             handle = JobHandle.from_dict(self.handle)
             backend = self._backend()
         except Exception as e:
+            await self._hold()
             yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"cannot follow the job: {e}"})
             return
         tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
@@ -286,6 +288,7 @@ class FlexJobTrigger(BaseTrigger):
         try:
             self._mask = await asyncio.to_thread(Masker.from_handle, handle)
         except Exception as e:  # without the values nothing could be masked: do not stream unmasked output
+            await self._hold()
             yield TriggerEvent({"status": "error", "handle": self.handle,
                                 "message": f"cannot read the job's secrets to mask its output: {e}"})  # fmt: skip
             return
@@ -313,8 +316,8 @@ class FlexJobTrigger(BaseTrigger):
                 except Exception as e:
                     errors += 1
                     if errors >= MAX_CONSECUTIVE_ERRORS:
-                        checkpoint.drop()
                         await self._hold()
+                        checkpoint.drop()  # after the hold: a restart during it resumes, not replays
                         yield TriggerEvent(
                             {
                                 "status": "error",
@@ -335,8 +338,8 @@ class FlexJobTrigger(BaseTrigger):
                             cursor = await self._stream(backend, handle, cursor, tail)
                         if cursor == before:
                             break
-                    checkpoint.drop()
                     await self._hold()
+                    checkpoint.drop()
                     yield TriggerEvent(
                         {
                             "status": "success" if status.state == JobState.SUCCEEDED else "failed",

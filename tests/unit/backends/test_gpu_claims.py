@@ -97,3 +97,40 @@ def test_claims_file_keeps_only_live_runs(tmp_path, gpu_host):
     claims.write_text(json.dumps({"2": str(tmp_path / "gone-run"), "3": str(tmp_path / "gone-too")}))
     assert jobrunner.claim_gpus(str(tmp_path / "new"), {"count": 2, "type": "T4"}) == [2, 3]
     assert json.loads(claims.read_text()) == {"2": str(tmp_path / "new"), "3": str(tmp_path / "new")}
+
+
+def test_models_match_exactly_as_the_inventory_names_them(tmp_path, gpu_host):
+    """An L4 request never gets an L40S, nor an A10 an A10G or an A100 (the runner's model names are
+    the inventory's)."""
+    from flexorch_provider.inventory.sources import model_name
+
+    names = ["NVIDIA A100-SXM4-80GB", "NVIDIA L40S", "NVIDIA L4", "Tesla T4", "NVIDIA H100 80GB HBM3",
+             "NVIDIA GeForce RTX 4090", "NVIDIA RTX A1000", "NVIDIA A10G", "NVIDIA H100 NVL", "Quadro RTX 8000"]  # fmt: skip
+    assert [jobrunner.gpu_model(n) for n in names] == [model_name(n) for n in names]
+    (gpu_host / "nvidia-smi-gpus.csv").write_text(
+        "0, GPU-aaaaaaaa-0000-4000-8000-000000000000, NVIDIA L40S, 46068, 0, 0\n"
+        "1, GPU-bbbbbbbb-0000-4000-8000-000000000001, NVIDIA A10G, 23028, 0, 0\n"
+    )
+    (gpu_host / "nvidia-smi-apps.csv").write_text("")
+    for model in ("L4", "A10", "A100"):
+        with pytest.raises(jobrunner.GpuError, match=f"1 {model} GPU"):
+            jobrunner.claim_gpus(str(tmp_path / model), {"count": 1, "type": model})
+    assert jobrunner.claim_gpus(str(tmp_path / "l40s"), {"count": 1, "type": "L40S"}) == [0]
+
+
+def test_nominal_memory_fits_what_the_board_reports_and_pinning_uses_pci_order(tmp_path, gpu_host):
+    backend = LocalBackend()
+    # the A100s report 81920 MiB: "80Gi" (81920) and "80GB" (76293) both fit; CUDA numbers like nvidia-smi
+    handle = backend.submit(job(tmp_path, 'echo "gpus=$CUDA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"', "A100:80Gi:1", "o"))
+    assert wait_finished(backend, handle, 30).state == JobState.SUCCEEDED
+    assert visible(handle) == "1 PCI_BUS_ID"
+
+
+def test_unknown_busy_state_refuses_rather_than_guessing(tmp_path, gpu_host):
+    stand_in = gpu_host.parent / "bin" / "nvidia-smi"
+    stand_in.write_text(
+        '#!/bin/sh\ncase "$1" in --query-gpu=*) cat "$HOME/nvidia-smi-gpus.csv" ;;\n'
+        '  *) echo "Failed to query compute apps" >&2; exit 15 ;; esac\n'
+    )
+    with pytest.raises(jobrunner.GpuError, match="query-compute-apps exited 15: Failed to query"):
+        jobrunner.claim_gpus(str(tmp_path / "x"), {"count": 1, "type": "T4"})

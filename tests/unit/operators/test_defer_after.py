@@ -56,3 +56,45 @@ def test_defer_after_zero_defers_at_once_and_a_quick_failure_fails_in_the_worker
     with pytest.raises(JobFailedError) as failed:
         op(tmp_path, "echo broken; exit 4", defer_after=10).execute(context("broken")[0])
     assert failed.value.exit_code == 4 and "broken" in failed.value.log_tail
+
+
+class EndlessLog:
+    """A backend stand-in (our own logic under test): the job runs forever and always has one more
+    log line, or its status cannot be read at all."""
+
+    def __init__(self, broken=False):
+        self.broken = broken
+        self.polls = 0
+
+    def poll(self, handles):
+        self.polls += 1
+        if self.broken:
+            raise OSError("connection reset")
+        from flexorch_provider.backends.base import JobState, JobStatus
+
+        return {h.job_id: JobStatus(JobState.RUNNING) for h in handles}
+
+    def read_logs(self, handle, cursor):
+        from flexorch_provider.backends.base import LogChunk
+
+        return LogChunk([f"line {cursor}"], cursor + 1)
+
+
+def _handle():
+    from flexorch_provider.backends.base import JobHandle
+
+    return JobHandle("local", "j/1", "d/t/r/-1", {"run_dir": "/nonexistent"})
+
+
+def test_a_chatty_job_still_defers_when_defer_after_is_up(tmp_path, monkeypatch):
+    backend = EndlessLog()
+    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
+    event, cursor = op(tmp_path, "true")._follow(_handle(), until=time.monotonic() + 0.3)
+    assert event is None and cursor > 0  # it stopped reading to defer, and the trigger goes on from here
+
+
+def test_a_backend_failure_before_deferring_defers_instead_of_failing_the_task(tmp_path, monkeypatch):
+    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: EndlessLog(broken=True))
+    assert op(tmp_path, "true")._follow(_handle(), until=time.monotonic() + 5) == (None, 0)
+    with pytest.raises(OSError):  # not deferrable: nobody else would follow the job
+        op(tmp_path, "true")._follow(_handle())

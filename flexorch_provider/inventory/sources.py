@@ -23,14 +23,17 @@ PROBE = (
 
 
 def model_name(raw: str) -> str:
-    """'NVIDIA A100-SXM4-80GB' → 'A100', 'Tesla T4' → 'T4', 'NVIDIA GeForce RTX 4090' → 'RTX4090'."""
-    text = re.sub(r"^(NVIDIA|Tesla|Quadro)\s+", "", raw.strip(), flags=re.I)
-    text = re.sub(r"^GeForce\s+", "", text, flags=re.I)
-    head = re.split(r"[-\s](?=(SXM|PCIE|PCIe|NVL|\d+GB|MIG))", text)[0]
+    """'NVIDIA A100-SXM4-80GB' → 'A100', 'Tesla T4' → 'T4', 'NVIDIA GeForce RTX 4090' → 'RTX4090'.
+
+    The job runner's :func:`~flexorch_provider.backends.jobrunner.gpu_model` does the parsing (it
+    matches GPUs on hosts with the same names), so inventory and GPU claims never disagree."""
+    from flexorch_provider.backends.jobrunner import gpu_model
+
+    head = gpu_model(raw)
     try:
         return normalize_gpu_type(head)
     except ValueError:
-        return re.sub(r"[^A-Za-z0-9]", "", head).upper()[:32] or "UNKNOWN"
+        return head[:32] or "UNKNOWN"
 
 
 def _int(text: str) -> int | None:

@@ -274,13 +274,22 @@ class AirflowStack:
             f"{task_id} to reach {states}",
         )
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    def task_log_entries(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[dict[str, Any]]:
+        """One try's log as Airflow's structured records (``timestamp``, ``event``, ...), [] if unreadable.
+
+        The first records, without a timestamp, name the log's sources; how many there are changes
+        with the task's state (worker or triggerer log server while it runs), so a reader that
+        follows a log must key records by content, not by position."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
         try:
             data = self._request("GET", path)
         except (urllib.error.URLError, OSError):
-            return ""
+            return []
         content = data.get("content", "") if isinstance(data, dict) else data
         if isinstance(content, list):
-            return "\n".join(str(c.get("event", c)) if isinstance(c, dict) else str(c) for c in content)
-        return str(content)
+            return [c if isinstance(c, dict) else {"event": str(c)} for c in content]
+        return [{"event": line} for line in str(content).splitlines()]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        entries = self.task_log_entries(dag_id, run_id, task_id, try_number)
+        return "\n".join(str(e.get("event", e)) for e in entries)

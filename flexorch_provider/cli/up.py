@@ -9,6 +9,7 @@ stops every process it started on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import signal
 import sys
@@ -27,9 +28,32 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _noise(line: str) -> bool:
-    """Airflow's log-folding markers and log-source lines say nothing to someone watching a run."""
-    return line.startswith("::") or "/log/dag_id=" in line
+SOURCES_GROUP = "::group::Log message source details"
+
+
+def _new_lines(entries: list[dict[str, Any]], done: collections.Counter[tuple[str, str]]) -> list[str]:
+    """The log lines in ``entries`` not yet in ``done`` (which they are then added to).
+
+    Lines are known by timestamp and text, not by position: the group of source lines at the top
+    of a task log grows and shrinks as the task moves between worker and triggerer. That group
+    and Airflow's other log-folding markers say nothing to someone watching a run."""
+    seen: collections.Counter[tuple[str, str]] = collections.Counter()
+    new = []
+    in_sources = False
+    for entry in entries:
+        stamp, line = entry.get("timestamp"), str(entry.get("event", ""))
+        if line == SOURCES_GROUP or (in_sources and line != "::endgroup::"):
+            in_sources = True
+            continue
+        if line.startswith("::"):
+            in_sources = False
+            continue
+        key = (str(stamp or ""), line)
+        seen[key] += 1
+        if seen[key] > done[key]:
+            done[key] += 1
+            new.append(line)
+    return new
 
 
 def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
@@ -38,20 +62,22 @@ def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
     now = dt.datetime.now(dt.UTC).isoformat()
     run_id = stack.trigger(dag_id, logical_date=now)
     _say(f"==> triggered {dag_id} (run {run_id}); its log:")
-    printed: dict[tuple[str, int], int] = {}
+    printed: dict[tuple[str, int], collections.Counter[tuple[str, str]]] = {}
+    complete: set[tuple[str, int]] = set()
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = stack.dag_run(dag_id, run_id).get("state")
         for ti in sorted(stack.task_instances(dag_id, run_id), key=lambda t: t.get("start_date") or ""):
-            tries = int(ti.get("try_number") or 0)
-            if tries < 1:
-                continue
-            key = (ti["task_id"], tries)
-            lines = stack.task_log(dag_id, run_id, ti["task_id"], tries).splitlines()
-            for line in lines[printed.get(key, 0) :]:
-                if not _noise(line):
-                    _say(f"    [{ti['task_id']}] {line}")
-            printed[key] = len(lines)
+            task_id, tries = ti["task_id"], int(ti.get("try_number") or 0)
+            for attempt in range(1, tries + 1):  # an earlier try's last lines, once, when a retry starts
+                if (task_id, attempt) in complete:
+                    continue
+                done = printed.setdefault((task_id, attempt), collections.Counter())
+                label = task_id if attempt == 1 else f"{task_id} try {attempt}"
+                for line in _new_lines(stack.task_log_entries(dag_id, run_id, task_id, attempt), done):
+                    _say(f"    [{label}] {line}")
+                if attempt < tries:
+                    complete.add((task_id, attempt))
         if state in FINISHED:
             return str(state)
         time.sleep(1)

@@ -198,6 +198,7 @@ class FlexOperator(BaseOperator):
         backend = get_backend(handle.target)
         cursor: LogCursor = 0
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        looked_last = False
         try:
             mask = Masker.from_handle(handle)
         except Exception as e:
@@ -233,8 +234,11 @@ class FlexOperator(BaseOperator):
             interval = self.poll_interval
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0:
+                if left <= 0 and looked_last:
                     return None, cursor
+                if left <= 0:  # one more poll: a job that ended while its log was read needs no trigger
+                    looked_last = True
+                    continue
                 interval = min(interval, PRE_DEFER_POLL_S, left)
             time.sleep(interval)
 

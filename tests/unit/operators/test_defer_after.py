@@ -98,3 +98,28 @@ def test_a_backend_failure_before_deferring_defers_instead_of_failing_the_task(t
     assert op(tmp_path, "true")._follow(_handle(), until=time.monotonic() + 5) == (None, 0)
     with pytest.raises(OSError):  # not deferrable: nobody else would follow the job
         op(tmp_path, "true")._follow(_handle())
+
+
+class EndsWhileItsLogIsRead(EndlessLog):
+    """The job is running at the first poll and has ended by the next (its last lines were read
+    in between): the worker reports the end itself rather than deferring to a trigger."""
+
+    def poll(self, handles):
+        from flexorch_provider.backends.base import JobState, JobStatus
+
+        self.polls += 1
+        state = JobState.RUNNING if self.polls == 1 else JobState.SUCCEEDED
+        return {h.job_id: JobStatus(state, exit_code=0 if state.finished else None) for h in handles}
+
+    def read_logs(self, handle, cursor):
+        from flexorch_provider.backends.base import LogChunk
+
+        return LogChunk(["done"] if cursor == 0 else [], 1)
+
+
+def test_a_job_that_ends_as_defer_after_runs_out_is_finished_in_the_worker(tmp_path, monkeypatch):
+    backend = EndsWhileItsLogIsRead()
+    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
+    event, cursor = op(tmp_path, "true")._follow(_handle(), until=time.monotonic())
+    assert event is not None and event["status"] == "success" and event["log_tail"] == ["done"]
+    assert cursor == 1 and backend.polls == 2

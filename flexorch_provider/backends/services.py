@@ -234,9 +234,12 @@ class Converger(Generic[H]):
         return ("\n  last log lines:\n    " + "\n    ".join(lines)) if lines else ""
 
     # --- placement -------------------------------------------------------------------------
-    def pick_host(self, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None) -> H | None:
-        """A reachable host for a new replica; with a port, only a host without one of ours."""
-        choices = [h for h in self.reachable if avoid is None or h != avoid]
+    def pick_host(
+        self, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None, refused: Any = ()
+    ) -> H | None:
+        """A reachable host for a new replica (not ``avoid``, none whose label is in ``refused``);
+        with a port, only a host without one of ours."""
+        choices = [h for h in self.reachable if h != avoid and self.fleet.label(h) not in refused]
         if self.want.port is not None:
             choices = [h for h in choices if load[self.fleet.label(h)] == 0]
         if not choices:
@@ -245,6 +248,28 @@ class Converger(Generic[H]):
             return prefer
         order = {self.fleet.label(h): i for i, h in enumerate(self.fleet.hosts)}
         return min(choices, key=lambda h: (load[self.fleet.label(h)], order[self.fleet.label(h)]))
+
+    def place(
+        self, slot: int, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None
+    ) -> Replica[H]:
+        """Start replica ``slot`` on the best host that takes it. A host can refuse (no free GPU of
+        the model the spec asks for, say, or it failed us just now): the next host is tried."""
+        refused: dict[str, str] = {}
+        while (host := self.pick_host(load, prefer=prefer, avoid=avoid, refused=refused)) is not None:
+            try:
+                r = self.start(slot, host)
+            except ServiceError as e:
+                refused[self.fleet.label(host)] = str(e.__cause__ or e)
+                self.log(f"replica {slot}: {self.fleet.label(host)} cannot take it ({refused[self.fleet.label(host)]})")
+                continue
+            load[self.fleet.label(host)] += 1
+            return r
+        if not refused:
+            raise self.no_room(slot)
+        raise ServiceError(
+            f"service {self.want.name}: no host can start replica {slot}:\n"
+            + "\n".join(f"  {label}: {why}" for label, why in refused.items())
+        )
 
     def no_room(self, slot: int) -> ServiceError:
         n = len(self.reachable)
@@ -306,11 +331,7 @@ class Converger(Generic[H]):
         for slot in range(want.replicas):
             if slot in slots:
                 continue
-            host = self.pick_host(load, prefer=previous.get(slot))
-            if host is None:
-                raise self.no_room(slot)
-            started.append(self.start(slot, host))
-            load[self.fleet.label(host)] += 1
+            started.append(self.place(slot, load, prefer=previous.get(slot)))
         failures = self.wait_healthy(started) if started else {}
         for r in started:
             slots[r.slot] = r
@@ -323,7 +344,7 @@ class Converger(Generic[H]):
             for r in old:
                 self.retire(r, f"recreate with revision {want.revision}")
                 load[self.fleet.label(r.host)] -= 1
-            fresh = [self.start(r.slot, self.pick_host(load, prefer=r.host) or r.host) for r in old]
+            fresh = [self.place(r.slot, load, prefer=r.host) for r in old]
             failures = self.wait_healthy(fresh)
             if failures:
                 raise ServiceError(f"service {want.name}: recreate failed: " + "\n".join(failures.values()))
@@ -347,10 +368,9 @@ class Converger(Generic[H]):
     def replace(self, old: Replica[H], load: collections.Counter[str], remaining: int) -> None:
         """Rolling update of one slot: surge onto a free host, or stop-then-start in place."""
         want = self.want
-        host = self.pick_host(load, avoid=old.host) if want.max_surge >= 1 else None
-        if host is not None:
-            new = self.start(old.slot, host)
-            load[self.fleet.label(host)] += 1
+        if want.max_surge >= 1 and self.pick_host(load, avoid=old.host) is not None:
+            new = self.place(old.slot, load, avoid=old.host)
+            host = new.host
             failures = self.wait_healthy([new])
             if failures:
                 self.retire(new, "never became healthy")

@@ -217,3 +217,23 @@ def test_replicas_sharing_a_gpu_host_each_get_their_own_gpu(ssh_fleet, clean, t4
     finally:
         service("undeploy", [t4_host.entry], replicas=2, **kw)
     assert not t4_host.processes("sleep 600")
+
+
+def test_a_replica_that_wants_a_gpu_skips_a_host_without_one(ssh_fleet, clean, t4_host):
+    """Host 1 has no GPU (no nvidia-smi) and comes first: both replicas land on the T4 host."""
+    plain = ssh_fleet.hosts[0]
+    run = 'echo "gpus=$CUDA_VISIBLE_DEVICES" > gpu-$FLEXORCH_REPLICA; exec sleep 600'
+    kw = dict(run=run, port=None, name="worker", resources={"gpus": "T4:1"},
+              health={"command": "test -f gpu-$FLEXORCH_REPLICA", "grace": "10s"})  # fmt: skip
+    try:
+        summary, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, **kw)
+        assert [r["host"] for r in summary["replicas"]] == [t4_host.entry] * 2
+        assert any(f"{plain.entry} cannot take it" in line for line in log), log
+        assert not plain.processes("sleep 600")
+        # a third does not fit anywhere: the error says why, host by host
+        with pytest.raises(ServiceError, match=r"no host can start replica 2") as err:
+            service("deploy", [plain.entry, t4_host.entry], replicas=3, **kw)
+        assert plain.entry in str(err.value) and "1 T4 GPU(s) wanted, 0 free" in str(err.value)
+    finally:
+        service("undeploy", [plain.entry, t4_host.entry], replicas=2, **kw)
+    assert not t4_host.processes("sleep 600")

@@ -11,7 +11,8 @@ into the script, which Slurm keeps and shows to ``scontrol write batch_script``)
   otherwise ``sbatch --parsable`` with the script on stdin. An impossible request (more GPUs
   than a node has, an unknown GPU type) fails at once with what the partition offers.
 - poll: **one** ``squeue -j id,id,...`` per cluster per interval for all followed jobs. A job
-  the controller already forgot is settled from the exit-code file the script writes.
+  the controller already forgot is settled from accounting (one ``sacct`` call) where the
+  cluster keeps it, else from the exit-code file the script writes.
 - logs: the job's output file, read from a byte offset (``tail -c``) — complete lines only.
 - cancel: ``scancel``, then wait until the controller no longer runs it.
 """
@@ -296,7 +297,13 @@ class SlurmBackend(Backend):
         return out
 
     def _settle_purged(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        """Jobs the controller forgot (after MinJobAge): their exit-code files say how they ended."""
+        """Jobs the controller forgot (after MinJobAge): accounting (``sacct``, one call) says how
+        they ended where the cluster keeps it; otherwise their exit-code files do."""
+        out = _from_accounting(cluster, handles)
+        rest = [h for h in handles if h.job_id not in out]
+        return {**out, **self._from_exit_code_files(cluster, rest)} if rest else out
+
+    def _from_exit_code_files(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
         files = [f"{OUT_DIR}/{h.data['name']}-{h.job_id}.rc" for h in handles]
         reader = 'for f do if [ -f "$f" ]; then printf "%s %s\\n" "$f" "$(cat "$f")"; fi; done'
         _, text, _ = cluster.run(["sh", "-c", reader, "sh", *files])
@@ -345,6 +352,39 @@ class SlurmBackend(Backend):
 
 
 REQUEST_OPTIONS = {"--nodes", "--cpus-per-task", "--mem", "--gres", "--time", "--partition", "--account", "--qos"}
+
+
+def _from_accounting(cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
+    """Final states of finished jobs from ``sacct`` (one call for all); {} where the cluster keeps
+    no accounting ("accounting storage is disabled") or has no record of a job yet."""
+    ids = ",".join(h.job_id for h in handles)
+    code, text, _ = cluster.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobIDRaw,State,ExitCode"])
+    if code != 0:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) == 3 and parts[0].isdigit():
+            status = _accounted(parts[0], parts[1], parts[2])
+            if status is not None:
+                out[parts[0]] = status
+    return out
+
+
+def _accounted(job_id: str, state: str, exit_code: str) -> JobStatus | None:
+    """One sacct row (``State`` like "CANCELLED by 1000", ``ExitCode`` as "code:signal") → a
+    final status; None for a job accounting still sees as live."""
+    state = state.split()[0] if state else ""
+    mapped = STATES.get(state)
+    if mapped is None or not mapped.finished:
+        return None
+    number, _, signal = exit_code.partition(":")
+    code = int(number) if number.isdigit() else None
+    if code == 0 and mapped != JobState.SUCCEEDED:  # ended by a signal, or by Slurm itself
+        code = 128 + int(signal) if signal.isdigit() and 0 < int(signal) < 65 else None
+    why = WHY.get(state, "")
+    message = state + (f": {why}" if why else "") + (f" (exit code {code})" if code is not None else "")
+    return JobStatus(mapped, code, f"{message}; job {job_id} already left the queue, from accounting")
 
 
 def _status(state: str, reason: str, wait_status: str) -> JobStatus:

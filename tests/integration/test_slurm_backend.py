@@ -129,10 +129,48 @@ def test_a_job_the_controller_forgot_is_settled_from_its_exit_code_file(slurm_cl
     (out_dir / "flexorch-gone-4242424.rc").write_text("0\n")
     done = JobHandle("slurm", "4242424", "k", {"conn": None, "name": "flexorch-gone"})
     lost = JobHandle("slurm", "4242425", "k2", {"conn": None, "name": "flexorch-gone"})
-    statuses = BACKEND.poll([done, lost])
+    statuses = BACKEND.poll([done, lost])  # through the real sacct, which refuses: no accounting here
     os.unlink(out_dir / "flexorch-gone-4242424.rc")
     assert statuses["4242424"].state == JobState.SUCCEEDED
     assert statuses["4242425"].state == JobState.LOST and "no longer knows" in statuses["4242425"].message
+
+
+SACCT_ROWS = """4242426|COMPLETED|0:0
+4242427|OUT_OF_MEMORY|0:125
+4242428|CANCELLED by 1000|0:15
+4242429|FAILED|3:0
+"""
+
+
+def test_a_forgotten_job_is_settled_from_accounting_where_the_cluster_keeps_it(slurm_cluster, tmp_path, monkeypatch):
+    """This test cluster keeps no accounting (the test above: real sacct refuses, exit-code files
+    settle); here a stand-in ``sacct`` prints rows as a cluster with slurmdbd does."""
+    import os
+    from pathlib import Path
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncat <<EOF\n{SACCT_ROWS}EOF\n')
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out_dir = Path.home() / slurm.OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "flexorch-acct-4242430.rc").write_text("7\n")  # accounting has no row for this one yet
+    handles = [
+        JobHandle("slurm", str(i), f"k{i}", {"conn": None, "name": "flexorch-acct"}) for i in range(4242426, 4242431)
+    ]
+    try:
+        statuses = BACKEND.poll(handles)
+    finally:
+        os.unlink(out_dir / "flexorch-acct-4242430.rc")
+    assert statuses["4242426"].state == JobState.SUCCEEDED and statuses["4242426"].exit_code == 0
+    oom = statuses["4242427"]
+    assert oom.state == JobState.FAILED and "ran out of memory" in oom.message and oom.exit_code is None
+    assert statuses["4242428"].state == JobState.CANCELLED and statuses["4242428"].exit_code == 128 + 15
+    assert statuses["4242429"].state == JobState.FAILED and statuses["4242429"].exit_code == 3
+    assert statuses["4242430"].state == JobState.FAILED and statuses["4242430"].exit_code == 7
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 1 and "4242426,4242427,4242428,4242429,4242430" in calls[0]  # one call for all
 
 
 def test_through_a_login_node_over_ssh_with_secrets_kept_out_of_the_script(slurm_cluster, ssh_fleet):

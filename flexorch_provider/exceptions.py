@@ -74,6 +74,11 @@ class SubmitError(BackendError):
     """
 
 
+class NoCapacityError(SubmitError):
+    """A host has no room for the job right now (no free GPU of the model it asks for); nothing
+    was started there, so another host may take it."""
+
+
 class ServiceError(BackendError):
     """A service did not reach its desired state (a replica never got healthy, no host fits)."""
 

@@ -29,7 +29,7 @@ from flexorch_provider.backends.base import (
     job_document,
 )
 from flexorch_provider.backends.services import Fleet, render_service, run_service
-from flexorch_provider.exceptions import BackendError, JobLostError, SubmitError
+from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 
 RUNNER = Path(jobrunner.__file__)
 
@@ -50,6 +50,10 @@ class LocalBackend(Backend):
             done = subprocess.run(
                 [sys.executable, str(RUNNER), *args], input=stdin or b"", capture_output=True, timeout=120
             )
+            if done.returncode == jobrunner.GPU_REFUSED_EXIT and args[0] == "submit":
+                raise NoCapacityError(
+                    f"this machine cannot give the replica its GPUs: {done.stderr.decode(errors='replace')[-500:]}"
+                )
             if done.returncode != 0:
                 raise BackendError(f"job runner {args[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
             return done.stdout.decode("utf-8", "replace")
@@ -86,7 +90,7 @@ class LocalBackend(Backend):
         try:
             attempt = jobrunner.prepare(str(key_dir), job_document(job), job.secrets)
         except jobrunner.GpuError as e:
-            raise SubmitError(f"this machine cannot give the job its GPUs: {e}") from None
+            raise NoCapacityError(f"this machine cannot give the job its GPUs: {e}") from None
         except OSError as e:
             raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
         run_dir = Path(attempt["run_dir"])

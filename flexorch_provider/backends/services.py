@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from flexorch_provider.backends.base import ResolvedJob, job_document, run_key_slug
-from flexorch_provider.exceptions import BackendError, ConfigurationError, ServiceError
+from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, ServiceError
 
 H = TypeVar("H")
 LIVE = ("pending", "running")
@@ -252,14 +252,19 @@ class Converger(Generic[H]):
     def place(
         self, slot: int, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None
     ) -> Replica[H]:
-        """Start replica ``slot`` on the best host that takes it. A host can refuse (no free GPU of
-        the model the spec asks for, say, or it failed us just now): the next host is tried."""
+        """Start replica ``slot`` on the best host that takes it. A host without room (no free GPU of
+        the model the spec asks for) started nothing: the next host is tried. Any other failure
+        ends the converge (the replica may have started; the next converge sees it)."""
         refused: dict[str, str] = {}
+        last: NoCapacityError | None = None
         while (host := self.pick_host(load, prefer=prefer, avoid=avoid, refused=refused)) is not None:
             try:
                 r = self.start(slot, host)
             except ServiceError as e:
-                refused[self.fleet.label(host)] = str(e.__cause__ or e)
+                if not isinstance(e.__cause__, NoCapacityError):
+                    raise
+                last = e.__cause__
+                refused[self.fleet.label(host)] = str(last)
                 self.log(f"replica {slot}: {self.fleet.label(host)} cannot take it ({refused[self.fleet.label(host)]})")
                 continue
             load[self.fleet.label(host)] += 1
@@ -269,7 +274,7 @@ class Converger(Generic[H]):
         raise ServiceError(
             f"service {self.want.name}: no host can start replica {slot}:\n"
             + "\n".join(f"  {label}: {why}" for label, why in refused.items())
-        )
+        ) from last
 
     def no_room(self, slot: int) -> ServiceError:
         n = len(self.reachable)
@@ -368,9 +373,22 @@ class Converger(Generic[H]):
     def replace(self, old: Replica[H], load: collections.Counter[str], remaining: int) -> None:
         """Rolling update of one slot: surge onto a free host, or stop-then-start in place."""
         want = self.want
+        surge: Replica[H] | None = None
         if want.max_surge >= 1 and self.pick_host(load, avoid=old.host) is not None:
-            new = self.place(old.slot, load, avoid=old.host)
-            host = new.host
+            try:
+                surge = self.place(old.slot, load, avoid=old.host)
+            except ServiceError as e:
+                if not isinstance(e.__cause__, NoCapacityError):
+                    raise
+                if want.max_unavailable < 1:
+                    raise ServiceError(
+                        f"{e}\nrolling update to {want.revision} stopped: {remaining} replica(s) keep serving "
+                        f"revision {old.revision}; no other host has room for an extra replica, so set "
+                        "update.max_unavailable: 1 to update in place one replica at a time"
+                    ) from e.__cause__
+                self.log(f"replica {old.slot}: no other host has room ({e.__cause__}); updating it in place")
+        if surge is not None:
+            new, host = surge, surge.host
             failures = self.wait_healthy([new])
             if failures:
                 self.retire(new, "never became healthy")

@@ -358,22 +358,25 @@ def _from_accounting(cluster: Cluster, handles: list[JobHandle]) -> dict[str, Jo
     """Final states of finished jobs from ``sacct`` (one call for all); {} where the cluster keeps
     no accounting ("accounting storage is disabled") or has no record of a job yet."""
     ids = ",".join(h.job_id for h in handles)
-    code, text, _ = cluster.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobIDRaw,State,ExitCode"])
+    try:
+        code, text, _ = cluster.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobIDRaw,State,ExitCode"])
+    except (BackendError, OSError, subprocess.SubprocessError):  # no sacct here, or slurmdbd hangs
+        return {}
     if code != 0:
         return {}
-    out = {}
-    for line in text.splitlines():
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():  # oldest first: a reused job id's newest row wins
         parts = [p.strip() for p in line.split("|")]
         if len(parts) == 3 and parts[0].isdigit():
-            status = _accounted(parts[0], parts[1], parts[2])
-            if status is not None:
-                out[parts[0]] = status
-    return out
+            rows[parts[0]] = parts
+    settled = {job_id: _accounted(*row) for job_id, row in rows.items()}
+    return {job_id: status for job_id, status in settled.items() if status is not None}
 
 
 def _accounted(job_id: str, state: str, exit_code: str) -> JobStatus | None:
-    """One sacct row (``State`` like "CANCELLED by 1000", ``ExitCode`` as "code:signal") → a
-    final status; None for a job accounting still sees as live."""
+    """One sacct row (``State`` like "CANCELLED by 1000", ``ExitCode`` as "code:signal") → a final
+    status. None where accounting still has the job live: the controller forgot it, so it ended
+    at least MinJobAge ago, and accounting that far behind is not to be believed."""
     state = state.split()[0] if state else ""
     mapped = STATES.get(state)
     if mapped is None or not mapped.finished:

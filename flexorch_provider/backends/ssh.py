@@ -41,7 +41,7 @@ from flexorch_provider.backends.base import (
     job_document,
 )
 from flexorch_provider.backends.services import Fleet, parallel, reason, render_service, run_service
-from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
+from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, SubmitError
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 
 RUNNER_SOURCE = Path(jobrunner.__file__).read_bytes()
@@ -152,9 +152,12 @@ class _Session:
         """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
         code, stdout, stderr = self.exec(argv, stdin, timeout)
         if code != 0:
-            tail = stderr.strip()[-500:]
-            raise HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
+            raise self._failed(argv, code, stderr)
         return stdout
+
+    def _failed(self, argv: Sequence[str], code: int, stderr: str) -> HostError:
+        tail = stderr.strip()[-500:]
+        return HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
 
     def ensure_runner(self) -> None:
         """Copy the job runner once per host and version (write to a temp name, then rename)."""
@@ -189,17 +192,19 @@ class _Session:
         """Run the job runner; install it first if this host does not have this version yet.
 
         Trying first saves an SFTP round trip on every fresh connection to a host that has it.
+        A submit this host has no GPUs for is a NoCapacityError: nothing was started here.
         """
-        try:
-            out = self.run([*RUNNER_ARGV, *args], stdin=stdin)
-        except HostError as e:
-            if "exited 127" in str(e):
-                raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it") from e
-            if self.runner_ready or "exited 2" not in str(e) or "can't open file" not in str(e):
-                raise
-            self.runner_ready = False
+        argv = [*RUNNER_ARGV, *args]
+        code, out, err = self.exec(argv, stdin)
+        if code == 2 and not self.runner_ready and "can't open file" in err:
             self.ensure_runner()
-            out = self.run([*RUNNER_ARGV, *args], stdin=stdin)
+            code, out, err = self.exec(argv, stdin)
+        if code == 127:
+            raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it")
+        if code == jobrunner.GPU_REFUSED_EXIT and args[0] == "submit":
+            raise NoCapacityError(f"{self.label}: {err.strip()[-500:]}")
+        if code != 0:
+            raise self._failed(argv, code, err)
         self.runner_ready = True
         return out
 
@@ -331,7 +336,7 @@ class SshBackend(Backend):
                     continue
                 try:
                     started = start(h)
-                except HostError as err:
+                except (HostError, NoCapacityError) as err:
                     refusals.append(reason(err))
                     continue
                 return self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])

@@ -139,6 +139,9 @@ SACCT_ROWS = """4242426|COMPLETED|0:0
 4242427|OUT_OF_MEMORY|0:125
 4242428|CANCELLED by 1000|0:15
 4242429|FAILED|3:0
+4242431|FAILED|1:0
+4242431|COMPLETED|0:0
+4242432|RUNNING|0:0
 """
 
 
@@ -156,21 +159,25 @@ def test_a_forgotten_job_is_settled_from_accounting_where_the_cluster_keeps_it(s
     out_dir = Path.home() / slurm.OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "flexorch-acct-4242430.rc").write_text("7\n")  # accounting has no row for this one yet
+    (out_dir / "flexorch-acct-4242432.rc").write_text("0\n")  # accounting lags: its row still says RUNNING
     handles = [
-        JobHandle("slurm", str(i), f"k{i}", {"conn": None, "name": "flexorch-acct"}) for i in range(4242426, 4242431)
+        JobHandle("slurm", str(i), f"k{i}", {"conn": None, "name": "flexorch-acct"}) for i in range(4242426, 4242433)
     ]
     try:
         statuses = BACKEND.poll(handles)
     finally:
         os.unlink(out_dir / "flexorch-acct-4242430.rc")
+        os.unlink(out_dir / "flexorch-acct-4242432.rc")
     assert statuses["4242426"].state == JobState.SUCCEEDED and statuses["4242426"].exit_code == 0
     oom = statuses["4242427"]
     assert oom.state == JobState.FAILED and "ran out of memory" in oom.message and oom.exit_code is None
     assert statuses["4242428"].state == JobState.CANCELLED and statuses["4242428"].exit_code == 128 + 15
     assert statuses["4242429"].state == JobState.FAILED and statuses["4242429"].exit_code == 3
     assert statuses["4242430"].state == JobState.FAILED and statuses["4242430"].exit_code == 7
+    assert statuses["4242431"].state == JobState.SUCCEEDED  # a reused job id: the newest row counts
+    assert statuses["4242432"].state == JobState.SUCCEEDED and "left the queue" in statuses["4242432"].message
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert len(calls) == 1 and "4242426,4242427,4242428,4242429,4242430" in calls[0]  # one call for all
+    assert len(calls) == 1 and ",".join(h.job_id for h in handles) in calls[0]  # one call for all
 
 
 def test_through_a_login_node_over_ssh_with_secrets_kept_out_of_the_script(slurm_cluster, ssh_fleet):

@@ -226,14 +226,28 @@ def test_a_replica_that_wants_a_gpu_skips_a_host_without_one(ssh_fleet, clean, t
     kw = dict(run=run, port=None, name="worker", resources={"gpus": "T4:1"},
               health={"command": "test -f gpu-$FLEXORCH_REPLICA", "grace": "10s"})  # fmt: skip
     try:
-        summary, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, **kw)
-        assert [r["host"] for r in summary["replicas"]] == [t4_host.entry] * 2
+        first, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, **kw)
+        assert [r["host"] for r in first["replicas"]] == [t4_host.entry] * 2
         assert any(f"{plain.entry} cannot take it" in line for line in log), log
         assert not plain.processes("sleep 600")
         # a third does not fit anywhere: the error says why, host by host
         with pytest.raises(ServiceError, match=r"no host can start replica 2") as err:
             service("deploy", [plain.entry, t4_host.entry], replicas=3, **kw)
         assert plain.entry in str(err.value) and "1 T4 GPU(s) wanted, 0 free" in str(err.value)
+        # a rolling update cannot surge (no free T4 anywhere): it says how to go on, changing nothing
+        with pytest.raises(ServiceError, match=r"set update\.max_unavailable: 1") as err:
+            service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2", **kw)
+        assert "2 replica(s) keep serving" in str(err.value)
+        # ... and with max_unavailable 1 it updates in place, each new replica on the freed GPU
+        summary, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2",
+                               update={"max_unavailable": 1}, **kw)  # fmt: skip
+        assert sum("updating it in place" in line for line in log) == 2, log
+        assert [r["host"] for r in summary["replicas"]] == [t4_host.entry] * 2
+        assert summary["revision"] != first["revision"]
+        pinned = sorted(
+            p.read_text().strip() for p in (t4_host.home / ".flexorch" / "services").glob("service-worker-*/*/*/gpu-*")
+        )
+        assert pinned == ["gpus=2", "gpus=3"]  # the live (v2) replicas' files; v1's were retired
     finally:
         service("undeploy", [plain.entry, t4_host.entry], replicas=2, **kw)
     assert not t4_host.processes("sleep 600")

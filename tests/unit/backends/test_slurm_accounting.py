@@ -1,0 +1,55 @@
+"""Settling jobs the Slurm controller forgot from accounting rows (our parsing and fallbacks;
+the real sacct and a stand-in one run in tests/integration/test_slurm_backend.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from flexorch_provider.backends.base import JobHandle, JobState
+from flexorch_provider.backends.slurm import _accounted, _from_accounting
+from flexorch_provider.exceptions import SubmitError
+
+
+class Refusing:
+    """A cluster whose sacct cannot be run at all."""
+
+    key = "slurm:test"
+
+    def __init__(self, error):
+        self.error = error
+
+    def run(self, argv, stdin=None):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [SubmitError("sacct is not installed here"), subprocess.TimeoutExpired(["sacct"], 60), OSError("broken pipe")],
+)
+def test_no_usable_sacct_means_no_accounting_not_a_failed_poll(error):
+    handle = JobHandle("slurm", "17", "k", {"conn": None, "name": "flexorch-x"})
+    assert _from_accounting(Refusing(error), [handle]) == {}
+
+
+@pytest.mark.parametrize(
+    ("state", "exit_code", "want_state", "want_code"),
+    [
+        ("COMPLETED", "0:0", JobState.SUCCEEDED, 0),
+        ("FAILED", "2:0", JobState.FAILED, 2),
+        ("CANCELLED by 0", "0:9", JobState.CANCELLED, 137),
+        ("TIMEOUT", "0:0", JobState.TIMEOUT, None),
+        ("OUT_OF_MEMORY", "0:125", JobState.FAILED, None),
+        ("NODE_FAIL", "0:0", JobState.FAILED, None),
+    ],
+)
+def test_rows_map_to_final_states_and_exit_codes(state, exit_code, want_state, want_code):
+    status = _accounted("17", state, exit_code)
+    assert status is not None and status.state == want_state and status.exit_code == want_code
+    assert state.split()[0] in status.message and "17" in status.message
+
+
+@pytest.mark.parametrize("state", ["RUNNING", "PENDING", "", "SOMETHING_NEW"])
+def test_rows_that_are_not_a_known_end_settle_nothing(state):
+    assert _accounted("17", state, "0:0") is None

@@ -209,6 +209,7 @@ class FlexOperator(BaseOperator):
         while True:
             try:
                 status = backend.poll([handle])[handle.job_id]
+                read_from = cursor
                 draining_since = time.monotonic()
                 while True:  # a running job's backlog for up to DRAIN_S; a finished job's whole log
                     chunk = backend.read_logs(handle, cursor)
@@ -234,9 +235,9 @@ class FlexOperator(BaseOperator):
             interval = self.poll_interval
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0 and looked_last:
+                if left <= 0 and (looked_last or cursor == read_from):
                     return None, cursor
-                if left <= 0:  # one more poll: a job that ended while its log was read needs no trigger
+                if left <= 0:  # new lines since the poll: one more look, a job that just ended needs no trigger
                     looked_last = True
                     continue
                 interval = min(interval, PRE_DEFER_POLL_S, left)

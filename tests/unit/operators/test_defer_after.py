@@ -123,3 +123,17 @@ def test_a_job_that_ends_as_defer_after_runs_out_is_finished_in_the_worker(tmp_p
     event, cursor = op(tmp_path, "true")._follow(_handle(), until=time.monotonic())
     assert event is not None and event["status"] == "success" and event["log_tail"] == ["done"]
     assert cursor == 1 and backend.polls == 2
+
+
+class QuietRunning(EndlessLog):
+    def read_logs(self, handle, cursor):
+        from flexorch_provider.backends.base import LogChunk
+
+        return LogChunk([], cursor)
+
+
+def test_a_quiet_running_job_defers_without_a_second_look(tmp_path, monkeypatch):
+    backend = QuietRunning()
+    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
+    assert op(tmp_path, "true")._follow(_handle(), until=time.monotonic()) == (None, 0)
+    assert backend.polls == 1

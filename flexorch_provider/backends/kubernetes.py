@@ -15,7 +15,8 @@ data, also what ``flexorch render --target kubernetes`` prints.
   followed Job. ImagePullBackOff and friends, OOMKilled and Unschedulable (with the
   scheduler's message) become clear messages; a Job that can never pull its image is
   deleted as it is reported failed.
-- logs: the rank-0 pod's log from a byte offset; cancel: delete the Job (background
+- logs: the rank-0 pod's log from a byte offset, asked for by time (``sinceTime``) once this
+  process has read it, so a long log is not read again every poll; cancel: delete the Job (background
   propagation) and its Secret.
 - services: apply Deployment (+ Service with a port), probes from ``health``, rolling
   parameters from ``update``; wait for the rollout with progress in the task log; undeploy
@@ -24,6 +25,7 @@ data, also what ``flexorch render --target kubernetes`` prints.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -239,6 +241,92 @@ def manifests(job: ResolvedJob) -> list[dict[str, Any]]:
 
 
 # --- the API -----------------------------------------------------------------------------------
+# --- pod logs from a byte offset, without reading the whole log every poll ---------------------
+# The log API has no byte offsets, only ``sinceTime`` (and ``timestamps``, a kubelet timestamp on
+# every line). Cursors stay byte offsets into the log without the timestamps; this process
+# remembers, per pod and cursor, the last line's timestamp and how many lines had it, so the next
+# read asks only for lines since that second. A cursor this process did not hand out (a restarted
+# triggerer; the worker's cursor in the triggerer) reads the whole log once, then goes on by time.
+_LOG_MARKS: collections.OrderedDict[tuple[str, str, str, int], tuple[str, int]] = collections.OrderedDict()
+MAX_LOG_MARKS = 4096
+
+
+def _ts_key(stamp: str) -> str:
+    """An RFC 3339 timestamp (the kubelet trims trailing zeros: ".5Z", ".123456789Z") in a form
+    that sorts as text: nine fraction digits."""
+    stamp = stamp.rstrip("Z")
+    whole, _, fraction = stamp.partition(".")
+    return f"{whole}.{fraction:0<9}Z"
+
+
+def _records(raw: bytes) -> list[tuple[str, bytes]] | None:
+    """``timestamp line`` records → [(sortable timestamp, line incl. its newline)]; None if a
+    record has no timestamp (then nothing is assumed about the log's layout)."""
+    out = []
+    for record in raw.splitlines(keepends=True):
+        stamp, sep, rest = record.partition(b" ")
+        if not sep or not stamp[:1].isdigit():
+            return None
+        out.append((_ts_key(stamp.decode("ascii", "replace")), rest))
+    return out
+
+
+def _pod_log(api: Any, ns: str, pod: str, since: str | None) -> bytes:
+    """The container's log with a timestamp on every line, from ``since`` (whole seconds) on.
+    (The Python client's read_namespaced_pod_log has no sinceTime; the API has.)"""
+    query = [("container", CONTAINER), ("timestamps", "true")] + ([("sinceTime", since)] if since else [])
+    response = api.core.api_client.call_api(
+        "/api/v1/namespaces/{namespace}/pods/{name}/log", "GET", path_params={"namespace": ns, "name": pod},
+        query_params=query, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"],
+        _preload_content=False, _return_http_data_only=True,
+    )  # fmt: skip
+    return bytes(response.data)
+
+
+def _read_from(
+    records: list[tuple[str, bytes]] | None, start: int, mark: tuple[str, int] | None, where: tuple[str, str, str]
+) -> LogChunk:
+    """The complete lines after byte ``start`` of the log (timestamps removed), and a mark for
+    the next read when the chunk ends on a line boundary."""
+    if records is None:
+        return LogChunk([], start)
+    prior: collections.Counter[str] = collections.Counter()
+    at_start = mark
+    if mark is not None:  # records are those since mark's second: drop what the cursor has seen
+        last, seen = mark
+        after, same = [], 0
+        for key, line in records:
+            if key < last or (key == last and same < seen):
+                same += key == last
+                continue
+            after.append((key, line))
+        prior[last] = seen
+    else:  # the whole log: the cursor must fall between two records
+        offset, i = 0, 0
+        while i < len(records) and offset < start:
+            offset += len(records[i][1])
+            prior[records[i][0]] += 1
+            i += 1
+        if offset != start:
+            return complete_lines(b"".join(line for _, line in records)[start:], start)
+        after = records[i:]
+        at_start = (records[i - 1][0], prior[records[i - 1][0]]) if i else None
+    chunk = complete_lines(b"".join(line for _, line in after), start)
+    offset, consumed = start, collections.Counter(prior)
+    for key, line in after:
+        if offset + len(line) > chunk.cursor:
+            break
+        offset += len(line)
+        consumed[key] += 1
+        if offset == chunk.cursor:
+            _LOG_MARKS[(*where, offset)] = (key, consumed[key])
+            while len(_LOG_MARKS) > MAX_LOG_MARKS:
+                _LOG_MARKS.popitem(last=False)
+    if chunk.cursor == start and at_start is not None:
+        _LOG_MARKS[(*where, start)] = at_start  # nothing new: go on by time from here
+    return chunk
+
+
 class Api:
     """The three clients we need, from the Airflow connection."""
 
@@ -412,14 +500,15 @@ class KubernetesBackend(Backend):
                 return LogChunk([], start)
             pods.sort(key=lambda p: (p["metadata"].get("annotations") or {}).get(
                 "batch.kubernetes.io/job-completion-index", "0"))  # fmt: skip
-            raw = api.core.read_namespaced_pod_log(
-                pods[0]["metadata"]["name"], ns, container=CONTAINER, _preload_content=False
-            ).data  # bytes as the kubelet wrote them: byte cursors stay exact
+            pod = pods[0]["metadata"]["name"]
+            where = (handle.data["conn"], ns, pod)
+            mark = _LOG_MARKS.pop((*where, start), None)
+            raw = _pod_log(api, ns, pod, since=mark[0][:19] + "Z" if mark else None)
         except Exception as e:
             if getattr(e, "status", None) in (400, 404):
                 return LogChunk([], start)  # not started yet, or gone
             raise BackendError(f"cannot read the log of job {handle.job_id}: {_api_error(e)}") from e
-        return complete_lines(bytes(raw)[start:], start)
+        return _read_from(_records(raw), start, mark, where)
 
     def cancel(self, handle: JobHandle) -> None:
         api = Api(handle.data["conn"])

@@ -47,6 +47,12 @@ class ApiServer(kmock.KubernetesEmulator):
         return response
 
 
+def _instant(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 time as (whole seconds, nanoseconds), for comparing."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, int(f"{fraction:0<9}"[:9])
+
+
 @dataclass
 class Behaviour:
     """What the fake kubelet does with the pods of one spec (by its flexorch.io/name label)."""
@@ -67,7 +73,9 @@ class FakeCluster:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.behaviours: dict[str, Behaviour] = {}
-        self.logs: dict[tuple[str, str], str] = {}
+        self.logs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (ns, pod) → [(RFC 3339 time, line)]
+        self.log_queries: list[dict[str, str]] = []  # the query of every pod log request
+        self.fixed_stamp: str | None = None  # when set, every new log line gets this timestamp
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -109,7 +117,24 @@ class FakeCluster:
         self._loop.run_until_complete(main())
 
     def _pod_log(self, request: Any) -> bytes:
-        return self.logs.get((request.namespace, request.name), "").encode()
+        """As the kubelet answers: ``timestamps=true`` puts each line's time (RFC 3339, trailing
+        zeros trimmed) before it; ``sinceTime`` keeps lines logged at or after that time."""
+        query = dict(request.params or {})
+        self.log_queries.append(query)
+        since = _instant(query["sinceTime"]) if query.get("sinceTime") else None
+        out = []
+        for stamp, line in list(self.logs.get((request.namespace, request.name), [])):
+            if since is not None and _instant(stamp) < since:
+                continue
+            out.append(f"{stamp} {line}\n" if query.get("timestamps") == "true" else f"{line}\n")
+        return "".join(out).encode()
+
+    def _stamp(self) -> str:
+        if self.fixed_stamp is not None:
+            return self.fixed_stamp
+        now = time.time()
+        fraction = f"{int(now % 1 * 1e9):09d}".rstrip("0")
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + (f".{fraction}" if fraction else "") + "Z"
 
     def stop(self) -> None:
         self._stop.set()
@@ -180,7 +205,8 @@ class FakeCluster:
         else:
             status = {"phase": "Running" if running else "Pending"}
         if running or finished:
-            self.logs[(ns, name)] = "".join(line + "\n" for line in b.log)
+            records = self.logs.setdefault((ns, name), [])
+            records.extend((self._stamp(), line) for line in b.log[len(records) :])
         self.core.patch_namespaced_pod_status(name, ns, {"status": status})
 
     def _deployments(self) -> None:

@@ -94,6 +94,48 @@ def test_a_job_runs_to_success_with_its_log(kube_cluster, sent):
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
 
 
+def test_a_growing_log_is_read_by_time_after_the_first_read(kube_cluster, sent):
+    """After one whole read, each poll asks only for lines since the last one's second (sinceTime),
+    and lines that share a timestamp with lines already read still come exactly once."""
+    from flexorch_provider.backends import kubernetes
+
+    lines = ["epoch 1"]
+    kube_cluster.behaviours["grow-job"] = Behaviour(log=lines, exit_code=None)
+    handle = BACKEND.submit(make_job("grow-job"))
+
+    def read_until(cursor, want, timeout=10):
+        got, deadline = [], time.time() + timeout
+        while len(got) < want and time.time() < deadline:
+            chunk = BACKEND.read_logs(handle, cursor)
+            got, cursor = got + chunk.lines, chunk.cursor
+            time.sleep(0.1)
+        return got, cursor
+
+    try:
+        first, cursor = read_until(0, 1)
+        assert first == ["epoch 1"] and cursor == len(b"epoch 1\n")
+        queries = len(kube_cluster.log_queries)
+        soon = time.gmtime(time.time() + 2)
+        kube_cluster.fixed_stamp = time.strftime("%Y-%m-%dT%H:%M:%S.5Z", soon)  # several lines in one instant
+        lines += ["epoch 2", "epoch 3"]
+        more, cursor = read_until(cursor, 2)
+        lines.append("epoch 4")  # the same instant as the two before: only it is new
+        last, cursor = read_until(cursor, 1)
+        assert more == ["epoch 2", "epoch 3"] and last == ["epoch 4"]
+        assert BACKEND.read_logs(handle, cursor).lines == []
+        assert cursor == len("".join(f"epoch {i}\n" for i in range(1, 5)).encode())  # bytes of the lines alone
+        later = kube_cluster.log_queries[queries:]
+        assert later and all(q.get("sinceTime") for q in later), later  # never the whole log again
+        assert all(q["timestamps"] == "true" for q in kube_cluster.log_queries)
+        # a process that has not read this log (a restarted triggerer) reads it whole once
+        kubernetes._LOG_MARKS.clear()
+        assert BACKEND.read_logs(handle, len(b"epoch 1\n")).lines == ["epoch 2", "epoch 3", "epoch 4"]
+        assert "sinceTime" not in kube_cluster.log_queries[-1]
+    finally:
+        kube_cluster.fixed_stamp = None
+        BACKEND.cancel(handle)
+
+
 def test_failure_carries_the_exit_code_and_the_log_is_still_readable(kube_cluster, sent):
     kube_cluster.behaviours["bad-job"] = Behaviour(log=["Traceback...", "KeyError: 'x'"], exit_code=3)
     handle = BACKEND.submit(make_job("bad-job"))

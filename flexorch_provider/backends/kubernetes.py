@@ -25,6 +25,7 @@ data, also what ``flexorch render --target kubernetes`` prints.
 
 from __future__ import annotations
 
+import calendar
 import collections
 import hashlib
 import json
@@ -242,39 +243,58 @@ def manifests(job: ResolvedJob) -> list[dict[str, Any]]:
 
 # --- the API -----------------------------------------------------------------------------------
 # --- pod logs from a byte offset, without reading the whole log every poll ---------------------
-# The log API has no byte offsets, only ``sinceTime`` (and ``timestamps``, a kubelet timestamp on
-# every line). Cursors stay byte offsets into the log without the timestamps; this process
-# remembers, per pod and cursor, the last line's timestamp and how many lines had it, so the next
-# read asks only for lines since that second. A cursor this process did not hand out (a restarted
-# triggerer; the worker's cursor in the triggerer) reads the whole log once, then goes on by time.
-_LOG_MARKS: collections.OrderedDict[tuple[str, str, str, int], tuple[str, int]] = collections.OrderedDict()
+# The log API has no byte offsets, only ``sinceTime`` (and ``timestamps``: the kubelet's time
+# before every line). Cursors stay byte offsets into the log without the timestamps. After a
+# read this process remembers, per pod and cursor, the last line read: its time, how many lines
+# up to it had that time, and a digest of it. The next read asks for lines since a second before
+# that time, finds that line again and takes what follows it in the log, in log order (stdout
+# and stderr lines can be stamped slightly out of order). When the line is not found, or a
+# cursor was not handed out by this process (a restarted triggerer; the worker's cursor in the
+# triggerer), the whole log is read once.
+_LOG_MARKS: collections.OrderedDict[tuple[str, str, str, int], tuple[int, int, bytes]] = collections.OrderedDict()
 MAX_LOG_MARKS = 4096
+_STAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+Record = tuple[int, bytes]  # (nanoseconds since the epoch, UTC; the line with its newline)
 
 
-def _ts_key(stamp: str) -> str:
-    """An RFC 3339 timestamp (the kubelet trims trailing zeros: ".5Z", ".123456789Z") in a form
-    that sorts as text: nine fraction digits."""
-    stamp = stamp.rstrip("Z")
-    whole, _, fraction = stamp.partition(".")
-    return f"{whole}.{fraction:0<9}Z"
+def _instant(stamp: bytes) -> int | None:
+    """An RFC 3339 time as the kubelet writes it (trailing zeros trimmed, the node's offset kept)
+    → nanoseconds since the epoch; None if it is not one."""
+    m = _STAMP.fullmatch(stamp)
+    if m is None:
+        return None
+    seconds = calendar.timegm(time.strptime(m[1].decode(), "%Y-%m-%dT%H:%M:%S"))
+    if m[3] != b"Z":
+        sign = 1 if m[3][:1] == b"+" else -1
+        seconds -= sign * (int(m[3][1:3]) * 3600 + int(m[3][4:6]) * 60)
+    return seconds * 10**9 + int((m[2] or b"0").ljust(9, b"0"))
 
 
-def _records(raw: bytes) -> list[tuple[str, bytes]] | None:
-    """``timestamp line`` records → [(sortable timestamp, line incl. its newline)]; None if a
-    record has no timestamp (then nothing is assumed about the log's layout)."""
+def _records(raw: bytes) -> list[Record] | None:
+    """``time line`` records (split at newlines only: a progress bar's \\r stays in its line);
+    None if one has no time (then nothing is assumed about the log's layout)."""
+    pieces = raw.split(b"\n")
+    lines = [piece + b"\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
     out = []
-    for record in raw.splitlines(keepends=True):
-        stamp, sep, rest = record.partition(b" ")
-        if not sep or not stamp[:1].isdigit():
+    for line in lines:
+        stamp, _, rest = line.partition(b" ")
+        at = _instant(stamp)
+        if at is None:
             return None
-        out.append((_ts_key(stamp.decode("ascii", "replace")), rest))
+        out.append((at, rest))
     return out
 
 
-def _pod_log(api: Any, ns: str, pod: str, since: str | None) -> bytes:
-    """The container's log with a timestamp on every line, from ``since`` (whole seconds) on.
-    (The Python client's read_namespaced_pod_log has no sinceTime; the API has.)"""
-    query = [("container", CONTAINER), ("timestamps", "true")] + ([("sinceTime", since)] if since else [])
+def _digest(line: bytes) -> bytes:
+    return hashlib.blake2b(line, digest_size=16).digest()
+
+
+def _pod_log(api: Any, ns: str, pod: str, since_ns: int | None = None, timestamps: bool = True) -> bytes:
+    """The container's log, with the kubelet's time on every line, from ``since_ns`` (whole
+    seconds) on. (The Python client's read_namespaced_pod_log has no sinceTime; the API has.)"""
+    query = [("container", CONTAINER)] + ([("timestamps", "true")] if timestamps else [])
+    if since_ns is not None:
+        query.append(("sinceTime", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_ns // 10**9))))
     response = api.core.api_client.call_api(
         "/api/v1/namespaces/{namespace}/pods/{name}/log", "GET", path_params={"namespace": ns, "name": pod},
         query_params=query, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"],
@@ -283,47 +303,40 @@ def _pod_log(api: Any, ns: str, pod: str, since: str | None) -> bytes:
     return bytes(response.data)
 
 
+def _mark(records: list[Record], i: int) -> tuple[int, int, bytes]:
+    at, line = records[i]
+    return at, sum(1 for a, _ in records[: i + 1] if a == at), _digest(line)
+
+
 def _read_from(
-    records: list[tuple[str, bytes]] | None, start: int, mark: tuple[str, int] | None, where: tuple[str, str, str]
-) -> LogChunk:
-    """The complete lines after byte ``start`` of the log (timestamps removed), and a mark for
-    the next read when the chunk ends on a line boundary."""
-    if records is None:
-        return LogChunk([], start)
-    prior: collections.Counter[str] = collections.Counter()
-    at_start = mark
-    if mark is not None:  # records are those since mark's second: drop what the cursor has seen
-        last, seen = mark
-        after, same = [], 0
-        for key, line in records:
-            if key < last or (key == last and same < seen):
-                same += key == last
-                continue
-            after.append((key, line))
-        prior[last] = seen
+    records: list[Record], start: int, mark: tuple[int, int, bytes] | None, where: tuple[str, ...]
+) -> LogChunk | None:
+    """The complete lines after byte ``start`` (timestamps removed) and the marks for the next
+    read; None when ``mark``'s line is not in ``records`` (then read the whole log)."""
+    if mark is not None:  # records since a second before the mark: find its line, take what follows
+        at, count, digest = mark
+        nth = [i for i, (a, _) in enumerate(records) if a == at]
+        if len(nth) < count or _digest(records[nth[count - 1]][1]) != digest:
+            return None
+        first = nth[count - 1] + 1
     else:  # the whole log: the cursor must fall between two records
-        offset, i = 0, 0
-        while i < len(records) and offset < start:
-            offset += len(records[i][1])
-            prior[records[i][0]] += 1
-            i += 1
+        offset, first = 0, 0
+        while first < len(records) and offset < start:
+            offset += len(records[first][1])
+            first += 1
         if offset != start:
             return complete_lines(b"".join(line for _, line in records)[start:], start)
-        after = records[i:]
-        at_start = (records[i - 1][0], prior[records[i - 1][0]]) if i else None
-    chunk = complete_lines(b"".join(line for _, line in after), start)
-    offset, consumed = start, collections.Counter(prior)
-    for key, line in after:
-        if offset + len(line) > chunk.cursor:
+    chunk = complete_lines(b"".join(line for _, line in records[first:]), start)
+    offset, last = start, first - 1
+    for i in range(first, len(records)):
+        if offset + len(records[i][1]) > chunk.cursor:
             break
-        offset += len(line)
-        consumed[key] += 1
-        if offset == chunk.cursor:
-            _LOG_MARKS[(*where, offset)] = (key, consumed[key])
-            while len(_LOG_MARKS) > MAX_LOG_MARKS:
-                _LOG_MARKS.popitem(last=False)
-    if chunk.cursor == start and at_start is not None:
-        _LOG_MARKS[(*where, start)] = at_start  # nothing new: go on by time from here
+        offset += len(records[i][1])
+        last = i
+    if last >= 0 and offset == chunk.cursor:
+        _LOG_MARKS[(*where, chunk.cursor)] = _mark(records, last)
+        while len(_LOG_MARKS) > MAX_LOG_MARKS:
+            _LOG_MARKS.popitem(last=False)
     return chunk
 
 
@@ -502,13 +515,26 @@ class KubernetesBackend(Backend):
                 "batch.kubernetes.io/job-completion-index", "0"))  # fmt: skip
             pod = pods[0]["metadata"]["name"]
             where = (handle.data["conn"], ns, pod)
-            mark = _LOG_MARKS.pop((*where, start), None)
-            raw = _pod_log(api, ns, pod, since=mark[0][:19] + "Z" if mark else None)
+            mark = _LOG_MARKS.get((*where, start))
+            if mark is not None:
+                records = _records(_pod_log(api, ns, pod, since_ns=mark[0] - 10**9))
+                chunk = _read_from(records, start, mark, where) if records is not None else None
+                if chunk is not None:
+                    if chunk.cursor != start:
+                        _LOG_MARKS.pop((*where, start), None)
+                    return chunk
+            _LOG_MARKS.pop((*where, start), None)
+            records = _records(_pod_log(api, ns, pod))
+            if records is None:  # a line without the kubelet's time: read it the plain way
+                return complete_lines(_pod_log(api, ns, pod, timestamps=False)[start:], start)
+            chunk = _read_from(records, start, None, where)
         except Exception as e:
             if getattr(e, "status", None) in (400, 404):
                 return LogChunk([], start)  # not started yet, or gone
             raise BackendError(f"cannot read the log of job {handle.job_id}: {_api_error(e)}") from e
-        return _read_from(_records(raw), start, mark, where)
+        if chunk is None:
+            return LogChunk([], start)
+        return chunk
 
     def cancel(self, handle: JobHandle) -> None:
         api = Api(handle.data["conn"])

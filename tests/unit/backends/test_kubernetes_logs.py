@@ -1,50 +1,64 @@
-"""Pod log records → byte cursors and time marks (our logic; the emulator round trip is in
+"""Pod log records → byte cursors and marks (our logic; the emulator round trip is in
 tests/integration/test_kubernetes_backend.py)."""
 
 from __future__ import annotations
 
 from flexorch_provider.backends import kubernetes
-from flexorch_provider.backends.kubernetes import _read_from, _records, _ts_key
+from flexorch_provider.backends.kubernetes import _instant, _mark, _read_from, _records
 
 WHERE = ("conn", "ns", "pod")
 
 
-def test_timestamps_sort_as_text_whatever_zeros_the_kubelet_trimmed():
-    stamps = [
-        "2026-11-24T06:00:00Z",
-        "2026-11-24T06:00:00.05Z",
-        "2026-11-24T06:00:00.5Z",
-        "2026-11-24T06:00:00.123456789Z",
-    ]
-    assert sorted(stamps, key=_ts_key) == [stamps[0], stamps[1], stamps[3], stamps[2]]
-    assert _ts_key("2026-11-24T06:00:00.5Z") == "2026-11-24T06:00:00.500000000Z"
+def test_kubelet_times_with_trimmed_zeros_and_node_offsets_become_one_scale():
+    assert _instant(b"2026-11-24T06:00:00.5Z") - _instant(b"2026-11-24T06:00:00Z") == 500_000_000
+    assert _instant(b"2026-11-24T06:00:00.05Z") < _instant(b"2026-11-24T06:00:00.123456789Z")
+    assert _instant(b"2026-11-24T08:00:00.25+02:00") == _instant(b"2026-11-24T06:00:00.25Z")
+    assert _instant(b"2026-11-24T00:30:00-05:30") == _instant(b"2026-11-24T06:00:00Z")
+    assert _instant(b"50%|#####") is None and _instant(b"2026-11-24") is None
+
+
+def test_a_carriage_return_stays_inside_its_line():
+    records = _records(b"2026-11-24T06:00:00Z 10%|#\r50%|#####\r100%|##########\n")
+    assert records is not None and len(records) == 1
+    chunk = _read_from(records, 0, None, WHERE)
+    # one record (its time is not lost); shown as the three updates, as every target shows them
+    assert chunk is not None and chunk.lines == ["10%|#", "50%|#####", "100%|##########"] and chunk.cursor == 32
 
 
 def test_a_whole_read_from_a_cursor_between_records_marks_where_it_ended():
     kubernetes._LOG_MARKS.clear()
-    raw = b"2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:00.1Z b\n2026-11-24T06:00:01Z c\n"
-    chunk = _read_from(_records(raw), 2, None, WHERE)
-    assert chunk.lines == ["b", "c"] and chunk.cursor == 6
-    assert kubernetes._LOG_MARKS[(*WHERE, 6)] == ("2026-11-24T06:00:01.000000000Z", 1)
+    records = _records(b"2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:00.1Z b\n2026-11-24T06:00:01Z c\n")
+    chunk = _read_from(records, 2, None, WHERE)
+    assert chunk is not None and chunk.lines == ["b", "c"] and chunk.cursor == 6
+    assert kubernetes._LOG_MARKS[(*WHERE, 6)] == _mark(records, 2)
 
 
-def test_a_read_by_time_skips_what_the_mark_says_was_read():
-    kubernetes._LOG_MARKS.clear()
-    since = b"2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:00.1Z b\n2026-11-24T06:00:00.1Z c\n"
-    chunk = _read_from(_records(since), 4, ("2026-11-24T06:00:00.100000000Z", 2), WHERE)
-    assert chunk.lines == ["c"] and chunk.cursor == 6
-    assert kubernetes._LOG_MARKS[(*WHERE, 6)] == ("2026-11-24T06:00:00.100000000Z", 3)
+def test_a_read_by_time_takes_what_follows_the_marked_line_in_log_order():
+    # the marked line is the 2nd of three at .1; a line stamped earlier but written later (stdout
+    # and stderr race) is new, and the line written before the mark but stamped later is not
+    whole = _records(b"2026-11-24T06:00:00.3Z x\n2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:00.1Z b\n")
+    mark = _mark(whole, 2)
+    since = whole + _records(b"2026-11-24T06:00:00.1Z c\n2026-11-24T06:00:00.05Z d\n")
+    chunk = _read_from(since, 6, mark, WHERE)
+    assert chunk is not None and chunk.lines == ["c", "d"] and chunk.cursor == 10
+
+
+def test_a_mark_whose_line_is_not_there_asks_for_a_whole_read():
+    whole = _records(b"2026-11-24T06:00:00.1Z a\n")
+    assert _read_from(_records(b"2026-11-24T06:00:00.1Z other\n"), 2, _mark(whole, 0), WHERE) is None
+    assert _read_from([], 2, _mark(whole, 0), WHERE) is None
 
 
 def test_a_partial_last_line_waits_and_the_mark_stays():
     kubernetes._LOG_MARKS.clear()
-    mark = ("2026-11-24T06:00:00.100000000Z", 1)
-    chunk = _read_from(_records(b"2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:02Z half"), 2, mark, WHERE)
-    assert chunk.lines == [] and chunk.cursor == 2 and kubernetes._LOG_MARKS[(*WHERE, 2)] == mark
+    records = _records(b"2026-11-24T06:00:00.1Z a\n2026-11-24T06:00:02Z half")
+    chunk = _read_from(records, 2, _mark(records, 0), WHERE)
+    assert chunk is not None and chunk.lines == [] and chunk.cursor == 2
+    assert kubernetes._LOG_MARKS[(*WHERE, 2)] == _mark(records, 0)
 
 
-def test_a_log_without_timestamps_or_a_cursor_inside_a_record_reads_the_plain_way():
+def test_a_log_without_times_or_a_cursor_inside_a_record_reads_the_plain_way():
     assert _records(b"no timestamp here\n") is None
-    raw = b"2026-11-24T06:00:00Z abcdef\n2026-11-24T06:00:01Z g\n"
-    chunk = _read_from(_records(raw), 3, None, WHERE)  # a cursor inside "abcdef" (a line read in pieces)
-    assert chunk.lines == ["def", "g"] and chunk.cursor == 9
+    records = _records(b"2026-11-24T06:00:00Z abcdef\n2026-11-24T06:00:01Z g\n")
+    chunk = _read_from(records, 3, None, WHERE)  # a cursor inside "abcdef" (a line read in pieces)
+    assert chunk is not None and chunk.lines == ["def", "g"] and chunk.cursor == 9

@@ -48,3 +48,44 @@ def test_lines_without_a_timestamp_are_kept_and_the_source_group_and_markers_are
                {"event": "plain text log line"}, {"event": "::endgroup::"}]  # fmt: skip
     assert _new_lines(entries, done) == ["plain text log line"]
     assert _new_lines(entries, done) == []
+
+
+class RetryingStack:
+    """A stand-in for the REST API (our own loop under test): try 1 writes two lines, the third
+    reaches its log only after try 2 has started; try 2 writes one line and the run succeeds."""
+
+    def __init__(self):
+        self.round = 0
+
+    def wait_dag(self, dag_id, timeout):
+        return {}
+
+    def trigger(self, dag_id, logical_date):
+        return "run-1"
+
+    def dag_run(self, dag_id, run_id):
+        self.round += 1
+        return {"state": "success" if self.round >= 3 else "running"}
+
+    def task_instances(self, dag_id, run_id):
+        return [{"task_id": "batch", "try_number": 1 if self.round == 1 else 2, "start_date": "x"}]
+
+    def task_log_entries(self, dag_id, run_id, task_id, try_number):
+        if try_number == 1:
+            lines = ["first", "second"] + (["last words of try 1"] if self.round >= 2 else [])
+            return [*header(LOCAL, SERVED), *(record(10 + i, line) for i, line in enumerate(lines))]
+        return [*header(LOCAL), record(40, "try 2 here")]
+
+
+def test_a_retry_does_not_swallow_the_end_of_the_try_before_it(monkeypatch, capsys):
+    from flexorch_provider.cli import up
+
+    monkeypatch.setattr(up.time, "sleep", lambda s: None)
+    assert up._follow_run(RetryingStack(), "d", timeout=60) == "success"
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        "    [batch] first",
+        "    [batch] second",
+        "    [batch] last words of try 1",
+        "    [batch try 2] try 2 here",
+    ]

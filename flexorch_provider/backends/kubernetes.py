@@ -16,8 +16,8 @@ data, also what ``flexorch render --target kubernetes`` prints.
   scheduler's message) become clear messages; a Job that can never pull its image is
   deleted as it is reported failed.
 - logs: the rank-0 pod's log from a byte offset, asked for by time (``sinceTime``) once this
-  process has read it, so a long log is not read again every poll; cancel: delete the Job (background
-  propagation) and its Secret.
+  process has read it, so a long log is not read again every poll.
+- cancel: delete the Job (background propagation) and its Secret.
 - services: apply Deployment (+ Service with a port), probes from ``health``, rolling
   parameters from ``update``; wait for the rollout with progress in the task log; undeploy
   deletes both. Kubernetes restores replicas itself, so there is no reconcile run.
@@ -241,7 +241,6 @@ def manifests(job: ResolvedJob) -> list[dict[str, Any]]:
     return service_manifests(job) if job.action is not None else job_manifests(job)
 
 
-# --- the API -----------------------------------------------------------------------------------
 # --- pod logs from a byte offset, without reading the whole log every poll ---------------------
 # The log API has no byte offsets, only ``sinceTime`` (and ``timestamps``: the kubelet's time
 # before every line). Cursors stay byte offsets into the log without the timestamps. After a
@@ -340,6 +339,7 @@ def _read_from(
     return chunk
 
 
+# --- the API -----------------------------------------------------------------------------------
 class Api:
     """The three clients we need, from the Airflow connection."""
 

@@ -25,7 +25,7 @@ import collections
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -235,7 +235,11 @@ class Converger(Generic[H]):
 
     # --- placement -------------------------------------------------------------------------
     def pick_host(
-        self, load: collections.Counter[str], prefer: H | None = None, avoid: H | None = None, refused: Any = ()
+        self,
+        load: collections.Counter[str],
+        prefer: H | None = None,
+        avoid: H | None = None,
+        refused: Collection[str] = (),
     ) -> H | None:
         """A reachable host for a new replica (not ``avoid``, none whose label is in ``refused``);
         with a port, only a host without one of ours."""

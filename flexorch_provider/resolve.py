@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
 from flexorch_provider.spec.fields import SecretRef
 from flexorch_provider.spec.loader import parse_spec, parse_yaml
-from flexorch_provider.spec.models import PipelineSpec, Workload
+from flexorch_provider.spec.models import Job, PipelineSpec
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -30,8 +30,8 @@ def load_workload(
     step: str | None = None,
     overrides: dict[str, Any] | None = None,
     target: str | list[str] | None = None,
-) -> Workload:
-    """Whatever FlexOperator was given → one validated workload (a spec or a pipeline step).
+) -> Job:
+    """Whatever FlexOperator was given → one validated job (a spec or a pipeline step).
 
     Overrides (and ``target``) apply to the workload that runs: for a pipeline, the step.
     """
@@ -78,12 +78,12 @@ def load_workload(
             model = type(model).model_validate(_merge(model.model_dump(mode="json"), extra))
         except ValidationError as e:
             raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
-        if isinstance(model, Workload):
+        if isinstance(model, Job):
             try:
-                model._check_workload()
+                model.check_workload()
             except ValueError as e:
                 raise SpecError(f"overrides make the spec invalid: {e}", file="<overrides>") from None
-    if not isinstance(model, Workload):
+    if not isinstance(model, Job):
         raise ConfigurationError(f"{type(model).__name__} is not a runnable workload")
     return model
 
@@ -119,14 +119,12 @@ def resolve_secret(name: str, ref: SecretRef) -> str:
     raise ConfigurationError(f"secrets.{name}: {ref} is read by the kubernetes target itself, not by Airflow")
 
 
-def resolve_secrets(workload: Workload) -> dict[str, str]:
+def resolve_secrets(workload: Job) -> dict[str, str]:
     """Every Airflow-backed secret of the workload, registered with the secret masker."""
     from airflow.sdk.log import mask_secret
 
     values: dict[str, str] = {}
-    for name, ref in workload.secrets.items():
-        if ref.source == "kubernetes":
-            continue
+    for name, ref in workload.airflow_secrets.items():
         value = resolve_secret(name, ref)
         mask_secret(value, name)
         values[name] = value

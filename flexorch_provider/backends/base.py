@@ -5,14 +5,19 @@
     render(job)        what would run (script, manifests, commands); no side effects
     submit(job)        start the job, idempotent on job.run_key: a live job with the same
                        run key is returned instead of starting a second one
-    poll(handles)      status of many jobs at once (one query can serve many jobs)
-    read_logs(h, cur)  log lines after a cursor, and the next cursor (an int, or a dict of
-                       ints for a job on several hosts: opaque, JSON-serializable)
-    cancel(handle)     stop the job; nothing of it is left running
+    poll(handles)      status of many jobs at once (one query can serve many jobs); reads
+                       only, it never changes a job
+    read_logs(h, cur)  log lines after a cursor, and the next cursor (opaque to everyone
+                       but the backend, JSON-serializable; ``furthest`` compares two)
+    cancel(handle)     stop the job; nothing of it is left running (it asks the scheduler
+                       and returns; it does not wait out a slow controller)
 
-Services add one more, ``service(job, log)``: bring the service to the state the spec and
-``job.action`` ask for (deploy, reconcile, undeploy) and return a summary; targets that
-cannot run services keep the default, which refuses.
+Errors: ``submit`` raises SubmitError when this target cannot take the job (the operator
+then tries the next target); every other failure is a BackendError (or a subclass), and
+library errors (paramiko, kubernetes, subprocess) are mapped onto that tree at the backend
+boundary. Services add ``service(job, log)`` on backends with ``runs_services``: bring the
+service to the state ``job.action`` asks for (deploy, reconcile, undeploy) and return a
+summary; spec validation keeps ``kind: service`` off the other targets.
 
 Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
 can carry them across a triggerer restart.
@@ -25,11 +30,11 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
-from flexorch_provider.exceptions import SubmitError
-from flexorch_provider.spec.models import Workload
+from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
+from flexorch_provider.spec.models import Job, ServiceSpec, ServiceStep
 
 
 class JobState(str, enum.Enum):
@@ -48,21 +53,31 @@ class JobState(str, enum.Enum):
 
 @dataclass(frozen=True)
 class JobHandle:
-    """How to find a submitted job again: enough to poll, read logs and cancel it."""
+    """How to find a submitted job again: enough to poll, read logs and cancel it.
+
+    ``data`` is the backend's own (each backend documents its keys as a TypedDict);
+    ``secret_refs`` are where the job's secrets live, never their values: whoever follows
+    the job resolves them to mask its output (:mod:`flexorch_provider.masking`).
+    """
 
     target: str
     job_id: str
     run_key: str
     data: dict[str, Any] = field(default_factory=dict)
+    secret_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def with_secret_refs(self, refs: dict[str, dict[str, Any]]) -> JobHandle:
+        return replace(self, secret_refs=dict(refs))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobHandle:
-        return cls(
-            target=data["target"], job_id=data["job_id"], run_key=data["run_key"], data=dict(data.get("data") or {})
-        )
+        own = dict(data.get("data") or {})
+        refs = data.get("secret_refs") or own.pop("secret_refs", None) or {}  # before 0.2 they sat in data
+        return cls(target=data["target"], job_id=data["job_id"], run_key=data["run_key"], data=own,
+                   secret_refs=dict(refs))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,13 @@ class JobStatus:
 
 LogCursor = int | dict[str, int]
 MAX_LOG_READ = 1 << 20
+
+
+def byte_offset(cursor: LogCursor) -> int:
+    """The cursor of a backend whose log is one byte stream (all but ssh ``placement: all``)."""
+    if isinstance(cursor, int):
+        return cursor
+    raise BackendError(f"log cursor {cursor!r} is not a byte offset: it belongs to a job on several hosts")
 
 
 @dataclass(frozen=True)
@@ -104,18 +126,22 @@ def complete_lines(data: bytes, cursor: int, limit: int = MAX_LOG_READ) -> LogCh
     return LogChunk(data[: end + 1].decode("utf-8", "replace").splitlines(), cursor + end + 1)
 
 
+SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile")
+
+
 @dataclass
 class ResolvedJob:
     """A workload ready to run: templates rendered, secrets resolved, target chosen.
 
-    ``secrets`` holds real values: it is never logged, serialized into a trigger, or
-    pushed to XCom (its repr hides the values).
+    Made by :meth:`for_run` (the operator and ``flexorch render`` alike). ``secrets`` holds
+    real values: it is never logged, serialized into a trigger, or pushed to XCom (its repr
+    hides the values). ``action`` is what a service run does; a job has none.
     """
 
     run_key: str
     name: str
     kind: str
-    workload: Workload
+    workload: Job
     run: str | list[str]
     setup: str | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -123,6 +149,47 @@ class ResolvedJob:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     placement: dict[str, Any] | None = None
     action: str | None = None  # services: deploy | undeploy | reconcile
+
+    @classmethod
+    def for_run(
+        cls,
+        workload: Job,
+        run_key: str,
+        *,
+        run: str | list[str] | None = None,
+        setup: str | None = None,
+        env: dict[str, Any] | None = None,
+        workdir: str | None = None,
+        secrets: dict[str, str] | None = None,
+        action: str | None = None,
+        placement: dict[str, Any] | None = None,
+    ) -> ResolvedJob:
+        """The workload for one run: ``run``/``setup``/``env``/``workdir`` as rendered for it
+        (default: the spec's own), a service's action checked (default ``deploy``)."""
+        return cls(
+            run_key=run_key,
+            name=workload.name,
+            kind=workload.kind,
+            workload=workload,
+            run=workload.run if run is None else run,
+            setup=workload.setup if setup is None else setup,
+            env={k: str(v) for k, v in (workload.env if env is None else env).items()},
+            workdir=workload.workdir if workdir is None else workdir,
+            secrets=dict(secrets or {}),
+            action=check_action(action, workload.is_service),
+            placement=placement,
+        )
+
+    @property
+    def is_service(self) -> bool:
+        return self.workload.is_service
+
+    @property
+    def service(self) -> ServiceSpec | ServiceStep:
+        """The workload as a service (its replicas, port, health, update policy)."""
+        if not isinstance(self.workload, ServiceSpec | ServiceStep):
+            raise ConfigurationError(f"{self.name} is a {self.kind} job, not a service")
+        return self.workload
 
     @property
     def timeout_s(self) -> int | None:
@@ -133,6 +200,18 @@ class ResolvedJob:
     def key_slug(self) -> str:
         """A filesystem/DNS-safe, unique name for this run key: readable prefix + hash."""
         return run_key_slug(self.run_key)
+
+
+def check_action(action: str | None, is_service: bool) -> str | None:
+    """A service's action (default ``deploy``); a job takes none."""
+    if action is None:
+        return "deploy" if is_service else None
+    action = action.strip()
+    if not is_service:
+        raise ConfigurationError(f"action={action!r} applies to services only; this spec runs a job to completion")
+    if action not in SERVICE_ACTIONS:
+        raise ConfigurationError(f"action must be one of {', '.join(SERVICE_ACTIONS)}, not {action!r}")
+    return action
 
 
 def job_document(job: ResolvedJob) -> dict[str, Any]:
@@ -180,6 +259,7 @@ class Backend(ABC):
     """One target. Instances are cheap and stateless; all per-job data is in the job/handle."""
 
     name: ClassVar[str]
+    runs_services: ClassVar[bool] = False  # implements service(); spec validation keeps services off the others
 
     @abstractmethod
     def render(self, job: ResolvedJob) -> str: ...
@@ -199,6 +279,12 @@ class Backend(ABC):
     def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
         """Deploy, reconcile or undeploy a service (``job.action``); a summary for XCom."""
         raise SubmitError(f"the {self.name} target cannot run services (action {job.action!r}) in this version")
+
+    def furthest(self, a: LogCursor, b: LogCursor) -> LogCursor:
+        """The cursor further into this backend's log (a restarted trigger resumes from it)."""
+        if isinstance(a, int) and isinstance(b, int):
+            return max(a, b)
+        return a  # a cursor of another shape is not this backend's
 
     def batch_key(self, handle: JobHandle) -> str:
         """Handles with the same key are polled together (one query per key per interval)."""

@@ -88,7 +88,7 @@ def service_slug(name: str) -> str:
 
 def desired_state(job: ResolvedJob, root: str) -> Desired:
     """Slots, revision and each slot's job document (what the runner gets) from the spec."""
-    w: Any = job.workload
+    w = job.service
     base = job_document(job)
     base["timeout"] = None  # a service runs until it is replaced or undeployed
     env = dict(base["env"])
@@ -436,7 +436,7 @@ def render_service(job: ResolvedJob, root: str, hosts: Sequence[str], runner: Se
     import shlex
 
     want = desired_state(job, root)
-    w: Any = job.workload
+    w = job.service
     check = "none: a replica counts as healthy while it runs"
     if w.health is not None:
         check = f"GET http://127.0.0.1:{w.port}{w.health.http}" if w.health.http else f"command {w.health.command!r}"
@@ -471,10 +471,10 @@ def run_service(fleet: Fleet[H], job: ResolvedJob, log: Callable[[str], None]) -
     return converger.converge()
 
 
-def parallel(items: Sequence[H], fn: Callable[[H], Any]) -> list[tuple[H, Any, Exception | None]]:
+def parallel(items: Collection[H], fn: Callable[[H], Any]) -> list[tuple[H, Any, Exception | None]]:
     """``fn`` on every item at once (threads; none for a single item): (item, result, error) in order."""
     if len(items) <= 1:
-        out = []
+        out: list[tuple[H, Any, Exception | None]] = []
         for item in items:
             try:
                 out.append((item, fn(item), None))
@@ -483,7 +483,7 @@ def parallel(items: Sequence[H], fn: Callable[[H], Any]) -> list[tuple[H, Any, E
         return out
     with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
         futures = [(item, pool.submit(fn, item)) for item in items]
-        results = []
+        results: list[tuple[H, Any, Exception | None]] = []
         for item, fut in futures:
             try:
                 results.append((item, fut.result(), None))

@@ -14,7 +14,8 @@ into the script, which Slurm keeps and shows to ``scontrol write batch_script``)
   the controller already forgot is settled from accounting (one ``sacct`` call) where the
   cluster keeps it, else from the exit-code file the script writes.
 - logs: the job's output file, read from a byte offset (``tail -c``) — complete lines only.
-- cancel: ``scancel``, then wait until the controller no longer runs it.
+- cancel: ``scancel``: the controller has taken the request when it returns, and ends the
+  job on its own (the follower's next poll sees CANCELLED); nothing waits out a slow node.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import math
 import re
 import shlex
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, cast
 
 from flexorch_provider.backends.base import (
     MAX_LOG_READ,
@@ -38,6 +38,7 @@ from flexorch_provider.backends.base import (
     LogChunk,
     LogCursor,
     ResolvedJob,
+    byte_offset,
     complete_lines,
 )
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
@@ -83,7 +84,7 @@ class Cluster:
                     list(argv), input=stdin or b"", capture_output=True, timeout=60, cwd=str(Path.home())
                 )
             except FileNotFoundError:
-                raise SubmitError(
+                raise BackendError(
                     f"{argv[0]} is not installed here: run Airflow on a Slurm login node, or set slurm.connection "
                     "to an SSH connection of one"
                 ) from None
@@ -93,20 +94,31 @@ class Cluster:
         try:
             return _on_host(self.conn_id, Host(), lambda s: s.exec(argv, stdin))
         except HostError as e:
-            raise SubmitError(f"cannot reach the Slurm login node of connection {self.conn_id!r}: {e}") from e
+            raise BackendError(f"cannot reach the Slurm login node of connection {self.conn_id!r}: {e}") from e
 
     def check(self, argv: Sequence[str], stdin: bytes | None = None) -> str:
         code, out, err = self.run(argv, stdin)
         if code == 127:
-            raise SubmitError(f"{argv[0]} is not installed on the login node ({self.conn_id})")
+            raise BackendError(f"{argv[0]} is not installed on the login node ({self.conn_id})")
         if code != 0:
             raise BackendError(f"{argv[0]} failed (exit {code}): {err.strip()[-500:] or out.strip()[-500:]}")
         return out
 
 
+class SlurmJobData(TypedDict):
+    """What a slurm handle keeps in ``JobHandle.data``."""
+
+    conn: str | None  # the login node's SSH connection; None: the local Slurm clients
+    name: str  # the job name (``flexorch-<run key slug>``): output and exit-code files are named after it
+
+
+def job_data(handle: JobHandle) -> SlurmJobData:
+    return cast(SlurmJobData, handle.data)
+
+
 def cluster_of(job_or_handle: ResolvedJob | JobHandle) -> Cluster:
     if isinstance(job_or_handle, JobHandle):
-        return Cluster(job_or_handle.data.get("conn"))
+        return Cluster(job_data(job_or_handle).get("conn"))
     return Cluster(job_or_handle.workload.slurm.connection)
 
 
@@ -116,7 +128,7 @@ def job_name(job: ResolvedJob) -> str:
 
 
 def sbatch_options(job: ResolvedJob) -> list[str]:
-    w: Any = job.workload
+    w = job.workload
     opts = w.slurm
     res = w.resources
     lines = [f"--job-name={job_name(job)}", f"--output={OUT_DIR}/%x-%j.out", "--open-mode=append", "--export=NONE"]
@@ -148,7 +160,7 @@ def render_script(job: ResolvedJob) -> str:
     for key in (*job.env, *job.secrets):
         if not ENV_KEY.match(key):
             raise ConfigurationError(f"environment variable name {key!r} is not valid in a shell")
-    w: Any = job.workload
+    w = job.workload
     run = job.run if isinstance(job.run, str) else shlex.join(job.run)
     body = f"{job.setup or ''}\n{run}"
     salt = 0
@@ -216,12 +228,8 @@ class SlurmBackend(Backend):
         return cluster_of(handle).key
 
     def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
-        return JobHandle(
-            target=self.name,
-            job_id=job_id,
-            run_key=job.run_key,
-            data={"conn": cluster.conn_id, "name": job_name(job)},
-        )
+        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job)}
+        return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
 
     def _live(self, cluster: Cluster, name: str) -> str | None:
         out = cluster.check(["squeue", "-h", "-n", name, "-o", "%i|%T"])
@@ -232,7 +240,16 @@ class SlurmBackend(Backend):
         return None
 
     def submit(self, job: ResolvedJob) -> JobHandle:
+        """Reattach or sbatch; any failure on the way means this cluster cannot take the job now."""
         cluster = cluster_of(job)
+        try:
+            return self._submit(job, cluster)
+        except SubmitError:
+            raise
+        except BackendError as e:
+            raise SubmitError(f"Slurm ({cluster.conn_id or 'local clients'}) cannot take the job: {e}") from e
+
+    def _submit(self, job: ResolvedJob, cluster: Cluster) -> JobHandle:
         script = render_script(job).encode()
         name = job_name(job)
         try:
@@ -304,7 +321,7 @@ class SlurmBackend(Backend):
         return {**out, **self._from_exit_code_files(cluster, rest)} if rest else out
 
     def _from_exit_code_files(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
-        files = [f"{OUT_DIR}/{h.data['name']}-{h.job_id}.rc" for h in handles]
+        files = [f"{OUT_DIR}/{job_data(h)['name']}-{h.job_id}.rc" for h in handles]
         reader = 'for f do if [ -f "$f" ]; then printf "%s %s\\n" "$f" "$(cat "$f")"; fi; done'
         _, text, _ = cluster.run(["sh", "-c", reader, "sh", *files])
         found = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
@@ -323,9 +340,9 @@ class SlurmBackend(Backend):
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
-        start = int(cursor or 0)
-        path = f"{OUT_DIR}/{handle.data['name']}-{handle.job_id}.out"
-        if handle.data.get("conn") is None:  # the output file is on this machine
+        start = byte_offset(cursor)
+        path = f"{OUT_DIR}/{job_data(handle)['name']}-{handle.job_id}.out"
+        if job_data(handle).get("conn") is None:  # the output file is on this machine
             try:
                 with open(Path.home() / path, "rb") as f:
                     f.seek(start)
@@ -340,15 +357,12 @@ class SlurmBackend(Backend):
         return complete_lines(data, start)
 
     def cancel(self, handle: JobHandle) -> None:
-        cluster = cluster_of(handle)
-        cluster.check(["scancel", handle.job_id])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status = self._poll_cluster(cluster, [handle])[handle.job_id]
-            if status.state.finished:
-                return
-            time.sleep(0.5)
-        raise BackendError(f"Slurm job {handle.job_id} is still running 30 s after scancel")
+        """``scancel`` returns once the controller has the request; it signals the job's steps and
+        ends it by itself (a job that already ended is not an error)."""
+        code, out, err = cluster_of(handle).run(["scancel", handle.job_id])
+        said = (err.strip() or out.strip())[-500:]
+        if code != 0 and not any(gone in said for gone in ("already completing or completed", "Invalid job id")):
+            raise BackendError(f"scancel {handle.job_id} failed (exit {code}): {said}")
 
 
 REQUEST_OPTIONS = {"--nodes", "--cpus-per-task", "--mem", "--gres", "--time", "--partition", "--account", "--qos"}

@@ -67,29 +67,24 @@ def _render(args: argparse.Namespace) -> int:
 
 def _render_target(args: argparse.Namespace) -> int:
     """What the target would run for this spec: sbatch script, manifests or commands."""
-    from flexorch_provider.backends.base import ResolvedJob
+    from flexorch_provider.backends.base import ResolvedJob, run_key
     from flexorch_provider.backends.registry import get_backend
     from flexorch_provider.resolve import load_workload
     from flexorch_provider.spec.loader import load_spec
 
     spec = load_spec(args.spec)
-    name = spec.name
     steps = [st.name for st in getattr(spec, "steps", None) or []]
     if steps and not args.step:
-        print(f"error: {name} is a pipeline: render one step with --step (steps: {', '.join(steps)})", file=sys.stderr)
+        print(
+            f"error: {spec.name} is a pipeline: render one step with --step (steps: {', '.join(steps)})",
+            file=sys.stderr,
+        )
         return 2
     workload = load_workload(args.spec, step=args.step, target=args.target)
-    job = ResolvedJob(
-        run_key=f"{name}/{args.step or workload.kind}/<run_id>/-1",  # type: ignore[attr-defined]
-        name=getattr(workload, "name", name),
-        kind=workload.kind,  # type: ignore[attr-defined]
-        workload=workload,
-        run=workload.run,  # type: ignore[attr-defined]
-        setup=workload.setup,
-        env=dict(workload.env),
-        workdir=workload.workdir,
+    job = ResolvedJob.for_run(
+        workload,
+        run_key(spec.name, args.step or workload.kind, "<run_id>"),
         secrets={k: "<resolved at run time>" for k in workload.secrets},
-        action="deploy" if workload.kind == "service" else None,  # type: ignore[attr-defined]
     )
     sys.stdout.write(get_backend(args.target).render(job))
     return 0

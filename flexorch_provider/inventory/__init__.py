@@ -15,13 +15,39 @@ pool sensor never care where the numbers came from. Pools are defined once in a 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flexorch_provider.inventory.model import Gpu, Node, PoolInventory, find_placement
 
-__all__ = ["Gpu", "Node", "PoolInventory", "find_placement", "inventory"]
+if TYPE_CHECKING:
+    from flexorch_provider.inventory.pools import GpuPool
+
+__all__ = ["Gpu", "Node", "PoolInventory", "check_pool", "find_placement", "inventory"]
 
 
-def inventory(pool) -> PoolInventory:  # type: ignore[no-untyped-def]
-    """The current inventory of one pool (a :class:`~flexorch_provider.inventory.pools.GpuPool`)."""
+def inventory(pool: GpuPool) -> PoolInventory:
+    """The current inventory of one pool (from gpu_pools.yaml)."""
     from flexorch_provider.inventory import sources
 
     return sources.probe(pool)
+
+
+def check_pool(
+    pool: str,
+    pools_file: str | None,
+    gpus: int,
+    gpu_type: str | None,
+    min_free_mib: int | None,
+    max_utilization: int | None,
+) -> tuple[dict[str, Any] | None, str]:
+    """(placement or None, one line on the pool's state): what GpuPoolSensor and its trigger ask."""
+    from flexorch_provider.inventory.pools import get_pool
+
+    inv = inventory(get_pool(pool, pools_file))
+    placement = find_placement(inv, gpus, gpu_type, min_free_mib, max_utilization)
+    down = [f"{n.name} ({n.state}: {n.detail})" for n in inv.nodes if n.state != "up"]
+    want = f"{gpus} {gpu_type or 'GPU'}{'s' if gpus != 1 else ''}"
+    line = f"pool {pool}: {inv.free} of {inv.total} GPUs free; need {want} on one node"
+    if down:
+        line += "; not usable: " + ", ".join(down)
+    return placement, line

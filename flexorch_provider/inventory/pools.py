@@ -126,9 +126,9 @@ def load_pools(path: str | Path | None = None) -> dict[str, Any]:
                 del loc[1]  # the union's tag, not a field
             message = err["msg"].removeprefix("Value error, ").removeprefix(f"{loc[-1]}: ")
             if err["type"] == "extra_forbidden":
-                model = {"ssh": SshPool, "slurm": SlurmPool, "kubernetes": KubernetesPool, "local": LocalPool}.get(
-                    str(err["loc"][1]) if len(err["loc"]) > 1 else "", _Pool
-                )
+                kinds: dict[str, type[_Pool]] = {"ssh": SshPool, "slurm": SlurmPool, "kubernetes": KubernetesPool,
+                                                  "local": LocalPool}  # fmt: skip
+                model = kinds.get(str(err["loc"][1]) if len(err["loc"]) > 1 else "", _Pool)
                 hint = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
                 message = f"unknown field{f'; did you mean {hint[0]!r}?' if hint else ''}"
             problems.append(SpecProblem(str(file), None, ".".join(loc), message))

@@ -13,7 +13,6 @@ in place when not deferrable) → XCom on success, an error with the log tail ot
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
-from flexorch_provider.backends.base import Backend, JobHandle, JobState, LogCursor, ResolvedJob, run_key
+from flexorch_provider.backends.base import Backend, JobHandle, LogCursor, ResolvedJob, check_action, run_key
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.exceptions import (
     BackendError,
@@ -31,13 +30,13 @@ from flexorch_provider.exceptions import (
     JobFailedError,
     SubmitError,
 )
+from flexorch_provider.follow import TAIL_LINES, Follower, Step
+from flexorch_provider.masking import masker_for, secret_refs
 from flexorch_provider.resolve import load_workload, resolve_secrets
-from flexorch_provider.triggers.job import SECRET_REFS, FlexJobTrigger, Masker
+from flexorch_provider.triggers.job import FlexJobTrigger
 
-TAIL_LINES = 30
 DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
-DRAIN_S = 2.0  # longest a running job's log backlog is read before its status is polled again
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
 
@@ -91,16 +90,13 @@ class FlexOperator(BaseOperator):
 
             kwargs.setdefault("pool", airflow_pool_name(workload.gpu_pool))
             kwargs.setdefault("pool_slots", gpus)
-        is_service = workload.kind == "service"  # type: ignore[attr-defined]
-        if action is None and is_service:
-            action = "deploy"
-        if action is not None and "{{" not in action:
-            _check_action(action, is_service)
+        if action is None or "{{" not in action:  # a template is checked once rendered
+            action = check_action(action, workload.is_service)
         kwargs.setdefault("retries", workload.retries.count)
         kwargs.setdefault("retry_delay", workload.retries.delay)
         super().__init__(**kwargs)
         self.workload = workload
-        self.run = workload.run  # type: ignore[attr-defined]
+        self.run = workload.run
         self.setup = workload.setup
         self.env = dict(workload.env)
         self.workdir = workload.workdir
@@ -119,19 +115,15 @@ class FlexOperator(BaseOperator):
 
     def _resolved(self, context: Any) -> ResolvedJob:
         ti = context["ti"]
-        if self.action is not None:
-            self.action = _check_action(str(self.action).strip(), self.workload.kind == "service")  # type: ignore[attr-defined]
-        return ResolvedJob(
-            run_key=run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
-            name=self.workload.name,  # type: ignore[attr-defined]
-            kind=self.workload.kind,  # type: ignore[attr-defined]
-            workload=self.workload,
+        return ResolvedJob.for_run(
+            self.workload,
+            run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
             run=self.run,
             setup=self.setup,
-            env={k: str(v) for k, v in (self.env or {}).items()},
+            env=self.env or {},
             workdir=self.workdir,
             secrets=resolve_secrets(self.workload),
-            action=self.action,
+            action=None if self.action is None else str(self.action),
             placement=_placement(self.placement),
         )
 
@@ -153,10 +145,8 @@ class FlexOperator(BaseOperator):
     def _submit(self, job: ResolvedJob) -> JobHandle:
         target, handle = self._on_first_target(job, lambda backend: backend.submit(job))
         self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
-        refs = {k: ref.model_dump() for k, ref in self.workload.secrets.items() if ref.source != "kubernetes"}
-        if refs:  # where the secrets live (never their values): whoever follows the job masks them in its output
-            handle = JobHandle(handle.target, handle.job_id, handle.run_key, {**handle.data, SECRET_REFS: refs})
-        return handle
+        # where the secrets live (never their values): whoever follows the job masks them in its output
+        return handle.with_secret_refs(secret_refs(self.workload))
 
     def _service(self, job: ResolvedJob) -> dict[str, Any]:
         """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
@@ -169,14 +159,15 @@ class FlexOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         job = self._resolved(context)
-        if job.action is not None:
+        if job.is_service:
             return self._service(job)
         handle = self._submit(job)
         self._handle = handle
         context["ti"].xcom_push(key="job", value=_public(handle))
         if not self.deferrable:
             event, _ = self._follow(handle)
-            return self._finish(event)  # type: ignore[arg-type]
+            assert event is not None  # without a deadline, following ends only with the job
+            return self._finish(event)
         event, cursor = self._follow(handle, until=time.monotonic() + self.defer_after)
         if event is not None:
             return self._finish(event)
@@ -194,54 +185,48 @@ class FlexOperator(BaseOperator):
     def _follow(self, handle: JobHandle, until: float | None = None) -> tuple[dict[str, Any] | None, LogCursor]:
         """Follow the job from the worker, streaming its log: its final event once it ends, or None
         with the log cursor reached when ``until`` (a monotonic time) comes first. Before ``until``
-        a backend error defers at once: the trigger has the patience (and the retries) for it."""
-        backend = get_backend(handle.target)
-        cursor: LogCursor = 0
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        looked_last = False
+        a failure defers at once: the trigger has the patience (and the retries) for it; without
+        ``until`` the worker is as patient as the trigger (:meth:`Follower.failed`)."""
         try:
-            mask = Masker.from_handle(handle)
+            follower = Follower(get_backend(handle.target), handle, mask=masker_for(handle.secret_refs))
         except Exception as e:
             if until is None:
                 raise
-            self.log.warning("deferring at once: cannot read the job's secrets here (%s)", e)
-            return None, cursor
+            self.log.warning("deferring at once: cannot follow the job from here (%s)", e)
+            return None, 0
+        looked_last = False
         while True:
             try:
-                status = backend.poll([handle])[handle.job_id]
-                read_from = cursor
-                draining_since = time.monotonic()
-                while True:  # a running job's backlog for up to DRAIN_S; a finished job's whole log
-                    chunk = backend.read_logs(handle, cursor)
-                    for line in map(mask, chunk.lines):
-                        self.log.info("%s", line)
-                        tail.append(line)
-                    progressed, cursor = chunk.cursor != cursor, chunk.cursor
-                    if not progressed:
-                        break
-                    if not status.state.finished and (
-                        time.monotonic() - draining_since > DRAIN_S or (until is not None and time.monotonic() > until)
-                    ):
-                        break
-            except Exception as e:  # the trigger retries polls and reports what keeps failing
-                if until is None:
-                    raise
-                self.log.warning("deferring: following job %s from the worker failed (%s)", handle.job_id, e)
-                return None, cursor
-            if status.state.finished:
-                return {"status": "success" if status.state == JobState.SUCCEEDED else "failed",
-                        "handle": handle.to_dict(), "state": status.state.value, "exit_code": status.exit_code,
-                        "message": status.message, "log_tail": list(tail)}, cursor  # fmt: skip
+                step = follower.observe(follower.poll(), until=until)
+            except Exception as e:
+                if until is not None:
+                    self.log.warning("deferring: following job %s from the worker failed (%s)", handle.job_id, e)
+                    return None, follower.cursor
+                event = follower.failed(e)
+                if event is not None:
+                    return event, follower.cursor
+                self.log.warning("following job %s failed (%d in a row): %s", handle.job_id, follower.errors, e)
+                time.sleep(self.poll_interval)
+                continue
+            self._log_step(step)
+            if step.event is not None:
+                return step.event, follower.cursor
             interval = self.poll_interval
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0 and (looked_last or cursor == read_from):
-                    return None, cursor
+                if left <= 0 and (looked_last or not step.wrote):
+                    return None, follower.cursor
                 if left <= 0:  # new lines since the poll: one more look, a job that just ended needs no trigger
                     looked_last = True
                     continue
                 interval = min(interval, PRE_DEFER_POLL_S, left)
             time.sleep(interval)
+
+    def _log_step(self, step: Step) -> None:
+        for note in step.notes:
+            self.log.info("%s", note)
+        for line in step.lines:
+            self.log.info("%s", line)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         return self._finish(event)
@@ -270,17 +255,6 @@ class FlexOperator(BaseOperator):
             get_backend(handle.target).cancel(handle)
         except Exception:
             self.log.exception("could not cancel job %s", handle.job_id)
-
-
-SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile")
-
-
-def _check_action(action: str, is_service: bool) -> str:
-    if not is_service:
-        raise ConfigurationError(f"action={action!r} applies to services only; this spec runs a job to completion")
-    if action not in SERVICE_ACTIONS:
-        raise ConfigurationError(f"action must be one of {', '.join(SERVICE_ACTIONS)}, not {action!r}")
-    return action
 
 
 def _placement(value: Any) -> dict[str, Any] | None:

@@ -23,8 +23,7 @@ from typing import Any
 from airflow.sdk.bases.sensor import BaseSensorOperator, PokeReturnValue
 
 from flexorch_provider.exceptions import ConfigurationError, FlexorchError
-from flexorch_provider.inventory import find_placement, inventory
-from flexorch_provider.inventory.pools import get_pool
+from flexorch_provider.inventory import check_pool
 
 
 def memory_mib(value: str | int | None) -> int | None:
@@ -36,19 +35,6 @@ def memory_mib(value: str | int | None) -> int | None:
     from flexorch_provider.spec.units import parse_memory
 
     return parse_memory(value) // 2**20
-
-
-def check_pool(pool: str, pools_file: str | None, gpus: int, gpu_type: str | None, min_free_mib: int | None,
-               max_utilization: int | None) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
-    """(placement or None, one line on the pool's state) — shared by the sensor and its trigger."""
-    inv = inventory(get_pool(pool, pools_file))
-    placement = find_placement(inv, gpus, gpu_type, min_free_mib, max_utilization)
-    down = [f"{n.name} ({n.state}: {n.detail})" for n in inv.nodes if n.state != "up"]
-    want = f"{gpus} {gpu_type or 'GPU'}{'s' if gpus != 1 else ''}"
-    line = f"pool {pool}: {inv.free} of {inv.total} GPUs free; need {want} on one node"
-    if down:
-        line += "; not usable: " + ", ".join(down)
-    return placement, line
 
 
 class GpuPoolSensor(BaseSensorOperator):

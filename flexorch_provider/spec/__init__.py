@@ -3,9 +3,11 @@
 from flexorch_provider.spec.loader import iter_spec_files, load_spec, load_spec_text, parse_spec
 from flexorch_provider.spec.models import (
     KINDS,
+    SERVICE_TARGETS,
     TARGETS,
     BatchSpec,
     InferenceSpec,
+    Job,
     PipelineSpec,
     ServiceSpec,
     SpecModel,
@@ -15,9 +17,11 @@ from flexorch_provider.spec.schema import json_schema
 
 __all__ = [
     "KINDS",
+    "SERVICE_TARGETS",
     "TARGETS",
     "BatchSpec",
     "InferenceSpec",
+    "Job",
     "PipelineSpec",
     "ServiceSpec",
     "SpecModel",

@@ -166,6 +166,12 @@ class SecretRef(FlexModel):
         Field(description="Connection field (default password) or key inside the Kubernetes secret."),
     ] = None
 
+    @property
+    def read_by_airflow(self) -> bool:
+        """Airflow resolves variable and connection references; a kubernetes one is read by the
+        cluster itself (a secretKeyRef), so its value never passes through Airflow."""
+        return self.source != "kubernetes"
+
     @model_validator(mode="after")
     def _check(self) -> SecretRef:
         if self.source == "connection" and (self.key or "password") not in (

@@ -147,7 +147,7 @@ def parse_spec(data: Any, *, file: str = "<spec>", lines: Mapping[Path_, int] | 
             )
         )
     try:
-        return _spec_adapter().validate_python(data)  # type: ignore[no-any-return]
+        return _spec_adapter().validate_python(data)
     except ValidationError as e:
         raise SpecError(_problems(e, data, file, lines)) from None
     except RecursionError:

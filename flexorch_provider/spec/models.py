@@ -12,7 +12,7 @@ itself and editors can autocomplete. YAML keys equal field names.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -25,6 +25,7 @@ from flexorch_provider.spec.fields import (
     Resources,
     Retries,
     Secret,
+    SecretRef,
     Text,
     retries_shorthand,
     scalar_to_str,
@@ -32,6 +33,8 @@ from flexorch_provider.spec.fields import (
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
 
 TARGETS = ("kubernetes", "ssh", "slurm", "local")
+# Targets whose backend keeps long-running services (Backend.runs_services; a unit test keeps them equal).
+SERVICE_TARGETS = ("kubernetes", "ssh", "local")
 KINDS = ("service", "training", "batch", "inference", "pipeline")
 _SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
@@ -105,7 +108,7 @@ class Workload(FlexModel):
         BeforeValidator(_targets),
         OrShorthand({"enum": list(TARGETS)}),
         Field(description="Where to run: kubernetes, ssh, slurm or local, or an ordered list (first that accepts)."),
-    ] = Field(default_factory=lambda: ["local"])
+    ] = Field(default_factory=lambda: list[TargetName](["local"]))
     image: Annotated[Text | None, Field(description="Container image (required for kubernetes).")] = None
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
     workdir: Annotated[Text | None, Field(description="Working directory of the job.")] = None
@@ -157,13 +160,27 @@ class Workload(FlexModel):
                 )
         return value
 
-    def _check_workload(self, run: Any = None) -> None:
+    @property
+    def airflow_secrets(self) -> dict[str, SecretRef]:
+        """The secret references Airflow resolves (variables, connections), by env name."""
+        return {name: ref for name, ref in self.secrets.items() if ref.read_by_airflow}
+
+    def check_workload(self) -> None:
+        """Rules across fields, run on the workload as it will run (a step with the pipeline's
+        fields filled in, a spec after overrides). Messages start with the field they are about."""
+        if isinstance(self, ServiceFields):
+            cannot = [t for t in self.target if t not in SERVICE_TARGETS]
+            if cannot:
+                raise ValueError(
+                    f"target: {' and '.join(cannot)} cannot run services; a service runs on "
+                    f"{', '.join(SERVICE_TARGETS)}: pick those, or make this a batch job"
+                )
         if "kubernetes" in self.target and not self.image:
             raise ValueError("image: required because target includes 'kubernetes'; add e.g. image: python:3.11-slim")
         dupes = sorted(set(self.env) & set(self.secrets))
         if dupes:
             raise ValueError(f"env: env and secrets both set {', '.join(dupes)}; keep each name in one of them")
-        k8s_secrets = [k for k, v in self.secrets.items() if v.source == "kubernetes"]
+        k8s_secrets = [k for k, v in self.secrets.items() if not v.read_by_airflow]
         if k8s_secrets and self.target != ["kubernetes"]:
             raise ValueError(
                 f"secrets: {', '.join(k8s_secrets)} come from Kubernetes secrets, which only the kubernetes target can "
@@ -250,13 +267,22 @@ class _StepIdentity(FlexModel):
     ] = Field(default_factory=list)  # fmt: skip
 
 
-class _Job(Workload):
+class Job(Workload):
+    """A workload that runs: a batch, training, inference or service spec, or such a pipeline step."""
+
     run: Run
+    if TYPE_CHECKING:  # every concrete job class has these (Identity or the step's identity)
+        name: str
+        kind: Literal["batch", "training", "inference", "service"]
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == "service"
 
     @model_validator(mode="after")
     def _rules(self) -> Any:
         if not isinstance(self, _StepIdentity):  # steps are checked with inherited fields by the pipeline
-            self._check_workload()
+            self.check_workload()
         if isinstance(self, ServiceFields):
             self._check_service()
         if isinstance(self, Identity):
@@ -264,25 +290,25 @@ class _Job(Workload):
         return self
 
 
-class BatchStep(_StepIdentity, _Job):
+class BatchStep(_StepIdentity, Job):
     """A step that runs to completion."""
 
     kind: Literal["batch"] = "batch"
 
 
-class TrainingStep(_StepIdentity, _Job):
+class TrainingStep(_StepIdentity, Job):
     """A training step (usually GPUs)."""
 
     kind: Literal["training"]
 
 
-class InferenceStep(_StepIdentity, _Job):
+class InferenceStep(_StepIdentity, Job):
     """An inference (scoring) step."""
 
     kind: Literal["inference"]
 
 
-class ServiceStep(_StepIdentity, ServiceFields, _Job):
+class ServiceStep(_StepIdentity, ServiceFields, Job):
     """A step that deploys a long-running service."""
 
     kind: Literal["service"]
@@ -306,25 +332,25 @@ Step = Annotated[
 ]
 
 
-class BatchSpec(Identity, _Job):
+class BatchSpec(Identity, Job):
     """A job that runs to completion (ETL, evaluation, data prep)."""
 
     kind: Literal["batch"]
 
 
-class TrainingSpec(Identity, _Job):
+class TrainingSpec(Identity, Job):
     """A training job, usually with GPUs, possibly on several nodes."""
 
     kind: Literal["training"]
 
 
-class InferenceSpec(Identity, _Job):
+class InferenceSpec(Identity, Job):
     """A (usually scheduled) inference run: score a batch of data with a model."""
 
     kind: Literal["inference"]
 
 
-class ServiceSpec(Identity, ServiceFields, _Job):
+class ServiceSpec(Identity, ServiceFields, Job):
     """A long-running service (web or inference API): replicas, port, health, updates."""
 
     kind: Literal["service"]
@@ -360,7 +386,7 @@ class PipelineSpec(Identity, Workload):
             raise ValueError(f"steps: the after: edges form a cycle: {' → '.join(cycle)}; remove one edge")
         for i, step in enumerate(self.effective_steps()):
             try:
-                step._check_workload()
+                step.check_workload()
             except ValueError as e:
                 raise ValueError(f"steps[{i}].{e}") from None
         return self

@@ -94,7 +94,7 @@ def parse_memory(value: Any) -> int:
         raise ValueError(f"{value!r} is not a memory size; write e.g. '16Gi', '512Mi' or '80GB'")
     if not unit:
         raise ValueError(f"memory {value!r} has no unit; write e.g. '{value.strip()}Gi' or '{value.strip()}Mi'")
-    size = int(float(match.group("n")) * _MEMORY_UNITS[unit])  # type: ignore[operator]
+    size = int(float(match.group("n")) * (_MEMORY_UNITS[unit] or 1))  # "" (no unit) was refused above
     if size <= 0:
         raise ValueError(f"memory must be more than zero, got {value!r}")
     if size > MAX_MEMORY:

@@ -9,7 +9,7 @@ import pytest
 
 from flexorch_provider.backends.base import JobHandle, JobState
 from flexorch_provider.backends.slurm import _accounted, _from_accounting
-from flexorch_provider.exceptions import SubmitError
+from flexorch_provider.exceptions import BackendError
 
 
 class Refusing:
@@ -26,7 +26,7 @@ class Refusing:
 
 @pytest.mark.parametrize(
     "error",
-    [SubmitError("sacct is not installed here"), subprocess.TimeoutExpired(["sacct"], 60), OSError("broken pipe")],
+    [BackendError("sacct is not installed here"), subprocess.TimeoutExpired(["sacct"], 60), OSError("broken pipe")],
 )
 def test_no_usable_sacct_means_no_accounting_not_a_failed_poll(error):
     handle = JobHandle("slurm", "17", "k", {"conn": None, "name": "flexorch-x"})

@@ -94,10 +94,18 @@ def test_a_chatty_job_still_defers_when_defer_after_is_up(tmp_path, monkeypatch)
 
 
 def test_a_backend_failure_before_deferring_defers_instead_of_failing_the_task(tmp_path, monkeypatch):
-    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: EndlessLog(broken=True))
+    backend = EndlessLog(broken=True)
+    monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
     assert op(tmp_path, "true")._follow(_handle(), until=time.monotonic() + 5) == (None, 0)
-    with pytest.raises(OSError):  # not deferrable: nobody else would follow the job
-        op(tmp_path, "true")._follow(_handle())
+    assert backend.polls == 1
+    # not deferrable: the worker is as patient as the trigger, then gives up with the error event
+    event, _ = op(tmp_path, "true")._follow(_handle())
+    assert (
+        event is not None
+        and event["status"] == "error"
+        and "after 5 failed polls: connection reset" in event["message"]
+    )
+    assert backend.polls == 1 + 5
 
 
 class EndsWhileItsLogIsRead(EndlessLog):

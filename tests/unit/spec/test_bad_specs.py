@@ -32,6 +32,13 @@ CASES = [
     ("long-name", f"name: {'a' * 70}\nkind: batch\nrun: echo\n", 1, "name", "limit is 63"),
     ("bad-target", GOOD + "target: slrum\n", 4, "target", "did you mean 'slurm'"),
     ("dup-target", GOOD + "target: [ssh, ssh]\n", 4, "target", "listed twice"),
+    (
+        "service-on-slurm",
+        "name: s\nkind: service\nrun: serve\ntarget: [slurm, ssh]\n",
+        4,
+        "target",
+        "slurm cannot run services; a service runs on kubernetes, ssh, local",
+    ),
     ("k8s-no-image", GOOD + "target: kubernetes\n", 1, "image", "required because target includes 'kubernetes'"),
     ("gpu-shorthand", GOOD + "resources:\n  gpus: 'A100:two:x:y'\n", 5, "resources.gpus", "not a GPU request"),
     ("gpu-negative", GOOD + "resources:\n  gpus: -1\n", 5, "resources.gpus", "greater than or equal to 0"),

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogChunk, ResolvedJob
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.spec import load_spec_text
-from flexorch_provider.triggers.job import FlexJobTrigger, StatusBatcher
+from flexorch_provider.triggers.batcher import StatusBatcher
+from flexorch_provider.triggers.job import FlexJobTrigger
 
 
 def test_serialize_round_trip():
@@ -128,7 +129,7 @@ def test_secret_values_in_job_output_are_masked_before_logging_and_in_the_event(
     import flexorch_provider.resolve as resolve
 
     monkeypatch.setattr(resolve, "resolve_secret", lambda name, ref: "s3cr3t-token-value")
-    handle = JobHandle("leaky", "j1", "d/t/r/-1", {"secret_refs": {"TOKEN": {"source": "variable", "name": "tok"}}})
+    handle = JobHandle("leaky", "j1", "d/t/r/-1", secret_refs={"TOKEN": {"source": "variable", "name": "tok"}})
     trigger = FlexJobTrigger(handle.to_dict(), poll_interval=0.01)
     monkeypatch.setattr(trigger, "_backend", lambda: LeakyBackend())
     (event,) = asyncio.run(_events(trigger))
@@ -142,7 +143,7 @@ def test_a_restarted_trigger_resumes_the_log_where_the_previous_one_left_it(tmp_
     import json
     import logging
 
-    from flexorch_provider.triggers.job import LogCheckpoint
+    from flexorch_provider.triggers.checkpoint import LogCheckpoint
 
     monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path / "state"))
     go = tmp_path / "go"
@@ -180,13 +181,19 @@ def test_a_restarted_trigger_resumes_the_log_where_the_previous_one_left_it(tmp_
     assert not checkpoint.exists()
 
 
-def test_checkpoint_takes_the_furthest_cursor_of_both_kinds():
-    from flexorch_provider.triggers.job import furthest
-
+def test_a_backend_compares_its_own_cursors():
+    furthest = LocalBackend().furthest
     assert furthest(10, 4) == 10 and furthest(4, 10) == 10
-    assert furthest({"h1": 5, "h2": 9}, {"h1": 7}) == {"h1": 7, "h2": 9}
-    assert furthest(0, {"h1": 3}) == {"h1": 3}
     assert furthest(12, {"h1": 3}) == 12  # a cursor of another kind is not this job's
+
+
+def test_a_handle_from_before_secret_refs_had_their_own_field_still_masks():
+    """A trigger serialized by 0.1 (refs inside data) resumes after an upgrade with its refs."""
+    old = {"target": "local", "job_id": "k/1", "run_key": "d/t/r/-1",
+           "data": {"run_dir": "/x", "secret_refs": {"T": {"source": "variable", "name": "t"}}}}  # fmt: skip
+    handle = JobHandle.from_dict(old)
+    assert handle.secret_refs == {"T": {"source": "variable", "name": "t"}} and handle.data == {"run_dir": "/x"}
+    assert JobHandle.from_dict(handle.to_dict()) == handle
 
 
 def test_the_final_event_is_held_until_not_before(tmp_path):

@@ -1,0 +1,138 @@
+"""Following a job: the one loop body behind the worker's follow and the trigger.
+
+::
+
+    status = backend.poll([handle])            (the trigger: one batched poll per interval)
+    step = follower.observe(status)           read the log as far as the state allows, mask it,
+                                               decide: step.event is the final event, or None
+    follower.failed(error)                     a poll or read that failed: None while patience
+                                               lasts, else the error event
+
+:class:`Follower` is synchronous (a trigger runs ``observe`` in a thread) and logs nothing
+itself: a step carries the lines and notes, and the caller logs them where its logs go
+(the task log from the worker, the trigger's log in the triggerer). So a job's final event
+is built in one place, whoever sees the end first.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogCursor
+from flexorch_provider.masking import Masker
+
+DRAIN_S = 2.0  # longest a running job's log backlog is read before its status is asked again
+FINAL_DRAIN_S = 30.0  # longest a finished job's remaining log is read before its event is built
+MAX_CONSECUTIVE_ERRORS = 5  # failed polls or reads in a row before following gives up
+TAIL_LINES = 30
+
+
+@dataclass
+class Step:
+    """What one look at a job found: log lines (masked), status notes, and the final event
+    once the job has ended."""
+
+    lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    event: dict[str, Any] | None = None
+    wrote: bool = False  # the log grew during this look
+
+
+class Follower:
+    """Follows one job: its log cursor, the last lines (for a failure's tail), its errors."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        handle: JobHandle,
+        *,
+        cursor: LogCursor = 0,
+        tail_lines: int = TAIL_LINES,
+        mask: Masker | None = None,
+    ) -> None:
+        self.backend = backend
+        self.handle = handle
+        self.cursor = cursor
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.mask = mask or Masker()
+        self.errors = 0
+        self._said = ""
+
+    def poll(self) -> JobStatus:
+        """This job's status on its own (the trigger asks in batches instead)."""
+        return self.backend.poll([self.handle])[self.handle.job_id]
+
+    def observe(self, status: JobStatus, until: float | None = None) -> Step:
+        """Read the log as far as ``status`` allows and decide.
+
+        A pending job has no log yet. A running job's backlog is read for up to DRAIN_S (or until
+        ``until``, a monotonic time), so a chatty job does not starve its status checks. A
+        finished job's log is read to its end (bounded by FINAL_DRAIN_S), then its event is built.
+        A failed read of a running job raises (the caller counts it with :meth:`failed`); a failed
+        read after the end only shortens the log: the outcome is known.
+        """
+        step = Step()
+        said = _describe(status)
+        if said != self._said and not status.state.finished:
+            step.notes.append(f"job {self.handle.job_id} is {said}")  # e.g. pending (Resources)
+        self._said = said
+        if status.state != JobState.PENDING:
+            finished = status.state.finished
+            started = time.monotonic()
+            budget = FINAL_DRAIN_S if finished else DRAIN_S
+            while True:
+                try:
+                    chunk = self.backend.read_logs(self.handle, self.cursor)
+                except Exception:
+                    if not finished:
+                        raise
+                    break
+                for line in map(self.mask, chunk.lines):
+                    step.lines.append(line)
+                    self.tail.append(line)
+                progressed, self.cursor = chunk.cursor != self.cursor, chunk.cursor
+                step.wrote = step.wrote or progressed
+                now = time.monotonic()
+                if not progressed or now - started > budget or (not finished and until is not None and now > until):
+                    break
+        self.errors = 0
+        if status.state.finished:
+            step.event = self.final_event(status)
+        return step
+
+    def failed(self, error: BaseException) -> dict[str, Any] | None:
+        """A poll or read failed: None while it may be passing, else the error event."""
+        self.errors += 1
+        if self.errors < MAX_CONSECUTIVE_ERRORS:
+            return None
+        return self.error_event(f"lost contact with job {self.handle.job_id} after {self.errors} failed polls: {error}")
+
+    def final_event(self, status: JobStatus) -> dict[str, Any]:
+        return {
+            "status": "success" if status.state == JobState.SUCCEEDED else "failed",
+            "handle": self.handle.to_dict(),
+            "state": status.state.value,
+            "exit_code": status.exit_code,
+            "message": status.message,
+            "log_tail": list(self.tail),
+            "log_cursor": self.cursor,
+        }
+
+    def error_event(self, message: str) -> dict[str, Any]:
+        return error_event(self.handle.to_dict(), message, list(self.tail), self.cursor)
+
+
+def error_event(
+    handle: dict[str, Any], message: str, log_tail: list[str] | None = None, cursor: LogCursor = 0
+) -> dict[str, Any]:
+    """The event of a job that could not be followed to its end (its outcome is unknown)."""
+    return {"status": "error", "handle": handle, "message": message, "log_tail": list(log_tail or []),
+            "log_cursor": cursor}  # fmt: skip
+
+
+def _describe(status: JobStatus) -> str:
+    said = status.message or status.state.value
+    return said if said.startswith(status.state.value) else f"{status.state.value} ({said})"

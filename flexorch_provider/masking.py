@@ -1,0 +1,54 @@
+"""Secret values out of job output.
+
+A job carries its secrets' *references* (``JobHandle.secret_refs``: where each value lives,
+never the value). Whoever follows the job (the worker before it defers, the trigger after)
+resolves them into a :class:`Masker` and masks every line before logging it. The ssh and
+local runners also mask at the source; Slurm and Kubernetes jobs write their output where
+we cannot, so this is the one place their lines are masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from flexorch_provider.spec.models import Workload
+
+MASK = "***"
+MIN_MASK_LEN = 4  # shorter values would mask ordinary words ("a", "on", "yes")
+
+
+class Masker:
+    """Replaces secret values (longest first, so a value containing another is masked whole)."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self.values = sorted({v for v in values if len(v) >= MIN_MASK_LEN}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for value in self.values:
+            if value in line:
+                line = line.replace(value, MASK)
+        return line
+
+
+def secret_refs(workload: Workload) -> dict[str, dict[str, Any]]:
+    """What a handle carries about the workload's Airflow-resolved secrets: references only."""
+    return {name: ref.model_dump() for name, ref in workload.airflow_secrets.items()}
+
+
+def masker_for(refs: Mapping[str, Mapping[str, Any]]) -> Masker:
+    """Resolve a handle's secret references into a masker (blocking: a trigger calls it in a
+    thread). Each value is also registered with Airflow's own redaction of this process's logs."""
+    if not refs:
+        return Masker()
+    from airflow.sdk.log import mask_secret
+
+    from flexorch_provider.resolve import resolve_secret
+    from flexorch_provider.spec.fields import SecretRef
+
+    values = []
+    for name, ref in refs.items():
+        value = resolve_secret(name, SecretRef.model_validate(ref))
+        mask_secret(value, name)
+        values.append(value)
+    return Masker(values)

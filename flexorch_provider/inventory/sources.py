@@ -171,13 +171,13 @@ def probe_slurm(pool: Any) -> list[Node]:
 
 # --- Kubernetes -----------------------------------------------------------------------------------
 def probe_kubernetes(pool: Any) -> list[Node]:
-    from flexorch_provider.backends.kubernetes import Api, _plain
+    from flexorch_provider.backends.kubernetes import Api, plain
 
     api = Api(pool.connection)
     selector = ",".join(f"{k}={v}" for k, v in pool.node_selector.items()) or None
-    nodes = _plain(api.core.list_node(label_selector=selector))["items"]
+    nodes = plain(api.core.list_node(label_selector=selector))["items"]
     nodes = [n for n in nodes if pool.node_selector.items() <= (n["metadata"].get("labels") or {}).items()]
-    pods = _plain(api.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
+    pods = plain(api.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
     used: dict[str, int] = {}
     for p in pods["items"]:
         node = (p.get("spec") or {}).get("nodeName")

@@ -97,7 +97,7 @@ def test_a_job_runs_to_success_with_its_log(kube_cluster, sent):
 def test_a_growing_log_is_read_by_time_after_the_first_read(kube_cluster, sent):
     """After one whole read, each poll asks only for lines since the last one's second (sinceTime),
     and lines that share a timestamp with lines already read still come exactly once."""
-    from flexorch_provider.backends import kubernetes
+    from flexorch_provider.backends.kubernetes import logs
 
     lines = ["epoch 1"]
     kube_cluster.behaviours["grow-job"] = Behaviour(log=lines, exit_code=None)
@@ -128,7 +128,7 @@ def test_a_growing_log_is_read_by_time_after_the_first_read(kube_cluster, sent):
         assert later and all(q.get("sinceTime") for q in later), later  # never the whole log again
         assert all(q["timestamps"] == "true" for q in kube_cluster.log_queries)
         # a process that has not read this log (a restarted triggerer) reads it whole once
-        kubernetes._LOG_MARKS.clear()
+        logs.LOG_MARKS.clear()
         assert BACKEND.read_logs(handle, len(b"epoch 1\n")).lines == ["epoch 2", "epoch 3", "epoch 4"]
         assert "sinceTime" not in kube_cluster.log_queries[-1]
     finally:
@@ -154,8 +154,22 @@ def test_oom_and_a_bad_image_become_clear_errors(kube_cluster, sent):
     status = wait(handle)
     assert status.state == JobState.FAILED and "ImagePullBackOff" in status.message
     assert status.message.endswith("(image x)")
-    # a Job that can never start is deleted as it is reported: nothing is left behind
+    # poll only reports; the Job's owner cancels it (or resubmits its run key): nothing is left behind
+    BACKEND.cancel(handle)
     assert BACKEND.poll([handle])[handle.job_id].state == JobState.LOST
+
+
+def test_poll_leaves_a_job_that_can_never_start_and_a_retry_replaces_it(kube_cluster, sent):
+    kube_cluster.behaviours["stuck-job"] = Behaviour(waiting_reason="ErrImagePull")
+    job = make_job("stuck-job")
+    first = BACKEND.submit(job)
+    assert wait(first).state == JobState.FAILED
+    assert BACKEND.poll([first])[first.job_id].state == JobState.FAILED  # reported again: poll deleted nothing
+    assert first.job_id in [j.metadata.name for j in kube_cluster.batch.list_namespaced_job("ml").items]
+    again = BACKEND.submit(job)  # the retry does not reattach to an attempt that can never start
+    names = [j.metadata.name for j in kube_cluster.batch.list_namespaced_job("ml").items]
+    assert again.job_id != first.job_id and again.job_id in names and first.job_id not in names
+    BACKEND.cancel(again)
 
 
 def test_unschedulable_shows_the_schedulers_message_while_pending(kube_cluster, sent):

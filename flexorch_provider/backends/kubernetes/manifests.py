@@ -1,0 +1,220 @@
+"""Manifests: pure data, from a resolved job to the objects the API server is sent.
+
+Also what ``flexorch render --target kubernetes`` prints. Jobs: restartPolicy Never and
+backoffLimit 0 (retries are Airflow's), activeDeadlineSeconds from the timeout,
+ttlSecondsAfterFinished, GPUs as ``nvidia.com/gpu`` limits and the GPU model as a node
+selector on ``kubernetes.gpu_label``; ``nodes > 1`` → an Indexed Job with a headless Service
+so rank 0 has a stable address. Secrets resolved from Airflow go into a Secret next to the
+Job (never into the Job spec); ``kubernetes:`` secrets are referenced where they are.
+Services: a Deployment (+ a Service with a port), probes from ``health``, rolling parameters
+from ``update``, and a revision annotation hashed from the pod template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.exceptions import ConfigurationError
+
+MANAGED = {"app.kubernetes.io/managed-by": "flexorch"}
+RUN_LABEL = "flexorch.io/run"
+NAME_LABEL = "flexorch.io/name"
+SERVICE_LABEL = "flexorch.io/service"
+RUN_KEY_ANNOTATION = "flexorch.io/run-key"
+REVISION_ANNOTATION = "flexorch.io/revision"
+TTL_AFTER_FINISHED = 24 * 3600
+CONTAINER = "main"
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """``text`` as a DNS-1123 label (lower case, ``-`` for anything else, at most ``limit`` characters)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
+    return name or "flexorch"
+
+
+def _labels(job: ResolvedJob, **extra: str) -> dict[str, str]:
+    opts: Any = job.workload.kubernetes
+    return {**opts.labels, **MANAGED, NAME_LABEL: dns_label(job.name), **extra}
+
+
+def _quantity_memory(size: int) -> str:
+    return f"{math.ceil(size / 2**20)}Mi"
+
+
+def _quantity_cpu(cpus: float) -> str:
+    return str(int(cpus)) if float(cpus).is_integer() else f"{math.ceil(cpus * 1000)}m"
+
+
+def _command(job: ResolvedJob) -> list[str]:
+    """The container's command: setup (failing fast) then run; user text only as argv items."""
+    if isinstance(job.run, list) and not job.setup:
+        return list(job.run)
+    if isinstance(job.run, list):
+        return ["/bin/sh", "-c", "(set -e\n" + job.setup + '\n) || exit $?\nexec "$@"', "sh", *job.run]  # type: ignore[operator]
+    script = job.run if not job.setup else "(set -e\n" + job.setup + "\n) || exit $?\n" + job.run
+    return ["/bin/sh", "-c", script]
+
+
+def airflow_secrets(job: ResolvedJob) -> dict[str, str]:
+    """Secret values resolved from Airflow (Kubernetes secrets are referenced, not copied)."""
+    w: Any = job.workload
+    return {k: v for k, v in job.secrets.items() if k in w.secrets and w.secrets[k].source != "kubernetes"}
+
+
+def secret_name(job: ResolvedJob) -> str:
+    """A run's own Secret; a service's is one per service (every deploy updates the same one)."""
+    return dns_label(f"{job.name}-env" if job.action is not None else f"{job.key_slug}-env")
+
+
+def _env(job: ResolvedJob, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    w: Any = job.workload
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**job.env, **(extra or {})}.items()]
+    env.append({"name": "FLEXORCH_RUN_KEY", "value": job.run_key})
+    for key, ref in w.secrets.items():
+        if ref.source == "kubernetes":
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key or key}}})
+        elif key in airflow_secrets(job):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(job), "key": key}}})
+    return env
+
+
+def _container(job: ResolvedJob, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    w: Any = job.workload
+    res = w.resources
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpus:
+        requests["cpu"] = _quantity_cpu(res.cpus)
+    if res.memory:
+        requests["memory"] = limits["memory"] = _quantity_memory(res.memory)
+    if res.gpus and res.gpus.count:
+        limits["nvidia.com/gpu"] = int(res.gpus.count)
+    container: dict[str, Any] = {"name": CONTAINER, "image": w.image, "command": _command(job),
+                                 "env": _env(job, extra_env)}  # fmt: skip
+    if job.workdir:
+        container["workingDir"] = job.workdir
+    if requests or limits:
+        container["resources"] = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    return container
+
+
+def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict[str, Any]:
+    w: Any = job.workload
+    opts = w.kubernetes
+    spec: dict[str, Any] = {"restartPolicy": restart, "containers": [container]}
+    selector = dict(opts.node_selector)
+    if w.resources.gpus and w.resources.gpus.type:
+        selector.setdefault(opts.gpu_label, w.resources.gpus.type)
+    if selector:
+        spec["nodeSelector"] = selector
+    if opts.tolerations:
+        spec["tolerations"] = [t.model_dump(exclude_none=True) for t in opts.tolerations]
+    if opts.service_account:
+        spec["serviceAccountName"] = opts.service_account
+    return spec
+
+
+def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
+    """A run's objects, in creation order: [Secret], [headless Service], Job (named ``<slug>-<attempt>``)."""
+    w: Any = job.workload
+    if not w.image:
+        raise ConfigurationError("the kubernetes target needs `image` in the spec (e.g. image: python:3.11-slim)")
+    ns = w.kubernetes.namespace
+    name = dns_label(f"{job.key_slug}-{attempt}")
+    labels = _labels(job, **{RUN_LABEL: job.key_slug})
+    meta = {"name": name, "namespace": ns, "labels": labels, "annotations": {RUN_KEY_ANNOTATION: job.run_key}}
+    nodes = w.resources.nodes
+    extra_env = None
+    if nodes > 1:
+        extra_env = {"MASTER_ADDR": f"{name}-0.{name}", "MASTER_PORT": "29500", "WORLD_SIZE": str(nodes)}
+    pod = _pod_spec(job, _container(job, extra_env), "Never")
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 0,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if job.timeout_s:
+        job_spec["activeDeadlineSeconds"] = job.timeout_s
+    out: list[dict[str, Any]] = []
+    if airflow_secrets(job):
+        out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
+                    "stringData": airflow_secrets(job)})  # fmt: skip
+    if nodes > 1:
+        # rank = JOB_COMPLETION_INDEX; pods resolve each other as <job>-<index>.<job>
+        job_spec.update(completions=nodes, parallelism=nodes, completionMode="Indexed")
+        pod["subdomain"] = name
+        pod["containers"][0]["env"].append(
+            {"name": "RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+        )  # fmt: skip
+        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {**meta, "annotations": {}},
+                    "spec": {"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": name}}})  # fmt: skip
+    out.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec})
+    return json.loads(json.dumps(out))  # no shared sub-objects (YAML aliases, surprises on mutation)
+
+
+def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
+    """A service's objects, in apply order: [Secret], Deployment, [Service when it has a port]."""
+    w: Any = job.workload
+    if not w.image:
+        raise ConfigurationError("the kubernetes target needs `image` in the spec")
+    ns = w.kubernetes.namespace
+    name = dns_label(job.name)
+    selector = {SERVICE_LABEL: name}
+    labels = _labels(job, **selector)
+    container = _container(job)
+    container["env"] = [e for e in container["env"] if e["name"] != "FLEXORCH_RUN_KEY"]  # same for every run
+    if w.port:
+        container["ports"] = [{"name": "http", "containerPort": w.port}]
+    if w.health:
+        h = w.health
+        probe: dict[str, Any] = (
+            {"httpGet": {"path": h.http, "port": w.port}}
+            if h.http
+            else {"exec": {"command": h.command if isinstance(h.command, list) else ["/bin/sh", "-c", h.command]}}
+        )
+        timing = {"periodSeconds": max(1, int(h.interval.total_seconds())),
+                  "timeoutSeconds": max(1, int(h.timeout.total_seconds()))}  # fmt: skip
+        container["readinessProbe"] = {**probe, **timing}
+        container["livenessProbe"] = {**probe, **timing, "initialDelaySeconds": int(h.grace.total_seconds())}
+    pod = _pod_spec(job, container, "Always")
+    revision = hashlib.sha256(json.dumps([container, pod], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    if w.update.strategy == "rolling":
+        strategy: dict[str, Any] = {"type": "RollingUpdate", "rollingUpdate": {
+            "maxSurge": w.update.max_surge, "maxUnavailable": w.update.max_unavailable}}  # fmt: skip
+    else:
+        strategy = {"type": "Recreate"}
+    out: list[dict[str, Any]] = []
+    if airflow_secrets(job):
+        out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
+                    "stringData": airflow_secrets(job)})  # fmt: skip
+    out.append({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {REVISION_ANNOTATION: revision}},
+        "spec": {"replicas": w.replicas, "selector": {"matchLabels": selector}, "strategy": strategy,
+                 "template": {"metadata": {"labels": labels, "annotations": {REVISION_ANNOTATION: revision}},
+                              "spec": pod}},
+    })  # fmt: skip
+    if w.port:
+        out.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns, "labels": labels},
+                    "spec": {"selector": selector, "ports": [{"name": "http", "port": w.port,
+                                                               "targetPort": "http"}]}})  # fmt: skip
+    return json.loads(json.dumps(out))
+
+
+def manifests(job: ResolvedJob) -> list[dict[str, Any]]:
+    """What ``job`` becomes: a service's objects when it has an action, else a run's."""
+    return service_manifests(job) if job.action is not None else job_manifests(job)
+
+
+def ours(items: list[dict[str, Any]], **labels: str) -> list[dict[str, Any]]:
+    """Filter on labels ourselves too (a selector the server ignored must not widen what we act on)."""
+    want = {**MANAGED, **labels}
+    return [i for i in items if want.items() <= ((i.get("metadata") or {}).get("labels") or {}).items()]

@@ -1,0 +1,92 @@
+"""Job and pod status (plain dicts from the API) → :class:`JobStatus`.
+
+A finished Job's conditions decide (Complete/SuccessCriteriaMet, Failed/FailureTarget with
+DeadlineExceeded as TIMEOUT and OOMKilled called out); a Job whose pod can never run
+(ImagePullBackOff and friends) is FAILED at once with the reason, though the Job object
+itself is still live (only ``cancel`` deletes it); an unschedulable pod stays PENDING with
+the scheduler's message. Pure functions: nothing here talks to the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flexorch_provider.backends.base import JobState, JobStatus
+
+NEVER_PULLS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+               "CreateContainerError"}  # fmt: skip
+
+
+def job_finished(job: dict[str, Any]) -> str | None:
+    """The type of the condition that ended the Job, or None while it is live."""
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed", "SuccessCriteriaMet",
+                                                                 "FailureTarget"):  # fmt: skip
+            return str(cond["type"])
+    return None
+
+
+def terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The container's terminated state (now, or its last one), or None."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            return term
+    return None
+
+
+def pod_failure(pod: dict[str, Any]) -> str | None:
+    """Why this pod can never run, or None."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in NEVER_PULLS:
+            return f"{waiting['reason']}: {waiting.get('message') or 'the image cannot be pulled'} (image {cs.get('image')})"
+        if waiting.get("reason") == "CrashLoopBackOff":
+            term = terminated(pod) or {}
+            return f"CrashLoopBackOff: the container keeps exiting (last exit code {term.get('exitCode')})"
+    return None
+
+
+def job_status(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobStatus:
+    """The status of a Job (None: not found) from it and its pods."""
+    if job is None:
+        return JobStatus(JobState.LOST, message="the Job is gone (deleted outside Airflow, or removed after its TTL)")
+    done = job_finished(job)
+    term = next((t for t in map(terminated, pods) if t), None)
+    code = term.get("exitCode") if term else None
+    if done in ("Complete", "SuccessCriteriaMet"):
+        return JobStatus(JobState.SUCCEEDED, code if code is not None else 0, "the Job completed")
+    if done in ("Failed", "FailureTarget"):
+        cond = next(c for c in job["status"]["conditions"] if c.get("type") in ("Failed", "FailureTarget"))
+        if cond.get("reason") == "DeadlineExceeded":
+            return JobStatus(
+                JobState.TIMEOUT, code, "DeadlineExceeded: the Job ran past its timeout (activeDeadlineSeconds)"
+            )
+        if term and term.get("reason") == "OOMKilled":
+            return JobStatus(
+                JobState.FAILED, code, "OOMKilled: the container ran out of memory (raise resources.memory)"
+            )
+        detail = f"exit code {code}" if code is not None else (cond.get("message") or cond.get("reason") or "failed")
+        return JobStatus(JobState.FAILED, code, f"the Job failed: {detail}")
+    for p in pods:
+        why = pod_failure(p)
+        if why:
+            return JobStatus(JobState.FAILED, None, why)
+    for p in pods:
+        for cond in (p.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return JobStatus(JobState.PENDING, message=f"{cond.get('reason')}: {cond.get('message')}")
+    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
+        return JobStatus(JobState.RUNNING, message="running")
+    return JobStatus(JobState.PENDING, message="pending: waiting for its pod")
+
+
+def pods_of(job_name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of one Job (its controller labels them with the Job's name)."""
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+            or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name]  # fmt: skip
+
+
+def never_starts(job: dict[str, Any], status: JobStatus) -> bool:
+    """A Job reported FAILED that Kubernetes still runs: its pod can never start (a bad image)."""
+    return status.state == JobState.FAILED and job_finished(job) is None

@@ -100,8 +100,18 @@ class Follower:
                     break
         self.errors = 0
         if status.state.finished:
+            if status.release:
+                step.notes.append(self._release())
             step.event = self.final_event(status)
         return step
+
+    def _release(self) -> str:
+        """The job ended without giving back what it holds: cancel it, as its owner."""
+        try:
+            self.backend.cancel(self.handle)
+        except Exception as e:  # the outcome stands; the task's retry replaces the attempt anyway
+            return f"job {self.handle.job_id} ended but could not be removed: {e}"
+        return f"job {self.handle.job_id} ended without starting: removed it, so it holds nothing"
 
     def failed(self, error: BaseException) -> dict[str, Any] | None:
         """A poll or read failed: None while it may be passing, else the error event."""

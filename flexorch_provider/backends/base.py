@@ -82,16 +82,26 @@ class JobHandle:
 
 @dataclass(frozen=True)
 class JobStatus:
+    """A job's state. ``release``: it has ended, but its scheduler still holds what it took (a
+    Kubernetes Job whose pod can never start); whoever follows it cancels it (poll never does)."""
+
     state: JobState
     exit_code: int | None = None
     message: str = ""
+    release: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state.value, "exit_code": self.exit_code, "message": self.message}
+        return {
+            "state": self.state.value,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "release": self.release,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobStatus:
-        return cls(state=JobState(data["state"]), exit_code=data.get("exit_code"), message=data.get("message", ""))
+        return cls(state=JobState(data["state"]), exit_code=data.get("exit_code"), message=data.get("message", ""),
+                   release=bool(data.get("release")))  # fmt: skip
 
 
 LogCursor = int | dict[str, int]

@@ -117,3 +117,19 @@ def test_a_failed_read_after_the_end_still_reports_the_outcome():
     assert step.event is not None and step.event["status"] == "success"
     with pytest.raises(OSError):  # while it runs, a failed read counts as a failure to follow
         Follower(LogGone(JobStatus(JobState.SUCCEEDED)), HANDLE).observe(JobStatus(JobState.RUNNING))
+
+
+def test_a_job_that_ended_holding_its_resources_is_cancelled_by_its_follower():
+    """poll never changes a job; the follower, as the job's owner, releases one that ended
+    without giving back what it holds (a Kubernetes Job whose image can never be pulled)."""
+    cancelled = []
+
+    class Stuck(Scripted):
+        def cancel(self, handle):
+            cancelled.append(handle.job_id)
+
+    stuck = JobStatus(JobState.FAILED, message="ErrImagePull", release=True)
+    step = Follower(Stuck(stuck), HANDLE).observe(stuck)
+    assert cancelled == ["j/1"] and step.event is not None and step.event["status"] == "failed"
+    assert any("removed it" in note for note in step.notes)
+    assert Follower(Stuck(stuck), HANDLE).observe(JobStatus(JobState.FAILED, 1)).event and cancelled == ["j/1"]

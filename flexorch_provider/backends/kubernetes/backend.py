@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypedDict
 
 from flexorch_provider.backends.base import Backend, JobHandle, JobStatus, LogChunk, LogCursor, ResolvedJob
@@ -70,6 +71,7 @@ def delete_job(api: Api, ns: str, name: str, data: KubernetesJobData) -> None:
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    runs_services = True
 
     def render(self, job: ResolvedJob) -> str:
         import yaml
@@ -78,7 +80,7 @@ class KubernetesBackend(Backend):
         for d in docs:
             if d["kind"] == "Secret":
                 d["stringData"] = {k: "<secret>" for k in d["stringData"]}
-        w: Any = job.workload
+        w = job.workload
         head = f"# kubernetes: connection {w.kubernetes.connection!r}, namespace {w.kubernetes.namespace!r}\n"
         return head + yaml.safe_dump_all(docs, sort_keys=False)
 
@@ -87,7 +89,7 @@ class KubernetesBackend(Backend):
         return f"kubernetes:{data['conn']}:{data['namespace']}"
 
     def _data(self, job: ResolvedJob) -> KubernetesJobData:
-        w: Any = job.workload
+        w = job.workload
         return KubernetesJobData(conn=w.kubernetes.connection, namespace=w.kubernetes.namespace,
                                  secret=secret_name(job) if airflow_secrets(job) else None,
                                  nodes=int(w.resources.nodes))  # fmt: skip
@@ -131,7 +133,8 @@ class KubernetesBackend(Backend):
         return self._handle(job, docs[-1]["metadata"]["name"])
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
-        """Status only, no side effects: a Job whose pod can never start is FAILED but left in place."""
+        """Status only, no side effects: a Job whose pod can never start is FAILED with ``release``
+        set, and its follower cancels it (the task's retry would replace it too)."""
         groups: dict[tuple[str, str], list[JobHandle]] = {}
         for h in handles:
             data = job_data(h)
@@ -146,7 +149,11 @@ class KubernetesBackend(Backend):
             except ApiError as e:
                 raise BackendError(f"cannot list Jobs/Pods in namespace {ns!r}: {e}") from e
             for h in group:
-                out[h.job_id] = job_status(jobs.get(h.job_id), pods_of(h.job_id, pods))
+                job = jobs.get(h.job_id)
+                status = job_status(job, pods_of(h.job_id, pods))
+                if job is not None and never_starts(job, status):  # still holds its node's resources
+                    status = replace(status, release=True)
+                out[h.job_id] = status
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
@@ -177,7 +184,7 @@ class KubernetesBackend(Backend):
 
     # --- services ------------------------------------------------------------------------
     def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
-        w: Any = job.workload
+        w = job.service
         ns = w.kubernetes.namespace
         try:
             api = Api(w.kubernetes.connection)

@@ -38,7 +38,7 @@ def dns_label(text: str, limit: int = 63) -> str:
 
 
 def _labels(job: ResolvedJob, **extra: str) -> dict[str, str]:
-    opts: Any = job.workload.kubernetes
+    opts = job.workload.kubernetes
     return {**opts.labels, **MANAGED, NAME_LABEL: dns_label(job.name), **extra}
 
 
@@ -62,21 +62,20 @@ def _command(job: ResolvedJob) -> list[str]:
 
 def airflow_secrets(job: ResolvedJob) -> dict[str, str]:
     """Secret values resolved from Airflow (Kubernetes secrets are referenced, not copied)."""
-    w: Any = job.workload
-    return {k: v for k, v in job.secrets.items() if k in w.secrets and w.secrets[k].source != "kubernetes"}
+    return {k: v for k, v in job.secrets.items() if k in job.workload.airflow_secrets}
 
 
 def secret_name(job: ResolvedJob) -> str:
     """A run's own Secret; a service's is one per service (every deploy updates the same one)."""
-    return dns_label(f"{job.name}-env" if job.action is not None else f"{job.key_slug}-env")
+    return dns_label(f"{job.name}-env" if job.is_service else f"{job.key_slug}-env")
 
 
 def _env(job: ResolvedJob, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    w: Any = job.workload
+    w = job.workload
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**job.env, **(extra or {})}.items()]
     env.append({"name": "FLEXORCH_RUN_KEY", "value": job.run_key})
     for key, ref in w.secrets.items():
-        if ref.source == "kubernetes":
+        if not ref.read_by_airflow:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key or key}}})
         elif key in airflow_secrets(job):
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(job), "key": key}}})
@@ -84,7 +83,7 @@ def _env(job: ResolvedJob, extra: dict[str, str] | None = None) -> list[dict[str
 
 
 def _container(job: ResolvedJob, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    w: Any = job.workload
+    w = job.workload
     res = w.resources
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
@@ -104,7 +103,7 @@ def _container(job: ResolvedJob, extra_env: dict[str, str] | None = None) -> dic
 
 
 def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict[str, Any]:
-    w: Any = job.workload
+    w = job.workload
     opts = w.kubernetes
     spec: dict[str, Any] = {"restartPolicy": restart, "containers": [container]}
     selector = dict(opts.node_selector)
@@ -121,7 +120,7 @@ def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict
 
 def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
     """A run's objects, in creation order: [Secret], [headless Service], Job (named ``<slug>-<attempt>``)."""
-    w: Any = job.workload
+    w = job.workload
     if not w.image:
         raise ConfigurationError("the kubernetes target needs `image` in the spec (e.g. image: python:3.11-slim)")
     ns = w.kubernetes.namespace
@@ -161,7 +160,7 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
 
 def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
     """A service's objects, in apply order: [Secret], Deployment, [Service when it has a port]."""
-    w: Any = job.workload
+    w = job.service
     if not w.image:
         raise ConfigurationError("the kubernetes target needs `image` in the spec")
     ns = w.kubernetes.namespace
@@ -211,7 +210,7 @@ def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
 
 def manifests(job: ResolvedJob) -> list[dict[str, Any]]:
     """What ``job`` becomes: a service's objects when it has an action, else a run's."""
-    return service_manifests(job) if job.action is not None else job_manifests(job)
+    return service_manifests(job) if job.is_service else job_manifests(job)
 
 
 def ours(items: list[dict[str, Any]], **labels: str) -> list[dict[str, Any]]:

@@ -171,15 +171,14 @@ def probe_slurm(pool: Any) -> list[Node]:
 
 # --- Kubernetes -----------------------------------------------------------------------------------
 def probe_kubernetes(pool: Any) -> list[Node]:
-    from flexorch_provider.backends.kubernetes import Api, plain
+    from flexorch_provider.backends.kubernetes import Api
 
     api = Api(pool.connection)
     selector = ",".join(f"{k}={v}" for k, v in pool.node_selector.items()) or None
-    nodes = plain(api.core.list_node(label_selector=selector))["items"]
+    nodes = api.list_nodes(selector)
     nodes = [n for n in nodes if pool.node_selector.items() <= (n["metadata"].get("labels") or {}).items()]
-    pods = plain(api.core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed"))
     used: dict[str, int] = {}
-    for p in pods["items"]:
+    for p in api.list_live_pods_everywhere():
         node = (p.get("spec") or {}).get("nodeName")
         if not node or (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue

@@ -109,6 +109,16 @@ class Api:
         with library_errors():
             return list(plain(self.batch.list_namespaced_job(ns, label_selector=label_selector))["items"] or [])
 
+    def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        with library_errors():
+            return list(plain(self.core.list_node(label_selector=label_selector))["items"] or [])
+
+    def list_live_pods_everywhere(self) -> list[dict[str, Any]]:
+        """Pods of every namespace that may hold resources (not Succeeded, not Failed)."""
+        with library_errors():
+            live = "status.phase!=Succeeded,status.phase!=Failed"
+            return list(plain(self.core.list_pod_for_all_namespaces(field_selector=live))["items"] or [])
+
     def list_pods(self, ns: str, label_selector: str) -> list[dict[str, Any]]:
         with library_errors():
             return list(plain(self.core.list_namespaced_pod(ns, label_selector=label_selector))["items"] or [])

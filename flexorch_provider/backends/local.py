@@ -1,16 +1,20 @@
 """The ``local`` target: the job runs on the Airflow worker itself, detached from it.
 
-Each run gets ``<root>/<run-key-slug>/<attempt>/`` and is supervised by
-:mod:`flexorch_provider.backends.jobrunner` — the same runner the ssh backend starts on
-remote hosts. The runner outlives the worker, so a worker that dies and comes back (or a
-retry while the job still runs) reattaches to the live attempt instead of starting a
-second one. A finished attempt is never reattached: a retry after a failure runs again.
+Each run gets ``<root>/<run-key-slug>/<attempt>/`` and is supervised by the job runner
+(:mod:`flexorch_provider.runner`) — the same runner, the same file: its zipapp is written to
+``~/.flexorch/bin/jobrunner-<hash>.pyz`` on the worker as on an ssh host, and started the same
+way, ``python -S`` (the worker's python, without site-packages), so a job behaves here as it
+does on a host. Status, logs and cancel import the runner's modules and run in-process. The
+runner outlives the worker, so a worker that dies and comes back (or a retry while the job
+still runs) reattaches to the live attempt instead of starting a second one. A finished
+attempt is never reattached: a retry after a failure runs again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -18,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flexorch_provider.backends import jobrunner
 from flexorch_provider.backends.base import (
     Backend,
     JobHandle,
@@ -30,8 +33,23 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
+from flexorch_provider.runner import bundle
+from flexorch_provider.runner.attempts import prepare
+from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT, GpuError
+from flexorch_provider.runner.logs import read_log
+from flexorch_provider.runner.procs import cancel
+from flexorch_provider.runner.status import status
 
-RUNNER = Path(jobrunner.__file__)
+
+def runner_argv(write: bool = True) -> list[str]:
+    """How this worker runs the job runner: its zipapp (written first when missing, unless
+    ``write`` is False), with ``-S`` as on an ssh host."""
+    if not write:
+        return [sys.executable, "-S", bundle.local_path()]
+    try:
+        return [sys.executable, "-S", bundle.local_copy()]
+    except OSError as e:
+        raise SubmitError(f"cannot write the job runner to {bundle.local_path()}: {e.strerror or e}") from e
 
 
 def run_root(job: ResolvedJob) -> Path:
@@ -47,10 +65,8 @@ class LocalBackend(Backend):
         host = socket.gethostname()
 
         def call(_host: str, args: Sequence[str], stdin: bytes | None) -> str:
-            done = subprocess.run(
-                [sys.executable, str(RUNNER), *args], input=stdin or b"", capture_output=True, timeout=120
-            )
-            if done.returncode == jobrunner.GPU_REFUSED_EXIT and args[0] == "submit":
+            done = subprocess.run([*runner_argv(), *args], input=stdin or b"", capture_output=True, timeout=120)
+            if done.returncode == GPU_REFUSED_EXIT and args[0] == "submit":
                 raise NoCapacityError(
                     f"this machine cannot give the replica its GPUs: {done.stderr.decode(errors='replace')[-500:]}"
                 )
@@ -64,7 +80,7 @@ class LocalBackend(Backend):
     def render(self, job: ResolvedJob) -> str:
         if job.action is not None:
             root = str(run_root(job) / "_services")
-            return render_service(job, root, [socket.gethostname()], [sys.executable, str(RUNNER)])
+            return render_service(job, root, [socket.gethostname()], runner_argv(write=False))
         run_dir = run_root(job) / job.key_slug / "<attempt>"
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         lines = [
@@ -72,8 +88,9 @@ class LocalBackend(Backend):
             f"# secrets (written to secrets.json, 0600, deleted at start): {', '.join(job.secrets) or 'none'}",
             "# job.json:",
             json.dumps(doc, indent=2),
+            f"# the job runner: {bundle.local_path()} (flexorch_provider/runner as one zipapp, written when missing)",
             "# started with:",
-            f"{sys.executable} {RUNNER} start {run_dir}",
+            shlex.join([*runner_argv(write=False), "start", str(run_dir)]),
         ]
         return "\n".join(lines) + "\n"
 
@@ -88,8 +105,8 @@ class LocalBackend(Backend):
     def submit(self, job: ResolvedJob) -> JobHandle:
         key_dir = run_root(job) / job.key_slug
         try:
-            attempt = jobrunner.prepare(str(key_dir), job_document(job), job.secrets)
-        except jobrunner.GpuError as e:
+            attempt = prepare(str(key_dir), job_document(job), job.secrets)
+        except GpuError as e:
             raise NoCapacityError(f"this machine cannot give the job its GPUs: {e}") from None
         except OSError as e:
             raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
@@ -99,7 +116,7 @@ class LocalBackend(Backend):
             return handle  # never a second live job per run key
         try:
             subprocess.run(
-                [sys.executable, str(RUNNER), "start", str(run_dir)],
+                [*runner_argv(), "start", str(run_dir)],
                 check=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -121,7 +138,7 @@ class LocalBackend(Backend):
                     "run local jobs with deferrable=False when workers and triggerer are on different hosts",
                 )
                 continue
-            raw = jobrunner.status(run_dir)
+            raw = status(run_dir)
             out[handle.job_id] = JobStatus(JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""))
         return out
 
@@ -132,12 +149,12 @@ class LocalBackend(Backend):
         run_dir = handle.data["run_dir"]
         if not os.path.isdir(run_dir):
             raise JobLostError(f"run directory {run_dir} is gone; nothing to cancel")
-        result = jobrunner.cancel(run_dir)
+        result = cancel(run_dir)
         if result.get("state") in ("pending", "running"):
             raise BackendError(f"job {handle.job_id} is still running after cancel")
 
 
 def read_log_file(run_dir: Path, cursor: int) -> LogChunk:
     """Complete lines of ``run_dir/log`` after byte ``cursor``; the cursor moves past the last newline read."""
-    lines, new_cursor = jobrunner.read_log(str(run_dir), cursor)
+    lines, new_cursor = read_log(str(run_dir), cursor)
     return LogChunk(lines, new_cursor)

@@ -1,8 +1,9 @@
 """The ``ssh`` target: jobs on a fleet of plain hosts, no agent, nothing installed but a file.
 
-Each host gets our job runner (``jobrunner.py``, standard library only) copied once to
-``~/.flexorch/bin/jobrunner-<hash>.py``; every action is one ``python3`` call of it over
-an SSH channel from apache-airflow-providers-ssh's ``SSHHook``:
+Each host gets our job runner (the :mod:`flexorch_provider.runner` package as one zipapp,
+standard library only) copied once to ``~/.flexorch/bin/jobrunner-<hash>.pyz``; every action
+is one ``python3 -S`` call of it over an SSH channel of a pooled connection
+(:mod:`~flexorch_provider.backends.sshpool`, apache-airflow-providers-ssh's ``SSHHook``):
 
 - submit: ``jobrunner submit ~/.flexorch/runs/<run key>`` with the job (and secrets) as
   JSON on stdin — the same detached supervisor, process group, log and result files as the
@@ -20,16 +21,13 @@ in parallel and fails with the list of hosts that failed and why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from flexorch_provider.backends import jobrunner
 from flexorch_provider.backends.base import (
     Backend,
     JobHandle,
@@ -42,10 +40,12 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.services import Fleet, parallel, reason, render_service, run_service
 from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, SubmitError
+from flexorch_provider.runner import bundle
+from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 
-RUNNER_SOURCE = Path(jobrunner.__file__).read_bytes()
-REMOTE_RUNNER = f".flexorch/bin/jobrunner-{hashlib.sha256(RUNNER_SOURCE).hexdigest()[:12]}.py"
+RUNNER_SOURCE = bundle.pyz_bytes()  # the runner package as one zipapp
+REMOTE_RUNNER = bundle.relative_path()  # .flexorch/bin/jobrunner-<hash>.pyz
 REMOTE_RUNS = ".flexorch/runs"
 REMOTE_SERVICES = ".flexorch/services"
 PYTHON = "python3"
@@ -201,7 +201,7 @@ class _Session:
             code, out, err = self.exec(argv, stdin)
         if code == 127:
             raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it")
-        if code == jobrunner.GPU_REFUSED_EXIT and args[0] == "submit":
+        if code == GPU_REFUSED_EXIT and args[0] == "submit":
             raise NoCapacityError(f"{self.label}: {err.strip()[-500:]}")
         if code != 0:
             raise self._failed(argv, code, err)
@@ -283,7 +283,8 @@ class SshBackend(Backend):
         lines = [
             f"# ssh: connection {opts.connection!r}, placement {opts.placement}: {which} "
             + ", ".join(h.label for h in hosts),
-            f"# once per host and runner version: copy {Path(jobrunner.__file__).name} to ~/{REMOTE_RUNNER} (SFTP)",
+            f"# once per host and runner version: copy the job runner (flexorch_provider/runner as one zipapp) "
+            f"to ~/{REMOTE_RUNNER} (SFTP), unless it is there",
             "# then, on the host (cwd = the login's home):",
             shlex.join([*RUNNER_ARGV, "submit", key_dir]) + "   # with this JSON on stdin:",
             stdin,

@@ -25,9 +25,9 @@ PROBE = (
 def model_name(raw: str) -> str:
     """'NVIDIA A100-SXM4-80GB' → 'A100', 'Tesla T4' → 'T4', 'NVIDIA GeForce RTX 4090' → 'RTX4090'.
 
-    The job runner's :func:`~flexorch_provider.backends.jobrunner.gpu_model` does the parsing (it
+    The job runner's :func:`~flexorch_provider.runner.gpus.gpu_model` does the parsing (it
     matches GPUs on hosts with the same names), so inventory and GPU claims never disagree."""
-    from flexorch_provider.backends.jobrunner import gpu_model
+    from flexorch_provider.runner.gpus import gpu_model
 
     head = gpu_model(raw)
     try:

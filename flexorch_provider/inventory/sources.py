@@ -78,12 +78,12 @@ def parse_probe(text: str) -> list[Gpu]:
 
 def probe_ssh(pool: Any) -> list[Node]:
     from flexorch_provider.backends.services import parallel
-    from flexorch_provider.backends.ssh import Host, _on_host
+    from flexorch_provider.backends.sshpool import Host, on_host
 
     hosts = [Host.parse(h) for h in pool.hosts] or [Host()]
 
     def one(host: Host) -> tuple[int, str, str]:
-        return _on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE, "sh", pool.python]))
+        return on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE, "sh", pool.python]))
 
     nodes = []
     for host, result, error in parallel(hosts, one):

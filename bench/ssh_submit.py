@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexorch_provider.backends import ssh
+from flexorch_provider.backends import ssh, sshpool
 from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.resolve import load_workload
 from tests.integration.sshd import start_fleet
@@ -41,8 +41,7 @@ def job(hosts: list[str], placement: str, i: int) -> ResolvedJob:
 
 
 def cold() -> None:
-    for key in list(ssh._POOL):
-        ssh.forget(*key)
+    sshpool.forget_all()
 
 
 def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, i: int) -> float:
@@ -59,7 +58,7 @@ def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, 
 def plain_hook_command(entry: str) -> float:
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
-    host = ssh.Host.parse(entry)
+    host = sshpool.Host.parse(entry)
     started = time.perf_counter()
     hook = SSHHook(ssh_conn_id=CONN, remote_host=host.host or "", port=host.port, username=host.user)
     with hook.get_conn() as client:

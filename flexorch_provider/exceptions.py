@@ -8,6 +8,8 @@
     └── BackendError                       something went wrong running a job
         ├── BackendUnavailableError        a backend's optional dependency is missing
         ├── SubmitError                    a target refused or could not take the job
+        │   └── NoCapacityError            a host has no room for it now (another host may)
+        ├── HostError                      an SSH host could not be reached, or a command on it failed
         ├── JobFailedError                 the job ran and ended unsuccessfully
         ├── ServiceError                   a service did not reach its desired state
         └── JobLostError                   the job disappeared (purged, host gone)
@@ -77,6 +79,10 @@ class SubmitError(BackendError):
 class NoCapacityError(SubmitError):
     """A host has no room for the job right now (no free GPU of the model it asks for); nothing
     was started there, so another host may take it."""
+
+
+class HostError(BackendError):
+    """One SSH host could not be reached, or a command on it failed (the message names the host)."""
 
 
 class ServiceError(BackendError):

@@ -57,7 +57,7 @@ class Follower:
         self.handle = handle
         self.cursor = cursor
         self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-        self.mask = mask or Masker()
+        self.mask = mask or Masker([])
         self.errors = 0
         self._said = ""
 

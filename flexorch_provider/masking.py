@@ -9,26 +9,15 @@ we cannot, so this is the one place their lines are masked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from flexorch_provider.runner import logs as runner_logs
 from flexorch_provider.spec.models import Workload
 
-MASK = "***"
-MIN_MASK_LEN = 4  # shorter values would mask ordinary words ("a", "on", "yes")
-
-
-class Masker:
-    """Replaces secret values (longest first, so a value containing another is masked whole)."""
-
-    def __init__(self, values: Iterable[str] = ()) -> None:
-        self.values = sorted({v for v in values if len(v) >= MIN_MASK_LEN}, key=len, reverse=True)
-
-    def __call__(self, line: str) -> str:
-        for value in self.values:
-            if value in line:
-                line = line.replace(value, MASK)
-        return line
+# The one implementation: the job runner masks its output stream with it on the hosts.
+Masker = runner_logs.Masker
+MASK = runner_logs.MASK
 
 
 def secret_refs(workload: Workload) -> dict[str, dict[str, Any]]:
@@ -40,7 +29,7 @@ def masker_for(refs: Mapping[str, Mapping[str, Any]]) -> Masker:
     """Resolve a handle's secret references into a masker (blocking: a trigger calls it in a
     thread). Each value is also registered with Airflow's own redaction of this process's logs."""
     if not refs:
-        return Masker()
+        return Masker([])
     from airflow.sdk.log import mask_secret
 
     from flexorch_provider.resolve import resolve_secret

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
+from flexorch_provider.runner import logs as runner_logs
 from flexorch_provider.spec.models import Job, ServiceSpec, ServiceStep
 
 
@@ -105,7 +106,7 @@ class JobStatus:
 
 
 LogCursor = int | dict[str, int]
-MAX_LOG_READ = 1 << 20
+MAX_LOG_READ = runner_logs.MAX_LOG_READ
 
 
 def byte_offset(cursor: LogCursor) -> int:
@@ -124,16 +125,11 @@ class LogChunk:
 def complete_lines(data: bytes, cursor: int, limit: int = MAX_LOG_READ) -> LogChunk:
     """The complete lines of ``data`` (a log from byte ``cursor`` on) and the cursor past them.
 
-    A partial last line waits for its newline; a line longer than ``limit`` comes in pieces.
-    (jobrunner.read_log does the same on the hosts; it cannot import this module.)
+    A partial last line waits for its newline; a line longer than ``limit`` comes in pieces
+    (the job runner's own splitting, :func:`flexorch_provider.runner.logs.complete_lines`).
     """
-    data = data[:limit]
-    end = data.rfind(b"\n")
-    if end < 0:
-        if len(data) < limit:
-            return LogChunk([], cursor)
-        end = len(data) - 1
-    return LogChunk(data[: end + 1].decode("utf-8", "replace").splitlines(), cursor + end + 1)
+    lines, consumed = runner_logs.complete_lines(data, limit)
+    return LogChunk(lines, cursor + consumed)
 
 
 SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile")

@@ -89,10 +89,11 @@ class Cluster:
                     "to an SSH connection of one"
                 ) from None
             return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        from flexorch_provider.backends.ssh import Host, HostError, _on_host
+        from flexorch_provider.backends.sshpool import Host, on_host
+        from flexorch_provider.exceptions import HostError
 
         try:
-            return _on_host(self.conn_id, Host(), lambda s: s.exec(argv, stdin))
+            return on_host(self.conn_id, Host(), lambda s: s.exec(argv, stdin))
         except HostError as e:
             raise BackendError(f"cannot reach the Slurm login node of connection {self.conn_id!r}: {e}") from e
 

@@ -1,8 +1,9 @@
 """The ``ssh`` target: jobs on a fleet of plain hosts, no agent, nothing installed but a file.
 
-Each host gets our job runner (``jobrunner.py``, standard library only) copied once to
-``~/.flexorch/bin/jobrunner-<hash>.py``; every action is one ``python3`` call of it over
-an SSH channel from apache-airflow-providers-ssh's ``SSHHook``:
+Each host gets our job runner (the :mod:`flexorch_provider.runner` package as one zipapp,
+standard library only) copied once to ``~/.flexorch/bin/jobrunner-<hash>.pyz``; every action
+is one ``python3 -S`` call of it over an SSH channel of a pooled connection
+(:mod:`~flexorch_provider.backends.sshpool`, apache-airflow-providers-ssh's ``SSHHook``):
 
 - submit: ``jobrunner submit ~/.flexorch/runs/<run key>`` with the job (and secrets) as
   JSON on stdin — the same detached supervisor, process group, log and result files as the
@@ -20,16 +21,12 @@ in parallel and fails with the list of hosts that failed and why.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import asdict
+from typing import Any, Literal, TypedDict, cast
 
-from flexorch_provider.backends import jobrunner
 from flexorch_provider.backends.base import (
     Backend,
     JobHandle,
@@ -38,49 +35,18 @@ from flexorch_provider.backends.base import (
     LogChunk,
     LogCursor,
     ResolvedJob,
+    byte_offset,
     job_document,
 )
 from flexorch_provider.backends.services import Fleet, parallel, reason, render_service, run_service
-from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, SubmitError
-from flexorch_provider.spec.targets import HOST_ENTRY_RE
+from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
+from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
+from flexorch_provider.runner import bundle
+from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT
 
-RUNNER_SOURCE = Path(jobrunner.__file__).read_bytes()
-REMOTE_RUNNER = f".flexorch/bin/jobrunner-{hashlib.sha256(RUNNER_SOURCE).hexdigest()[:12]}.py"
 REMOTE_RUNS = ".flexorch/runs"
 REMOTE_SERVICES = ".flexorch/services"
 PYTHON = "python3"
-RUNNER_ARGV = (PYTHON, "-S", REMOTE_RUNNER)  # -S: the runner needs only the standard library (a third faster)
-CONNECT_TIMEOUT = 5
-COMMAND_TIMEOUT = 60
-T = TypeVar("T")
-
-
-class HostError(BackendError):
-    """One host could not be reached or its command failed."""
-
-
-@dataclass(frozen=True)
-class Host:
-    """One fleet member: ``user@host:port``; unset parts come from the Airflow connection."""
-
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-
-    @classmethod
-    def parse(cls, entry: str) -> Host:
-        m = HOST_ENTRY_RE.match(entry)
-        if not m:
-            raise ConfigurationError(f"{entry!r} is not a host entry ('host', 'host:port', 'user@host:port')")
-        port = m.group("port")
-        return cls(m.group("host") or m.group("ipv6"), int(port) if port else None, m.group("user"))
-
-    @property
-    def label(self) -> str:
-        text = self.host or "<connection host>"
-        if ":" in text:
-            text = f"[{text}]"
-        return f"{self.user + '@' if self.user else ''}{text}{f':{self.port}' if self.port else ''}"
 
 
 def hosts_of(job: ResolvedJob) -> list[Host]:
@@ -92,180 +58,66 @@ def hosts_of(job: ResolvedJob) -> list[Host]:
     return hosts
 
 
-# --- connections -----------------------------------------------------------------------
-class _Session:
-    """One SSH connection to one host, reused across polls (paramiko channels are thread-safe)."""
-
-    def __init__(self, conn_id: str, host: Host) -> None:
-        from airflow.providers.ssh.hooks.ssh import SSHHook
-
-        try:
-            hook = SSHHook(
-                ssh_conn_id=conn_id, remote_host=host.host or "", port=host.port, username=host.user,
-                conn_timeout=CONNECT_TIMEOUT, conn_retry_attempts=1, keepalive_interval=15,
-            )  # fmt: skip
-        except Exception as e:
-            if type(e).__name__ == "AirflowNotFoundException":
-                raise ConfigurationError(
-                    f"the Airflow connection {conn_id!r} does not exist; create it (type ssh, with login and key) "
-                    f"or set ssh.connection in the spec"
-                ) from None
-            raise
-        self.label = host.label
-        try:
-            self.client = hook.get_conn()
-        except Exception as e:  # paramiko, socket and auth errors
-            raise HostError(f"{host.label}: cannot connect: {reason(e)}") from e
-        self.runner_ready = False
-        self.used = False  # a fresh connection is proof of life; a pooled one needs a command
-        self.lock = threading.Lock()
-
-    @property
-    def alive(self) -> bool:
-        transport = self.client.get_transport()
-        return bool(transport and transport.is_active())
-
-    def exec(
-        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT
-    ) -> tuple[int, str, str]:
-        """Run ``argv`` (quoted word by word) → (exit code, stdout, stderr); HostError if the host fails us."""
-        self.used = True
-        command = shlex.join(argv)
-        try:
-            transport = self.client.get_transport()
-            assert transport is not None
-            channel = transport.open_session(timeout=CONNECT_TIMEOUT)
-            channel.settimeout(timeout)
-            channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            stdout = channel.makefile("rb").read()
-            stderr = channel.makefile_stderr("rb").read()
-            code = channel.recv_exit_status()
-            channel.close()
-        except Exception as e:
-            raise HostError(f"{self.label}: {reason(e)}") from e
-        return code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
-
-    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
-        """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
-        code, stdout, stderr = self.exec(argv, stdin, timeout)
-        if code != 0:
-            raise self._failed(argv, code, stderr)
-        return stdout
-
-    def _failed(self, argv: Sequence[str], code: int, stderr: str) -> HostError:
-        tail = stderr.strip()[-500:]
-        return HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
-
-    def ensure_runner(self) -> None:
-        """Copy the job runner once per host and version (write to a temp name, then rename)."""
-        if self.runner_ready:
-            return
-        with self.lock:
-            if self.runner_ready:
-                return
-            try:
-                sftp = self.client.open_sftp()
-                try:
-                    try:
-                        sftp.stat(REMOTE_RUNNER)
-                    except OSError:
-                        for d in (".flexorch", ".flexorch/bin"):
-                            try:
-                                sftp.mkdir(d, 0o700)
-                            except OSError:
-                                pass  # exists
-                        tmp = f"{REMOTE_RUNNER}.{threading.get_ident()}.tmp"
-                        with sftp.open(tmp, "wb") as f:
-                            f.write(RUNNER_SOURCE)
-                        sftp.chmod(tmp, 0o600)
-                        sftp.posix_rename(tmp, REMOTE_RUNNER)
-                finally:
-                    sftp.close()
-            except Exception as e:
-                raise HostError(f"{self.label}: cannot install the job runner: {reason(e)}") from e
-            self.runner_ready = True
-
-    def runner(self, *args: str, stdin: bytes | None = None) -> str:
-        """Run the job runner; install it first if this host does not have this version yet.
-
-        Trying first saves an SFTP round trip on every fresh connection to a host that has it.
-        A submit this host has no GPUs for is a NoCapacityError: nothing was started here.
-        """
-        argv = [*RUNNER_ARGV, *args]
-        code, out, err = self.exec(argv, stdin)
-        if code == 2 and not self.runner_ready and "can't open file" in err:
-            self.ensure_runner()
-            code, out, err = self.exec(argv, stdin)
-        if code == 127:
-            raise HostError(f"{self.label}: {PYTHON} is not installed on this host; the ssh target needs it")
-        if code == jobrunner.GPU_REFUSED_EXIT and args[0] == "submit":
-            raise NoCapacityError(f"{self.label}: {err.strip()[-500:]}")
-        if code != 0:
-            raise self._failed(argv, code, err)
-        self.runner_ready = True
-        return out
+# --- the job runner on a host -----------------------------------------------------------
+def runner_argv() -> list[str]:
+    """How a host runs our runner; -S: it needs only the standard library (a third faster)."""
+    return [PYTHON, "-S", bundle.relative_path()]
 
 
-_POOL: dict[tuple[str, Host], _Session] = {}
-_POOL_LOCK = threading.Lock()
+def run_runner(s: Session, *args: str, stdin: bytes | None = None) -> str:
+    """Run the job runner; install it first if this host does not have this version yet.
+
+    Trying first saves an SFTP round trip on every fresh connection to a host that has it.
+    A submit this host has no GPUs for is a NoCapacityError: nothing was started here.
+    """
+    path = bundle.relative_path()
+    argv = [*runner_argv(), *args]
+    code, out, err = s.exec(argv, stdin)
+    if code == 2 and path not in s.installed and "can't open file" in err:
+        s.install(path, bundle.pyz_bytes(), "the job runner")
+        code, out, err = s.exec(argv, stdin)
+    if code == 127:
+        raise HostError(f"{s.label}: {PYTHON} is not installed on this host; the ssh target needs it")
+    if code == GPU_REFUSED_EXIT and args[0] == "submit":
+        raise NoCapacityError(f"{s.label}: {err.strip()[-500:]}")
+    if code != 0:
+        raise s.failed(argv, code, err)
+    s.installed.add(path)
+    return out
 
 
-def session(conn_id: str, host: Host) -> _Session:
-    key = (conn_id, host)
-    with _POOL_LOCK:
-        existing = _POOL.get(key)
-    if existing is not None and existing.alive:
-        return existing
-    fresh = _Session(conn_id, host)
-    with _POOL_LOCK:
-        _POOL[key] = fresh
-    return fresh
-
-
-def forget(conn_id: str, host: Host) -> None:
-    with _POOL_LOCK:
-        old = _POOL.pop((conn_id, host), None)
-    if old is not None:
-        old.client.close()
-
-
-def _on_host(conn_id: str, host: Host, action: Callable[[_Session], T]) -> T:
-    """Run ``action`` on a pooled session; a stale pooled connection is replaced once."""
-    s = session(conn_id, host)
-    try:
-        return action(s)
-    except HostError:
-        if s.alive:
-            raise
-        forget(conn_id, host)
-        return action(session(conn_id, host))
-
-
-def _reachable(conn_id: str, host: Host) -> dict[str, Any]:
-    """Proof of life: a connection made just now, or a trivial command on a pooled one."""
-    s = session(conn_id, host)
-    if s.used:
-        try:
-            s.run(["true"], timeout=CONNECT_TIMEOUT)
-        except HostError:
-            forget(conn_id, host)
-            session(conn_id, host)
-    s.used = True
-    return {}
+def runner(conn_id: str, host: Host, *args: str, stdin: bytes | None = None) -> str:
+    """:func:`run_runner` on the pooled session to ``host``."""
+    return on_host(conn_id, host, lambda s: run_runner(s, *args, stdin=stdin))
 
 
 # --- the backend -----------------------------------------------------------------------
+class SshPlaced(TypedDict):
+    host: dict[str, Any]  # Host as a dict (host, port, user)
+    run_dir: str
+
+
+class SshJobData(TypedDict):
+    """What an ssh handle keeps in ``JobHandle.data``."""
+
+    conn: str  # the Airflow SSH connection
+    placement: Literal["any", "all"]
+    hosts: list[SshPlaced]  # one (any) or every host (all) it runs on
+
+
+def job_data(handle: JobHandle) -> SshJobData:
+    return cast(SshJobData, handle.data)
+
+
 class SshBackend(Backend):
     name = "ssh"
+    runs_services = True
 
     def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
         conn = job.workload.ssh.connection
 
         def call(host: Host, args: Sequence[str], stdin: bytes | None) -> str:
-            return _on_host(conn, host, lambda s: s.runner(*args, stdin=stdin))
+            return runner(conn, host, *args, stdin=stdin)
 
         fleet = Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
         return run_service(fleet, job, log)
@@ -275,7 +127,7 @@ class SshBackend(Backend):
         hosts = hosts_of(job)
         if job.action is not None:
             header = f"# ssh: connection {opts.connection!r}; paths are relative to the login's home\n"
-            return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], RUNNER_ARGV)
+            return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], runner_argv())
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
         stdin = json.dumps({"job": doc, "secrets": {k: "<secret>" for k in job.secrets}}, indent=2)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
@@ -283,9 +135,10 @@ class SshBackend(Backend):
         lines = [
             f"# ssh: connection {opts.connection!r}, placement {opts.placement}: {which} "
             + ", ".join(h.label for h in hosts),
-            f"# once per host and runner version: copy {Path(jobrunner.__file__).name} to ~/{REMOTE_RUNNER} (SFTP)",
+            f"# once per host and runner version: copy the job runner (flexorch_provider/runner as one zipapp) "
+            f"to ~/{bundle.relative_path()} (SFTP), unless it is there",
             "# then, on the host (cwd = the login's home):",
-            shlex.join([*RUNNER_ARGV, "submit", key_dir]) + "   # with this JSON on stdin:",
+            shlex.join([*runner_argv(), "submit", key_dir]) + "   # with this JSON on stdin:",
             stdin,
             "# the runner starts, in its own session and process group, in ~/" + key_dir + "/<attempt>/:",
         ]
@@ -293,9 +146,9 @@ class SshBackend(Backend):
             lines.append(shlex.join(["/bin/sh", "-c", job.setup]))
         lines.append(shlex.join(["/bin/sh", "-c", job.run] if isinstance(job.run, str) else job.run))
         lines += [
-            "# status: " + shlex.join([*RUNNER_ARGV, "status", f"{key_dir}/<attempt>"]),
-            "# logs:   " + shlex.join([*RUNNER_ARGV, "log", f"{key_dir}/<attempt>", "<byte offset>"]),
-            "# cancel: " + shlex.join([*RUNNER_ARGV, "cancel", f"{key_dir}/<attempt>"]),
+            "# status: " + shlex.join([*runner_argv(), "status", f"{key_dir}/<attempt>"]),
+            "# logs:   " + shlex.join([*runner_argv(), "log", f"{key_dir}/<attempt>", "<byte offset>"]),
+            "# cancel: " + shlex.join([*runner_argv(), "cancel", f"{key_dir}/<attempt>"]),
         ]
         return "\n".join(lines) + "\n"
 
@@ -311,12 +164,13 @@ class SshBackend(Backend):
         # host holds a live attempt of this run key? `all`: is every host reachable right now?
         # (`submit` itself reattaches to a live attempt on its host, so `all` needs no lookup.)
         # A single host needs no round at all.
+        probes: list[tuple[Host, Any, Exception | None]]
         if len(hosts) == 1:
             probes = [(hosts[0], {}, None)]
         elif opts.placement == "all":
-            probes = parallel(hosts, lambda h: _reachable(conn, h))
+            probes = parallel(hosts, lambda h: reachable(conn, h))
         else:
-            probes = parallel(hosts, lambda h: _on_host(conn, h, lambda s: json.loads(s.runner("live", key_dir))))
+            probes = parallel(hosts, lambda h: json.loads(runner(conn, h, "live", key_dir)))
         unreachable = {h: reason(e) for h, _, e in probes if e is not None}
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):
@@ -324,7 +178,7 @@ class SshBackend(Backend):
         live = [(h, found) for h, found, e in probes if e is None and found]
 
         def start(h: Host) -> dict[str, Any]:
-            return json.loads(_on_host(conn, h, lambda s: s.runner("submit", key_dir, stdin=payload)))
+            return json.loads(runner(conn, h, "submit", key_dir, stdin=payload))
 
         if opts.placement == "any":
             if live:
@@ -364,26 +218,36 @@ class SshBackend(Backend):
             target=self.name,
             job_id=f"{job_id}@{len(placed)} hosts" if many else f"{job_id}@{placed[0][0].label}",
             run_key=job.run_key,
-            data={
-                "conn": conn,
-                "placement": "all" if many else "any",
-                "hosts": [{"host": asdict(h), "run_dir": d} for h, d in placed],
-            },
+            data=dict(
+                SshJobData(
+                    conn=conn,
+                    placement="all" if many else "any",
+                    hosts=[SshPlaced(host=asdict(h), run_dir=d) for h, d in placed],
+                )
+            ),
         )
 
+    def furthest(self, a: LogCursor, b: LogCursor) -> LogCursor:
+        """Byte offsets, or per-host offsets for a job on every host (``placement: all``)."""
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {k: max(int(a.get(k, 0)), int(b.get(k, 0))) for k in a.keys() | b.keys()}
+        if not a and isinstance(b, dict):
+            return {str(k): int(v) for k, v in b.items()}
+        return super().furthest(a, b)
+
     def batch_key(self, handle: JobHandle) -> str:
-        labels = ",".join(Host(**p["host"]).label for p in handle.data["hosts"])
-        return f"ssh:{handle.data['conn']}:{labels}"
+        labels = ",".join(Host(**p["host"]).label for p in job_data(handle)["hosts"])
+        return f"ssh:{job_data(handle)['conn']}:{labels}"
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         by_host: dict[tuple[str, Host], list[str]] = {}
         for handle in handles:
-            for p in handle.data["hosts"]:
-                by_host.setdefault((handle.data["conn"], Host(**p["host"])), []).append(p["run_dir"])
+            for p in job_data(handle)["hosts"]:
+                by_host.setdefault((job_data(handle)["conn"], Host(**p["host"])), []).append(p["run_dir"])
 
         def status_of(item: tuple[tuple[str, Host], list[str]]) -> dict[str, dict[str, Any]]:
             (conn, host), dirs = item
-            text = _on_host(conn, host, lambda s: s.runner("status", *dirs))
+            text = runner(conn, host, "status", *dirs)
             return {r["run_dir"]: r for r in map(json.loads, text.splitlines())}
 
         raw: dict[tuple[Host, str], dict[str, Any]] = {}
@@ -395,23 +259,23 @@ class SshBackend(Backend):
 
         out: dict[str, JobStatus] = {}
         for handle in handles:
-            parts = [(Host(**p["host"]), raw[(Host(**p["host"]), p["run_dir"])]) for p in handle.data["hosts"]]
+            parts = [(Host(**p["host"]), raw[(Host(**p["host"]), p["run_dir"])]) for p in job_data(handle)["hosts"]]
             out[handle.job_id] = _combine(parts)
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
-        conn, placed = handle.data["conn"], handle.data["hosts"]
-        if handle.data["placement"] == "any":
+        conn, placed = job_data(handle)["conn"], job_data(handle)["hosts"]
+        if job_data(handle)["placement"] == "any":
             p = placed[0]
-            text = _on_host(conn, Host(**p["host"]), lambda s: s.runner("log", p["run_dir"], str(int(cursor or 0))))
+            text = runner(conn, Host(**p["host"]), "log", p["run_dir"], str(byte_offset(cursor)))
             data = json.loads(text)
             return LogChunk(data["lines"], data["cursor"])
         cursors = dict(cursor) if isinstance(cursor, dict) else {}
 
-        def fetch(p: dict[str, Any]) -> dict[str, Any]:
+        def fetch(p: SshPlaced) -> dict[str, Any]:
             host = Host(**p["host"])
             start = int(cursors.get(host.label, 0))
-            return json.loads(_on_host(conn, host, lambda s: s.runner("log", p["run_dir"], str(start))))
+            return json.loads(runner(conn, host, "log", p["run_dir"], str(start)))
 
         lines: list[str] = []
         for p, data, error in parallel(placed, fetch):
@@ -423,13 +287,13 @@ class SshBackend(Backend):
         return LogChunk(lines, cursors)
 
     def cancel(self, handle: JobHandle) -> None:
-        conn = handle.data["conn"]
+        conn = job_data(handle)["conn"]
 
-        def stop(p: dict[str, Any]) -> dict[str, Any]:
-            return json.loads(_on_host(conn, Host(**p["host"]), lambda s: s.runner("cancel", p["run_dir"])))
+        def stop(p: SshPlaced) -> dict[str, Any]:
+            return json.loads(runner(conn, Host(**p["host"]), "cancel", p["run_dir"]))
 
         problems = []
-        for p, result, error in parallel(handle.data["hosts"], stop):
+        for p, result, error in parallel(job_data(handle)["hosts"], stop):
             label = Host(**p["host"]).label
             if error is not None:
                 problems.append(reason(error))

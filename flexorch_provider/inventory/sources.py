@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from typing import Any
 
 from flexorch_provider.inventory.model import Gpu, Node, PoolInventory
+from flexorch_provider.runner.gpus import APPS_QUERY, GPU_QUERY, gpu_model, parse_apps, parse_gpus
 from flexorch_provider.spec.units import normalize_gpu_type
 
 # --- ssh hosts: NVML through our package where it is installed, else nvidia-smi -------------
-GPU_QUERY = "index,uuid,name,memory.total,memory.used,utilization.gpu"
-APPS_QUERY = "gpu_uuid,pid,used_memory"
 SEPARATOR = "--- flexorch compute apps ---"
 # one command per host, no user values in it ("$1" is the pool's python, an argv element):
-# NVML through flexorch_provider.nvml when that imports, else both nvidia-smi queries
+# NVML through flexorch_provider.nvml when that imports, else both nvidia-smi queries (the
+# job runner's, parsed by its code)
 PROBE = (
     '"$1" -m flexorch_provider.nvml 2>/dev/null || { '
-    f"nvidia-smi --query-gpu={GPU_QUERY} --format=csv,noheader,nounits && echo '{SEPARATOR}' && "
-    f"nvidia-smi --query-compute-apps={APPS_QUERY} --format=csv,noheader,nounits; }}"
+    f"{shlex.join(GPU_QUERY)} && echo '{SEPARATOR}' && {shlex.join(APPS_QUERY)}; }}"
 )
 
 
 def model_name(raw: str) -> str:
     """'NVIDIA A100-SXM4-80GB' → 'A100', 'Tesla T4' → 'T4', 'NVIDIA GeForce RTX 4090' → 'RTX4090'.
 
-    The job runner's :func:`~flexorch_provider.backends.jobrunner.gpu_model` does the parsing (it
+    The job runner's :func:`~flexorch_provider.runner.gpus.gpu_model` does the parsing (it
     matches GPUs on hosts with the same names), so inventory and GPU claims never disagree."""
-    from flexorch_provider.backends.jobrunner import gpu_model
-
     head = gpu_model(raw)
     try:
         return normalize_gpu_type(head)
@@ -36,27 +34,12 @@ def model_name(raw: str) -> str:
         return head[:32] or "UNKNOWN"
 
 
-def _int(text: str) -> int | None:
-    text = text.strip()
-    return int(float(text)) if re.fullmatch(r"\d+(\.\d+)?", text) else None  # "[N/A]" → None
-
-
 def parse_nvidia_smi(text: str) -> list[Gpu]:
+    """Both nvidia-smi queries' output, :data:`SEPARATOR` between them, as inventory GPUs."""
     gpu_part, _, apps_part = text.partition(SEPARATOR)
-    apps: dict[str, int] = {}
-    for line in apps_part.strip().splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) >= 2 and fields[0].startswith("GPU-"):
-            apps[fields[0]] = apps.get(fields[0], 0) + 1
-    gpus = []
-    for line in gpu_part.strip().splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 6 or not fields[0].isdigit():
-            continue
-        index, uuid, name, total, used, util = fields[:6]
-        count = apps.get(uuid, 0)
-        gpus.append(Gpu(int(index), model_name(name), _int(total), _int(used), _int(util), count, busy=count > 0))
-    return gpus
+    apps = parse_apps(apps_part)
+    rows = [dict(row, processes=apps.get(row["uuid"], 0)) for row in parse_gpus(gpu_part)]
+    return gpus_from_nvml(rows)
 
 
 def gpus_from_nvml(rows: list[dict[str, Any]]) -> list[Gpu]:
@@ -78,12 +61,12 @@ def parse_probe(text: str) -> list[Gpu]:
 
 def probe_ssh(pool: Any) -> list[Node]:
     from flexorch_provider.backends.services import parallel
-    from flexorch_provider.backends.ssh import Host, _on_host
+    from flexorch_provider.backends.sshpool import Host, on_host
 
     hosts = [Host.parse(h) for h in pool.hosts] or [Host()]
 
     def one(host: Host) -> tuple[int, str, str]:
-        return _on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE, "sh", pool.python]))
+        return on_host(pool.connection, host, lambda s: s.exec(["sh", "-c", PROBE, "sh", pool.python]))
 
     nodes = []
     for host, result, error in parallel(hosts, one):

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexorch_provider.backends.base import JobState, ResolvedJob
-from flexorch_provider.backends.ssh import HostError, SshBackend
-from flexorch_provider.exceptions import SubmitError
+from flexorch_provider.backends.ssh import SshBackend
+from flexorch_provider.exceptions import HostError, SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.integration.conftest import FLEET_CONN
 from tests.integration.follow import all_lines, wait_finished
@@ -192,14 +192,15 @@ def test_hostile_args_env_and_run_ids_arrive_byte_for_byte(ssh_fleet, args, valu
 def test_the_runner_is_installed_on_a_host_that_lacks_it(ssh_fleet):
     import shutil
 
-    from flexorch_provider.backends import ssh
+    from flexorch_provider.backends import sshpool
+    from flexorch_provider.runner import bundle
 
     host = ssh_fleet.hosts[3]
     shutil.rmtree(host.home / ".flexorch" / "bin", ignore_errors=True)
-    ssh.forget(FLEET_CONN, ssh.Host.parse(host.entry))  # a fresh connection knows nothing
+    sshpool.forget(FLEET_CONN, sshpool.Host.parse(host.entry))  # a fresh connection knows nothing
     handle = BACKEND.submit(make_job("echo installed", [host.entry]))
     assert wait(handle).state == JobState.SUCCEEDED
-    assert (host.home / ssh.REMOTE_RUNNER).read_bytes() == ssh.RUNNER_SOURCE
+    assert (host.home / bundle.relative_path()).read_bytes() == bundle.pyz_bytes()
 
 
 def test_a_gpu_job_skips_a_host_without_gpus_and_is_pinned_to_a_free_one(ssh_fleet):

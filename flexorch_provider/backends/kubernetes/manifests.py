@@ -52,10 +52,10 @@ def _quantity_cpu(cpus: float) -> str:
 
 def _command(job: ResolvedJob) -> list[str]:
     """The container's command: setup (failing fast) then run; user text only as argv items."""
-    if isinstance(job.run, list) and not job.setup:
-        return list(job.run)
     if isinstance(job.run, list):
-        return ["/bin/sh", "-c", "(set -e\n" + job.setup + '\n) || exit $?\nexec "$@"', "sh", *job.run]  # type: ignore[operator]
+        if not job.setup:
+            return list(job.run)
+        return ["/bin/sh", "-c", "(set -e\n" + job.setup + '\n) || exit $?\nexec "$@"', "sh", *job.run]
     script = job.run if not job.setup else "(set -e\n" + job.setup + "\n) || exit $?\n" + job.run
     return ["/bin/sh", "-c", script]
 

@@ -1,4 +1,4 @@
-"""GPU claims on a host (jobrunner): a job that asks for GPUs gets free ones of its own, pinned
+"""GPU claims on a host (flexorch_provider.runner.gpus): a job that asks for GPUs gets free ones of its own, pinned
 with CUDA_VISIBLE_DEVICES. Real runner, real processes; nvidia-smi is the test stand-in
 printing recorded CSV (2×A100, GPU 0 busy with a compute process, + 2×T4)."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from flexorch_provider.backends import jobrunner
 from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.resolve import load_workload
+from flexorch_provider.runner.gpus import GpuError, claim_gpus, gpu_model
 from tests.integration.follow import all_lines, wait_finished
 
 DATA = Path(__file__).parents[2] / "data"
@@ -95,7 +95,7 @@ def test_claims_file_keeps_only_live_runs(tmp_path, gpu_host):
     claims = gpu_host / ".flexorch" / "gpu-claims.json"
     claims.parent.mkdir()
     claims.write_text(json.dumps({"2": str(tmp_path / "gone-run"), "3": str(tmp_path / "gone-too")}))
-    assert jobrunner.claim_gpus(str(tmp_path / "new"), {"count": 2, "type": "T4"}) == [2, 3]
+    assert claim_gpus(str(tmp_path / "new"), {"count": 2, "type": "T4"}) == [2, 3]
     assert json.loads(claims.read_text()) == {"2": str(tmp_path / "new"), "3": str(tmp_path / "new")}
 
 
@@ -106,16 +106,16 @@ def test_models_match_exactly_as_the_inventory_names_them(tmp_path, gpu_host):
 
     names = ["NVIDIA A100-SXM4-80GB", "NVIDIA L40S", "NVIDIA L4", "Tesla T4", "NVIDIA H100 80GB HBM3",
              "NVIDIA GeForce RTX 4090", "NVIDIA RTX A1000", "NVIDIA A10G", "NVIDIA H100 NVL", "Quadro RTX 8000"]  # fmt: skip
-    assert [jobrunner.gpu_model(n) for n in names] == [model_name(n) for n in names]
+    assert [gpu_model(n) for n in names] == [model_name(n) for n in names]
     (gpu_host / "nvidia-smi-gpus.csv").write_text(
         "0, GPU-aaaaaaaa-0000-4000-8000-000000000000, NVIDIA L40S, 46068, 0, 0\n"
         "1, GPU-bbbbbbbb-0000-4000-8000-000000000001, NVIDIA A10G, 23028, 0, 0\n"
     )
     (gpu_host / "nvidia-smi-apps.csv").write_text("")
     for model in ("L4", "A10", "A100"):
-        with pytest.raises(jobrunner.GpuError, match=f"1 {model} GPU"):
-            jobrunner.claim_gpus(str(tmp_path / model), {"count": 1, "type": model})
-    assert jobrunner.claim_gpus(str(tmp_path / "l40s"), {"count": 1, "type": "L40S"}) == [0]
+        with pytest.raises(GpuError, match=f"1 {model} GPU"):
+            claim_gpus(str(tmp_path / model), {"count": 1, "type": model})
+    assert claim_gpus(str(tmp_path / "l40s"), {"count": 1, "type": "L40S"}) == [0]
 
 
 def test_nominal_memory_fits_what_the_board_reports_and_pinning_uses_pci_order(tmp_path, gpu_host):
@@ -132,5 +132,5 @@ def test_unknown_busy_state_refuses_rather_than_guessing(tmp_path, gpu_host):
         '#!/bin/sh\ncase "$1" in --query-gpu=*) cat "$HOME/nvidia-smi-gpus.csv" ;;\n'
         '  *) echo "Failed to query compute apps" >&2; exit 15 ;; esac\n'
     )
-    with pytest.raises(jobrunner.GpuError, match="query-compute-apps exited 15: Failed to query"):
-        jobrunner.claim_gpus(str(tmp_path / "x"), {"count": 1, "type": "T4"})
+    with pytest.raises(GpuError, match="query-compute-apps exited 15: Failed to query"):
+        claim_gpus(str(tmp_path / "x"), {"count": 1, "type": "T4"})

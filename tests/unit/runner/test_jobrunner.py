@@ -1,4 +1,4 @@
-"""The shared job runner, with real processes: the same code runs on ssh hosts."""
+"""The shared job runner, with real processes: its zipapp, the same file the ssh hosts run."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from flexorch_provider.backends import jobrunner
-
-RUNNER = jobrunner.__file__
+from flexorch_provider.backends.local import runner_argv  # the zipapp with -S, as on ssh hosts
+from flexorch_provider.runner import replicas
+from flexorch_provider.runner.files import runner_identity
+from flexorch_provider.runner.procs import cancel
+from flexorch_provider.runner.status import status
 
 
 def start(run_dir: Path, job: dict, secrets: dict | None = None) -> None:
@@ -22,17 +24,17 @@ def start(run_dir: Path, job: dict, secrets: dict | None = None) -> None:
     (run_dir / "job.json").write_text(json.dumps(job))
     if secrets:
         (run_dir / "secrets.json").write_text(json.dumps(secrets))
-    subprocess.run([sys.executable, RUNNER, "start", str(run_dir)], check=True, timeout=30)
+    subprocess.run([*runner_argv(), "start", str(run_dir)], check=True, timeout=30)
 
 
 def wait_done(run_dir: Path, timeout: float = 30) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = jobrunner.status(str(run_dir))
+        st = status(str(run_dir))
         if st["state"] not in ("pending", "running"):
             return st
         time.sleep(0.05)
-    raise AssertionError(f"job in {run_dir} did not finish: {jobrunner.status(str(run_dir))}")
+    raise AssertionError(f"job in {run_dir} did not finish: {status(str(run_dir))}")
 
 
 def group_alive(pgid: int) -> bool:
@@ -82,7 +84,7 @@ def test_cancel_kills_whole_group_including_background(tmp_path):
         time.sleep(0.05)
     pgid = int((tmp_path / "r" / "job.pgid").read_text())
     assert group_alive(pgid)
-    st = jobrunner.cancel(str(tmp_path / "r"))
+    st = cancel(str(tmp_path / "r"))
     assert st["state"] == "cancelled"
     assert not group_alive(pgid)
 
@@ -145,7 +147,7 @@ def test_runner_killed_hard_is_reported_lost(tmp_path):
     os.kill(pid, signal.SIGKILL)
     os.killpg(pgid, signal.SIGKILL)
     time.sleep(0.2)
-    st = jobrunner.status(str(tmp_path / "r"))
+    st = status(str(tmp_path / "r"))
     assert st["state"] == "lost" and "died without a result" in st["message"]
 
 
@@ -160,9 +162,7 @@ def test_missing_workdir_is_a_clear_failure(tmp_path):
 def test_cli_modes_print_json(tmp_path, mode):
     start(tmp_path / "r", {"script": "true"})
     wait_done(tmp_path / "r")
-    out = subprocess.run(
-        [sys.executable, RUNNER, mode, str(tmp_path / "r")], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([*runner_argv(), mode, str(tmp_path / "r")], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.splitlines()[0])["state"] == "succeeded"
 
 
@@ -172,7 +172,7 @@ def test_replica_whose_process_just_died_is_reported_dead_not_running(tmp_path):
     run_dir = tmp_path / "svc" / "0-abc" / "1"
     run_dir.mkdir(parents=True)
     (run_dir / "job.json").write_text(json.dumps({"service": {"slot": 0, "revision": "abc"}}))
-    (run_dir / "runner.pid").write_text(jobrunner._runner_identity())  # a live "supervisor": this process
+    (run_dir / "runner.pid").write_text(runner_identity())  # a live "supervisor": this process
     dead = subprocess.Popen(["true"], preexec_fn=os.setpgrp)
     dead.wait()
     (run_dir / "job.pgid").write_text(str(dead.pid))
@@ -184,16 +184,19 @@ def test_replica_whose_process_just_died_is_reported_dead_not_running(tmp_path):
     import threading
 
     threading.Thread(target=record_death, daemon=True).start()
-    [row] = jobrunner.replicas(str(tmp_path / "svc"))
+    [row] = replicas.replicas(str(tmp_path / "svc"))
     assert (row["state"], row["exit_code"]) == ("failed", 137)
 
 
-def test_replica_with_a_live_process_is_running_at_once(tmp_path):
+def test_replica_with_a_live_process_is_running_at_once(tmp_path, monkeypatch):
+    """A replica whose process group is alive is running: `replicas` answers without waiting for a
+    death record (the wait is only for a supervisor whose job is already gone)."""
     run_dir = tmp_path / "svc" / "0-abc" / "1"
     run_dir.mkdir(parents=True)
     (run_dir / "job.json").write_text(json.dumps({"service": {"slot": 0, "revision": "abc"}}))
-    (run_dir / "runner.pid").write_text(jobrunner._runner_identity())
+    (run_dir / "runner.pid").write_text(runner_identity())
     (run_dir / "job.pgid").write_text(str(os.getpgid(0)))
-    started = time.monotonic()
-    [row] = jobrunner.replicas(str(tmp_path / "svc"))
-    assert row["state"] == "running" and time.monotonic() - started < 2.5
+    waits: list[float] = []
+    monkeypatch.setattr(replicas.time, "sleep", waits.append)
+    [row] = replicas.replicas(str(tmp_path / "svc"))
+    assert row["state"] == "running" and waits == []

@@ -1,0 +1,210 @@
+"""SSH connections to fleet hosts: host entries, one pooled session per host, commands on it.
+
+Used by the ssh target, the Slurm target (its login node) and the GPU inventory::
+
+    on_host(conn_id, host, lambda s: s.exec(argv, stdin))   # a pooled session; a stale one is replaced once
+    session(conn_id, host) / forget(conn_id, host) / forget_all()
+    reachable(conn_id, host)                                # proof of life
+
+A :class:`Session` is one paramiko connection from apache-airflow-providers-ssh's
+``SSHHook``; commands are argv lists, quoted word by word, never user values. Failures are
+:class:`~flexorch_provider.exceptions.HostError`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flexorch_provider.backends.services import reason
+from flexorch_provider.exceptions import ConfigurationError, HostError
+from flexorch_provider.spec.targets import HOST_ENTRY_RE
+
+CONNECT_TIMEOUT = 5
+COMMAND_TIMEOUT = 60
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One fleet member: ``user@host:port``; unset parts come from the Airflow connection."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+
+    @classmethod
+    def parse(cls, entry: str) -> Host:
+        m = HOST_ENTRY_RE.match(entry)
+        if not m:
+            raise ConfigurationError(f"{entry!r} is not a host entry ('host', 'host:port', 'user@host:port')")
+        port = m.group("port")
+        return cls(m.group("host") or m.group("ipv6"), int(port) if port else None, m.group("user"))
+
+    @property
+    def label(self) -> str:
+        text = self.host or "<connection host>"
+        if ":" in text:
+            text = f"[{text}]"
+        return f"{self.user + '@' if self.user else ''}{text}{f':{self.port}' if self.port else ''}"
+
+
+class Session:
+    """One SSH connection to one host, reused across polls (paramiko channels are thread-safe)."""
+
+    def __init__(self, conn_id: str, host: Host) -> None:
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        try:
+            hook = SSHHook(
+                ssh_conn_id=conn_id, remote_host=host.host or "", port=host.port, username=host.user,
+                conn_timeout=CONNECT_TIMEOUT, conn_retry_attempts=1, keepalive_interval=15,
+            )  # fmt: skip
+        except Exception as e:
+            if type(e).__name__ == "AirflowNotFoundException":
+                raise ConfigurationError(
+                    f"the Airflow connection {conn_id!r} does not exist; create it (type ssh, with login and key) "
+                    f"or set ssh.connection in the spec"
+                ) from None
+            raise
+        self.label = host.label
+        try:
+            self.client = hook.get_conn()
+        except Exception as e:  # paramiko, socket and auth errors
+            raise HostError(f"{host.label}: cannot connect: {reason(e)}") from e
+        self.installed: set[str] = set()  # files known to be on the host: installed, or used, by this session
+        self.used = False  # a fresh connection is proof of life; a pooled one needs a command
+        self.lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return bool(transport and transport.is_active())
+
+    def exec(
+        self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> tuple[int, str, str]:
+        """Run ``argv`` (quoted word by word) → (exit code, stdout, stderr); HostError if the host fails us."""
+        self.used = True
+        command = shlex.join(argv)
+        try:
+            transport = self.client.get_transport()
+            assert transport is not None
+            channel = transport.open_session(timeout=CONNECT_TIMEOUT)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            stdout = channel.makefile("rb").read()
+            stderr = channel.makefile_stderr("rb").read()
+            code = channel.recv_exit_status()
+            channel.close()
+        except Exception as e:
+            raise HostError(f"{self.label}: {reason(e)}") from e
+        return code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+    def run(self, argv: Sequence[str], stdin: bytes | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Run ``argv`` (quoted; never user values) and return stdout; a non-zero exit is a HostError."""
+        code, stdout, stderr = self.exec(argv, stdin, timeout)
+        if code != 0:
+            raise self.failed(argv, code, stderr)
+        return stdout
+
+    def failed(self, argv: Sequence[str], code: int, stderr: str) -> HostError:
+        """The error for ``argv`` having exited ``code``: the command's first words and the end of stderr."""
+        tail = stderr.strip()[-500:]
+        return HostError(f"{self.label}: `{argv[0]} {' '.join(argv[1:3])}` exited {code}: {tail or 'no output'}")
+
+    def install(self, path: str, data: bytes, what: str) -> None:
+        """Copy ``data`` to ``path`` (relative to the login's home) unless it is there already:
+        parent directories 0700, the file 0600, written under a temp name and renamed. Once per
+        session and path; ``what`` names it in the error."""
+        if path in self.installed:
+            return
+        with self.lock:
+            if path in self.installed:
+                return
+            try:
+                sftp = self.client.open_sftp()
+                try:
+                    try:
+                        sftp.stat(path)
+                    except OSError:
+                        parts = path.split("/")[:-1]
+                        for i in range(1, len(parts) + 1):
+                            try:
+                                sftp.mkdir("/".join(parts[:i]), 0o700)
+                            except OSError:
+                                pass  # exists
+                        tmp = f"{path}.{threading.get_ident()}.tmp"
+                        with sftp.open(tmp, "wb") as f:
+                            f.write(data)
+                        sftp.chmod(tmp, 0o600)
+                        sftp.posix_rename(tmp, path)
+                finally:
+                    sftp.close()
+            except Exception as e:
+                raise HostError(f"{self.label}: cannot install {what}: {reason(e)}") from e
+            self.installed.add(path)
+
+
+_POOL: dict[tuple[str, Host], Session] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def session(conn_id: str, host: Host) -> Session:
+    """The pooled session to ``host`` through connection ``conn_id``; a new one if there is none or it died."""
+    key = (conn_id, host)
+    with _POOL_LOCK:
+        existing = _POOL.get(key)
+    if existing is not None and existing.alive:
+        return existing
+    fresh = Session(conn_id, host)
+    with _POOL_LOCK:
+        _POOL[key] = fresh
+    return fresh
+
+
+def forget(conn_id: str, host: Host) -> None:
+    """Close and drop the pooled session to ``host`` (the next use connects afresh)."""
+    with _POOL_LOCK:
+        old = _POOL.pop((conn_id, host), None)
+    if old is not None:
+        old.client.close()
+
+
+def forget_all() -> None:
+    """Close every pooled session."""
+    with _POOL_LOCK:
+        keys = list(_POOL)
+    for conn_id, host in keys:
+        forget(conn_id, host)
+
+
+def on_host(conn_id: str, host: Host, action: Callable[[Session], T]) -> T:
+    """Run ``action`` on a pooled session; a stale pooled connection is replaced once."""
+    s = session(conn_id, host)
+    try:
+        return action(s)
+    except HostError:
+        if s.alive:
+            raise
+        forget(conn_id, host)
+        return action(session(conn_id, host))
+
+
+def reachable(conn_id: str, host: Host) -> dict[str, Any]:
+    """Proof of life: a connection made just now, or a trivial command on a pooled one ({}; HostError if not)."""
+    s = session(conn_id, host)
+    if s.used:
+        try:
+            s.run(["true"], timeout=CONNECT_TIMEOUT)
+        except HostError:
+            forget(conn_id, host)
+            session(conn_id, host)
+    s.used = True
+    return {}

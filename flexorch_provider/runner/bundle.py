@@ -1,0 +1,83 @@
+"""The runner as one file: a zipapp of this package, built on the worker (this module is not shipped).
+
+:func:`pyz_bytes` zips every other module of this package under ``flexorch_runner/`` (the
+modules import each other relatively, so they work under that name) and adds a
+``__main__.py`` that runs :func:`.cli.main`; ``python3 -S jobrunner-<hash>.pyz MODE ...``
+runs it (``-S``: no site-packages, the runner needs only the standard library; zip imports
+are built into every python3). The bytes are deterministic: files stored uncompressed (no
+zlib version in them), in name order, dated 1980-01-01, mode 0644, so the same sources give
+the same file and the same hash on every worker.
+
+The file is named by its content, ``jobrunner-<first 12 hex digits of its sha256>.pyz``, in
+``~/.flexorch/bin/`` of a host (the ssh target copies it when that name is missing) and of the
+worker (the local target, :func:`local_copy`): a new runner version gets a new name, the same
+version is never copied twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+PACKAGE = "flexorch_runner"  # the package's name inside the zipapp
+NOT_SHIPPED = ("bundle.py",)
+RUNNER_DIR = ".flexorch/bin"  # relative to a home directory, on hosts and on the worker
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can carry
+MAIN = f"import sys\n\nfrom {PACKAGE}.cli import main\n\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def sources() -> list[tuple[str, bytes]]:
+    """(name in the zip, bytes) of every shipped file, in the order they are stored."""
+    here = Path(__file__).parent
+    files = [(f"{PACKAGE}/{p.name}", p.read_bytes()) for p in sorted(here.glob("*.py")) if p.name not in NOT_SHIPPED]
+    return [("__main__.py", MAIN.encode()), *files]
+
+
+@functools.cache
+def pyz_bytes() -> bytes:
+    """The zipapp (built once per process)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in sources():
+            info = zipfile.ZipInfo(name, ZIP_DATE)
+            info.create_system = 3  # unix, so the mode below is read as one
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def digest() -> str:
+    """sha256 of the zipapp, in hex."""
+    return hashlib.sha256(pyz_bytes()).hexdigest()
+
+
+def file_name() -> str:
+    return f"jobrunner-{digest()[:12]}.pyz"
+
+
+def relative_path() -> str:
+    """Where the zipapp lives, relative to a home directory: ``.flexorch/bin/jobrunner-<hash>.pyz``."""
+    return f"{RUNNER_DIR}/{file_name()}"
+
+
+def local_path() -> str:
+    """The zipapp's path on this machine (it may not be written yet: see :func:`local_copy`)."""
+    return os.path.join(os.path.expanduser("~"), relative_path())
+
+
+def local_copy() -> str:
+    """:func:`local_path`, written first when it is missing (0600, a temp name, then rename)."""
+    path = local_path()
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pyz_bytes())
+        os.replace(tmp, path)
+    return path

@@ -1,0 +1,85 @@
+"""The runner's command line: ``jobrunner MODE ARGS...`` (modes in the package docstring).
+
+Every mode prints JSON on stdout; what to run and its secrets come on stdin (``submit``),
+never on the command line. Each mode imports only the modules it needs: ``status`` and
+``log`` run on every poll, and python compiles a zipapp's modules on every start.
+"""
+
+import json
+import sys
+
+USAGE = (
+    "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health RUN_DIR... | log RUN_DIR CURSOR"
+    " | replicas SVC_DIR | retire KEY_DIR...\n"
+)
+
+
+def _print(rows):
+    for row in rows:
+        sys.stdout.write(json.dumps(row) + "\n")
+
+
+def _submit(key_dir):
+    from .attempts import prepare
+    from .gpus import GPU_REFUSED_EXIT, GpuError
+    from .supervisor import start, wait_for_runner
+
+    payload = json.loads(sys.stdin.read())
+    try:
+        out = prepare(key_dir, payload["job"], payload.get("secrets") or {})
+    except GpuError as e:
+        sys.stderr.write("GPUs: %s\n" % e)
+        return GPU_REFUSED_EXIT
+    if not out["reattached"]:
+        start(out["run_dir"])
+        wait_for_runner(out["run_dir"])
+    _print([out])
+    return 0
+
+
+def main(argv):
+    """Run one mode; the exit status (2: usage, 4: no GPUs for a submit)."""
+    mode, args = (argv[0], argv[1:]) if argv else ("", [])
+    if mode == "submit" and len(args) == 1:
+        return _submit(args[0])
+    if mode == "live" and len(args) == 1:
+        from .attempts import live_attempt
+
+        _print([live_attempt(args[0]) or {}])
+    elif mode == "log" and len(args) == 2:
+        from .logs import read_log
+
+        lines, cursor = read_log(args[0], int(args[1]))
+        _print([{"lines": lines, "cursor": cursor}])
+    elif mode == "start" and args:
+        from .supervisor import start
+
+        start(args[0])
+    elif mode == "status" and args:
+        from .status import status
+
+        _print(status(run_dir) for run_dir in args)
+    elif mode == "cancel" and args:
+        from .procs import cancel
+
+        _print([cancel(args[0])])
+    elif mode == "replicas" and len(args) == 1:
+        from .replicas import replicas
+
+        _print(replicas(args[0]))
+    elif mode == "health" and args:
+        from .replicas import health
+
+        _print(health(run_dir) for run_dir in args)
+    elif mode == "retire" and args:
+        from .replicas import retire
+
+        _print(retire(key_dir) for key_dir in args)
+    else:
+        sys.stderr.write(USAGE)
+        return 2
+    return 0
+
+
+def run():
+    sys.exit(main(sys.argv[1:]))

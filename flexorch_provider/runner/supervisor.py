@@ -1,0 +1,208 @@
+"""The supervisor: detach, run setup then the job in a process group of their own, stream the
+output to the log with secrets masked, enforce timeout and cancel, write the result."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+
+from .files import runner_identity, write_atomic
+from .logs import Masker
+from .procs import become_subreaper, kill_group, reaped_within
+from .status import CANCEL_EXIT, TIMEOUT_EXIT
+
+BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TMPDIR")
+
+
+def base_environment(job, run_dir):
+    """What a job's processes see: a few of ours (no worker secrets), the job's env, FLEXORCH_RUN_DIR."""
+    env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+    env.update(job.get("env") or {})
+    env["FLEXORCH_RUN_DIR"] = run_dir
+    return env
+
+
+def workdir_of(job, run_dir):
+    """The job's working directory: its workdir (relative to home) or the run directory."""
+    return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
+
+
+class Supervisor(object):
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.stop_reason = None  # "cancelled" | "timeout"
+        with open(os.path.join(run_dir, "job.json")) as f:
+            self.job = json.load(f)
+        secrets_path = os.path.join(run_dir, "secrets.json")
+        self.secrets = {}
+        if os.path.exists(secrets_path):
+            with open(secrets_path) as f:
+                self.secrets = json.load(f)
+            os.unlink(secrets_path)
+        self.masker = Masker(self.secrets.values())
+        self.log = open(os.path.join(run_dir, "log"), "ab", buffering=0)
+        self.child = None
+        self._stop_sent_at = None
+
+    def note(self, text):
+        self.log.write(("[flexorch] %s\n" % text).encode("utf-8"))
+
+    def environment(self):
+        env = base_environment(self.job, self.run_dir)
+        env.update(self.secrets)
+        env["FLEXORCH_RUN_DIR"] = self.run_dir
+        env["FLEXORCH_JOB_ID"] = self.job.get("job_id", "")
+        env["FLEXORCH_RUN_KEY"] = self.job.get("run_key", "")
+        return env
+
+    def _on_term(self, signum, frame):
+        if self.stop_reason is None:
+            self.stop_reason = "cancelled"
+
+    def run_step(self, argv, deadline):
+        """Run one process in its own group; stream its output through the masker."""
+        try:
+            self.child = subprocess.Popen(
+                argv, cwd=workdir_of(self.job, self.run_dir), env=self.environment(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp,
+            )  # fmt: skip
+        except OSError as e:
+            self.note("could not start %s: %s" % (argv[0], e))
+            return 127
+        write_atomic(os.path.join(self.run_dir, "job.pgid"), str(self.child.pid))
+        fd = self.child.stdout.fileno()
+        pending = b""
+        self._stop_sent_at = None
+        eof = False
+        while True:
+            self._enforce_stop(deadline)
+            if eof:
+                if self.child.poll() is not None:
+                    break
+                time.sleep(0.1)
+                continue
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    eof = True
+                    continue
+                pending += chunk
+                if b"\n" in pending:
+                    lines, pending = pending.rsplit(b"\n", 1)
+                    self.log.write(self.masker.mask_bytes(lines + b"\n"))
+                elif len(pending) > 65536:
+                    self.log.write(self.masker.mask_bytes(pending))
+                    pending = b""
+            elif self.child.poll() is not None:
+                break  # done; a background process may still hold the pipe: it is stopped below
+        if pending:
+            self.log.write(self.masker.mask_bytes(pending) + b"\n")
+        # background processes the step left behind die with it
+        if not reaped_within(self.child.pid, 0):
+            kill_group(self.child.pid, signal.SIGTERM)
+            if not reaped_within(self.child.pid, 1.0):
+                kill_group(self.child.pid, signal.SIGKILL)
+                reaped_within(self.child.pid, 1.0)
+        code = self.child.returncode
+        return 128 - code if code < 0 else code
+
+    def _enforce_stop(self, deadline):
+        if self.stop_reason is None and deadline is not None and time.time() > deadline:
+            self.stop_reason = "timeout"
+        if self.stop_reason and self._stop_sent_at is None:
+            self.note("%s: stopping the job (SIGTERM to its process group)" % self.stop_reason)
+            kill_group(self.child.pid, signal.SIGTERM)
+            self._stop_sent_at = time.time()
+        grace = float(self.job.get("kill_grace", 10))
+        if self._stop_sent_at is not None and time.time() - self._stop_sent_at > grace:
+            self.note("still running %ds after SIGTERM: SIGKILL" % int(grace))
+            kill_group(self.child.pid, signal.SIGKILL)
+            self._stop_sent_at = float("inf")
+
+    def shell(self):
+        for candidate in ("/bin/bash", "/usr/bin/bash", "/bin/sh"):
+            if os.path.exists(candidate):
+                return candidate
+        return "sh"
+
+    def main(self):
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        become_subreaper()
+        write_atomic(os.path.join(self.run_dir, "runner.pid"), runner_identity())
+        started = time.time()
+        timeout = self.job.get("timeout")
+        deadline = started + float(timeout) if timeout else None
+        code = 0
+        setup = self.job.get("setup")
+        if setup:
+            path = os.path.join(self.run_dir, "setup.sh")
+            with open(path, "w") as f:
+                f.write(setup)
+            self.note("setup")
+            code = self.run_step([self.shell(), "-e", path], deadline)
+            if code != 0 and not self.stop_reason:
+                self.note("setup failed with exit code %d; run is skipped" % code)
+        if code == 0 and not self.stop_reason:
+            if self.job.get("argv"):
+                argv = list(self.job["argv"])
+            else:
+                path = os.path.join(self.run_dir, "run.sh")
+                with open(path, "w") as f:
+                    f.write(self.job.get("script") or "")
+                argv = [self.shell(), path]
+            code = self.run_step(argv, deadline)
+        if self.stop_reason == "timeout":
+            state, code = "timeout", TIMEOUT_EXIT
+            message = "timed out after %ds" % int(float(timeout))
+        elif self.stop_reason == "cancelled":
+            state, code = "cancelled", CANCEL_EXIT
+            message = "cancelled"
+        else:
+            state = "succeeded" if code == 0 else "failed"
+            message = "exit code %d" % code
+        self.note("%s (%s)" % (state, message))
+        self.log.close()
+        write_atomic(
+            os.path.join(self.run_dir, "result.json"),
+            json.dumps({"state": state, "exit_code": code, "started_at": started, "finished_at": time.time(),
+                        "message": message}),
+        )  # fmt: skip
+
+
+def start(run_dir):
+    """Detach (double fork + setsid) so the job outlives whoever started it, then supervise."""
+    run_dir = os.path.abspath(run_dir)
+    if os.fork() > 0:
+        return
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        Supervisor(run_dir).main()
+    except BaseException as e:  # record why, then exit; nobody is watching stderr
+        try:
+            with open(os.path.join(run_dir, "log"), "ab") as f:
+                f.write(("[flexorch] supervisor error: %r\n" % (e,)).encode())
+            write_atomic(
+                os.path.join(run_dir, "result.json"),
+                json.dumps({"state": "failed", "exit_code": 1, "finished_at": time.time(),
+                            "message": "supervisor error: %r" % (e,)}),
+            )  # fmt: skip
+        finally:
+            os._exit(1)
+    os._exit(0)
+
+
+def wait_for_runner(run_dir, seconds=5.0):
+    """Return once the supervisor has started (so the caller's first status says running)."""
+    deadline = time.time() + seconds
+    pid_file = os.path.join(run_dir, "runner.pid")
+    while time.time() < deadline and not os.path.exists(pid_file):
+        time.sleep(0.005)

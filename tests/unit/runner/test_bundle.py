@@ -1,0 +1,99 @@
+"""The runner ships as one zipapp: stable bytes, only the standard library, runnable with -S."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flexorch_provider.runner import bundle
+
+PACKAGE_DIR = Path(bundle.__file__).parent
+
+
+def test_the_zipapp_is_the_same_bytes_every_build_and_named_by_its_hash():
+    first = bundle.pyz_bytes()
+    bundle.pyz_bytes.cache_clear()
+    assert bundle.pyz_bytes() == first
+    assert bundle.file_name() == f"jobrunner-{hashlib.sha256(first).hexdigest()[:12]}.pyz"
+    assert bundle.relative_path() == f".flexorch/bin/{bundle.file_name()}"
+    zf = zipfile.ZipFile(io.BytesIO(first))
+    names = zf.namelist()
+    modules = sorted(p.name for p in PACKAGE_DIR.glob("*.py") if p.name != "bundle.py")
+    assert names == ["__main__.py", *(f"flexorch_runner/{m}" for m in modules)]
+    assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+    for m in modules:
+        assert zf.read(f"flexorch_runner/{m}") == (PACKAGE_DIR / m).read_bytes()
+
+
+def test_runner_modules_import_only_each_other_and_the_standard_library():
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        if path.name == "bundle.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue  # relative: another runner module
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def oldest_python() -> str | None:
+    """A python3.6 where one is installed (pyenv), else None."""
+    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3.6")))
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("python", [sys.executable, "/usr/bin/python3", "3.6"])
+def test_the_zipapp_runs_with_dash_s(tmp_path, python):
+    if python == "3.6":
+        python = oldest_python()
+        if python is None:
+            pytest.skip("no python3.6 here")
+    elif not os.path.exists(python):
+        pytest.skip(f"no {python} here")
+    pyz = tmp_path / bundle.file_name()
+    pyz.write_bytes(bundle.pyz_bytes())
+    key_dir = tmp_path / "key"
+    done = subprocess.run([python, "-S", str(pyz), "submit", str(key_dir)], input=b'{"job": {"script": "echo hi"}}',
+                          capture_output=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert b'"attempt": 1' in done.stdout
+    for _ in range(200):
+        out = subprocess.run([python, "-S", str(pyz), "status", str(key_dir / "1")], capture_output=True, timeout=30)
+        if b'"succeeded"' in out.stdout:
+            break
+        time.sleep(0.05)
+    assert b'"succeeded"' in out.stdout, out
+    log = subprocess.run([python, "-S", str(pyz), "log", str(key_dir / "1"), "0"], capture_output=True, timeout=30)
+    assert log.stdout.startswith(b'{"lines": ["hi", ')
+    usage = subprocess.run([python, "-S", str(pyz)], capture_output=True, timeout=30)
+    assert usage.returncode == 2 and usage.stderr.startswith(b"usage: jobrunner submit")
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    done = subprocess.run([sys.executable, "-m", "flexorch_provider.runner", "status", "/nonexistent/run"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and '"state": "lost"' in done.stdout
+
+
+def test_the_local_copy_is_written_once_under_its_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = bundle.local_copy()
+    assert path == str(tmp_path / ".flexorch" / "bin" / bundle.file_name())
+    assert Path(path).read_bytes() == bundle.pyz_bytes()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    os.utime(path, (0, 0))
+    assert bundle.local_copy() == path and os.stat(path).st_mtime == 0  # there: not written again
+    assert [p.name for p in (tmp_path / ".flexorch" / "bin").iterdir()] == [bundle.file_name()]

@@ -38,9 +38,10 @@ from flexorch_provider.backends.base import (
     byte_offset,
     job_document,
 )
-from flexorch_provider.backends.services import Fleet, parallel, reason, render_service, run_service
+from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
+from flexorch_provider.fanout import parallel, reason
 from flexorch_provider.runner import bundle
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT
 

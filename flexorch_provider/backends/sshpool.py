@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flexorch_provider.backends.services import reason
 from flexorch_provider.exceptions import ConfigurationError, HostError
+from flexorch_provider.fanout import reason
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
 
 CONNECT_TIMEOUT = 5

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from flexorch_provider.backends.services import parallel
+from flexorch_provider.fanout import parallel
 
 
 def _inventories(args: argparse.Namespace) -> list[tuple[Any, Any, Exception | None]]:

@@ -60,8 +60,8 @@ def parse_probe(text: str) -> list[Gpu]:
 
 
 def probe_ssh(pool: Any) -> list[Node]:
-    from flexorch_provider.backends.services import parallel
     from flexorch_provider.backends.sshpool import Host, on_host
+    from flexorch_provider.fanout import parallel
 
     hosts = [Host.parse(h) for h in pool.hosts] or [Host()]
 

@@ -11,7 +11,7 @@ itself and editors can autocomplete. YAML keys equal field names.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
@@ -30,52 +30,13 @@ from flexorch_provider.spec.fields import (
     retries_shorthand,
     scalar_to_str,
 )
+from flexorch_provider.spec.service import ServiceFields, check_schedule
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
 
 TARGETS = ("kubernetes", "ssh", "slurm", "local")
 # Targets whose backend keeps long-running services (Backend.runs_services; a unit test keeps them equal).
 SERVICE_TARGETS = ("kubernetes", "ssh", "local")
 KINDS = ("service", "training", "batch", "inference", "pipeline")
-_SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
-
-
-# --- service ---------------------------------------------------------------------------
-class Health(FlexModel):
-    """How to tell a service replica is healthy: an HTTP path or a command."""
-
-    http: Annotated[str | None, Field(pattern=r"^/[^\s]*$", description="HTTP GET path on `port`, e.g. /healthz.")] = (
-        None
-    )
-    command: Annotated[
-        Text | list[Text] | None, Field(description="A command that exits 0 when healthy (string or argv).")
-    ] = None
-    interval: Annotated[Duration, Field(description="Time between checks.")] = timedelta(seconds=10)
-    timeout: Annotated[Duration, Field(description="How long one check may take.")] = timedelta(seconds=5)
-    grace: Annotated[Duration, Field(description="Start-up time before failures count.")] = timedelta(seconds=30)
-
-    @model_validator(mode="after")
-    def _one_probe(self) -> Health:
-        if (self.http is None) == (self.command is None):
-            raise ValueError("set exactly one of 'health.http' (a path like /healthz) or 'health.command'")
-        return self
-
-
-class UpdatePolicy(FlexModel):
-    """How a new version replaces the running one."""
-
-    strategy: Annotated[
-        Literal["rolling", "recreate"], Field(description="rolling: one replica at a time gated on health.")
-    ] = "rolling"
-    max_unavailable: Annotated[int, Field(ge=0, description="Replicas that may be down during a rolling update.")] = 0
-    max_surge: Annotated[int, Field(ge=0, description="Extra replicas allowed during a rolling update.")] = 1
-
-    @model_validator(mode="after")
-    def _progress(self) -> UpdatePolicy:
-        if self.strategy == "rolling" and self.max_unavailable == 0 and self.max_surge == 0:
-            raise ValueError(
-                "max_surge: max_unavailable and max_surge cannot both be 0: the update could never progress"
-            )
-        return self
 
 
 # --- shared blocks ---------------------------------------------------------------------
@@ -188,50 +149,6 @@ class Workload(FlexModel):
             )
 
 
-class ServiceFields(FlexModel):
-    """Fields only a service has."""
-
-    replicas: Annotated[int, Field(ge=0, le=1000, description="How many copies to keep running.")] = 1
-    port: Annotated[int | None, Field(ge=1, le=65535, description="Port the service listens on.")] = None
-    health: Annotated[Health | None, Field(description="Health check: http path or command.")] = None
-    update: Annotated[UpdatePolicy, Field(description="How new versions roll out.")] = Field(
-        default_factory=UpdatePolicy
-    )
-    reconcile: Annotated[
-        str | None,
-        Field(description="Cron/preset for the run that restores desired state (ssh targets); null disables."),
-    ] = "*/5 * * * *"
-
-    def _check_service(self) -> None:
-        if self.health and self.health.http and self.port is None:
-            raise ValueError("port: required because health.http is set; add the port the service listens on")
-        if self.reconcile is not None:
-            _check_schedule(self.reconcile, "reconcile")
-
-
-def _check_schedule(value: str, key: str) -> None:
-    if value.startswith("@"):
-        if value not in _SCHEDULE_PRESETS:
-            import difflib
-
-            hint = difflib.get_close_matches(value, _SCHEDULE_PRESETS, n=1)
-            raise ValueError(
-                f"{key}: {value!r} is not a preset"
-                + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(_SCHEDULE_PRESETS)}")
-            )
-        return
-    from croniter import croniter
-
-    try:
-        fields = croniter(value).expanded
-    except Exception as e:  # croniter raises several unrelated types
-        raise ValueError(
-            f"{key}: {value!r} is not a valid cron expression ({e}); e.g. '0 2 * * *' = 02:00 daily"
-        ) from None
-    if len(fields) != 5:
-        raise ValueError(f"{key}: {value!r} must have 5 fields (minute hour day month weekday)")
-
-
 class Identity(FlexModel):
     """Who a top-level spec is and when it runs."""
 
@@ -251,7 +168,7 @@ class Identity(FlexModel):
 
     def _check_identity(self) -> None:
         if self.schedule is not None:
-            _check_schedule(self.schedule, "schedule")
+            check_schedule(self.schedule, "schedule")
         if self.catchup and self.start_date is None:
             raise ValueError("start_date: required because catchup is true; add e.g. start_date: 2025-01-01")
         if self.catchup and self.schedule in (None, "@once", "@continuous"):

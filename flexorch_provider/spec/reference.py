@@ -9,15 +9,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from flexorch_provider.spec.fields import GpuSpec, Resources, Retries, SecretRef
-from flexorch_provider.spec.models import (
-    SPEC_CLASSES,
-    Health,
-    Identity,
-    ServiceFields,
-    UpdatePolicy,
-    Workload,
-    _StepIdentity,
-)
+from flexorch_provider.spec.models import SPEC_CLASSES, Identity, Workload, _StepIdentity
+from flexorch_provider.spec.service import Health, ServiceFields, UpdatePolicy
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions, Toleration
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [

@@ -1,4 +1,4 @@
-"""Services on the local target: the converge of backends/services.py with real processes."""
+"""Services on the local target: the converge of backends/services/ with real processes."""
 
 from __future__ import annotations
 

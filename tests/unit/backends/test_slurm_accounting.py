@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from flexorch_provider.backends.base import JobHandle, JobState
-from flexorch_provider.backends.slurm import _accounted, _from_accounting
+from flexorch_provider.backends.slurm.states import accounted, from_accounting
 from flexorch_provider.exceptions import BackendError
 
 
@@ -30,7 +30,7 @@ class Refusing:
 )
 def test_no_usable_sacct_means_no_accounting_not_a_failed_poll(error):
     handle = JobHandle("slurm", "17", "k", {"conn": None, "name": "flexorch-x"})
-    assert _from_accounting(Refusing(error), [handle]) == {}
+    assert from_accounting(Refusing(error), [handle]) == {}
 
 
 @pytest.mark.parametrize(
@@ -45,11 +45,11 @@ def test_no_usable_sacct_means_no_accounting_not_a_failed_poll(error):
     ],
 )
 def test_rows_map_to_final_states_and_exit_codes(state, exit_code, want_state, want_code):
-    status = _accounted("17", state, exit_code)
+    status = accounted("17", state, exit_code)
     assert status is not None and status.state == want_state and status.exit_code == want_code
     assert state.split()[0] in status.message and "17" in status.message
 
 
 @pytest.mark.parametrize("state", ["RUNNING", "PENDING", "", "SOMETHING_NEW"])
 def test_rows_that_are_not_a_known_end_settle_nothing(state):
-    assert _accounted("17", state, "0:0") is None
+    assert accounted("17", state, "0:0") is None

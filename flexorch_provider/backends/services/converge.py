@@ -1,123 +1,19 @@
-"""Services on plain hosts (``ssh``, ``local``): keep N healthy replicas of one revision.
-
-There is one operation, :func:`converge`: look at what runs on every host, compare it with
-the spec, and change the fewest replicas needed. ``deploy`` and ``reconcile`` are both a
-converge (so a deploy that dies half way is finished by the next run or by reconcile);
-``undeploy`` converges to zero. Desired state is the spec: a spec edited in the folder
-reaches the hosts at the next deploy or reconcile run, through the same health gates.
-
-A replica is a job of the shared job runner under ``<services>/<service>/<slot>-<revision>``
-on its host; its job.json records slot and revision, so the hosts themselves are the
-record of what is deployed — there is no second copy of the state to drift. Restarting a
-dead replica of the same revision in place is a new attempt of the same run key.
-
-Order of work: retire dead replicas (keeping their logs under ``.retired/``), extra
-replicas and duplicates; restart replicas that stay unhealthy past the grace; fill empty
-slots; then replace old revisions one slot at a time — start the new replica (on a free
-host when the port allows a surge), wait until it is healthy, only then stop the old one.
-A new replica that never gets healthy stops the rollout with its log tail; the replicas
-not yet replaced keep serving.
-"""
+"""The converge: from the replicas found on the hosts to the desired state, fewest changes first
+(see the package docstring for the order of work)."""
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import time
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
-from flexorch_provider.backends.base import ResolvedJob, job_document, run_key_slug
+from flexorch_provider.backends.services.state import LIVE, Desired, Fleet, H, Replica
 from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, ServiceError
+from flexorch_provider.fanout import parallel, reason
 
-H = TypeVar("H")
-LIVE = ("pending", "running")
 TAIL_LINES = 20
-
-
-@dataclass
-class Fleet(Generic[H]):
-    """Where a service runs: hosts in spec order and one way to run the job runner on a host."""
-
-    hosts: list[H]
-    call: Callable[[H, Sequence[str], bytes | None], str]  # (host, runner args, stdin) → stdout
-    label: Callable[[H], str]
-    root: str  # the services directory on every host
-
-
-@dataclass
-class Replica(Generic[H]):
-    host: H
-    slot: int
-    revision: str
-    key_dir: str
-    run_dir: str
-    state: str
-    age: float
-    message: str = ""
-
-    @property
-    def live(self) -> bool:
-        return self.state in LIVE
-
-
-@dataclass
-class Desired:
-    """The service as the spec wants it, for one run."""
-
-    name: str
-    directory: str
-    replicas: int
-    revision: str
-    port: int | None
-    grace_s: float
-    interval_s: float
-    strategy: str
-    max_surge: int
-    max_unavailable: int
-    documents: dict[int, dict[str, Any]] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)
-
-
-def service_slug(name: str) -> str:
-    return run_key_slug(f"service/{name}")
-
-
-def desired_state(job: ResolvedJob, root: str) -> Desired:
-    """Slots, revision and each slot's job document (what the runner gets) from the spec."""
-    w = job.service
-    base = job_document(job)
-    base["timeout"] = None  # a service runs until it is replaced or undeployed
-    env = dict(base["env"])
-    if w.port is not None:
-        env.setdefault("PORT", str(w.port))
-    health = None
-    if w.health is not None:
-        health = {"http": w.health.http, "port": w.port, "command": w.health.command,
-                  "timeout": w.health.timeout.total_seconds()}  # fmt: skip
-    fingerprint = {k: v for k, v in base.items() if k != "run_key"}
-    fingerprint.update(env=env, health=health, secrets=hashlib.sha256(json.dumps(job.secrets, sort_keys=True).encode()).hexdigest())  # fmt: skip
-    revision = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
-    directory = f"{root}/{service_slug(job.name)}"
-    documents = {}
-    for slot in range(w.replicas):
-        documents[slot] = {
-            **base,
-            "run_key": f"service/{job.name}/{slot}",
-            "env": {**env, "FLEXORCH_REPLICA": str(slot)},
-            "service": {"name": job.name, "slot": slot, "revision": revision},
-            "health": health,
-        }
-    return Desired(
-        name=job.name, directory=directory, replicas=w.replicas, revision=revision, port=w.port,
-        grace_s=w.health.grace.total_seconds() if w.health else 5.0,
-        interval_s=min(w.health.interval.total_seconds(), 0.5) if w.health else 0.5,
-        strategy=w.update.strategy, max_surge=w.update.max_surge, max_unavailable=w.update.max_unavailable,
-        documents=documents, secrets=dict(job.secrets),
-    )  # fmt: skip
 
 
 class Converger(Generic[H]):
@@ -429,70 +325,3 @@ class Converger(Generic[H]):
             ],
             "changes": list(self.changes),
         }
-
-
-def render_service(job: ResolvedJob, root: str, hosts: Sequence[str], runner: Sequence[str]) -> str:
-    """What deploy/reconcile run on each host, with the exact runner commands (for ``flexorch render``)."""
-    import shlex
-
-    want = desired_state(job, root)
-    w = job.service
-    check = "none: a replica counts as healthy while it runs"
-    if w.health is not None:
-        check = f"GET http://127.0.0.1:{w.port}{w.health.http}" if w.health.http else f"command {w.health.command!r}"
-        check += f" on the host, every {w.health.interval}, grace {w.health.grace}"
-    spread = f"one per host (each listens on port {want.port})" if want.port else "spread over the hosts"
-    doc = json.dumps({"job": want.documents.get(0, {}), "secrets": {k: "<secret>" for k in job.secrets}}, indent=2)
-    return (
-        "\n".join(
-            [
-                f"# service {want.name}: {want.replicas} replicas of revision {want.revision}, {spread}, on "
-                + ", ".join(hosts),
-                f"# update: {want.strategy} (max_surge {want.max_surge}, max_unavailable {want.max_unavailable}); "
-                f"health: {check}",
-                "# deploy and reconcile converge to this; undeploy stops every replica. On each host:",
-                shlex.join([*runner, "replicas", want.directory]) + "   # what runs there now",
-                "# a missing replica N is started with this JSON on stdin (replica 0 shown):",
-                shlex.join([*runner, "submit", f"{want.directory}/<N>-{want.revision}"]),
-                doc,
-                "# " + shlex.join([*runner, "health", "<run dir>"]) + "   # health, run on the host",
-                "# " + shlex.join([*runner, "retire", "<replica dir>"]) + "   # stop an old or dead replica",
-            ]
-        )
-        + "\n"
-    )
-
-
-def run_service(fleet: Fleet[H], job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
-    """deploy | reconcile → converge; undeploy → stop every replica."""
-    converger = Converger(fleet, desired_state(job, fleet.root), log)
-    if job.action == "undeploy":
-        return converger.undeploy()
-    return converger.converge()
-
-
-def parallel(items: Collection[H], fn: Callable[[H], Any]) -> list[tuple[H, Any, Exception | None]]:
-    """``fn`` on every item at once (threads; none for a single item): (item, result, error) in order."""
-    if len(items) <= 1:
-        out: list[tuple[H, Any, Exception | None]] = []
-        for item in items:
-            try:
-                out.append((item, fn(item), None))
-            except Exception as e:
-                out.append((item, None, e))
-        return out
-    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
-        futures = [(item, pool.submit(fn, item)) for item in items]
-        results: list[tuple[H, Any, Exception | None]] = []
-        for item, fut in futures:
-            try:
-                results.append((item, fut.result(), None))
-            except Exception as e:
-                results.append((item, None, e))
-        return results
-
-
-def reason(e: BaseException) -> str:
-    """The first line of an error, for messages that list many."""
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

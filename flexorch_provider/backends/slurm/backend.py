@@ -1,0 +1,187 @@
+"""SlurmBackend: submit (reattach or sbatch), batched squeue polls, output files, scancel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from flexorch_provider.backends.base import (
+    MAX_LOG_READ,
+    Backend,
+    JobHandle,
+    JobState,
+    JobStatus,
+    LogChunk,
+    LogCursor,
+    ResolvedJob,
+    byte_offset,
+    complete_lines,
+)
+from flexorch_provider.backends.slurm.cluster import Cluster, SlurmJobData, cluster_of, job_data
+from flexorch_provider.backends.slurm.script import (
+    OUT_DIR,
+    REQUEST_OPTIONS,
+    job_name,
+    render_script,
+    sbatch_options,
+    secrets_file,
+)
+from flexorch_provider.backends.slurm.states import LIVE_STATES, SQUEUE_FORMAT, from_accounting, squeue_status
+from flexorch_provider.exceptions import BackendError, SubmitError
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def render(self, job: ResolvedJob) -> str:
+        where = (
+            f"over SSH on the login node of connection {job.workload.slurm.connection!r}"
+            if job.workload.slurm.connection
+            else "with the local sbatch"
+        )
+        header = [
+            f"# slurm: submitted {where}, from the account's home, as: sbatch --parsable < script",
+            f"# secrets ({', '.join(job.secrets) or 'none'}) go to {OUT_DIR}/{job_name(job)}.secrets (0600), "
+            "sourced by the script and deleted when it ends",
+        ]
+        return "\n".join(header) + "\n" + render_script(job)
+
+    def batch_key(self, handle: JobHandle) -> str:
+        return cluster_of(handle).key
+
+    def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
+        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job)}
+        return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
+
+    def _live(self, cluster: Cluster, name: str) -> str | None:
+        out = cluster.check(["squeue", "-h", "-n", name, "-o", "%i|%T"])
+        for line in out.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            if state in LIVE_STATES:
+                return job_id
+        return None
+
+    def submit(self, job: ResolvedJob) -> JobHandle:
+        """Reattach or sbatch; any failure on the way means this cluster cannot take the job now."""
+        cluster = cluster_of(job)
+        try:
+            return self._submit(job, cluster)
+        except SubmitError:
+            raise
+        except BackendError as e:
+            raise SubmitError(f"Slurm ({cluster.conn_id or 'local clients'}) cannot take the job: {e}") from e
+
+    def _submit(self, job: ResolvedJob, cluster: Cluster) -> JobHandle:
+        script = render_script(job).encode()
+        name = job_name(job)
+        try:
+            live = self._live(cluster, name)
+        except BackendError as e:
+            raise SubmitError(f"cannot reach the Slurm controller: {e}") from e
+        if live:
+            return self._handle(job, cluster, live)  # never a second submission per run key
+        cluster.check(["mkdir", "-p", "-m", "700", OUT_DIR])
+        if job.secrets:
+            cluster.check(
+                ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)
+            )
+        code, out, err = cluster.run(["sbatch", "--parsable"], stdin=script)
+        if code != 0:
+            raise SubmitError(self._explain_refusal(job, cluster, err.strip() or out.strip()))
+        job_id = out.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SubmitError(f"sbatch printed no job id: {out.strip()[:200]!r}")
+        return self._handle(job, cluster, job_id)
+
+    def _explain_refusal(self, job: ResolvedJob, cluster: Cluster, error: str) -> str:
+        request = " ".join(o for o in sbatch_options(job) if o.split("=")[0] in REQUEST_OPTIONS)
+        text = f"sbatch refused {request or 'the job'}: {error.removeprefix('sbatch: error: ')}"
+        partition = job.workload.slurm.partition
+        argv = ["sinfo", "-h", "-o", "%P|%D|%c|%m|%G"] + (["-p", partition] if partition else [])
+        code, out, _ = cluster.run(argv)
+        if code == 0 and out.strip():
+            offers = "; ".join(
+                f"partition {p.rstrip('*')}: {n} node(s) with {c} CPUs, {m} MB, GRES {g}"
+                for p, n, c, m, g in (line.split("|") for line in out.strip().splitlines())
+            )
+            text += f" — the cluster offers: {offers}"
+        return text
+
+    def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
+        by_cluster: dict[str, list[JobHandle]] = {}
+        for h in handles:
+            by_cluster.setdefault(cluster_of(h).key, []).append(h)
+        out: dict[str, JobStatus] = {}
+        for group in by_cluster.values():
+            out.update(self._poll_cluster(cluster_of(group[0]), group))
+        return out
+
+    def _poll_cluster(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
+        ids = ",".join(h.job_id for h in handles)
+        code, text, err = cluster.run(["squeue", "-h", "-t", "all", "-j", ids, "-O", SQUEUE_FORMAT])
+        if code != 0 and "Invalid job id" not in err:
+            raise BackendError(f"squeue failed (exit {code}): {err.strip()[-300:]}")
+        rows = {}
+        for line in text.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 4 and parts[0].strip():
+                rows[parts[0].strip()] = [p.strip() for p in parts]
+        out: dict[str, JobStatus] = {}
+        gone = [h for h in handles if h.job_id not in rows]
+        if gone:
+            out.update(self._settle_purged(cluster, gone))
+        for h in handles:
+            if h.job_id in rows:
+                out[h.job_id] = squeue_status(*rows[h.job_id][1:4])
+        return out
+
+    def _settle_purged(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
+        """Jobs the controller forgot (after MinJobAge): accounting (``sacct``, one call) says how
+        they ended where the cluster keeps it; otherwise their exit-code files do."""
+        out = from_accounting(cluster, handles)
+        rest = [h for h in handles if h.job_id not in out]
+        return {**out, **self._from_exit_code_files(cluster, rest)} if rest else out
+
+    def _from_exit_code_files(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
+        files = [f"{OUT_DIR}/{job_data(h)['name']}-{h.job_id}.rc" for h in handles]
+        reader = 'for f do if [ -f "$f" ]; then printf "%s %s\\n" "$f" "$(cat "$f")"; fi; done'
+        _, text, _ = cluster.run(["sh", "-c", reader, "sh", *files])
+        found = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+        out = {}
+        for h, f in zip(handles, files, strict=True):
+            rc = found.get(f, "").strip()
+            if rc.lstrip("-").isdigit():
+                state = JobState.SUCCEEDED if int(rc) == 0 else JobState.FAILED
+                out[h.job_id] = JobStatus(state, int(rc), f"exit code {rc} (job {h.job_id} already left the queue)")
+            else:
+                out[h.job_id] = JobStatus(
+                    JobState.LOST,
+                    message=f"Slurm no longer knows job {h.job_id} and it left no exit code: it was cancelled, timed "
+                    "out or lost its node before its script ended (configure accounting/sacct for the details)",
+                )
+        return out
+
+    def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
+        start = byte_offset(cursor)
+        path = f"{OUT_DIR}/{job_data(handle)['name']}-{handle.job_id}.out"
+        if job_data(handle).get("conn") is None:  # the output file is on this machine
+            try:
+                with open(Path.home() / path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(MAX_LOG_READ)
+            except OSError:
+                return LogChunk([], start)  # not written yet (pending)
+        else:
+            code, text, _ = cluster_of(handle).run(["tail", "-c", f"+{start + 1}", path])
+            if code != 0:
+                return LogChunk([], start)
+            data = text.encode()
+        return complete_lines(data, start)
+
+    def cancel(self, handle: JobHandle) -> None:
+        """``scancel`` returns once the controller has the request; it signals the job's steps and
+        ends it by itself (a job that already ended is not an error)."""
+        code, out, err = cluster_of(handle).run(["scancel", handle.job_id])
+        said = (err.strip() or out.strip())[-500:]
+        if code != 0 and not any(gone in said for gone in ("already completing or completed", "Invalid job id")):
+            raise BackendError(f"scancel {handle.job_id} failed (exit {code}): {said}")

@@ -1,0 +1,94 @@
+"""The fields only a service has: replicas, port, health check, update policy, reconcile schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from flexorch_provider.spec.fields import Duration, FlexModel, Text
+
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+class Health(FlexModel):
+    """How to tell a service replica is healthy: an HTTP path or a command."""
+
+    http: Annotated[str | None, Field(pattern=r"^/[^\s]*$", description="HTTP GET path on `port`, e.g. /healthz.")] = (
+        None
+    )
+    command: Annotated[
+        Text | list[Text] | None, Field(description="A command that exits 0 when healthy (string or argv).")
+    ] = None
+    interval: Annotated[Duration, Field(description="Time between checks.")] = timedelta(seconds=10)
+    timeout: Annotated[Duration, Field(description="How long one check may take.")] = timedelta(seconds=5)
+    grace: Annotated[Duration, Field(description="Start-up time before failures count.")] = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> Health:
+        if (self.http is None) == (self.command is None):
+            raise ValueError("set exactly one of 'health.http' (a path like /healthz) or 'health.command'")
+        return self
+
+
+class UpdatePolicy(FlexModel):
+    """How a new version replaces the running one."""
+
+    strategy: Annotated[
+        Literal["rolling", "recreate"], Field(description="rolling: one replica at a time gated on health.")
+    ] = "rolling"
+    max_unavailable: Annotated[int, Field(ge=0, description="Replicas that may be down during a rolling update.")] = 0
+    max_surge: Annotated[int, Field(ge=0, description="Extra replicas allowed during a rolling update.")] = 1
+
+    @model_validator(mode="after")
+    def _progress(self) -> UpdatePolicy:
+        if self.strategy == "rolling" and self.max_unavailable == 0 and self.max_surge == 0:
+            raise ValueError(
+                "max_surge: max_unavailable and max_surge cannot both be 0: the update could never progress"
+            )
+        return self
+
+
+class ServiceFields(FlexModel):
+    """Fields only a service has."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000, description="How many copies to keep running.")] = 1
+    port: Annotated[int | None, Field(ge=1, le=65535, description="Port the service listens on.")] = None
+    health: Annotated[Health | None, Field(description="Health check: http path or command.")] = None
+    update: Annotated[UpdatePolicy, Field(description="How new versions roll out.")] = Field(
+        default_factory=UpdatePolicy
+    )
+    reconcile: Annotated[
+        str | None,
+        Field(description="Cron/preset for the run that restores desired state (ssh targets); null disables."),
+    ] = "*/5 * * * *"
+
+    def _check_service(self) -> None:
+        if self.health and self.health.http and self.port is None:
+            raise ValueError("port: required because health.http is set; add the port the service listens on")
+        if self.reconcile is not None:
+            check_schedule(self.reconcile, "reconcile")
+
+
+def check_schedule(value: str, key: str) -> None:
+    if value.startswith("@"):
+        if value not in SCHEDULE_PRESETS:
+            import difflib
+
+            hint = difflib.get_close_matches(value, SCHEDULE_PRESETS, n=1)
+            raise ValueError(
+                f"{key}: {value!r} is not a preset"
+                + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(SCHEDULE_PRESETS)}")
+            )
+        return
+    from croniter import croniter
+
+    try:
+        fields = croniter(value).expanded
+    except Exception as e:  # croniter raises several unrelated types
+        raise ValueError(
+            f"{key}: {value!r} is not a valid cron expression ({e}); e.g. '0 2 * * *' = 02:00 daily"
+        ) from None
+    if len(fields) != 5:
+        raise ValueError(f"{key}: {value!r} must have 5 fields (minute hour day month weekday)")

@@ -10,12 +10,14 @@
         ├── SubmitError                    a target refused or could not take the job
         │   └── NoCapacityError            a host has no room for it now (another host may)
         ├── HostError                      an SSH host could not be reached, or a command on it failed
+        ├── ApiError                       a Kubernetes API request (or the client's setup) failed
         ├── JobFailedError                 the job ran and ended unsuccessfully
         ├── ServiceError                   a service did not reach its desired state
         └── JobLostError                   the job disappeared (purged, host gone)
 
 Library errors (paramiko, kubernetes, subprocess) are mapped onto this tree at the
-backend boundary with ``raise ... from e`` so users only ever catch these.
+backend boundary with ``raise ... from e`` so users only ever catch these. (The job runner,
+which runs on hosts without this package, reports through exit codes and JSON instead.)
 """
 
 from __future__ import annotations
@@ -103,3 +105,14 @@ class JobFailedError(BackendError):
 
 class JobLostError(BackendError):
     """The job can no longer be found (purged from the scheduler, host gone)."""
+
+
+class ApiError(BackendError):
+    """A request to the Kubernetes API server, or setting up the client, failed.
+
+    ``status`` is the HTTP status of the answer (404, 409, ...); None when no answer came
+    (connection refused, TLS, timeout, configuration)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

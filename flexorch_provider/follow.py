@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogCursor
 from flexorch_provider.masking import Masker
@@ -28,6 +28,10 @@ DRAIN_S = 2.0  # longest a running job's log backlog is read before its status i
 FINAL_DRAIN_S = 30.0  # longest a finished job's remaining log is read before its event is built
 MAX_CONSECUTIVE_ERRORS = 5  # failed polls or reads in a row before following gives up
 TAIL_LINES = 30
+
+
+class Log(Protocol):
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
 
 
 @dataclass
@@ -39,6 +43,11 @@ class Step:
     notes: list[str] = field(default_factory=list)
     event: dict[str, Any] | None = None
     wrote: bool = False  # the log grew during this look
+
+    def log_to(self, log: Log) -> None:
+        """Notes, then the job's own lines, each as one record (the task log, or the trigger's)."""
+        for text in [*self.notes, *self.lines]:
+            log.info("%s", text)
 
 
 class Follower:

@@ -34,7 +34,7 @@ from pydantic import BeforeValidator, Discriminator, Field, Tag, TypeAdapter, Va
 
 from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
 from flexorch_provider.spec.fields import ConnId, FlexModel, Name
-from flexorch_provider.spec.targets import _host_entry, _unique_hosts
+from flexorch_provider.spec.targets import host_entry, unique_hosts
 
 FILE_NAME = "gpu_pools.yaml"
 
@@ -54,7 +54,7 @@ class LocalPool(_Pool):
 class SshPool(_Pool):
     source: Literal["ssh"]
     connection: ConnId = "ssh_default"
-    hosts: Annotated[list[Annotated[str, BeforeValidator(_host_entry)]], BeforeValidator(_unique_hosts)] = Field(
+    hosts: Annotated[list[Annotated[str, BeforeValidator(host_entry)]], BeforeValidator(unique_hosts)] = Field(
         default_factory=list
     )
     python: Annotated[

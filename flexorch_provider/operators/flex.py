@@ -30,7 +30,7 @@ from flexorch_provider.exceptions import (
     JobFailedError,
     SubmitError,
 )
-from flexorch_provider.follow import TAIL_LINES, Follower, Step
+from flexorch_provider.follow import TAIL_LINES, Follower
 from flexorch_provider.masking import masker_for, secret_refs
 from flexorch_provider.resolve import load_workload, resolve_secrets
 from flexorch_provider.triggers.job import FlexJobTrigger
@@ -208,7 +208,7 @@ class FlexOperator(BaseOperator):
                 self.log.warning("following job %s failed (%d in a row): %s", handle.job_id, follower.errors, e)
                 time.sleep(self.poll_interval)
                 continue
-            self._log_step(step)
+            step.log_to(self.log)
             if step.event is not None:
                 return step.event, follower.cursor
             interval = self.poll_interval
@@ -221,12 +221,6 @@ class FlexOperator(BaseOperator):
                     continue
                 interval = min(interval, PRE_DEFER_POLL_S, left)
             time.sleep(interval)
-
-    def _log_step(self, step: Step) -> None:
-        for note in step.notes:
-            self.log.info("%s", note)
-        for line in step.lines:
-            self.log.info("%s", line)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         return self._finish(event)

@@ -117,7 +117,7 @@ HOST_ENTRY_RE = re.compile(
 )
 
 
-def _host_entry(value: Any) -> Any:
+def host_entry(value: Any) -> Any:
     if isinstance(value, str):
         m = HOST_ENTRY_RE.match(value)
         if not m or (m.group("port") and not 0 < int(m.group("port")) < 65536):
@@ -127,7 +127,7 @@ def _host_entry(value: Any) -> Any:
     return value
 
 
-def _unique_hosts(value: Any) -> Any:
+def unique_hosts(value: Any) -> Any:
     if isinstance(value, list):
         dupes = sorted({h for h in value if isinstance(h, str) and value.count(h) > 1})
         if dupes:
@@ -142,8 +142,8 @@ class SshOptions(FlexModel):
         "ssh_default"
     )
     hosts: Annotated[
-        list[Annotated[str, BeforeValidator(_host_entry)]],
-        BeforeValidator(_unique_hosts),
+        list[Annotated[str, BeforeValidator(host_entry)]],
+        BeforeValidator(unique_hosts),
         Field(
             description="Hosts of the fleet ('host', 'host:port' or 'user@host:port'); empty means the connection's "
             "host. The connection gives the user, key and port unless an entry names its own."

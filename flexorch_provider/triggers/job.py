@@ -18,7 +18,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from flexorch_provider.backends.base import Backend, JobHandle, LogCursor
-from flexorch_provider.follow import Follower, Step, error_event
+from flexorch_provider.follow import Follower, error_event
 from flexorch_provider.masking import masker_for
 from flexorch_provider.triggers.batcher import BATCHER
 from flexorch_provider.triggers.checkpoint import LogCheckpoint
@@ -82,12 +82,6 @@ class FlexJobTrigger(BaseTrigger):
             checkpoint.drop()  # after the hold: a restart during it resumes, not replays
         return TriggerEvent(event)
 
-    def _log_step(self, step: Step) -> None:
-        for note in step.notes:
-            self.log.info("%s", note)
-        for line in step.lines:
-            self.log.info("%s", line)
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             handle = JobHandle.from_dict(self.handle)
@@ -120,7 +114,7 @@ class FlexJobTrigger(BaseTrigger):
                         return
                     self.log.warning("following job %s failed (%d in a row): %s", handle.job_id, follower.errors, e)
                     continue
-                self._log_step(step)
+                step.log_to(self.log)
                 if step.event is not None:
                     yield await self._fire(step.event, checkpoint)
                     return

@@ -16,18 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from flexorch_provider.backends.kubernetes.manifests import CONTAINER
-from flexorch_provider.exceptions import BackendError, BackendUnavailableError, ConfigurationError, FlexorchError
-
-
-class ApiError(BackendError):
-    """A request to the API server, or setting up the client, failed.
-
-    ``status`` is the HTTP status of the answer (404, 409, ...); None when no answer came
-    (connection refused, TLS, timeout, configuration)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+from flexorch_provider.exceptions import (
+    ApiError,
+    BackendUnavailableError,
+    ConfigurationError,
+    FlexorchError,
+)
 
 
 def error_text(e: BaseException) -> str:

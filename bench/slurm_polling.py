@@ -98,10 +98,7 @@ def main() -> int:
         w = load_workload({"name": "bench", "kind": "batch", "target": "slurm", "run": "sleep 600",
                            "resources": {"gpus": "A100:4"}})  # fmt: skip
         started = time.perf_counter()
-        handles = [
-            backend.submit(ResolvedJob(run_key=f"bench/job/{i}/-1", name="bench", kind="batch", workload=w, run=w.run))
-            for i in range(args.jobs)
-        ]
+        handles = [backend.submit(ResolvedJob.for_run(w, f"bench/job/{i}/-1")) for i in range(args.jobs)]
         print(f"submitted {len(handles)} jobs in {time.perf_counter() - started:.1f} s")
 
         with Counter() as batched:

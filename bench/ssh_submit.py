@@ -36,8 +36,7 @@ CONN = "flexorch_bench_fleet"
 def job(hosts: list[str], placement: str, i: int) -> ResolvedJob:
     w = load_workload({"name": "bench", "kind": "batch", "target": "ssh", "run": "sleep 30",
                        "ssh": {"connection": CONN, "hosts": hosts, "placement": placement}})  # fmt: skip
-    return ResolvedJob(run_key=f"bench/t/{placement}-{len(hosts)}-{i}-{time.time_ns()}/-1", name="bench",
-                       kind="batch", workload=w, run=w.run)  # fmt: skip
+    return ResolvedJob.for_run(w, f"bench/t/{placement}-{len(hosts)}-{i}-{time.time_ns()}/-1")
 
 
 def cold() -> None:

@@ -92,7 +92,7 @@ class LocalBackend(Backend):
         return run_service(Fleet(hosts=[host], call=call, label=str, root=root), job, log)
 
     def render(self, job: ResolvedJob) -> str:
-        if job.action is not None:
+        if job.is_service:
             root = str(run_root(job) / "_services")
             return render_service(job, root, [socket.gethostname()], runner_argv(write=False))
         run_dir = run_root(job) / job.key_slug / "<attempt>"

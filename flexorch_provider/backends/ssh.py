@@ -126,7 +126,7 @@ class SshBackend(Backend):
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh
         hosts = hosts_of(job)
-        if job.action is not None:
+        if job.is_service:
             header = f"# ssh: connection {opts.connection!r}; paths are relative to the login's home\n"
             return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], runner_argv())
         doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}

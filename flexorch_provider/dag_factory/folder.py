@@ -97,14 +97,23 @@ def _write_cache(path: Path, entries: dict[str, Entry]) -> None:
 
 
 def _name_guess(raw: bytes) -> str | None:
-    """The spec's ``name`` from an invalid file, if its YAML is readable: its placeholder keeps the DAG id."""
+    """The spec's ``name`` from an invalid file, so its placeholder keeps the DAG id: from the YAML
+    where it parses, else from a plain top-level ``name: x`` line (a spec refused for an alias
+    bomb or a control character elsewhere still has one)."""
+    import re
+
     from flexorch_provider.spec.fields import DNS_LABEL_RE
     from flexorch_provider.spec.loader import parse_yaml
 
     try:
-        data, _ = parse_yaml(raw.decode("utf-8"))
-    except Exception:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         return None
+    try:
+        data, _ = parse_yaml(text)
+    except Exception:
+        line = re.search(r"^name:[ \t]*([a-z0-9-]+)[ \t]*(?:#.*)?$", text, re.M)
+        data = {"name": line.group(1)} if line else None
     name = data.get("name") if isinstance(data, dict) else None
     return name if isinstance(name, str) and len(name) <= 63 and DNS_LABEL_RE.match(name) else None
 

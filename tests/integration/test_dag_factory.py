@@ -105,6 +105,13 @@ BAD_SPECS = {
                   ["hello-local", "already used"]),
     "nested/binary.yml": (b"name: x\nkind: batch\nrun: \xff\xfe\n", "flexorch-invalid-nested_binary",
                           ["not UTF-8"]),
+    # ~1 KB that would expand to 10**9 values: refused before anything walks it (it once hit
+    # Airflow's import timeout and hid every DAG)
+    "bomb.yaml": ("name: laughs\nkind: batch\nrun: echo\na: &a [" + ",".join(["lol"] * 10) + "]\n"
+                  + "".join(f"{c}: &{c} [{','.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+                  "laughs", ["specs/bomb.yaml:", "aliases", "expand to more than"]),
+    "control.yaml": ("name: ctl-char\nkind: batch\nrun: echo \x01\n", "ctl-char",
+                     ["specs/control.yaml:3", "U+0001"]),
 }  # fmt: skip
 
 

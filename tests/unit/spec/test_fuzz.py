@@ -75,3 +75,75 @@ def test_structured_documents(doc):
 )
 def test_raw_text(text):
     _load(text)
+
+
+def _bomb(width: int, depth: int) -> str:
+    """A "billion laughs" spec: each anchor lists the previous one ``width`` times."""
+    lines = ["name: bomb", "kind: batch", "run: echo", f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, depth + 1):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(min_value=2, max_value=12), st.integers(min_value=0, max_value=6))
+def test_alias_bombs_are_refused_before_they_expand(width, extra):
+    import math
+    import tracemalloc
+
+    depth = math.ceil(math.log(10**6) / math.log(width)) + extra  # expands to a million values or more
+    text = _bomb(width, depth)
+    tracemalloc.start()
+    try:
+        load_spec_text(text, file="bomb.yaml")
+    except SpecError as e:
+        _, peak = tracemalloc.get_traced_memory()
+        (problem,) = e.problems
+        assert problem.file == "bomb.yaml" and problem.line is not None and "aliases" in problem.message
+        assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB to refuse a {len(text)}-byte spec"
+    else:
+        raise AssertionError("accepted")
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_alias_inside_its_own_anchor_is_a_spec_error():
+    for text in ("a: &a [*a]\n", "name: x\nkind: batch\nrun: &r [echo, *r]\n", "a: &a {b: *a}\n"):
+        try:
+            load_spec_text(text, file="loop.yaml")
+        except SpecError as e:
+            assert "refers to itself" in str(e) and e.problems[0].line is not None
+        else:
+            raise AssertionError(text)
+
+
+def test_deep_nesting_is_a_spec_error():
+    for text in (
+        "run: " + "[" * 5000 + "]" * 5000 + "\n",
+        "env:" + "\n".join(" " * i + f"k{i}:" for i in range(1, 2000)),
+    ):
+        try:
+            load_spec_text(text, file="deep.yaml")
+        except SpecError as e:
+            assert e.problems and e.problems[0].file == "deep.yaml"
+        else:
+            raise AssertionError("accepted")
+
+
+GOOD = "name: fine\nkind: batch\nrun: echo hi\nenv:\n  A: x\n"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.integers(min_value=0, max_value=len(GOOD)),
+    st.sampled_from([c for c in map(chr, range(32)) if c not in "\t\n\r"] + ["\x7f", "\ufffe", "\ud800"]),
+)
+def test_a_control_character_anywhere_is_a_spec_error_with_its_line(position, char):
+    text = GOOD[:position] + char + GOOD[position:]
+    try:
+        load_spec_text(text, file="ctl.yaml")
+    except SpecError as e:
+        assert e.problems[0].line == GOOD.count("\n", 0, position) + 1, str(e)
+        assert f"U+{ord(char):04X}" in str(e)
+    else:
+        raise AssertionError(f"{char!r} at {position} was accepted")

@@ -115,7 +115,7 @@ class FlexModel(BaseModel):
 class GpuSpec(FlexModel):
     """GPUs a job needs. Shorthand: ``2``, ``"A100"``, ``"A100:2"``, ``"A100:80GB:2"``."""
 
-    count: Annotated[int, Field(ge=0, le=1024, description="Number of GPUs per node.")] = 1
+    count: Annotated[int, Field(strict=True, ge=0, le=1024, description="Number of GPUs per node.")] = 1
     type: Annotated[
         GpuType | None,
         Field(description="GPU model, normalized to upper case without vendor prefix: 'a100' → 'A100'."),
@@ -136,13 +136,15 @@ GpuRequest = Annotated[
 class Resources(FlexModel):
     """What one node of the job needs."""
 
-    cpus: Annotated[float | None, Field(gt=0, le=4096, description="CPU cores per node (fractions allowed).")] = None
+    cpus: Annotated[
+        float | None, Field(strict=True, gt=0, le=4096, description="CPU cores per node (fractions allowed).")
+    ] = None
     memory: Annotated[MemorySize | None, Field(description="Memory per node with a unit: '64Gi', '512Mi'.")] = None
     gpus: Annotated[
         GpuRequest | None,
         Field(description="GPUs per node: 2, 'A100:2', 'A100:80GB:2', or {count, type, memory}."),
     ] = None
-    nodes: Annotated[int, Field(ge=1, le=4096, description="Number of nodes (multi-node training).")] = 1
+    nodes: Annotated[int, Field(strict=True, ge=1, le=4096, description="Number of nodes (multi-node training).")] = 1
 
 
 # --- secrets ---------------------------------------------------------------------------
@@ -230,7 +232,7 @@ Secret = Annotated[
 class Retries(FlexModel):
     """How Airflow retries the task. Shorthand: ``retries: 2``."""
 
-    count: Annotated[int, Field(ge=0, le=100, description="How many times to retry a failed run.")] = 0
+    count: Annotated[int, Field(strict=True, ge=0, le=100, description="How many times to retry a failed run.")] = 0
     delay: Annotated[Duration, Field(description="Wait between retries, e.g. '5m'.")] = timedelta(minutes=5)
 
 

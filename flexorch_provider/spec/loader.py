@@ -379,6 +379,11 @@ def _problem(err: Any, data: Any, file: str, lines: Mapping[Path_, int]) -> Spec
     else:
         extra, message = _split_prefix(message)
         path = path + extra
+        given = err.get("input")
+        if etype == "bool_type":
+            message += f", not {given!r}: write true or false (only those are booleans; yes, no, on, off are text)"
+        elif etype in ("int_type", "float_type") and isinstance(given, str | bool):
+            message += f", not {given!r}: write the number without quotes"
         if etype in ("literal_error", "enum") and path and isinstance(err.get("input"), str):
             expected = re.findall(r"'([^']+)'", message)
             hint = difflib.get_close_matches(err["input"], expected, n=1)

@@ -164,7 +164,7 @@ class Identity(FlexModel):
     start_date: Annotated[
         date | datetime | None, Field(description="First logical date (needed for catchup/backfill).")
     ] = None
-    catchup: Annotated[bool, Field(description="Run every missed interval since start_date.")] = False
+    catchup: Annotated[bool, Field(strict=True, description="Run every missed interval since start_date.")] = False
 
     def _check_identity(self) -> None:
         if self.schedule is not None:

@@ -38,8 +38,12 @@ class UpdatePolicy(FlexModel):
     strategy: Annotated[
         Literal["rolling", "recreate"], Field(description="rolling: one replica at a time gated on health.")
     ] = "rolling"
-    max_unavailable: Annotated[int, Field(ge=0, description="Replicas that may be down during a rolling update.")] = 0
-    max_surge: Annotated[int, Field(ge=0, description="Extra replicas allowed during a rolling update.")] = 1
+    max_unavailable: Annotated[
+        int, Field(strict=True, ge=0, le=1000, description="Replicas that may be down during a rolling update.")
+    ] = 0
+    max_surge: Annotated[
+        int, Field(strict=True, ge=0, le=1000, description="Extra replicas allowed during a rolling update.")
+    ] = 1
 
     @model_validator(mode="after")
     def _progress(self) -> UpdatePolicy:
@@ -53,8 +57,8 @@ class UpdatePolicy(FlexModel):
 class ServiceFields(FlexModel):
     """Fields only a service has."""
 
-    replicas: Annotated[int, Field(ge=0, le=1000, description="How many copies to keep running.")] = 1
-    port: Annotated[int | None, Field(ge=1, le=65535, description="Port the service listens on.")] = None
+    replicas: Annotated[int, Field(strict=True, ge=0, le=1000, description="How many copies to keep running.")] = 1
+    port: Annotated[int | None, Field(strict=True, ge=1, le=65535, description="Port the service listens on.")] = None
     health: Annotated[Health | None, Field(description="Health check: http path or command.")] = None
     update: Annotated[UpdatePolicy, Field(description="How new versions roll out.")] = Field(
         default_factory=UpdatePolicy

@@ -70,7 +70,9 @@ class Toleration(FlexModel):
     effect: Annotated[
         Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None, Field(description="Taint effect.")
     ] = None
-    toleration_seconds: Annotated[int | None, Field(ge=0, description="For NoExecute: how long to stay.")] = None
+    toleration_seconds: Annotated[
+        int | None, Field(strict=True, ge=0, le=10**9, description="For NoExecute: how long to stay.")
+    ] = None
 
 
 def _check_labels(value: dict[str, str]) -> dict[str, str]:

@@ -114,7 +114,7 @@ def format_memory(size: int) -> str:
 
 
 # --- GPU model names -------------------------------------------------------------------
-_GPU_TYPE_RE = re.compile(r"^[A-Z0-9][A-Z0-9.]{0,31}$")
+_GPU_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9.]{0,31}$")  # a model name starts with a letter: "1E3" is a number
 KNOWN_GPU_TYPES = (
     "A10", "A10G", "A30", "A40", "A100", "A6000", "B100", "B200", "GB200", "H100", "H200",
     "L4", "L40", "L40S", "P100", "RTX3090", "RTX4090", "RTX6000", "T4", "V100",
@@ -129,7 +129,8 @@ def normalize_gpu_type(value: str) -> str:
             text = text[len(prefix) :]
     if not _GPU_TYPE_RE.match(text):
         raise ValueError(
-            f"{value!r} is not a GPU model; use a model name like 'A100', 'H100' or 'L4' (letters and digits only)"
+            f"{value!r} is not a GPU model; use a model name like 'A100', 'H100' or 'L4' (a letter, then letters "
+            "and digits)"
         )
     return text
 
@@ -150,6 +151,8 @@ def parse_gpu_shorthand(value: Any) -> Any:
         out: dict[str, Any] = {}
         if parts[-1].isdigit():
             out["count"] = int(parts.pop())
+        elif re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", parts[-1]):
+            raise ValueError(f"{value!r}: the GPU count must be a whole number 0 or more, like 2 or 'A100:2'")
         for part in parts:
             key = "memory" if is_memory_string(part) else "type"
             if key in out:

@@ -39,6 +39,8 @@ DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
+TEMPLATE_MARKS = ("{{", "{%", "{#")
+CR_STAND_IN = "\ue000"  # a private-use character carries \r through Jinja, which turns \r\n into \n
 
 
 class FlexOperator(BaseOperator):
@@ -112,6 +114,21 @@ class FlexOperator(BaseOperator):
         if "ds" not in context and context.get("dag_run") is not None:
             _date_macros_from_run_after(context, self.log)
         super().render_template_fields(context, jinja_env)
+
+    def render_template(
+        self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
+    ) -> Any:
+        """Values arrive byte for byte: text without a template is not touched, and a template keeps
+        its trailing newline and its ``\r\n`` (Jinja's defaults drop the one and rewrite the other)."""
+        if not isinstance(content, str):
+            return super().render_template(content, context, jinja_env, seen_oids)
+        if not any(mark in content for mark in TEMPLATE_MARKS):
+            return content
+        env = (jinja_env or self.get_template_env()).overlay(keep_trailing_newline=True)
+        keep_cr = "\r" in content and CR_STAND_IN not in content
+        source = content.replace("\r", CR_STAND_IN) if keep_cr else content
+        out = self._render(env.from_string(source), context)
+        return out.replace(CR_STAND_IN, "\r") if keep_cr and isinstance(out, str) else out
 
     def _resolved(self, context: Any) -> ResolvedJob:
         ti = context["ti"]

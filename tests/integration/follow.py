@@ -29,3 +29,16 @@ def all_lines(backend: Any, handle: Any) -> list[str]:
         if chunk.cursor == cursor:
             return lines
         cursor = chunk.cursor
+
+
+# Values that must reach a job unchanged on every target (trailing newlines, \r\n, quotes,
+# shell syntax, a long value), and a job that prints what it got as one JSON line.
+HOSTILE_ENV = {
+    "TRAILING": "value\n\n",
+    "CRLF": "line one\r\nline two\r\n",
+    "QUOTES": "'single' \"double\" `back` $(id) ${HOME} \\ ; | & > < *",
+    "UNICODE": "Ω 🚀",
+    "LONG": "x" * 20_000 + "\n",
+}
+_NAMES = sorted(HOSTILE_ENV)
+PRINT_ENV = ["python3", "-c", f"import json, os; print(json.dumps({{k: os.environ[k] for k in {_NAMES!r}}}))"]

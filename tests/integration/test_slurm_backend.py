@@ -15,7 +15,7 @@ from flexorch_provider.backends.slurm import SlurmBackend
 from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import LOGIN_CONN
-from tests.integration.follow import all_lines, wait_finished
+from tests.integration.follow import HOSTILE_ENV, PRINT_ENV, all_lines, wait_finished
 
 BACKEND = SlurmBackend()
 _n = iter(range(1_000_000))
@@ -66,6 +66,12 @@ def test_a_job_pends_while_all_gpus_are_busy_then_runs(slurm_cluster):
     assert any(s.state == JobState.PENDING and "Resources" in s.message for s in seen), seen
     assert status.state == JobState.SUCCEEDED and log_of(waiter) == ["got 0"]
     assert wait(hog).state == JobState.SUCCEEDED
+
+
+def test_env_values_arrive_byte_for_byte(slurm_cluster):
+    handle = BACKEND.submit(make_job(PRINT_ENV, env=HOSTILE_ENV))
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert json.loads(log_of(handle)[-1]) == HOSTILE_ENV
 
 
 def test_cancel_leaves_nothing_in_the_queue(slurm_cluster):

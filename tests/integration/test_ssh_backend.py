@@ -21,7 +21,7 @@ from flexorch_provider.backends.ssh import SshBackend
 from flexorch_provider.exceptions import HostError, SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.integration.conftest import FLEET_CONN
-from tests.integration.follow import all_lines, wait_finished
+from tests.integration.follow import HOSTILE_ENV, PRINT_ENV, all_lines, wait_finished
 
 BACKEND = SshBackend()
 DATA = Path(__file__).parents[1] / "data"
@@ -57,6 +57,12 @@ def test_success_runs_on_the_first_host_as_its_user(ssh_fleet):
     lines = all_logs(handle)
     # without a workdir the job runs in its own run directory under the host account's home
     assert any(line.startswith(f"I am flexorch-h1 in {ssh_fleet.hosts[0].home}/.flexorch/runs/") for line in lines)
+
+
+def test_env_values_arrive_byte_for_byte(ssh_fleet):
+    handle = BACKEND.submit(make_job(PRINT_ENV, [ssh_fleet.hosts[0].entry], env=HOSTILE_ENV))
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert json.loads(all_logs(handle)[-1]) == HOSTILE_ENV
 
 
 def test_failure_has_exit_code_and_log(ssh_fleet):

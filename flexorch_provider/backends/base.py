@@ -66,6 +66,7 @@ class JobHandle:
     run_key: str
     data: dict[str, Any] = field(default_factory=dict)
     secret_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what submit wants the task log to say (hosts skipped, why)
 
     def with_secret_refs(self, refs: dict[str, dict[str, Any]]) -> JobHandle:
         return replace(self, secret_refs=dict(refs))
@@ -78,7 +79,7 @@ class JobHandle:
         own = dict(data.get("data") or {})
         refs = data.get("secret_refs") or own.pop("secret_refs", None) or {}  # before 0.2 they sat in data
         return cls(target=data["target"], job_id=data["job_id"], run_key=data["run_key"], data=own,
-                   secret_refs=dict(refs))  # fmt: skip
+                   secret_refs=dict(refs), notes=list(data.get("notes") or []))  # fmt: skip
 
 
 @dataclass(frozen=True)

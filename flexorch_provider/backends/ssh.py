@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal, TypedDict, cast
 
 from flexorch_provider.backends.base import (
@@ -194,7 +194,8 @@ class SshBackend(Backend):
                 except (HostError, NoCapacityError) as err:
                     refusals.append(reason(err))
                     continue
-                return self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
+                handle = self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
+                return replace(handle, notes=[f"skipped ssh host {why}" for why in refusals])
             raise SubmitError("no ssh host could take the job: " + "; ".join(refusals))
 
         if unreachable:

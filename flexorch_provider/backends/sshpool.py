@@ -52,6 +52,24 @@ class Host:
         return f"{self.user + '@' if self.user else ''}{text}{f':{self.port}' if self.port else ''}"
 
 
+def connect_failure(e: BaseException) -> str:
+    """Why a connection failed, in words (paramiko's own text reads "[Errno None] Unable to ...")."""
+    import socket
+
+    import paramiko
+
+    if isinstance(e, paramiko.AuthenticationException):
+        return "authentication failed: check the connection's login and key"
+    if isinstance(e, socket.timeout | TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT} s (host down or a firewall)"
+    if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = {type(err).__name__ if not err.strerror else err.strerror.lower() for err in e.errors.values()}
+        return f"{', '.join(sorted(causes))} on port {next(iter(e.errors))[1]}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return reason(e)
+
+
 class Session:
     """One SSH connection to one host, reused across polls (paramiko channels are thread-safe)."""
 
@@ -69,12 +87,13 @@ class Session:
                     f"the Airflow connection {conn_id!r} does not exist; create it (type ssh, with login and key) "
                     f"or set ssh.connection in the spec"
                 ) from None
-            raise
-        self.label = host.label
+            raise HostError(f"{host.label}: the SSH connection {conn_id!r} cannot be used: {reason(e)}") from e
+        # a host left to the connection is named by the address the connection dials
+        self.label = host.label if host.host else Host(hook.remote_host or None, hook.port, hook.username).label
         try:
             self.client = hook.get_conn()
         except Exception as e:  # paramiko, socket and auth errors
-            raise HostError(f"{host.label}: cannot connect: {reason(e)}") from e
+            raise HostError(f"{self.label}: cannot connect: {connect_failure(e)}") from e
         self.installed: set[str] = set()  # files known to be on the host: installed, or used, by this session
         self.used = False  # a fresh connection is proof of life; a pooled one needs a command
         self.lock = threading.Lock()

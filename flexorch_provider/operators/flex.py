@@ -161,6 +161,8 @@ class FlexOperator(BaseOperator):
 
     def _submit(self, job: ResolvedJob) -> JobHandle:
         target, handle = self._on_first_target(job, lambda backend: backend.submit(job))
+        for note in handle.notes:
+            self.log.warning("%s", note)
         self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
         # where the secrets live (never their values): whoever follows the job masks them in its output
         return handle.with_secret_refs(secret_refs(self.workload))

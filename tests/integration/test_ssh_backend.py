@@ -62,7 +62,8 @@ def test_success_runs_on_the_first_host_as_its_user(ssh_fleet):
 def test_env_values_arrive_byte_for_byte(ssh_fleet):
     handle = BACKEND.submit(make_job(PRINT_ENV, [ssh_fleet.hosts[0].entry], env=HOSTILE_ENV))
     assert wait(handle).state == JobState.SUCCEEDED
-    assert json.loads(all_logs(handle)[-1]) == HOSTILE_ENV
+    [printed] = [line for line in all_logs(handle) if line.startswith("{")]
+    assert json.loads(printed) == HOSTILE_ENV
 
 
 def test_failure_has_exit_code_and_log(ssh_fleet):
@@ -113,6 +114,8 @@ def test_dead_host_is_skipped_and_reported(ssh_fleet, restart_host):
     restart_host(dead)  # after the test, whatever its outcome
     handle = BACKEND.submit(make_job("echo ok", [dead.entry, live.entry]))
     assert handle.data["hosts"][0]["host"]["user"] == live.user
+    # the task log names the host it skipped, and why, in words
+    assert handle.notes == [f"skipped ssh host {dead.entry}: cannot connect: connection refused on port 22"]
     assert wait(handle).state == JobState.SUCCEEDED
     with pytest.raises(SubmitError, match=rf"no ssh host could take the job: {dead.entry}: cannot connect"):
         BACKEND.submit(make_job("echo never", [dead.entry]))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
 import shlex
+import textwrap
 
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.exceptions import ConfigurationError
@@ -47,6 +49,27 @@ def sbatch_options(job: ResolvedJob) -> list[str]:
     return lines
 
 
+def shell_word(value: str) -> str:
+    """One bash word that is ``value`` exactly. sbatch refuses a script with a \r\n in it, so a
+    value holding \r is written in ANSI-C quotes ($'...'), escapes and all; others as shlex quotes."""
+    if "\r" not in value:
+        return shlex.quote(value)
+    escaped = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    out = "".join(
+        escaped.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value
+    )
+    return f"$'{out}'"
+
+
+def _file_from_text(target: str, text: str, delimiter: str) -> list[str]:
+    """Lines that write ``text`` byte for byte to ``target``: a quoted heredoc, or base64 where
+    the text holds \r (sbatch refuses \r\n line breaks in a batch script)."""
+    if "\r" not in text:
+        return [f"cat > {target} <<'{delimiter}'", text, delimiter]
+    encoded = base64.b64encode(text.encode()).decode()
+    return [f"base64 -d > {target} <<'{delimiter}'", *textwrap.wrap(encoded, 76), delimiter]
+
+
 def render_script(job: ResolvedJob) -> str:
     """The exact batch script. User values appear only as quoted words or inside a quoted heredoc."""
     for key in (*job.env, *job.secrets):
@@ -65,7 +88,7 @@ def render_script(job: ResolvedJob) -> str:
         "# written by flexorch: the run key, environment, setup and run of one task",
         f"export FLEXORCH_RUN_KEY={shlex.quote(job.run_key)}",
         'export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"',
-        *(f"export {k}={shlex.quote(v)}" for k, v in job.env.items()),
+        *(f"export {k}={shell_word(v)}" for k, v in job.env.items()),
         f'flexorch_dir="$SLURM_SUBMIT_DIR/{OUT_DIR}"',
         'flexorch_rc="$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.rc"',
         'flexorch_secrets="$flexorch_dir/$SLURM_JOB_NAME.secrets"',
@@ -79,11 +102,12 @@ def render_script(job: ResolvedJob) -> str:
             'export WORLD_SIZE="$SLURM_NNODES"',
         ]
     if job.workdir:
-        lines.append(f"cd {shlex.quote(job.workdir)} || exit 1")
+        lines.append(f"cd {shell_word(job.workdir)} || exit 1")
     if job.setup:
-        lines += [f"bash -e <<'{delimiter}' || exit $?", job.setup, delimiter]
+        setup = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.setup.sh"'
+        lines += [*_file_from_text(setup, job.setup, delimiter), f"bash -e {setup} || exit $?"]
     script = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"'
-    lines += [f"cat > {script} <<'{delimiter}'", run, delimiter]
+    lines += _file_from_text(script, run, delimiter)
     if w.resources.nodes > 1:
         # one task per node; each learns its rank from srun
         lines.append(
@@ -96,4 +120,4 @@ def render_script(job: ResolvedJob) -> str:
 
 
 def secrets_file(job: ResolvedJob) -> bytes:
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in job.secrets.items()).encode()
+    return "".join(f"export {k}={shell_word(v)}\n" for k, v in job.secrets.items()).encode()

@@ -233,3 +233,42 @@ def test_multi_node_jobs_run_the_step_with_srun_and_rank_variables():
     assert any(x.startswith("export MASTER_ADDR=") for x in lines)
     assert lines[-1].startswith('srun --kill-on-bad-exit=1 bash -c \'export RANK="$SLURM_PROCID"')
     assert "torchrun train.py" in lines
+
+
+def test_cancelling_a_pending_job_leaves_no_secrets_file(slurm_cluster):
+    from pathlib import Path
+
+    hog = BACKEND.submit(make_job("sleep 30", gpus="A100:4"))
+    job = make_job("echo never", gpus="A100:1", secrets={"API_TOKEN": "pending-secret-value"})
+    handle = BACKEND.submit(job)
+    secrets = Path.home() / slurm.OUT_DIR / f"{slurm.job_name(job)}.secrets"
+    assert secrets.exists() and BACKEND.poll([handle])[handle.job_id].state == JobState.PENDING
+    BACKEND.cancel(handle)  # the script never ran, so its exit trap never removed the file
+    assert not secrets.exists()
+    ended = wait(handle)
+    assert ended.state == JobState.CANCELLED and ended.release  # its follower releases what an ended job holds
+    BACKEND.cancel(hog)
+
+
+def test_each_submit_sweeps_stale_secrets_and_old_outputs(slurm_cluster):
+    import os
+    from pathlib import Path
+
+    out_dir = Path.home() / slurm.OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 20 * 24 * 3600
+    stale = out_dir / "flexorch-gone-0000.secrets"  # a job the queue no longer has
+    fresh = out_dir / "flexorch-starting-0000.secrets"  # another submit, between writing it and sbatch
+    old_out, new_out = out_dir / "flexorch-gone-0000-1.out", out_dir / "flexorch-recent-0000-2.out"
+    for f in (stale, fresh, old_out, new_out):
+        f.write_text("export X=1\n")
+    for f in (stale, old_out):
+        os.utime(f, (old, old))
+    handle = BACKEND.submit(make_job("echo swept"))
+    assert not stale.exists() and not old_out.exists()
+    assert fresh.exists() and new_out.exists()
+    assert wait(handle).state == JobState.SUCCEEDED
+    out = out_dir / f"{handle.data['name']}-{handle.job_id}.out"
+    assert out.stat().st_mode & 0o077 == 0  # printed output (secrets included) is the account's alone
+    for f in (fresh, new_out):
+        f.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from flexorch_provider.backends.base import (
@@ -19,7 +20,9 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.slurm.cluster import Cluster, SlurmJobData, cluster_of, job_data
 from flexorch_provider.backends.slurm.script import (
+    KEEP_OUTPUTS_DAYS,
     OUT_DIR,
+    PREPARE_OUT_DIR,
     REQUEST_OPTIONS,
     job_name,
     render_script,
@@ -42,7 +45,7 @@ class SlurmBackend(Backend):
         header = [
             f"# slurm: submitted {where}, from the account's home, as: sbatch --parsable < script",
             f"# secrets ({', '.join(job.secrets) or 'none'}) go to {OUT_DIR}/{job_name(job)}.secrets (0600), "
-            "sourced by the script and deleted when it ends",
+            "sourced by the script and deleted when it ends (or by cancel, or the next submit's sweep)",
         ]
         return "\n".join(header) + "\n" + render_script(job)
 
@@ -50,7 +53,7 @@ class SlurmBackend(Backend):
         return cluster_of(handle).key
 
     def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
-        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job)}
+        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job), "secrets": bool(job.secrets)}
         return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
 
     def _live(self, cluster: Cluster, name: str) -> str | None:
@@ -80,12 +83,13 @@ class SlurmBackend(Backend):
             raise SubmitError(f"cannot reach the Slurm controller: {e}") from e
         if live:
             return self._handle(job, cluster, live)  # never a second submission per run key
-        cluster.check(["mkdir", "-p", "-m", "700", OUT_DIR])
+        cluster.check(["sh", "-c", PREPARE_OUT_DIR, "sh", OUT_DIR, str(KEEP_OUTPUTS_DAYS)])
         if job.secrets:
             cluster.check(
                 ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)
             )
-        code, out, err = cluster.run(["sbatch", "--parsable"], stdin=script)
+        # umask 077: the output file Slurm creates for the job is readable by this account only
+        code, out, err = cluster.run(["sh", "-c", "umask 077 && exec sbatch --parsable"], stdin=script)
         if code != 0:
             raise SubmitError(self._explain_refusal(job, cluster, err.strip() or out.strip()))
         job_id = out.strip().split(";")[0]
@@ -133,6 +137,9 @@ class SlurmBackend(Backend):
         for h in handles:
             if h.job_id in rows:
                 out[h.job_id] = squeue_status(*rows[h.job_id][1:4])
+        for h in handles:  # an ended job's secrets file may outlive it (cancelled while pending, node lost)
+            if out[h.job_id].state.finished and job_data(h).get("secrets"):
+                out[h.job_id] = replace(out[h.job_id], release=True)
         return out
 
     def _settle_purged(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
@@ -180,8 +187,12 @@ class SlurmBackend(Backend):
 
     def cancel(self, handle: JobHandle) -> None:
         """``scancel`` returns once the controller has the request; it signals the job's steps and
-        ends it by itself (a job that already ended is not an error)."""
-        code, out, err = cluster_of(handle).run(["scancel", handle.job_id])
+        ends it by itself (a job that already ended is not an error). Its secrets file goes too: a
+        job cancelled before it started never ran the script that removes it."""
+        cluster = cluster_of(handle)
+        code, out, err = cluster.run(["scancel", handle.job_id])
         said = (err.strip() or out.strip())[-500:]
         if code != 0 and not any(gone in said for gone in ("already completing or completed", "Invalid job id")):
             raise BackendError(f"scancel {handle.job_id} failed (exit {code}): {said}")
+        if job_data(handle).get("secrets", True):
+            cluster.check(["rm", "-f", "--", f"{OUT_DIR}/{job_data(handle)['name']}.secrets"])

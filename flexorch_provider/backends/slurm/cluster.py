@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict, cast
+from typing import NotRequired, TypedDict, cast
 
 from flexorch_provider.backends.base import JobHandle, ResolvedJob
 from flexorch_provider.exceptions import BackendError
@@ -55,6 +55,7 @@ class SlurmJobData(TypedDict):
 
     conn: str | None  # the login node's SSH connection; None: the local Slurm clients
     name: str  # the job name (``flexorch-<run key slug>``): output and exit-code files are named after it
+    secrets: NotRequired[bool]  # a secrets file was written for it: removed when the job has ended
 
 
 def job_data(handle: JobHandle) -> SlurmJobData:

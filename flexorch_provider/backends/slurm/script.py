@@ -13,6 +13,19 @@ from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.exceptions import ConfigurationError
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
+KEEP_OUTPUTS_DAYS = 14  # a job's .out/.sh/.rc files are removed this long after they were last written
+# Run at each submit in the account's home (args: OUT_DIR, days): create the directory, then
+# tidy it: secrets files of jobs no longer in the queue (older than 10 minutes, so a submit
+# in flight elsewhere keeps its own), and outputs past their retention.
+PREPARE_OUT_DIR = r"""mkdir -p -m 700 "$1" && cd "$1" || exit 1
+live="$(squeue -h -u "$(id -un)" -o %j 2>/dev/null)" || exit 0
+find . -maxdepth 1 -type f -name '*.secrets' -mmin +10 | while read -r f; do
+    n="${f#./}"; n="${n%.secrets}"
+    printf '%s\n' "$live" | grep -qxF -- "$n" || rm -f -- "$f"
+done
+find . -maxdepth 1 -type f -mtime +"$2" \( -name '*.out' -o -name '*.sh' -o -name '*.rc' \) -exec rm -f -- {} +
+exit 0
+"""
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REQUEST_OPTIONS = {"--nodes", "--cpus-per-task", "--mem", "--gres", "--time", "--partition", "--account", "--qos"}
 
@@ -55,9 +68,7 @@ def shell_word(value: str) -> str:
     if "\r" not in value:
         return shlex.quote(value)
     escaped = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    out = "".join(
-        escaped.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value
-    )
+    out = "".join(escaped.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value)
     return f"$'{out}'"
 
 

@@ -83,7 +83,7 @@ def _render_target(args: argparse.Namespace) -> int:
     workload = load_workload(args.spec, step=args.step, target=args.target)
     job = ResolvedJob.for_run(
         workload,
-        run_key(spec.name, args.step or workload.kind, "<run_id>"),
+        run_key(spec.name, args.step or workload.kind, args.run_id),
         secrets={k: "<resolved at run time>" for k in workload.secrets},
     )
     sys.stdout.write(get_backend(args.target).render(job))
@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     p.add_argument("--target", help="instead, print what this target would run (templates not rendered)")
     p.add_argument("--step", help="the pipeline step to render with --target")
+    p.add_argument(
+        "--run-id",
+        default="<run_id>",
+        help="with --target: render for this Airflow run id (then the job name and paths are the ones that run uses)",
+    )
     p.set_defaults(func=_render)
 
     p = sub.add_parser("generate", help="write one static DAG file per spec (for reviewed, committed DAGs)")

@@ -250,13 +250,15 @@ class FlexOperator(BaseOperator):
         if event.get("status") == "success":
             self.log.info("job %s on %s succeeded", handle.job_id, handle.target)
             return {**_public(handle), "state": event.get("state"), "exit_code": event.get("exit_code")}
-        if event.get("status") == "failed":
-            raise JobFailedError(
-                f"job {handle.job_id} on {handle.target} {event.get('state')}: {event.get('message')}",
-                exit_code=event.get("exit_code"),
-                log_tail=event.get("log_tail"),
-            )
-        raise BackendError(f"job {handle.job_id} on {handle.target}: {event.get('message')}")
+        failed = event.get("status") == "failed"
+        what = f" {event.get('state')}:" if failed else ":"
+        summary = f"job {handle.job_id} on {handle.target}{what} {event.get('message')}"
+        # the reason as a log line (the job's last lines are just above): the task log in the UI and
+        # the REST API shows only "Task failed with exception" for the exception itself
+        self.log.error("%s", summary)
+        if failed:
+            raise JobFailedError(summary, exit_code=event.get("exit_code"), log_tail=event.get("log_tail"))
+        raise BackendError(summary)
 
     def on_kill(self) -> None:
         """The task was killed (mark failed, timeout, SIGTERM): stop the job."""

@@ -5,6 +5,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 
@@ -69,7 +70,12 @@ class Supervisor(object):
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp,
             )  # fmt: skip
         except OSError as e:
-            self.note("could not start %s: %s" % (argv[0], e))
+            workdir = workdir_of(self.job, self.run_dir)
+            if not os.path.isdir(workdir):
+                self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
+                          % (workdir, socket.gethostname()))  # fmt: skip
+                return 1
+            self.note("could not start %s: %s" % (argv[0], e.strerror or e))
             return 127
         write_atomic(os.path.join(self.run_dir, "job.pgid"), str(self.child.pid))
         fd = self.child.stdout.fileno()

@@ -39,8 +39,16 @@ class UpdatePolicy(FlexModel):
         Literal["rolling", "recreate"], Field(description="rolling: one replica at a time gated on health.")
     ] = "rolling"
     max_unavailable: Annotated[
-        int, Field(strict=True, ge=0, le=1000, description="Replicas that may be down during a rolling update.")
-    ] = 0
+        int | None,
+        Field(
+            strict=True,
+            ge=0,
+            le=1000,
+            description="Replicas that may be down during a rolling update. Unset: add the new replica on a host "
+            "with room (max_surge), else replace one replica in place while the others serve; 0: never fewer than "
+            "`replicas` serving (the update stops when no host has room).",
+        ),
+    ] = None
     max_surge: Annotated[
         int, Field(strict=True, ge=0, le=1000, description="Extra replicas allowed during a rolling update.")
     ] = 1

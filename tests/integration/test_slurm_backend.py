@@ -272,3 +272,35 @@ def test_each_submit_sweeps_stale_secrets_and_old_outputs(slurm_cluster):
     assert out.stat().st_mode & 0o077 == 0  # printed output (secrets included) is the account's alone
     for f in (fresh, new_out):
         f.unlink()
+
+
+def test_flexorch_render_prints_the_script_that_sbatch_received(slurm_cluster, tmp_path, monkeypatch, capsys):
+    from flexorch_provider.backends.base import run_key
+    from flexorch_provider.cli.main import main
+
+    spec = tmp_path / "render-me.yaml"
+    spec.write_text(
+        "name: render-me\nkind: training\ntarget: slurm\nsetup: true\nrun: |\n  echo 'quoted' \"$HOME\"\n\n  echo two\n"
+        "env: {GREETING: 'hi there', CRLF: \"a\\r\\nb\"}\nresources: {gpus: 'A100:1'}\n"
+    )
+    run_id = f"manual__{time.time_ns()}"
+    sent: list[bytes] = []
+    real_run = slurm.Cluster.run
+
+    def recording(self, argv, stdin=None):
+        if "sbatch" in " ".join(argv):
+            sent.append(stdin)
+        return real_run(self, argv, stdin)
+
+    monkeypatch.setattr(slurm.Cluster, "run", recording)
+    w = load_workload(str(spec))
+    handle = BACKEND.submit(ResolvedJob.for_run(w, run_key("render-me", "training", run_id)))
+    assert wait(handle).state == JobState.SUCCEEDED
+    assert main(["render", str(spec), "--target", "slurm", "--run-id", run_id]) == 0
+    assert capsys.readouterr().out.encode() == sent[0]
+
+
+def test_a_missing_workdir_fails_naming_it(slurm_cluster):
+    handle = BACKEND.submit(make_job("echo never", workdir="no/such/dir"))
+    assert wait(handle).state == JobState.FAILED
+    assert any("workdir no/such/dir does not exist on " in line for line in log_of(handle)), log_of(handle)

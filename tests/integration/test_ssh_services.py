@@ -150,6 +150,23 @@ def test_rolling_update_starts_each_new_replica_healthy_before_the_old_one_stops
     assert sum(len(server_processes(x)) for x in h) == 3
 
 
+def test_the_default_update_of_replicas_that_fill_every_host_replaces_them_one_at_a_time(ssh_fleet, clean):
+    """One replica per host on one port, no host free: by default each is replaced in place while
+    the other serves; asked for max_unavailable 0 it refuses and changes nothing."""
+    hosts = ssh_fleet.entries(2)
+    first, _ = service("deploy", hosts, replicas=2)
+    with pytest.raises(
+        ServiceError, match=rf"port {PORT} is taken on every reachable host and update\.max_unavailable"
+    ):
+        service("deploy", hosts, replicas=2, version="v2", update={"max_unavailable": 0})
+    assert sorted(v.split()[0] for v in answers(ssh_fleet).values() if v) == ["v1", "v1"]
+    second, log = service("deploy", hosts, replicas=2, version="v2")
+    assert second["revision"] != first["revision"]
+    in_place = [line for line in log if "update in place" in line]
+    assert len(in_place) == 2, log
+    assert sorted(v.split()[0] for v in answers(ssh_fleet).values() if v) == ["v2", "v2"]
+
+
 def test_a_broken_revision_stops_the_rollout_and_the_old_replicas_keep_serving(ssh_fleet, clean):
     service("deploy", ssh_fleet.entries(4), replicas=3)
     broken = "echo 'cannot load the model: weights.bin missing'; exit 3"
@@ -234,13 +251,14 @@ def test_a_replica_that_wants_a_gpu_skips_a_host_without_one(ssh_fleet, clean, t
         with pytest.raises(ServiceError, match=r"no host can start replica 2") as err:
             service("deploy", [plain.entry, t4_host.entry], replicas=3, **kw)
         assert plain.entry in str(err.value) and "1 T4 GPU(s) wanted, 0 free" in str(err.value)
-        # a rolling update cannot surge (no free T4 anywhere): it says how to go on, changing nothing
-        with pytest.raises(ServiceError, match=r"set update\.max_unavailable: 1") as err:
-            service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2", **kw)
+        # a rolling update cannot surge (no free T4 anywhere); asked never to go below 2 serving, it
+        # says how to go on, changing nothing
+        with pytest.raises(ServiceError, match=r"max_unavailable is 0: unset it") as err:
+            service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2",
+                    update={"max_unavailable": 0}, **kw)  # fmt: skip
         assert "2 replica(s) keep serving" in str(err.value)
-        # ... and with max_unavailable 1 it updates in place, each new replica on the freed GPU
-        summary, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2",
-                               update={"max_unavailable": 1}, **kw)  # fmt: skip
+        # ... and by default it updates in place, one at a time, each new replica on the freed GPU
+        summary, log = service("deploy", [plain.entry, t4_host.entry], replicas=2, version="v2", **kw)
         assert sum("updating it in place" in line for line in log) == 2, log
         assert [r["host"] for r in summary["replicas"]] == [t4_host.entry] * 2
         assert summary["revision"] != first["revision"]

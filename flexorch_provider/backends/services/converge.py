@@ -270,6 +270,11 @@ class Converger(Generic[H]):
         )
         return self.summary(final)
 
+    @property
+    def may_update_in_place(self) -> bool:
+        """Unset max_unavailable allows one replica down when no host has room for an extra one."""
+        return self.want.max_unavailable is None or self.want.max_unavailable >= 1
+
     def replace(self, old: Replica[H], load: collections.Counter[str], remaining: int) -> None:
         """Rolling update of one slot: surge onto a free host, or stop-then-start in place."""
         want = self.want
@@ -280,11 +285,11 @@ class Converger(Generic[H]):
             except ServiceError as e:
                 if not isinstance(e.__cause__, NoCapacityError):
                     raise
-                if want.max_unavailable < 1:
+                if not self.may_update_in_place:
                     raise ServiceError(
                         f"{e}\nrolling update to {want.revision} stopped: {remaining} replica(s) keep serving "
-                        f"revision {old.revision}; no other host has room for an extra replica, so set "
-                        "update.max_unavailable: 1 to update in place one replica at a time"
+                        f"revision {old.revision}; no other host has room for an extra replica and "
+                        "update.max_unavailable is 0: unset it (or set 1) to update in place one replica at a time"
                     ) from e.__cause__
                 self.log(f"replica {old.slot}: no other host has room ({e.__cause__}); updating it in place")
         if surge is not None:
@@ -299,11 +304,11 @@ class Converger(Generic[H]):
             self.retire(old, f"replaced by revision {want.revision} on {self.fleet.label(host)}")
             load[self.fleet.label(old.host)] -= 1
             return
-        if want.max_unavailable < 1:
+        if not self.may_update_in_place:
             raise ServiceError(
                 f"service {want.name}: rolling update needs a free host for the extra replica (max_surge), but "
-                f"port {want.port} is taken on every reachable host; add a host, or set update.max_unavailable: 1 "
-                "to update in place one replica at a time"
+                f"port {want.port} is taken on every reachable host and update.max_unavailable is 0: add a host, "
+                "or unset max_unavailable (or set 1) to update in place one replica at a time"
             )
         self.retire(old, f"update in place to revision {want.revision}")
         new = self.start(old.slot, old.host)

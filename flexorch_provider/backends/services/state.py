@@ -53,7 +53,7 @@ class Desired:
     interval_s: float
     strategy: str
     max_surge: int
-    max_unavailable: int
+    max_unavailable: int | None  # None: surge where a host has room, else one replica in place
     documents: dict[int, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
 

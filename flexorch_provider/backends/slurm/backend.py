@@ -37,17 +37,8 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def render(self, job: ResolvedJob) -> str:
-        where = (
-            f"over SSH on the login node of connection {job.workload.slurm.connection!r}"
-            if job.workload.slurm.connection
-            else "with the local sbatch"
-        )
-        header = [
-            f"# slurm: submitted {where}, from the account's home, as: sbatch --parsable < script",
-            f"# secrets ({', '.join(job.secrets) or 'none'}) go to {OUT_DIR}/{job_name(job)}.secrets (0600), "
-            "sourced by the script and deleted when it ends (or by cancel, or the next submit's sweep)",
-        ]
-        return "\n".join(header) + "\n" + render_script(job)
+        """The batch script exactly as submit sends it to sbatch (its comments say how and where)."""
+        return render_script(job)
 
     def batch_key(self, handle: JobHandle) -> str:
         return cluster_of(handle).key

@@ -81,6 +81,11 @@ def _file_from_text(target: str, text: str, delimiter: str) -> list[str]:
     return [f"base64 -d > {target} <<'{delimiter}'", *textwrap.wrap(encoded, 76), delimiter]
 
 
+def _echo_safe(text: str) -> str:
+    """``text`` for inside a double-quoted echo: only letters, digits and path punctuation kept."""
+    return re.sub(r"[^A-Za-z0-9_./~+,=@ -]", "?", text)
+
+
 def render_script(job: ResolvedJob) -> str:
     """The exact batch script. User values appear only as quoted words or inside a quoted heredoc."""
     for key in (*job.env, *job.secrets):
@@ -94,9 +99,18 @@ def render_script(job: ResolvedJob) -> str:
     while not delimiter or delimiter in body:  # a heredoc end marker the text cannot contain
         delimiter = "FLEXORCH_" + hashlib.sha256(f"{salt}:{body}".encode()).hexdigest()[:16].upper()
         salt += 1
+    where = (
+        f"over SSH on the login node of connection {_echo_safe(w.slurm.connection)}"
+        if w.slurm.connection
+        else "with the local sbatch"
+    )
+    secret_names = ", ".join(sorted(job.secrets)) or "none"
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in sbatch_options(job))]
     lines += [
         "# written by flexorch: the run key, environment, setup and run of one task",
+        f"# submitted {where}, from the account's home, as: sbatch --parsable < this script",
+        f"# secrets ({secret_names}) are not in it: they go to {OUT_DIR}/{job_name(job)}.secrets (0600),",
+        "# sourced below and deleted when the job ends (or by cancel, or the next submit's sweep)",
         f"export FLEXORCH_RUN_KEY={shlex.quote(job.run_key)}",
         'export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"',
         *(f"export {k}={shell_word(v)}" for k, v in job.env.items()),
@@ -113,7 +127,10 @@ def render_script(job: ResolvedJob) -> str:
             'export WORLD_SIZE="$SLURM_NNODES"',
         ]
     if job.workdir:
-        lines.append(f"cd {shell_word(job.workdir)} || exit 1")
+        lines.append(
+            f'cd {shell_word(job.workdir)} 2>/dev/null || {{ echo "[flexorch] workdir {_echo_safe(job.workdir)} '
+            'does not exist on $(hostname): create it there, or fix workdir in the spec" >&2; exit 1; }'
+        )
     if job.setup:
         setup = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.setup.sh"'
         lines += [*_file_from_text(setup, job.setup, delimiter), f"bash -e {setup} || exit $?"]

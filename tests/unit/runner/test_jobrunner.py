@@ -155,7 +155,8 @@ def test_missing_workdir_is_a_clear_failure(tmp_path):
     start(tmp_path / "r", {"script": "true", "workdir": str(tmp_path / "nope")})
     st = wait_done(tmp_path / "r")
     assert st["state"] == "failed"
-    assert "could not start" in (tmp_path / "r" / "log").read_text()
+    log = (tmp_path / "r" / "log").read_text()
+    assert f"workdir {tmp_path / 'nope'} does not exist on " in log and "fix workdir in the spec" in log
 
 
 @pytest.mark.parametrize("mode", ["status", "cancel"])

@@ -4,13 +4,15 @@
 
     render(job)        what would run (script, manifests, commands); no side effects
     submit(job)        start the job, idempotent on job.run_key: a live job with the same
-                       run key is returned instead of starting a second one
+                       run key is returned instead of starting a second one, and so is
+                       one that succeeded but was never claimed (its worker died first)
     poll(handles)      status of many jobs at once (one query can serve many jobs); reads
                        only, it never changes a job
     read_logs(h, cur)  log lines after a cursor, and the next cursor (opaque to everyone
                        but the backend, JSON-serializable; ``furthest`` compares two)
     cancel(handle)     stop the job; nothing of it is left running (it asks the scheduler
                        and returns; it does not wait out a slow controller)
+    claim(handle)      the job's outcome reached Airflow: a later try runs anew (optional)
 
 Errors: ``submit`` raises SubmitError when this target cannot take the job (the operator
 then tries the next target); every other failure is a BackendError (or a subclass), and
@@ -286,6 +288,12 @@ class Backend(ABC):
     def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
         """Deploy, reconcile or undeploy a service (``job.action``); a summary for XCom."""
         raise SubmitError(f"the {self.name} target cannot run services (action {job.action!r}) in this version")
+
+    def claim(self, handle: JobHandle) -> None:
+        """The job's outcome reached Airflow. Until then a later try of its run key adopts a job that
+        succeeded (its worker died before recording it) instead of running it again; after, a
+        try (a cleared task) runs anew. Backends that keep no such mark rerun, as before."""
+        return None
 
     def furthest(self, a: LogCursor, b: LogCursor) -> LogCursor:
         """The cursor further into this backend's log (a restarted trigger resumes from it)."""

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -36,7 +37,7 @@ from flexorch_provider.backends.base import (
 from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
-from flexorch_provider.runner.attempts import prepare
+from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT, GpuError
 from flexorch_provider.runner.logs import read_log
 from flexorch_provider.runner.procs import cancel
@@ -125,9 +126,9 @@ class LocalBackend(Backend):
         except OSError as e:
             raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
         run_dir = Path(attempt["run_dir"])
-        handle = self._handle(job, run_dir)
+        handle = replace(self._handle(job, run_dir), notes=attempt_notes(attempt))
         if attempt["reattached"]:
-            return handle  # never a second live job per run key
+            return handle  # never a second live job per run key, never a finished one run twice
         try:
             subprocess.run(
                 [*runner_argv(), "start", str(run_dir)],
@@ -140,6 +141,9 @@ class LocalBackend(Backend):
         except (OSError, subprocess.SubprocessError) as e:
             raise SubmitError(f"could not start the job runner for {run_dir}: {e}") from e
         return handle
+
+    def claim(self, handle: JobHandle) -> None:
+        claim(job_data(handle)["run_dir"])
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         out: dict[str, JobStatus] = {}

@@ -43,6 +43,7 @@ from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
 from flexorch_provider.fanout import parallel, reason
 from flexorch_provider.runner import bundle
+from flexorch_provider.runner.attempts import attempt_notes
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT
 
 REMOTE_RUNS = ".flexorch/runs"
@@ -176,7 +177,10 @@ class SshBackend(Backend):
         for _, _, e in probes:
             if isinstance(e, ConfigurationError):
                 raise e
-        live = [(h, found) for h, found, e in probes if e is None and found]
+        # a live attempt before an adopted success, were there both on different hosts
+        live = sorted(
+            ((h, found) for h, found, e in probes if e is None and found), key=lambda x: bool(x[1].get("adopted"))
+        )
 
         def start(h: Host) -> dict[str, Any]:
             return json.loads(runner(conn, h, "submit", key_dir, stdin=payload))
@@ -184,7 +188,8 @@ class SshBackend(Backend):
         if opts.placement == "any":
             if live:
                 h, found = live[0]
-                return self._handle(job, conn, [(h, found["run_dir"])], found["job_id"])
+                handle = self._handle(job, conn, [(h, found["run_dir"])], found["job_id"])
+                return replace(handle, notes=attempt_notes(found, h.label))
             refusals = list(unreachable.values())
             for h, _, e in probes:
                 if e is not None:
@@ -195,7 +200,8 @@ class SshBackend(Backend):
                     refusals.append(reason(err))
                     continue
                 handle = self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
-                return replace(handle, notes=[f"skipped ssh host {why}" for why in refusals])
+                skipped = [f"skipped ssh host {why}" for why in refusals]
+                return replace(handle, notes=skipped + attempt_notes(started, h.label))
             raise SubmitError("no ssh host could take the job: " + "; ".join(refusals))
 
         if unreachable:
@@ -212,7 +218,8 @@ class SshBackend(Backend):
             except BackendError:
                 pass  # the submit error below is what the user needs to see
             raise SubmitError("placement all: could not start on " + "; ".join(failed))
-        return self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}")
+        notes = [note for h, r, _ in results for note in attempt_notes(r, h.label)]
+        return replace(self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}"), notes=notes)
 
     def _handle(self, job: ResolvedJob, conn: str, placed: list[tuple[Host, str]], job_id: str) -> JobHandle:
         many = job.workload.ssh.placement == "all"
@@ -287,6 +294,16 @@ class SshBackend(Backend):
             lines += [f"[{label}] {line}" for line in data["lines"]]
             cursors[label] = data["cursor"]
         return LogChunk(lines, cursors)
+
+    def claim(self, handle: JobHandle) -> None:
+        conn = job_data(handle)["conn"]
+        for p, _, error in parallel(
+            job_data(handle)["hosts"], lambda p: runner(conn, Host(**p["host"]), "claim", p["run_dir"])
+        ):
+            if error is not None:
+                raise HostError(
+                    f"cannot mark job {handle.job_id} recorded on {Host(**p['host']).label}: {reason(error)}"
+                )
 
     def cancel(self, handle: JobHandle) -> None:
         conn = job_data(handle)["conn"]

@@ -247,6 +247,11 @@ class FlexOperator(BaseOperator):
     def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
         handle = JobHandle.from_dict(event["handle"])
         self._handle = None
+        if event.get("status") in ("success", "failed"):
+            try:  # before Airflow records it: a try after this one (a cleared task) runs the job anew
+                get_backend(handle.target).claim(handle)
+            except Exception as e:
+                self.log.warning("could not mark job %s as recorded (%s): a later try may adopt it", handle.job_id, e)
         if event.get("status") == "success":
             self.log.info("job %s on %s succeeded", handle.job_id, handle.target)
             return {**_public(handle), "state": event.get("state"), "exit_code": event.get("exit_code")}

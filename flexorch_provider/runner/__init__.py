@@ -16,13 +16,16 @@ line::
     RUN_DIR/job.pgid       process group of the job (setup, then run)
     RUN_DIR/log            job stdout+stderr, secret values replaced by ***
     RUN_DIR/result.json    written last and atomically: state, exit code, times
+    RUN_DIR/claimed        the job's outcome reached Airflow (written by ``claim``)
 
 Modes (:mod:`.cli`)::
 
     jobrunner submit KEY_DIR     read {"job": ..., "secrets": ...} from stdin; reattach to the
-                                 live attempt under KEY_DIR or create and start the next one
+                                 live attempt under KEY_DIR, adopt one that succeeded without
+                                 its outcome reaching Airflow, or create and start the next one
                                  (KEY_DIR/<n>); print one JSON line
-    jobrunner live KEY_DIR       the live attempt under KEY_DIR as JSON, or {}
+    jobrunner live KEY_DIR       what submit would reattach to or adopt, as JSON, or {}
+    jobrunner claim RUN_DIR...   the attempt's outcome reached Airflow: a later try runs anew
     jobrunner start RUN_DIR      detach and supervise the job (returns at once)
     jobrunner status RUN_DIR...  one JSON line per directory
     jobrunner log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON

@@ -28,11 +28,54 @@ def live_attempt(key_dir):
             "attempt": numbers[-1], "reattached": True}  # fmt: skip
 
 
-def prepare(key_dir, job, secrets):
-    """The live attempt under ``key_dir`` (reattach), or a new attempt directory with its files.
+CLAIMED = "claimed"  # in a run dir: the job's outcome reached Airflow (the operator recorded it)
 
-    Returns ``{"run_dir", "job_id", "attempt", "reattached"}``; a new attempt still has to be
-    started. Attempt directories are created with mkdir, which is atomic: two racing
+
+def claim(run_dir):
+    """Mark the attempt's outcome as recorded by Airflow: a later try of the run key runs anew."""
+    path = os.path.join(os.path.abspath(run_dir), CLAIMED)
+    if os.path.isdir(os.path.dirname(path)):
+        with open(path, "a"):
+            pass
+        return {"run_dir": os.path.dirname(path), "claimed": True}
+    return {"run_dir": os.path.dirname(path), "claimed": False}
+
+
+def unclaimed_end(key_dir):
+    """The latest attempt under ``key_dir`` if it has ended and no try recorded its outcome
+    (its worker died first), with its state; else None."""
+    numbers = attempts(key_dir)
+    if not numbers:
+        return None
+    latest = os.path.join(os.path.abspath(key_dir), str(numbers[-1]))
+    st = status(latest)
+    if st["state"] in LIVE or os.path.exists(os.path.join(latest, CLAIMED)):
+        return None
+    return {"run_dir": latest, "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
+            "attempt": numbers[-1], "state": st["state"], "exit_code": st.get("exit_code"),
+            "message": st.get("message", "")}  # fmt: skip
+
+
+def found(key_dir, adopt=True):
+    """What a submit of this run key finds: the live attempt (reattach), or one that succeeded
+    without its outcome reaching Airflow (adopt: never run a finished job twice); else {}.
+    A service replica is never adopted: one that ended is started again."""
+    live = live_attempt(key_dir)
+    if live or not adopt:
+        return live or {}
+    ended = unclaimed_end(key_dir)
+    if ended and ended["state"] == "succeeded":
+        return dict(ended, reattached=True, adopted=True)
+    return {}
+
+
+def prepare(key_dir, job, secrets):
+    """The live attempt under ``key_dir`` (reattach), an unclaimed success (adopt), or a new
+    attempt directory with its files.
+
+    Returns ``{"run_dir", "job_id", "attempt", "reattached"}`` (``adopted`` for a success taken
+    over; ``previous`` for an unclaimed attempt that did not succeed, which runs again); a new
+    attempt still has to be started. Attempt directories are created with mkdir, which is atomic: two racing
     submitters cannot both create the same attempt. A job that asks for GPUs claims them
     here (:func:`.gpus.claim_gpus`); GpuError when this host cannot give them.
     """
@@ -40,13 +83,17 @@ def prepare(key_dir, job, secrets):
     os.makedirs(key_dir, 0o700, exist_ok=True)
 
     slug = os.path.basename(key_dir)
-    live = live_attempt(key_dir)
-    if live:
-        return live
+    service = bool(job.get("service"))
+    existing = found(key_dir, adopt=not service)
+    if existing:
+        return existing
+    previous = None if service else unclaimed_end(key_dir)
     numbers = attempts(key_dir)
     number = numbers[-1] + 1 if numbers else 1
     run_dir = os.path.join(key_dir, str(number))
     out = {"run_dir": run_dir, "job_id": "%s/%d" % (slug, number), "attempt": number, "reattached": False}
+    if previous:
+        out["previous"] = previous
     want = job.get("gpus")
     table = gpus_here() if want and want.get("indices") is None else None  # before anything exists
     try:
@@ -69,3 +116,18 @@ def prepare(key_dir, job, secrets):
     if secrets:
         write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))
     return out
+
+
+def attempt_notes(out, where=""):
+    """What the task log should say about a submit's result (``out`` from :func:`prepare` or
+    :func:`found`): an adopted success, or an unrecorded failure that runs again."""
+    at = " on %s" % where if where else ""
+    if out.get("adopted"):
+        return ["job %s%s had already succeeded, but no earlier try recorded it (its worker died): taking its "
+                "result and log instead of running it again" % (out["job_id"], at)]  # fmt: skip
+    prev = out.get("previous")
+    if prev:
+        return ["the previous try's job %s%s ended %s (%s) without its outcome reaching Airflow: running it "
+                "again as %s" % (prev["job_id"], at, prev["state"], prev.get("message") or "no message",
+                                  out["job_id"])]  # fmt: skip
+    return []

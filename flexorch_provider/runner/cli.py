@@ -9,7 +9,7 @@ import json
 import sys
 
 USAGE = (
-    "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health RUN_DIR... | log RUN_DIR CURSOR"
+    "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | log RUN_DIR CURSOR"
     " | replicas SVC_DIR | retire KEY_DIR...\n"
 )
 
@@ -43,9 +43,13 @@ def main(argv):
     if mode == "submit" and len(args) == 1:
         return _submit(args[0])
     if mode == "live" and len(args) == 1:
-        from .attempts import live_attempt
+        from .attempts import found
 
-        _print([live_attempt(args[0]) or {}])
+        _print([found(args[0])])
+    elif mode == "claim" and args:
+        from .attempts import claim
+
+        _print(claim(run_dir) for run_dir in args)
     elif mode == "log" and len(args) == 2:
         from .logs import read_log
 

@@ -68,6 +68,10 @@ with DAG("flex_e2e_slurm_triggerer", schedule=None, start_date=START):
     FlexOperator(task_id="train", poll_interval=1,
                  spec={{"name": "train", **SLURM, "run": "for i in $(seq 1 20); do echo tick $i; sleep 1; done"}})
 
+with DAG("flex_e2e_slurm_adopt", schedule=None, start_date=START):
+    FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=2, retry_delay=timedelta(seconds=1),
+                 spec={{"name": "adopt", **SLURM, "run": "echo start >> {adopt_starts}; sleep 3; echo finished"}})
+
 with DAG("flex_e2e_slurm_secret", schedule=None, start_date=START):
     FlexOperator(task_id="train", poll_interval=1,
                  spec={{"name": "train", **SLURM, "secrets": {{"HF_TOKEN": "variable:flex_e2e_model_ref"}},
@@ -104,6 +108,7 @@ def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
                 runs=str(runs),
                 example=str(ROOT / "spec_examples" / "hello-local.yaml"),
                 starts=str(starts),
+                adopt_starts=str(base / "adopt-starts.txt"),
                 conn=FLEET_CONN,
                 host=ssh_fleet.hosts[0].entry,
             )
@@ -220,6 +225,27 @@ def test_worker_killed_mid_run_then_retry_reattaches(stack):
     assert ti["state"] == "success", log[-3000:]
     assert ti["try_number"] >= 2
     assert stack.starts.read_text().splitlines() == ["start"], "the job was started more than once"
+
+
+def test_a_slurm_job_that_ended_while_its_worker_was_dead_is_adopted_not_run_again(stack, slurm_cluster):
+    """The worker dies before the task records anything; the job goes on and succeeds. The retry
+    finds it by run key, takes its result and streams its log: one job ran, its lines reached
+    the task log."""
+    stack.wait_dag("flex_e2e_slurm_adopt")
+    run_id = stack.trigger("flex_e2e_slurm_adopt")
+    ti = stack.wait_ti_state("flex_e2e_slurm_adopt", run_id, "once", {"running"}, 120)
+    starts = stack.runs.parent / "adopt-starts.txt"
+    stack.wait_for(lambda: starts.exists(), 60, "the Slurm job to start")
+    workers = stack.wait_for(lambda: _task_processes(f"airflow worker -- {ti['id']}"), 10, "the task process")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    ti = stack.wait_ti_state("flex_e2e_slurm_adopt", run_id, "once", {"success", "failed"}, 180)
+    log = stack.task_log("flex_e2e_slurm_adopt", run_id, "once", ti["try_number"])
+    assert ti["state"] == "success" and ti["try_number"] >= 2, log[-3000:]
+    assert "had already succeeded, but no earlier try recorded it" in log, log[-3000:]
+    assert "finished" in [line.strip() for line in log.splitlines()], log[-3000:]
+    assert starts.read_text().splitlines() == ["start"], "the job ran more than once"
+    assert len(_slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_adopt", "once")) == 1
 
 
 def test_ssh_mark_failed_leaves_nothing_on_the_host(stack, ssh_fleet):

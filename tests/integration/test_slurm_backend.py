@@ -304,3 +304,28 @@ def test_a_missing_workdir_fails_naming_it(slurm_cluster):
     handle = BACKEND.submit(make_job("echo never", workdir="no/such/dir"))
     assert wait(handle).state == JobState.FAILED
     assert any("workdir no/such/dir does not exist on " in line for line in log_of(handle)), log_of(handle)
+
+
+def test_a_success_no_try_recorded_is_adopted_and_a_recorded_one_runs_anew(slurm_cluster, tmp_path):
+    ran = tmp_path / "ran"
+    job = make_job(f"echo once >> {ran}; echo done")
+    first = BACKEND.submit(job)
+    assert wait(first).state == JobState.SUCCEEDED
+    adopted = BACKEND.submit(make_job("echo never", key=job.run_key))  # the worker died before recording it
+    assert adopted.job_id == first.job_id and "had already succeeded" in adopted.notes[0]
+    assert wait(adopted).state == JobState.SUCCEEDED and "done" in log_of(adopted)
+    BACKEND.claim(adopted)  # the task recorded it; a cleared task runs the job again
+    anew = BACKEND.submit(make_job(f"echo once >> {ran}", key=job.run_key))
+    assert anew.job_id != first.job_id and anew.notes == []
+    assert wait(anew).state == JobState.SUCCEEDED
+    assert ran.read_text() == "once\nonce\n"
+
+
+def test_an_unrecorded_failure_runs_again_and_says_so(slurm_cluster):
+    job = make_job("exit 3")
+    first = BACKEND.submit(job)
+    assert wait(first).state == JobState.FAILED
+    again = BACKEND.submit(make_job("true", key=job.run_key))
+    assert again.job_id != first.job_id
+    assert again.notes == [f"the previous try's Slurm job {first.job_id} ended with exit code 3 without its outcome "
+                           "reaching Airflow: running it again"]  # fmt: skip

@@ -74,7 +74,18 @@ class SlurmBackend(Backend):
             raise SubmitError(f"cannot reach the Slurm controller: {e}") from e
         if live:
             return self._handle(job, cluster, live)  # never a second submission per run key
-        cluster.check(["sh", "-c", PREPARE_OUT_DIR, "sh", OUT_DIR, str(KEEP_OUTPUTS_DAYS)])
+        ended = cluster.check(["sh", "-c", PREPARE_OUT_DIR, "sh", OUT_DIR, str(KEEP_OUTPUTS_DAYS), name]).split()
+        notes: list[str] = []
+        if len(ended) == 3 and ended[2] == "0":  # the latest job of this run key ended, and no try recorded it
+            ended_id, ended_code = ended[0], ended[1]
+            if ended_code == "0":
+                return replace(
+                    self._handle(job, cluster, ended_id),
+                    notes=[f"Slurm job {ended_id} had already succeeded, but no earlier try recorded it (its worker "
+                           "died): taking its result and log instead of running it again"],
+                )  # fmt: skip
+            notes.append(f"the previous try's Slurm job {ended_id} ended with exit code {ended_code} without its outcome "
+                         "reaching Airflow: running it again")  # fmt: skip
         if job.secrets:
             cluster.check(
                 ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)
@@ -86,7 +97,7 @@ class SlurmBackend(Backend):
         job_id = out.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch printed no job id: {out.strip()[:200]!r}")
-        return self._handle(job, cluster, job_id)
+        return replace(self._handle(job, cluster, job_id), notes=notes)
 
     def _explain_refusal(self, job: ResolvedJob, cluster: Cluster, error: str) -> str:
         request = " ".join(o for o in sbatch_options(job) if o.split("=")[0] in REQUEST_OPTIONS)
@@ -175,6 +186,9 @@ class SlurmBackend(Backend):
                 return LogChunk([], start)
             data = text.encode()
         return complete_lines(data, start)
+
+    def claim(self, handle: JobHandle) -> None:
+        cluster_of(handle).check(["touch", f"{OUT_DIR}/{job_data(handle)['name']}-{handle.job_id}.claimed"])
 
     def cancel(self, handle: JobHandle) -> None:
         """``scancel`` returns once the controller has the request; it signals the job's steps and

@@ -14,16 +14,29 @@ from flexorch_provider.exceptions import ConfigurationError
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
 KEEP_OUTPUTS_DAYS = 14  # a job's .out/.sh/.rc files are removed this long after they were last written
-# Run at each submit in the account's home (args: OUT_DIR, days): create the directory, then
-# tidy it: secrets files of jobs no longer in the queue (older than 10 minutes, so a submit
-# in flight elsewhere keeps its own), and outputs past their retention.
+# Run at each submit in the account's home (args: OUT_DIR, days, job name): create the
+# directory; print the latest ended job of this name as "ID EXIT_CODE CLAIMED" (from its
+# exit-code file; CLAIMED 1 when its outcome reached Airflow); then tidy: secrets files of
+# jobs no longer in the queue (older than 10 minutes, so a submit in flight elsewhere keeps
+# its own), and outputs past their retention.
 PREPARE_OUT_DIR = r"""mkdir -p -m 700 "$1" && cd "$1" || exit 1
+latest=""
+for f in "$3"-*.rc; do
+    [ -f "$f" ] || continue
+    id="${f#"$3"-}"; id="${id%.rc}"
+    case "$id" in ""|*[!0-9]*) continue ;; esac
+    if [ -z "$latest" ] || [ "$id" -gt "$latest" ]; then latest="$id"; fi
+done
+if [ -n "$latest" ]; then
+    claimed=0; [ -f "$3-$latest.claimed" ] && claimed=1
+    printf '%s %s %s\n' "$latest" "$(cat "$3-$latest.rc")" "$claimed"
+fi
 live="$(squeue -h -u "$(id -un)" -o %j 2>/dev/null)" || exit 0
 find . -maxdepth 1 -type f -name '*.secrets' -mmin +10 | while read -r f; do
     n="${f#./}"; n="${n%.secrets}"
     printf '%s\n' "$live" | grep -qxF -- "$n" || rm -f -- "$f"
 done
-find . -maxdepth 1 -type f -mtime +"$2" \( -name '*.out' -o -name '*.sh' -o -name '*.rc' \) -exec rm -f -- {} +
+find . -maxdepth 1 -type f -mtime +"$2" \( -name '*.out' -o -name '*.sh' -o -name '*.rc' -o -name '*.claimed' \) -exec rm -f -- {} +
 exit 0
 """
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

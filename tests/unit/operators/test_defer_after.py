@@ -145,3 +145,28 @@ def test_a_quiet_running_job_defers_without_a_second_look(tmp_path, monkeypatch)
     monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
     assert op(tmp_path, "true")._follow(_handle(), until=time.monotonic()) == (None, 0)
     assert backend.polls == 1
+
+
+def test_a_success_the_dead_worker_never_recorded_is_adopted_a_recorded_one_reruns(tmp_path, capsys):
+    """The job succeeded but its try never recorded it (the worker died): the next try takes its
+    result instead of running it again. A recorded success (then a cleared task) runs anew."""
+    from flexorch_provider.backends.base import ResolvedJob
+    from flexorch_provider.backends.registry import get_backend
+
+    starts = tmp_path / "starts"
+    task = op(tmp_path, f"echo start >> {starts}; echo output", defer_after=10)
+    ctx, _ = context("adopt")
+    orphan = get_backend("local").submit(ResolvedJob.for_run(task.workload, "d/adopt/r/-1"))  # a try that died
+    for _ in range(100):
+        if get_backend("local").poll([orphan])[orphan.job_id].state.finished:
+            break
+        time.sleep(0.1)
+    capsys.readouterr()
+    result = task.execute(ctx)
+    assert result["state"] == "succeeded" and result["job_id"] == orphan.job_id
+    assert starts.read_text() == "start\n"
+    task_log = capsys.readouterr().out  # the operator's log records
+    assert "had already succeeded, but no earlier try recorded it" in task_log
+    assert "] output " in task_log or "output\n" in task_log  # its log reached this try's log
+    op(tmp_path, f"echo start >> {starts}", defer_after=10).execute(ctx)  # recorded above: this runs again
+    assert starts.read_text() == "start\nstart\n"

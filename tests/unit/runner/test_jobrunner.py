@@ -27,6 +27,11 @@ def start(run_dir: Path, job: dict, secrets: dict | None = None) -> None:
     subprocess.run([*runner_argv(), "start", str(run_dir)], check=True, timeout=30)
 
 
+def start_dir(run_dir: str) -> None:
+    """Start an attempt that prepare() made (its job.json is written)."""
+    subprocess.run([*runner_argv(), "start", run_dir], check=True, timeout=30)
+
+
 def wait_done(run_dir: Path, timeout: float = 30) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -201,3 +206,47 @@ def test_replica_with_a_live_process_is_running_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(replicas.time, "sleep", waits.append)
     [row] = replicas.replicas(str(tmp_path / "svc"))
     assert row["state"] == "running" and waits == []
+
+
+def test_an_unclaimed_success_is_adopted_a_claimed_one_runs_anew(tmp_path):
+    """A try whose worker died before recording the job's success: the next try takes that
+    result instead of running the job again. Once claimed (recorded), a try (a cleared task) runs anew."""
+    from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
+
+    key = tmp_path / "key"
+    first = prepare(str(key), {"script": f"echo once >> {tmp_path / 'ran'}"}, {})
+    start_dir(first["run_dir"])
+    wait_done(Path(first["run_dir"]))
+    again = prepare(str(key), {"script": "echo twice"}, {})
+    assert again["adopted"] and again["run_dir"] == first["run_dir"] and again["reattached"]
+    assert "had already succeeded" in attempt_notes(again)[0]
+    claim(first["run_dir"])
+    anew = prepare(str(key), {"script": "true"}, {})
+    assert not anew["reattached"] and anew["attempt"] == 2 and "previous" not in anew
+    assert (tmp_path / "ran").read_text() == "once\n"
+
+
+def test_an_unclaimed_failure_runs_again_saying_so(tmp_path):
+    from flexorch_provider.runner.attempts import attempt_notes, prepare
+
+    key = tmp_path / "key"
+    first = prepare(str(key), {"script": "exit 3"}, {})
+    start_dir(first["run_dir"])
+    wait_done(Path(first["run_dir"]))
+    again = prepare(str(key), {"script": "true"}, {})
+    assert again["attempt"] == 2 and not again["reattached"] and again["previous"]["state"] == "failed"
+    assert (
+        "ended failed (exit code 3) without its outcome reaching Airflow: running it again" in attempt_notes(again)[0]
+    )
+
+
+def test_a_service_replica_that_ended_is_started_again_not_adopted(tmp_path):
+    from flexorch_provider.runner.attempts import prepare
+
+    key = tmp_path / "replica"
+    doc = {"script": "true", "service": {"name": "s", "slot": 0, "revision": "r"}}
+    first = prepare(str(key), doc, {})
+    start_dir(first["run_dir"])
+    wait_done(Path(first["run_dir"]))
+    again = prepare(str(key), doc, {})
+    assert again["attempt"] == 2 and not again["reattached"]

@@ -29,10 +29,7 @@ def make_job(run, *, gpus=None, env=None, secrets=None, key=None, login=False, *
     if login:
         spec["slurm"] = {"connection": LOGIN_CONN}
     w = load_workload(spec)
-    return ResolvedJob(
-        run_key=key or f"slurm_dag/train/run-{next(_n)}-{time.time_ns()}/-1", name="sj", kind="training",
-        workload=w, run=w.run, env=dict(w.env), secrets=secrets or {},
-    )  # fmt: skip
+    return ResolvedJob.for_run(w, key or f"slurm_dag/train/run-{next(_n)}-{time.time_ns()}/-1", secrets=secrets)
 
 
 def wait(handle, timeout=60, seen=None):
@@ -280,7 +277,7 @@ def test_flexorch_render_prints_the_script_that_sbatch_received(slurm_cluster, t
 
     spec = tmp_path / "render-me.yaml"
     spec.write_text(
-        "name: render-me\nkind: training\ntarget: slurm\nsetup: true\nrun: |\n  echo 'quoted' \"$HOME\"\n\n  echo two\n"
+        "name: render-me\nkind: training\ntarget: slurm\nsetup: echo setting up\nrun: |\n  echo 'quoted' \"$HOME\"\n\n  echo two\n"
         "env: {GREETING: 'hi there', CRLF: \"a\\r\\nb\"}\nresources: {gpus: 'A100:1'}\n"
     )
     run_id = f"manual__{time.time_ns()}"

@@ -94,9 +94,13 @@ def test_reattach_instead_of_a_second_submission(ssh_fleet):
     assert again.job_id == first.job_id and again.data == first.data
     assert wait(first).state == JobState.SUCCEEDED
     assert (host.home / "starts-reattach").read_text().splitlines() == ["start"]
-    third = BACKEND.submit(job)  # the job is over: a new try runs again
-    assert third.job_id != first.job_id
-    wait(third)
+    third = BACKEND.submit(job)  # over, but no try recorded it (its worker died): adopted, not run again
+    assert third.job_id == first.job_id and "had already succeeded" in third.notes[0]
+    BACKEND.claim(third)  # a try recorded it: a cleared task runs it again
+    fourth = BACKEND.submit(job)
+    assert fourth.job_id != first.job_id and fourth.notes == []
+    wait(fourth)
+    assert (host.home / "starts-reattach").read_text().splitlines() == ["start", "start"]
 
 
 def test_a_live_attempt_on_a_later_host_is_found(ssh_fleet):

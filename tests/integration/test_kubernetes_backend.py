@@ -326,3 +326,29 @@ def test_a_services_secret_is_one_object_updated_by_each_deploy_and_removed_by_u
     assert value == "key-two-2222"
     deploy("key-two-2222", action="undeploy")
     assert "secret-api-env" not in [s.metadata.name for s in kube_cluster.core.list_namespaced_secret("ml").items]
+
+
+def test_a_job_that_succeeded_unrecorded_is_adopted_and_a_claimed_one_runs_anew(kube_cluster, sent):
+    kube_cluster.behaviours["adopt-job"] = Behaviour(log=["trained"], exit_code=0)
+    job = make_job("adopt-job")
+    first = BACKEND.submit(job)
+    assert wait(first).state == JobState.SUCCEEDED
+    adopted = BACKEND.submit(job)  # the try that submitted it died before recording the outcome
+    assert adopted.job_id == first.job_id and "had already succeeded" in adopted.notes[0]
+    assert BACKEND.read_logs(adopted, 0).lines == ["trained"]
+    BACKEND.claim(adopted)  # recorded: a cleared task runs it again
+    anew = BACKEND.submit(job)
+    assert anew.job_id != first.job_id and anew.notes == []
+    assert len([o for o in sent if o["kind"] == "Job"]) == 2
+    assert wait(anew).state == JobState.SUCCEEDED
+
+
+def test_an_unrecorded_failure_runs_again_and_says_so(kube_cluster, sent):
+    kube_cluster.behaviours["refail-job"] = Behaviour(log=["boom"], exit_code=3)
+    job = make_job("refail-job")
+    first = BACKEND.submit(job)
+    assert wait(first).state == JobState.FAILED
+    again = BACKEND.submit(job)
+    assert again.job_id != first.job_id
+    assert again.notes == [f"the previous try's Job {first.job_id} ended Failed without its outcome reaching "
+                           "Airflow: running it again"]  # fmt: skip

@@ -98,6 +98,10 @@ class Api:
         api.core, api.batch, api.apps = core, batch, apps
         return api
 
+    def annotate_job(self, ns: str, name: str, annotations: dict[str, str]) -> None:
+        with library_errors():
+            self.batch.patch_namespaced_job(name, ns, {"metadata": {"annotations": annotations}})
+
     # --- reads -----------------------------------------------------------------------------
     def list_jobs(self, ns: str, label_selector: str) -> list[dict[str, Any]]:
         with library_errors():

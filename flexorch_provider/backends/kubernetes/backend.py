@@ -24,6 +24,7 @@ from flexorch_provider.backends.base import Backend, JobHandle, JobStatus, LogCh
 from flexorch_provider.backends.kubernetes.api import Api, ApiError
 from flexorch_provider.backends.kubernetes.logs import read_pod_log
 from flexorch_provider.backends.kubernetes.manifests import (
+    CLAIMED_ANNOTATION,
     MANAGED,
     REVISION_ANNOTATION,
     RUN_LABEL,
@@ -39,6 +40,18 @@ from flexorch_provider.backends.kubernetes.status import job_finished, job_statu
 from flexorch_provider.exceptions import BackendError, ServiceError, SubmitError
 
 ROLLOUT_TIMEOUT_S = 600
+
+
+def unclaimed_ends(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest ended Job of a run key that no try claimed (its worker died before recording
+    it), when the order is known: the only one, or by creation time."""
+    ended = [j for j in jobs if job_finished(j) is not None
+             and not (j["metadata"].get("annotations") or {}).get(CLAIMED_ANNOTATION)]  # fmt: skip
+    if len(ended) == 1:
+        return ended[0]
+    if ended and all(j["metadata"].get("creationTimestamp") for j in ended):
+        return max(ended, key=lambda j: str(j["metadata"]["creationTimestamp"]))
+    return None
 
 
 class KubernetesJobData(TypedDict):
@@ -120,6 +133,18 @@ class KubernetesBackend(Backend):
                 delete_job(api, ns, name, {**data, "secret": None, "nodes": 2 if indexed else 1})
             except ApiError as e:
                 raise SubmitError(f"cannot delete the previous attempt, Job {name}: {e}") from e
+        notes: list[str] = []
+        ended = unclaimed_ends(mine)
+        if ended is not None:
+            name, how = ended["metadata"]["name"], job_finished(ended)
+            if how in ("Complete", "SuccessCriteriaMet"):
+                return replace(
+                    self._handle(job, name),
+                    notes=[f"Job {name} had already succeeded, but no earlier try recorded it (its worker died): "
+                           "taking its result and log instead of running it again"],
+                )  # fmt: skip
+            notes.append(f"the previous try's Job {name} ended {how} without its outcome reaching Airflow: "
+                         "running it again")  # fmt: skip
         # a fresh name per attempt: a deleted Job may linger (finalizers) and block its name
         docs = job_manifests(job, attempt=secrets.token_hex(2))
         try:
@@ -130,7 +155,15 @@ class KubernetesBackend(Backend):
                     api.create(doc)
         except ApiError as e:
             raise SubmitError(f"the API server refused the {doc['kind']}: {e}") from e
-        return self._handle(job, docs[-1]["metadata"]["name"])
+        return replace(self._handle(job, docs[-1]["metadata"]["name"]), notes=notes)
+
+    def claim(self, handle: JobHandle) -> None:
+        data = job_data(handle)
+        try:
+            Api(data["conn"]).annotate_job(data["namespace"], handle.job_id, {CLAIMED_ANNOTATION: "true"})
+        except ApiError as e:
+            if e.status != 404:  # a Job already deleted (cancelled, cleaned up) needs no mark
+                raise BackendError(f"cannot mark Job {handle.job_id} recorded: {e}") from e
 
     def poll(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Status only, no side effects: a Job whose pod can never start is FAILED with ``release``

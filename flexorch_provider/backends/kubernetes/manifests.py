@@ -27,6 +27,7 @@ NAME_LABEL = "flexorch.io/name"
 SERVICE_LABEL = "flexorch.io/service"
 RUN_KEY_ANNOTATION = "flexorch.io/run-key"
 REVISION_ANNOTATION = "flexorch.io/revision"
+CLAIMED_ANNOTATION = "flexorch.io/claimed"  # on a Job whose outcome reached Airflow
 TTL_AFTER_FINISHED = 24 * 3600
 CONTAINER = "main"
 

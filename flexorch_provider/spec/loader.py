@@ -18,12 +18,12 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from flexorch_provider.exceptions import SpecError, SpecProblem
+from flexorch_provider.spec.guards import check_expansion, unprintable
 from flexorch_provider.spec.models import KINDS, SPEC_CLASSES, STEP_CLASSES, Spec, SpecModel
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 NOT_SPECS = ("gpu_pools.yaml", "gpu_pools.yml")  # the GPU pools file may live beside the specs
 MAX_SPEC_BYTES = 1_000_000
-MAX_VALUES = 100_000  # values in the spec once aliases are expanded (a real spec has hundreds)
 
 _adapter: TypeAdapter[Any] | None = None
 
@@ -77,53 +77,6 @@ def _positions(node: yaml.Node, file: str) -> dict[Path_, int]:
     return lines
 
 
-def _check_expansion(root: yaml.Node, file: str) -> None:
-    """Refuse a tree whose aliases expand beyond MAX_VALUES values, or refer to themselves,
-    before anything walks it: a 1 KB "billion laughs" spec would otherwise cost minutes and
-    gigabytes. Each distinct node is sized once, so this is linear in the text."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if key in sizes:
-            continue
-        children = _children(node)
-        if not children_done:
-            if key in open_nodes:
-                raise SpecError(SpecProblem(file, node.start_mark.line + 1, "", "an alias refers to itself; remove it"))
-            open_nodes.add(key)
-            stack.append((node, True))
-            for child in children:
-                if id(child) in open_nodes:
-                    raise SpecError(
-                        SpecProblem(file, child.start_mark.line + 1, "", "an alias refers to itself; remove it")
-                    )
-                stack.append((child, False))
-            continue
-        open_nodes.discard(key)
-        sizes[key] = 1 + sum(sizes[id(c)] for c in children)
-        if sizes[key] > MAX_VALUES:
-            raise SpecError(
-                SpecProblem(
-                    file,
-                    node.start_mark.line + 1,
-                    "",
-                    f"the YAML aliases (*name) expand to more than {MAX_VALUES:,} values; a spec never needs "
-                    "that many: write the values out, or reuse fewer anchors",
-                )
-            )
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
 def _dotted(path: Iterable[str | int]) -> str:
     out = ""
     for part in path:
@@ -148,16 +101,16 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, dict[Path_, int]
     try:
         loader = _SpecYamlLoader(text)  # refuses control characters at once
     except yaml.reader.ReaderError as e:
-        raise SpecError(SpecProblem(file, text.count("\n", 0, e.position) + 1, "", _unprintable(e))) from None
+        raise SpecError(SpecProblem(file, text.count("\n", 0, e.position) + 1, "", unprintable(e))) from None
     try:
         node = loader.get_single_node()
         if node is None:
             raise SpecError(SpecProblem(file, 1, "", "the file is empty; a spec needs at least name, kind and run"))
-        _check_expansion(node, file)
+        check_expansion(node, file)
         lines = _positions(node, file)
         data = loader.construct_document(node)
     except yaml.reader.ReaderError as e:
-        raise SpecError(SpecProblem(file, text.count("\n", 0, e.position) + 1, "", _unprintable(e))) from None
+        raise SpecError(SpecProblem(file, text.count("\n", 0, e.position) + 1, "", unprintable(e))) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -176,14 +129,6 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, dict[Path_, int]
             )
         )
     return data, lines
-
-
-def _unprintable(e: yaml.reader.ReaderError) -> str:
-    char = e.character if isinstance(e.character, str) else chr(e.character)
-    return (
-        f"character {char!r} (U+{ord(char):04X}) cannot appear in YAML; remove it, or write it as an escape "
-        'in a double-quoted string ("\\x01")'
-    )
 
 
 def parse_spec(data: Any, *, file: str = "<spec>", lines: Mapping[Path_, int] | None = None) -> SpecModel:

@@ -72,7 +72,13 @@ class Workload(FlexModel):
     ] = Field(default_factory=lambda: list[TargetName](["local"]))
     image: Annotated[Text | None, Field(description="Container image (required for kubernetes).")] = None
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
-    workdir: Annotated[Text | None, Field(description="Working directory of the job.")] = None
+    workdir: Annotated[
+        Text | None,
+        Field(
+            description="Working directory of the job (relative paths: from the account's home). It must exist "
+            "on the host: a missing one fails the job naming it (it is not created)."
+        ),
+    ] = None
     env: Annotated[
         dict[
             str, Annotated[Text, BeforeValidator(scalar_to_str), OrShorthand({"type": "number"}, {"type": "boolean"})]

@@ -69,7 +69,8 @@ with DAG("flex_e2e_slurm_triggerer", schedule=None, start_date=START):
                  spec={{"name": "train", **SLURM, "run": "for i in $(seq 1 20); do echo tick $i; sleep 1; done"}})
 
 with DAG("flex_e2e_slurm_adopt", schedule=None, start_date=START):
-    FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=2, retry_delay=timedelta(seconds=1),
+    # the retry starts 15 s after the worker dies: the 3 s job has ended by then
+    FlexOperator(task_id="once", deferrable=False, poll_interval=1, retries=1, retry_delay=timedelta(seconds=15),
                  spec={{"name": "adopt", **SLURM, "run": "echo start >> {adopt_starts}; sleep 3; echo finished"}})
 
 with DAG("flex_e2e_slurm_secret", schedule=None, start_date=START):

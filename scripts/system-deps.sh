@@ -7,10 +7,26 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)                    # UI 
 [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)                          # the ssh fleet the tests start
 command -v ip >/dev/null 2>&1 || need+=(iproute2)                           # its hosts live in network namespaces
 [[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/sbin/munged ]] || need+=(slurmctld slurmd slurm-client munge)  # the test Slurm cluster
+command -v podman >/dev/null 2>&1 || need+=(podman)                         # containers on local and ssh hosts
+command -v runc >/dev/null 2>&1 || need+=(runc)                             # crun refuses this kernel's hybrid cgroups
+[[ -x /bin/busybox ]] || need+=(busybox-static)                             # the test images' userland
+configure_podman() {
+    # what podman needs on these machines (TESTBED.md): runc, cgroupfs, no default ulimits. Written
+    # only where no containers.conf exists, so a machine's own settings are left alone.
+    [[ -e /etc/containers/containers.conf ]] && return 0
+    $SUDO mkdir -p /etc/containers
+    printf '%s\n' '# written by flexorch-provider scripts/system-deps.sh for the test suite' \
+        '[containers]' 'default_ulimits = []' '[engine]' 'cgroup_manager = "cgroupfs"' 'runtime = "runc"' |
+        $SUDO tee /etc/containers/containers.conf >/dev/null
+}
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+    SUDO=sudo
+fi
 if ((${#need[@]} == 0)); then
+    configure_podman
     exit 0
 fi
-SUDO=""
 if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null 2>&1 || { echo "missing Debian packages: ${need[*]}; install them as root" >&2; exit 1; }
     SUDO=sudo
@@ -21,3 +37,4 @@ $SUDO apt-get install -y -q "${need[@]}" >/dev/null 2>&1 || {
     $SUDO apt-get update -q >/dev/null
     $SUDO apt-get install -y -q "${need[@]}" >/dev/null
 }
+configure_podman

@@ -225,8 +225,9 @@ def check_action(action: str | None, is_service: bool) -> str | None:
 
 def job_document(job: ResolvedJob) -> dict[str, Any]:
     """job.json for the runner (it adds job_id). Secret values are not in it (they go to secrets.json).
-    ``gpus`` is there only for a job that asks for GPUs (a service's revision hashes this document)."""
-    doc = {
+    ``gpus`` and ``container`` are there only for a job that asks for them (a service's revision hashes
+    this document)."""
+    doc: dict[str, Any] = {
         "run_key": job.run_key,
         "argv": job.run if isinstance(job.run, list) else None,
         "script": job.run if isinstance(job.run, str) else None,
@@ -239,6 +240,10 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
     gpus = gpu_request(job)
     if gpus:
         doc["gpus"] = gpus
+    w = job.workload
+    if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
+        doc["container"] = {"image": w.image, "runtime": w.container.runtime, "pull": w.container.pull,
+                            "mounts": [m.model_dump() for m in w.container.mounts]}  # fmt: skip
     return doc
 
 

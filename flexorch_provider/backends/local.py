@@ -38,6 +38,7 @@ from flexorch_provider.backends.services import Fleet, render_service, run_servi
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
 from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
+from flexorch_provider.runner.containers import NoRuntime
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT, GpuError
 from flexorch_provider.runner.logs import read_log
 from flexorch_provider.runner.procs import cancel
@@ -123,6 +124,8 @@ class LocalBackend(Backend):
             attempt = prepare(str(key_dir), job_document(job), job.secrets)
         except GpuError as e:
             raise NoCapacityError(f"this machine cannot give the job its GPUs: {e}") from None
+        except NoRuntime as e:
+            raise NoCapacityError(f"this machine cannot run the job's image: {e}") from None
         except OSError as e:
             raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
         run_dir = Path(attempt["run_dir"])

@@ -3,6 +3,7 @@
 import json
 import os
 
+from .containers import NoRuntime, find_runtime
 from .files import write_private
 from .gpus import claim_gpus, gpus_here
 from .status import LIVE, status
@@ -103,6 +104,12 @@ def prepare(key_dir, job, secrets):
         return out
     doc = dict(job)
     doc["job_id"] = out["job_id"]
+    if doc.get("container"):
+        try:  # a host without the runtime refuses before anything exists (placement any tries the next)
+            doc["container"] = dict(doc["container"], runtime_path=find_runtime(doc["container"].get("runtime")))
+        except NoRuntime:
+            os.rmdir(run_dir)
+            raise
     if want:
         try:
             chosen = claim_gpus(run_dir, want, table)

@@ -21,6 +21,7 @@ def _print(rows):
 
 def _submit(key_dir):
     from .attempts import prepare
+    from .containers import NoRuntime
     from .gpus import GPU_REFUSED_EXIT, GpuError
     from .supervisor import start, wait_for_runner
 
@@ -29,6 +30,9 @@ def _submit(key_dir):
         out = prepare(key_dir, payload["job"], payload.get("secrets") or {})
     except GpuError as e:
         sys.stderr.write("GPUs: %s\n" % e)
+        return GPU_REFUSED_EXIT
+    except NoRuntime as e:
+        sys.stderr.write("%s\n" % e)
         return GPU_REFUSED_EXIT
     if not out["reattached"]:
         start(out["run_dir"])

@@ -88,6 +88,7 @@ def cancel(run_dir, grace=10.0):
         time.sleep(0.1)
     if pgid and pgid.isdigit() and group_alive(int(pgid)):
         kill_group(int(pgid), signal.SIGKILL)
+    _remove_container(run_dir)  # a supervisor that died cannot have removed it
     if not os.path.exists(os.path.join(run_dir, "result.json")):
         write_atomic(
             os.path.join(run_dir, "result.json"),
@@ -95,3 +96,15 @@ def cancel(run_dir, grace=10.0):
                         "message": "cancelled"}),
         )  # fmt: skip
     return status(run_dir)
+
+
+def _remove_container(run_dir):
+    try:
+        with open(os.path.join(run_dir, "job.json")) as f:
+            job = json.load(f)
+    except (OSError, ValueError):
+        return
+    if job.get("container"):
+        from .containers import remove
+
+        remove(job)

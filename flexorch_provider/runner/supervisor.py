@@ -15,6 +15,8 @@ from .procs import become_subreaper, kill_group, reaped_within
 from .status import CANCEL_EXIT, TIMEOUT_EXIT
 
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TMPDIR")
+# what a container runtime itself needs from the runner's environment (not passed into containers)
+RUNTIME_ENV_KEYS = ("XDG_RUNTIME_DIR", "CONTAINERS_CONF", "CONTAINER_HOST", "DOCKER_HOST", "DOCKER_CONFIG")
 
 
 def base_environment(job, run_dir):
@@ -46,6 +48,7 @@ class Supervisor(object):
         self.log = open(os.path.join(run_dir, "log"), "ab", buffering=0)
         self.child = None
         self._stop_sent_at = None
+        self.failure = None  # why the job failed, where its exit code does not say (a container never made)
 
     def note(self, text):
         self.log.write(("[flexorch] %s\n" % text).encode("utf-8"))
@@ -62,11 +65,12 @@ class Supervisor(object):
         if self.stop_reason is None:
             self.stop_reason = "cancelled"
 
-    def run_step(self, argv, deadline):
+    def run_step(self, argv, deadline, env=None, cwd=None):
         """Run one process in its own group; stream its output through the masker."""
         try:
             self.child = subprocess.Popen(
-                argv, cwd=workdir_of(self.job, self.run_dir), env=self.environment(), stdin=subprocess.DEVNULL,
+                argv, cwd=cwd or workdir_of(self.job, self.run_dir), env=env or self.environment(),
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp,
             )  # fmt: skip
         except OSError as e:
@@ -127,6 +131,53 @@ class Supervisor(object):
             kill_group(self.child.pid, signal.SIGKILL)
             self._stop_sent_at = float("inf")
 
+    def run_container(self, deadline):
+        """The job as a container: create it (pulling the image as the policy says), then run
+        ``start --attach`` as the supervised step; the container is removed however it ends."""
+        from .containers import CREATE_TIMEOUT_S, container_env, container_name, create_argv, quiet, remove, wrapper
+
+        spec = self.job["container"]
+        workdir = workdir_of(self.job, self.run_dir)
+        if not os.path.isdir(workdir):
+            self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
+                      % (workdir, socket.gethostname()))  # fmt: skip
+            return 1
+        env = container_env(self.job, self.environment())
+        names = [k for k in env if k not in BASE_ENV_KEYS]
+        process_env = dict(env)  # the runtime reads the values of ``-e NAME`` from here
+        for key in BASE_ENV_KEYS + RUNTIME_ENV_KEYS:
+            if key in os.environ:
+                process_env[key] = os.environ[key]
+        wrapper(self.job, self.run_dir)
+        name = container_name(self.job)
+        runtime = os.path.basename(spec["runtime_path"])
+        self.note("container %s: %s, image %s (pull %s)" % (name, runtime, spec["image"], spec.get("pull")))
+        try:
+            done = subprocess.run(
+                create_argv(self.job, self.run_dir, workdir, names), env=process_env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=CREATE_TIMEOUT_S,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as e:
+            done = None
+            said = str(e)
+        else:
+            said = self.masker((done.stdout or b"").decode("utf-8", "replace")).strip()
+        if done is None or done.returncode != 0:
+            last = (said.splitlines() or ["no output"])[-1][:500]
+            self.note("%s create failed: %s" % (runtime, said[-2000:] or "no output"))
+            self.failure = "%s could not create the container: %s" % (runtime, last)
+            remove(self.job)
+            return (done.returncode if done is not None else 0) or 125
+        try:
+            if self.stop_reason:
+                return 1
+            return self.run_step([spec["runtime_path"], *quiet(spec["runtime_path"]), "start", "--attach", name],
+                                 deadline, env=process_env,
+                                 cwd=self.run_dir)  # fmt: skip
+        finally:
+            if not remove(self.job):
+                self.note("could not remove container %s" % name)
+
     def shell(self):
         for candidate in ("/bin/bash", "/usr/bin/bash", "/bin/sh"):
             if os.path.exists(candidate):
@@ -144,7 +195,10 @@ class Supervisor(object):
         deadline = started + float(timeout) if timeout else None
         code = 0
         setup = self.job.get("setup")
-        if setup:
+        if self.job.get("container"):
+            code = self.run_container(deadline)
+            setup = None
+        elif setup:
             path = os.path.join(self.run_dir, "setup.sh")
             with open(path, "w") as f:
                 f.write(setup)
@@ -152,7 +206,7 @@ class Supervisor(object):
             code = self.run_step([self.shell(), "-e", path], deadline)
             if code != 0 and not self.stop_reason:
                 self.note("setup failed with exit code %d; run is skipped" % code)
-        if code == 0 and not self.stop_reason:
+        if code == 0 and not self.stop_reason and not self.job.get("container"):
             if self.job.get("argv"):
                 argv = list(self.job["argv"])
             else:
@@ -169,7 +223,7 @@ class Supervisor(object):
             message = "cancelled"
         else:
             state = "succeeded" if code == 0 else "failed"
-            message = "exit code %d" % code
+            message = self.failure or "exit code %d" % code
         self.note("%s (%s)" % (state, message))
         self.log.close()
         write_atomic(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
+from flexorch_provider.spec.container import ContainerOptions, check_image
 from flexorch_provider.spec.fields import (
     ENV_NAME_RE,
     Duration,
@@ -70,7 +71,16 @@ class Workload(FlexModel):
         OrShorthand({"enum": list(TARGETS)}),
         Field(description="Where to run: kubernetes, ssh, slurm or local, or an ordered list (first that accepts)."),
     ] = Field(default_factory=lambda: list[TargetName](["local"]))
-    image: Annotated[Text | None, Field(description="Container image (required for kubernetes).")] = None
+    image: Annotated[
+        Text | None,
+        Field(
+            description="Container image: the job runs in it on every target (required for kubernetes; on local and "
+            "ssh through podman or docker, see `container`)."
+        ),
+    ] = None
+    container: Annotated[
+        ContainerOptions, Field(description="How `image` runs on local and ssh hosts: runtime, pull policy, mounts.")
+    ] = Field(default_factory=ContainerOptions)
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
     workdir: Annotated[
         Text | None,
@@ -116,6 +126,11 @@ class Workload(FlexModel):
     local: Annotated[LocalOptions, Field(description="Settings for the local target.")] = Field(
         default_factory=LocalOptions
     )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else check_image(value)
 
     @field_validator("env", "secrets")
     @classmethod

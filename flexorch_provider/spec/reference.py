@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from flexorch_provider.spec.container import ContainerOptions, Mount
 from flexorch_provider.spec.fields import GpuSpec, Resources, Retries, SecretRef
 from flexorch_provider.spec.models import SPEC_CLASSES, Identity, Workload, _StepIdentity
 from flexorch_provider.spec.service import Health, ServiceFields, UpdatePolicy
@@ -24,6 +25,8 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`retries`", Retries, "Shorthand: `retries: 2`."),
     ("`health`", Health, ""),
     ("`update`", UpdatePolicy, ""),
+    ("`container`", ContainerOptions, "Used by a workload with `image` on the local and ssh targets (slurm: `slurm.container`)."),
+    ("`container.mounts[]`", Mount, ""),
     ("`slurm`", SlurmOptions, ""),
     ("`kubernetes`", KubernetesOptions, ""),
     ("`kubernetes.tolerations[]`", Toleration, ""),

@@ -37,6 +37,13 @@ class SlurmOptions(FlexModel):
     partition: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Partition (queue).")] = None
     account: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Account to charge.")] = None
     qos: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Quality of service.")] = None
+    container: Annotated[
+        Literal["podman", "apptainer", "pyxis"],
+        Field(
+            description="How a job with `image` runs on the cluster: podman on the node (default), apptainer exec "
+            "docker://IMAGE, or pyxis (srun --container-image)."
+        ),
+    ] = "podman"
     options: Annotated[
         dict[str, str | int | bool],
         Field(

@@ -10,6 +10,7 @@ import shlex
 import textwrap
 
 from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.backends.slurm.container import container_lines
 from flexorch_provider.exceptions import ConfigurationError
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
@@ -144,12 +145,16 @@ def render_script(job: ResolvedJob) -> str:
             f'cd {shell_word(job.workdir)} 2>/dev/null || {{ echo "[flexorch] workdir {_echo_safe(job.workdir)} '
             'does not exist on $(hostname): create it there, or fix workdir in the spec" >&2; exit 1; }'
         )
-    if job.setup:
-        setup = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.setup.sh"'
-        lines += [*_file_from_text(setup, job.setup, delimiter), f"bash -e {setup} || exit $?"]
+    setup = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.setup.sh"' if job.setup else None
+    if job.setup and setup:
+        lines += _file_from_text(setup, job.setup, delimiter)
+        if not w.image:
+            lines.append(f"bash -e {setup} || exit $?")
     script = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"'
     lines += _file_from_text(script, run, delimiter)
-    if w.resources.nodes > 1:
+    if w.image:  # the job runs in its image on every target
+        lines += container_lines(job, setup, script, [*job.env, *job.secrets])
+    elif w.resources.nodes > 1:
         # one task per node; each learns its rank from srun
         lines.append(
             f'srun --kill-on-bad-exit=1 bash -c \'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID"; '

@@ -34,3 +34,37 @@ def test_the_script_holds_no_carriage_return():
                        "setup": "true\r\n", "env": {"CRLF": "x\r\ny\r\n"}})  # fmt: skip
     script = render_script(ResolvedJob.for_run(w, "d/t/r/-1"))
     assert "\r" not in script and "export CRLF=$'x\\r\\ny\\r\\n'" in script
+
+
+def _image_script(runtime, **fields):
+    spec = {"name": "s", "kind": "training", "target": "slurm", "image": "ghcr.io/acme/train:1.4", "run": "python t.py",
+            "env": {"A": "1"}, "slurm": {"container": runtime},
+            "container": {"mounts": [{"host": "data sets", "path": "/data", "read_only": True}]}, **fields}  # fmt: skip
+    job = ResolvedJob.for_run(load_workload(spec), "d/t/r/-1", secrets={"TOKEN": "value-not-in-the-script"})
+    return render_script(job)
+
+
+def test_podman_runs_the_step_in_the_image_with_values_by_name():
+    script = _image_script("podman", resources={"gpus": "A100:2"})
+    last = script.splitlines()[-1]
+    assert last.startswith('podman --log-level error run --rm --name "flexorch-$SLURM_JOB_NAME-$SLURM_JOB_ID" '
+                           "--network host --pull missing $flexorch_gpus ")  # fmt: skip
+    assert '-v "$HOME"/"data sets":"/data":ro' in last and " -e A -e TOKEN -e FLEXORCH_RUN_KEY " in last
+    assert " ghcr.io/acme/train:1.4 /bin/sh " in last and "value-not-in-the-script" not in script
+    assert "--device nvidia.com/gpu=$i" in script and "podman rm -f -t 0" in script
+
+
+def test_apptainer_and_pyxis_lines():
+    apptainer = _image_script("apptainer", resources={"gpus": 1, "nodes": 2}).splitlines()[-1]
+    assert apptainer.startswith("srun --kill-on-bad-exit=1 --export=ALL apptainer exec --cleanenv --nv --bind ")
+    assert '--env A="${A}"' in apptainer and '--env SLURM_PROCID="${SLURM_PROCID}"' in apptainer
+    assert " docker://ghcr.io/acme/train:1.4 /bin/sh " in apptainer
+    pyxis = _image_script("pyxis").splitlines()[-1]
+    assert pyxis.startswith("srun --export=ALL --container-image=ghcr.io/acme/train:1.4 --container-mounts=")
+    assert '"$HOME"/"data sets":"/data":ro' in pyxis and '--container-workdir="$PWD"' in pyxis
+
+
+def test_a_job_without_an_image_runs_bare_as_before():
+    w = load_workload({"name": "s", "kind": "batch", "target": "slurm", "run": "echo hi"})
+    script = render_script(ResolvedJob.for_run(w, "d/t/r/-1"))
+    assert script.splitlines()[-1] == 'bash "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"' and "podman" not in script

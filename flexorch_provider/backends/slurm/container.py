@@ -1,0 +1,75 @@
+"""A Slurm job with ``image``: the step runs in that image, with the cluster's runtime
+(``slurm.container``): podman (run on the node), apptainer (``exec docker://...``) or pyxis
+(``srun --container-image``). Setup and run both run inside the image, through a small
+wrapper; env and secret values pass by name (``-e NAME`` / the environment), never as words."""
+
+from __future__ import annotations
+
+from flexorch_provider.backends.base import ResolvedJob
+
+# run inside the image: $1 the setup script ("" for none), $2 the run script
+WRAPPER = r"""sh_=sh; command -v bash >/dev/null 2>&1 && sh_=bash
+if [ -n "${WORLD_SIZE:-}" ] && [ -n "${SLURM_PROCID:-}" ]; then export RANK="$SLURM_PROCID" LOCAL_RANK="${SLURM_LOCALID:-0}"; fi
+if [ -n "$1" ]; then "$sh_" -e "$1" || { c=$?; echo "[flexorch] setup failed with exit code $c; run is skipped"; exit $c; }; fi
+exec "$sh_" "$2"
+"""
+MULTI_NODE_ENV = ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
+
+
+def _q(text: str) -> str:
+    """A double-quoted bash word that is ``text`` exactly (nothing in it expands)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`") + '"'
+
+
+def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names: list[str]) -> list[str]:
+    """The lines that run ``script`` (after ``setup``) in the job's image on each node.
+
+    ``setup`` and ``script`` are double-quoted shell words of files in the job's output folder;
+    ``env_names`` are the variables the job gets (the script exported or sourced them)."""
+    w = job.workload
+    assert w.image is not None
+    runtime = w.slurm.container
+    multi = w.resources.nodes > 1
+    names = [*env_names, "FLEXORCH_RUN_KEY", *(MULTI_NODE_ENV if multi else ())]
+    ctr = '"flexorch-$SLURM_JOB_NAME-$SLURM_JOB_ID"'
+    wrapper = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.container.sh"'
+    out = [f"cat > {wrapper} <<'FLEXORCH_WRAPPER_END'", WRAPPER.rstrip("\n"), "FLEXORCH_WRAPPER_END"]
+    bind_words = ['"$flexorch_dir":"$flexorch_dir"', '"$PWD":"$PWD"']
+    for m in w.container.mounts:
+        host = _q(m.host) if m.host.startswith("/") else '"$HOME"/' + _q(m.host)
+        bind_words.append(f"{host}:{_q(m.path)}" + (":ro" if m.read_only else ""))
+    gpus = bool(w.resources.gpus and w.resources.gpus.count)
+    inner = ["/bin/sh", wrapper, setup or '""', script]
+    srun = "srun --kill-on-bad-exit=1 --export=ALL " if multi else ""
+    if runtime == "pyxis":
+        return [*out, f"srun{' --kill-on-bad-exit=1' if multi else ''} --export=ALL --container-image={w.image} "
+                      f"--container-mounts={','.join(bind_words)} --container-workdir=\"$PWD\" " + " ".join(inner)]  # fmt: skip
+    if runtime == "apptainer":
+        argv = ["apptainer", "exec", "--cleanenv", *(["--nv"] if gpus else [])]
+        for b in bind_words:
+            argv += ["--bind", b]
+        argv += ["--pwd", '"$PWD"']
+        for name in names:
+            argv += ["--env", f'{name}="${{{name}}}"']
+        return [*out, srun + " ".join([*argv, f"docker://{w.image}", *inner])]
+    argv = ["podman", "--log-level", "error", "run", "--rm", "--name", ctr, "--network", "host",
+            "--pull", w.container.pull]  # fmt: skip
+    if gpus:
+        argv.append("$flexorch_gpus")  # unquoted on purpose: one word per device
+    for b in bind_words:
+        argv += ["-v", b]
+    argv += ["-w", '"$PWD"']
+    for name in names:
+        argv += ["-e", name]
+    out.append(
+        f'trap \'code=$?; podman rm -f -t 0 {ctr} >/dev/null 2>&1; echo "$code" > "$flexorch_rc"; '
+        'rm -f "$flexorch_secrets"\' EXIT'
+    )  # the container goes with the job, however it ends
+    if gpus:  # the GPUs Slurm gave the job, as CDI devices; inside the container they count from 0
+        out += [
+            'flexorch_gpus=""; n=0',
+            'for i in ${CUDA_VISIBLE_DEVICES//,/ }; do flexorch_gpus="$flexorch_gpus --device nvidia.com/gpu=$i"; '
+            "n=$((n+1)); done",
+            'export CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((n-1)))"',
+        ]
+    return [*out, srun + " ".join([*argv, w.image, *inner])]

@@ -1,0 +1,113 @@
+"""Jobs with an image: the same supervisor, the step is a container.
+
+``create`` makes the container (named after the job, host network, the run directory and
+workdir mounted, GPUs passed as devices, pull policy applied) and ``start --attach`` is the
+supervised step: its output is the job's log, its exit code the job's. Env and secret values
+reach the container by name only (``-e NAME``: the runtime reads the value from its own
+environment), so no value is ever on a command line. When the step ends, however it ends,
+the container is removed.
+"""
+
+import os
+import shutil
+import subprocess
+
+RUNTIMES = ("podman", "docker")  # the order "auto" looks for them
+CREATE_TIMEOUT_S = 600  # a pull of a large image
+
+
+class NoRuntime(Exception):
+    """No container runtime here (or not the one the spec names)."""
+
+
+def find_runtime(want):
+    """The path of the runtime to use: ``want`` is auto, podman or docker."""
+    names = RUNTIMES if want in (None, "", "auto") else (want,)
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise NoRuntime("no container runtime here: looked for %s on PATH" % " and ".join(names))
+
+
+def container_name(job):
+    """``flexorch-<run key slug>-<attempt>``: unique per attempt, found again by cancel."""
+    return "flexorch-" + job.get("job_id", "job").replace("/", "-")
+
+
+def wrapper(job, run_dir):
+    """The script the container runs: setup (a failure skips run), then run, with bash where the
+    image has it. Written into the (mounted) run directory."""
+    lines = ["#!/bin/sh", 'sh_="sh"; command -v bash >/dev/null 2>&1 && sh_="bash"']
+    if job.get("setup"):
+        with open(os.path.join(run_dir, "setup.sh"), "w") as f:
+            f.write(job["setup"])
+        lines.append('"$sh_" -e %s/setup.sh || { c=$?; echo "[flexorch] setup failed with exit code $c; '
+                     'run is skipped"; exit $c; }' % run_dir)  # fmt: skip
+    if job.get("argv"):
+        lines.append('exec "$@"')
+    else:
+        with open(os.path.join(run_dir, "run.sh"), "w") as f:
+            f.write(job.get("script") or "")
+        lines.append('exec "$sh_" %s/run.sh' % run_dir)
+    path = os.path.join(run_dir, "container.sh")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def create_argv(job, run_dir, workdir, env_names):
+    """``<runtime> create ...``: names only for the environment, every user value a separate word."""
+    spec = job["container"]
+    runtime = spec["runtime_path"]
+    docker = os.path.basename(runtime) == "docker"
+    argv = [runtime, *quiet(runtime), "create", "--name", container_name(job), "--network", "host", "--pull", spec.get("pull") or "missing",
+            "--label", "io.flexorch.run-key=" + job.get("run_key", ""),
+            "-v", "%s:%s" % (run_dir, run_dir), "-w", workdir]  # fmt: skip
+    if workdir != run_dir:
+        argv[-2:-2] = ["-v", "%s:%s" % (workdir, workdir)]
+    for mount in spec.get("mounts") or []:
+        host = os.path.join(os.path.expanduser("~"), os.path.expanduser(mount["host"]))
+        argv += ["-v", "%s:%s%s" % (host, mount["path"], ":ro" if mount.get("read_only") else "")]
+    gpus = job.get("gpu_indices") or []
+    if gpus:
+        if docker:
+            argv += ["--gpus", "device=" + ",".join(str(g) for g in gpus)]
+        else:
+            for g in gpus:
+                argv += ["--device", "nvidia.com/gpu=%d" % g]
+    for name in sorted(env_names):
+        argv += ["-e", name]
+    argv += [spec["image"], "/bin/sh", os.path.join(run_dir, "container.sh")]
+    return argv + list(job.get("argv") or [])
+
+
+def quiet(runtime):
+    """podman's global flag that keeps its warnings (e.g. rootless mount notes) out of the job's log."""
+    return ["--log-level", "error"] if os.path.basename(runtime) == "podman" else []
+
+
+def container_env(job, env):
+    """The container's environment: inside it the claimed GPUs are numbered from 0."""
+    env = dict(env)
+    if job.get("gpu_indices"):
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(job["gpu_indices"])))
+    for key in ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR"):  # the image's own, not the host's
+        env.pop(key, None)
+    return env
+
+
+def remove(job):
+    """Remove the job's container, running or not (idempotent); True when none is left."""
+    spec = job.get("container") or {}
+    runtime = spec.get("runtime_path")
+    if not runtime:
+        return True
+    try:
+        subprocess.run([runtime, "rm", "-f", "-t", "0", container_name(job)] if os.path.basename(runtime) == "podman"
+                       else [runtime, "rm", "-f", container_name(job)],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True

@@ -1,0 +1,185 @@
+"""Jobs with an image on the local and ssh targets run in that image through a real podman
+(rootful for the worker's account, rootless for the ssh fleet's accounts)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from flexorch_provider.backends.base import JobState, ResolvedJob
+from flexorch_provider.backends.local import LocalBackend
+from flexorch_provider.backends.ssh import SshBackend
+from flexorch_provider.exceptions import NoCapacityError
+from flexorch_provider.resolve import load_workload
+from tests.conftest import FLEET_CONN
+from tests.integration.containers import IMAGE, containers, image_tarball, import_image, podman_ready
+from tests.integration.follow import all_lines, wait_finished
+
+LOCAL = LocalBackend()
+SSH = SshBackend()
+SECRET = "s3cr3t-container-value"
+
+
+@pytest.fixture(scope="module")
+def image():
+    why = podman_ready()
+    if why:
+        raise RuntimeError(why)
+    tar = image_tarball()
+    import_image(tar)
+    return tar
+
+
+def job(tmp_path, run, *, key=None, **fields):
+    spec = {"name": "boxed", "kind": "batch", "target": "local", "image": IMAGE, "container": {"pull": "never"},
+            "run": run, "local": {"run_dir": str(tmp_path / "runs")}, **fields}  # fmt: skip
+    w = load_workload(spec)
+    return ResolvedJob.for_run(w, key or f"d/boxed/{time.time_ns()}/-1", secrets={"TOKEN": SECRET})
+
+
+def test_a_job_runs_in_its_image_with_its_env_and_exit_code(tmp_path, image):
+    h = LOCAL.submit(job(tmp_path, 'echo "in $(cat /etc/hostname 2>/dev/null || echo image)"; ls /bin/busybox; '
+                                   'printf "%s|" "$MULTI"; echo; echo "token=$TOKEN"; exit 3',
+                         env={"MULTI": "line one\nline two"}))  # fmt: skip
+    status = wait_finished(LOCAL, h, 60)
+    lines = all_lines(LOCAL, h)
+    assert status.state == JobState.FAILED and status.exit_code == 3, lines
+    assert "/bin/busybox" in lines  # the image's filesystem, not the host's
+    assert "line one" in lines and "line two|" in lines  # a newline in a value arrives as is
+    assert "token=***" in lines and SECRET not in "\n".join(lines)
+    assert containers(name_part=h.job_id.replace("/", "-")) == []  # removed when it ended
+
+
+def test_secret_values_are_never_on_a_command_line(tmp_path, image):
+    h = LOCAL.submit(job(tmp_path, "sleep 20"))
+    try:
+        name = "flexorch-" + h.job_id.replace("/", "-")
+        deadline = time.time() + 30
+        while name not in containers() and time.time() < deadline:
+            time.sleep(0.2)
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        inspect = subprocess.run(["podman", "inspect", "--format", "{{.Path}} {{.Args}}", name],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+        assert name in containers() and "container.sh" in inspect
+        assert SECRET not in ps and SECRET not in inspect
+    finally:
+        LOCAL.cancel(h)
+
+
+def test_cancel_and_timeout_leave_no_container(tmp_path, image):
+    h = LOCAL.submit(job(tmp_path, "echo started; sleep 300"))
+    name = "flexorch-" + h.job_id.replace("/", "-")
+    deadline = time.time() + 30
+    while "started" not in all_lines(LOCAL, h) and time.time() < deadline:
+        time.sleep(0.2)
+    LOCAL.cancel(h)
+    assert LOCAL.poll([h])[h.job_id].state == JobState.CANCELLED
+    assert name not in containers()
+    timed = LOCAL.submit(job(tmp_path, "sleep 300", timeout="2s"))
+    status = wait_finished(LOCAL, timed, 60)
+    assert status.state == JobState.TIMEOUT
+    assert "flexorch-" + timed.job_id.replace("/", "-") not in containers()
+
+
+def test_a_missing_image_fails_with_the_runtimes_message(tmp_path, image):
+    h = LOCAL.submit(job(tmp_path, "true", image="localhost/flexorch-no-such-image:9"))
+    status = wait_finished(LOCAL, h, 60)
+    assert status.state == JobState.FAILED
+    assert "could not create the container" in status.message and "no-such-image" in status.message
+
+
+def test_a_host_without_the_runtime_refuses_at_submit(tmp_path, image, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(
+        NoCapacityError, match="cannot run the job's image: no container runtime here: looked for podman"
+    ):
+        LOCAL.submit(job(tmp_path, "true"))
+
+
+def test_mounts_and_workdir_reach_the_container(tmp_path, image):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "input.txt").write_text("dataset\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    h = LOCAL.submit(job(tmp_path, "cat /data/input.txt; pwd; echo written > result.txt; echo x > /data/nope",
+                         workdir=str(out), container={"pull": "never", "mounts": [
+                             {"host": str(data), "path": "/data", "read_only": True}]}))  # fmt: skip
+    status = wait_finished(LOCAL, h, 60)
+    lines = all_lines(LOCAL, h)
+    assert "dataset" in lines and str(out) in lines, lines
+    assert (out / "result.txt").read_text() == "written\n"
+    assert status.state == JobState.FAILED and not (data / "nope").exists()  # read-only mount
+
+
+def test_a_job_runs_in_its_image_on_an_ssh_host(ssh_fleet, image):
+    host = ssh_fleet.hosts[3]
+    import_image(image, host.user)  # rootless: that account's own image store
+    w = load_workload({"name": "boxed", "kind": "batch", "target": "ssh", "image": IMAGE, "container": {"pull": "never"},
+                       "run": "ls /bin/busybox; echo user=$(id -u) token=$TOKEN",
+                       "ssh": {"connection": FLEET_CONN, "hosts": [host.entry]}})  # fmt: skip
+    h = SSH.submit(ResolvedJob.for_run(w, f"d/ssh-boxed/{time.time_ns()}/-1", secrets={"TOKEN": SECRET}))
+    status = wait_finished(SSH, h, 90)
+    lines = all_lines(SSH, h)
+    assert status.state == JobState.SUCCEEDED, lines
+    assert "/bin/busybox" in lines and "user=0 token=***" in lines  # root inside a rootless container
+    assert containers(host.user) == []
+
+
+def test_a_slurm_job_runs_its_setup_and_run_in_its_image(slurm_cluster, image):
+    from flexorch_provider.backends.slurm import SlurmBackend
+
+    slurm = SlurmBackend()
+    w = load_workload({"name": "boxed", "kind": "training", "target": "slurm", "image": IMAGE,
+                       "container": {"pull": "never"}, "setup": "echo setup in $(ls /bin/busybox)",
+                       "run": 'echo "run with $GREETING"; exit 4', "env": {"GREETING": "hello\nthere"}})  # fmt: skip
+    h = slurm.submit(ResolvedJob.for_run(w, f"d/slurm-boxed/{time.time_ns()}/-1"))
+    status = wait_finished(slurm, h, 90)
+    lines = all_lines(slurm, h)
+    assert status.state == JobState.FAILED and status.exit_code == 4, lines
+    assert "setup in /bin/busybox" in lines and "run with hello" in lines and "there" in lines
+    assert containers(name_part=h.job_id) == []  # removed with the job
+
+    long = slurm.submit(ResolvedJob.for_run(w.model_copy(update={"run": "echo started; sleep 300", "setup": None}),
+                                            f"d/slurm-boxed-long/{time.time_ns()}/-1"))  # fmt: skip
+    deadline = time.time() + 60
+    while not containers(name_part=long.job_id) and time.time() < deadline:
+        time.sleep(0.3)
+    assert containers(name_part=long.job_id), "the job's container never started"
+    slurm.cancel(long)
+    assert wait_finished(slurm, long, 60).state == JobState.CANCELLED
+    deadline = time.time() + 30
+    while containers(name_part=long.job_id) and time.time() < deadline:
+        time.sleep(0.3)
+    assert containers(name_part=long.job_id) == []
+
+
+def test_a_service_runs_as_containers_with_health_checks_and_a_rolling_update(ssh_fleet, image):
+    from tests.integration.test_ssh_services import answer
+
+    hosts = ssh_fleet.hosts[:3]
+    for h in hosts:
+        import_image(image, h.user)
+
+    def deploy(version, action="deploy"):
+        w = load_workload({"name": "boxed-web", "kind": "service", "target": "ssh", "image": IMAGE,
+                           "container": {"pull": "never"}, "replicas": 2, "port": 8000, "env": {"VERSION": version},
+                           "run": 'echo "$VERSION $FLEXORCH_REPLICA" > /tmp/index.html && exec httpd -f -p "$PORT" -h /tmp',
+                           "health": {"http": "/", "interval": "1s", "grace": "10s"},
+                           "ssh": {"connection": FLEET_CONN, "hosts": [h.entry for h in hosts]}})  # fmt: skip
+        lines: list[str] = []
+        return SSH.service(ResolvedJob.for_run(w, "boxed-web/deploy/manual/-1", action=action), lines.append), lines
+
+    try:
+        first, _ = deploy("v1")
+        assert sorted(a.strip() for a in (answer(h) for h in hosts) if a) == ["v1 0", "v1 1"]
+        second, _ = deploy("v2")
+        assert second["revision"] != first["revision"]
+        assert sorted(a.strip() for a in (answer(h) for h in hosts) if a) == ["v2 0", "v2 1"]
+        running = [c for h in hosts for c in containers(h.user)]
+        assert len(running) == 2, running  # the v1 containers went when their replicas were retired
+    finally:
+        deploy("v2", action="undeploy")
+    assert [c for h in hosts for c in containers(h.user)] == []

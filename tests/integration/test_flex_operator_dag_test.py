@@ -31,7 +31,8 @@ with DAG("flex_it", schedule=None, start_date=pendulum.datetime(2025, 1, 1)) as 
     FlexOperator(task_id="times_out", spec=spec("sleep 60", timeout=1), poll_interval=0.2)
     FlexOperator(task_id="secret", spec=spec('echo "token is $TOKEN"', secrets={{"TOKEN": "variable:flex_token"}}),
                  poll_interval=0.2)
-    FlexOperator(task_id="fallback", spec=spec("echo fell back", target=["kubernetes", "local"], image="python:3.11"),
+    FlexOperator(task_id="fallback", spec=spec("echo fell back", target=["kubernetes", "local"],
+                                                       image={image!r}, container={{"pull": "never"}}),
                  poll_interval=0.2)
 """
 
@@ -43,9 +44,12 @@ def dag_run(tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
 
+    from tests.integration.containers import IMAGE, image_tarball, import_image
+
+    import_image(image_tarball())  # the fallback's local run happens in this image
     runs = tmp_path_factory.mktemp("runs")
     dags_folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    (dags_folder / "flex_it_dag.py").write_text(textwrap.dedent(DAG_FILE.format(runs=str(runs))))
+    (dags_folder / "flex_it_dag.py").write_text(textwrap.dedent(DAG_FILE.format(runs=str(runs), image=IMAGE)))
     os.environ["AIRFLOW_VAR_FLEX_TOKEN"] = SECRET
     db.resetdb()
     bag = DagBag(str(dags_folder))

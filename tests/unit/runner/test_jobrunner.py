@@ -202,8 +202,13 @@ def test_replica_with_a_live_process_is_running_at_once(tmp_path, monkeypatch):
     (run_dir / "job.json").write_text(json.dumps({"service": {"slot": 0, "revision": "abc"}}))
     (run_dir / "runner.pid").write_text(runner_identity())
     (run_dir / "job.pgid").write_text(str(os.getpgid(0)))
+    import threading
+
     waits: list[float] = []
-    monkeypatch.setattr(replicas.time, "sleep", waits.append)
+    caller, real_sleep = threading.current_thread(), time.sleep
+    # time.sleep is process-wide: count only this thread's (a test server's thread may be sleeping too)
+    monkeypatch.setattr(replicas.time, "sleep",
+                        lambda s: waits.append(s) if threading.current_thread() is caller else real_sleep(s))  # fmt: skip
     [row] = replicas.replicas(str(tmp_path / "svc"))
     assert row["state"] == "running" and waits == []
 

@@ -9,6 +9,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)                           # it
 [[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/sbin/munged ]] || need+=(slurmctld slurmd slurm-client munge)  # the test Slurm cluster
 command -v podman >/dev/null 2>&1 || need+=(podman)                         # containers on local and ssh hosts
 command -v runc >/dev/null 2>&1 || need+=(runc)                             # crun refuses this kernel's hybrid cgroups
+command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)                      # rootless podman (the fleet's accounts)
 [[ -x /bin/busybox ]] || need+=(busybox-static)                             # the test images' userland
 configure_podman() {
     # what podman needs on these machines (TESTBED.md): runc, cgroupfs, no default ulimits. Written

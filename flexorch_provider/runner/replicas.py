@@ -12,7 +12,7 @@ from .attempts import attempts
 from .files import read_job, read_text
 from .procs import cancel, group_alive
 from .status import LIVE, status
-from .supervisor import base_environment, workdir_of
+from .supervisor import RUNTIME_ENV_KEYS, base_environment, workdir_of
 
 RETIRED = ".retired"
 KEEP_RETIRED = 10
@@ -74,10 +74,18 @@ def check_http(port, path, timeout):
 
 
 def check_command(run_dir, job, command, timeout):
-    """The command runs where and with what the replica runs (its workdir and env, no secrets)."""
+    """The command runs where and with what the replica runs (its workdir and env, no secrets):
+    inside the replica's container (``exec``) for a replica with an image."""
     argv = list(command) if isinstance(command, list) else ["/bin/sh", "-c", command]
+    env = base_environment(job, run_dir)
+    runtime = (job.get("container") or {}).get("runtime_path")
+    if runtime:
+        from .containers import container_name, quiet
+
+        argv = [runtime, *quiet(runtime), "exec", container_name(job), *argv]
+        env.update((k, os.environ[k]) for k in RUNTIME_ENV_KEYS if k in os.environ)
     try:
-        done = subprocess.run(argv, cwd=workdir_of(job, run_dir), env=base_environment(job, run_dir),
+        done = subprocess.run(argv, cwd=workdir_of(job, run_dir), env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=timeout, start_new_session=True)  # fmt: skip
     except subprocess.TimeoutExpired:

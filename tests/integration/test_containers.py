@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,26 @@ def test_a_service_runs_as_containers_with_health_checks_and_a_rolling_update(ss
     finally:
         deploy("v2", action="undeploy")
     assert [c for h in hosts for c in containers(h.user)] == []
+
+
+def test_a_command_health_check_runs_inside_the_replicas_container(ssh_fleet, image):
+    host = ssh_fleet.hosts[1]
+    import_image(image, host.user)
+    marker = "/tmp/flexorch-ready-only-in-the-container"
+
+    def deploy(action="deploy"):
+        w = load_workload({"name": "boxed-worker", "kind": "service", "target": "ssh", "image": IMAGE,
+                           "container": {"pull": "never"}, "replicas": 1,
+                           "run": f"touch {marker}; exec sleep 600",
+                           "health": {"command": f"test -f {marker}", "interval": "1s", "grace": "10s"},
+                           "ssh": {"connection": FLEET_CONN, "hosts": [host.entry]}})  # fmt: skip
+        lines: list[str] = []
+        return SSH.service(ResolvedJob.for_run(w, "boxed-worker/deploy/manual/-1", action=action), lines.append), lines
+
+    try:
+        summary, log = deploy()  # healthy only if the check looked inside the container
+        assert summary["replicas"][0]["host"] == host.entry, log
+        assert not Path(marker).exists()  # the file is the container's alone
+    finally:
+        deploy("undeploy")
+    assert containers(host.user) == []

@@ -115,12 +115,13 @@ class Follower:
         return step
 
     def _release(self) -> str:
-        """The job ended without giving back what it holds: cancel it, as its owner."""
+        """The job ended without giving back what it holds (a Kubernetes Job that never started, a Slurm
+        secrets file): cancel it, as its owner."""
         try:
             self.backend.cancel(self.handle)
         except Exception as e:  # the outcome stands; the task's retry replaces the attempt anyway
             return f"job {self.handle.job_id} ended but could not be removed: {e}"
-        return f"job {self.handle.job_id} ended without starting: removed it, so it holds nothing"
+        return f"job {self.handle.job_id} has ended but still held something on its target: removed it"
 
     def failed(self, error: BaseException) -> dict[str, Any] | None:
         """A poll or read failed: None while it may be passing, else the error event."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import io
 import os
@@ -49,20 +48,16 @@ def test_runner_modules_import_only_each_other_and_the_standard_library():
                 assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
 
 
-def oldest_python() -> str | None:
-    """A python3.6 where one is installed (pyenv), else None."""
-    found = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.6*/bin/python3.6")))
-    return found[0] if found else None
+def test_runner_modules_parse_as_python_3_6():
+    """Hosts may have only an old python3: the runner's grammar is checked against 3.6 here (no
+    3.6 interpreter needed), and the zipapp runs below under this machine's pythons."""
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        if path.name != "bundle.py":
+            ast.parse(path.read_text(), filename=str(path), feature_version=(3, 6))
 
 
-@pytest.mark.parametrize("python", [sys.executable, "/usr/bin/python3", "3.6"])
+@pytest.mark.parametrize("python", [sys.executable, "/usr/bin/python3"])
 def test_the_zipapp_runs_with_dash_s(tmp_path, python):
-    if python == "3.6":
-        python = oldest_python()
-        if python is None:
-            pytest.skip("no python3.6 here")
-    elif not os.path.exists(python):
-        pytest.skip(f"no {python} here")
     pyz = tmp_path / bundle.file_name()
     pyz.write_bytes(bundle.pyz_bytes())
     key_dir = tmp_path / "key"

@@ -18,11 +18,17 @@ from flexorch_provider.spec.models import Workload
 # The one implementation: the job runner masks its output stream with it on the hosts.
 Masker = runner_logs.Masker
 MASK = runner_logs.MASK
+REGISTRY_REF = "container.registry_connection"  # the registry password's entry in a handle's secret_refs
 
 
 def secret_refs(workload: Workload) -> dict[str, dict[str, Any]]:
-    """What a handle carries about the workload's Airflow-resolved secrets: references only."""
-    return {name: ref.model_dump() for name, ref in workload.airflow_secrets.items()}
+    """What a handle carries about the workload's Airflow-resolved secrets: references only
+    (the registry password of a private image among them)."""
+    refs = {name: ref.model_dump() for name, ref in workload.airflow_secrets.items()}
+    registry = workload.container.registry_connection
+    if workload.image and registry:
+        refs[REGISTRY_REF] = {"source": "connection", "name": registry, "key": "password"}
+    return refs
 
 
 def masker_for(refs: Mapping[str, Mapping[str, Any]]) -> Masker:

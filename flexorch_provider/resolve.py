@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
+from flexorch_provider.spec.container import image_registry
 from flexorch_provider.spec.fields import SecretRef
 from flexorch_provider.spec.loader import parse_spec, parse_yaml
 from flexorch_provider.spec.models import Job, PipelineSpec
@@ -129,3 +130,45 @@ def resolve_secrets(workload: Job) -> dict[str, str]:
         mask_secret(value, name)
         values[name] = value
     return values
+
+
+def resolve_registry(workload: Job) -> dict[str, str] | None:
+    """The registry login for a private image (``container.registry_connection``): the connection's
+    host (the registry), login and password; the password is registered with the secret masker.
+    None for a workload without image or connection. Raises ConfigurationError saying what to fix."""
+    conn_id = workload.container.registry_connection
+    if not workload.image or not conn_id:
+        return None
+    from airflow.sdk import BaseHook
+    from airflow.sdk.log import mask_secret
+
+    how = (
+        f"airflow connections add {conn_id} --conn-type generic --conn-host <registry, e.g. ghcr.io> "
+        "--conn-login <user> --conn-password <token>"
+    )
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as e:
+        raise ConfigurationError(
+            f"container.registry_connection: Airflow Connection {conn_id!r} could not be read "
+            f"({type(e).__name__}); create it with: {how}"
+        ) from None
+    missing = [f for f in ("host", "login", "password") if not getattr(conn, f, None)]
+    if missing:
+        raise ConfigurationError(
+            f"container.registry_connection: connection {conn_id!r} has no {' and no '.join(missing)}; "
+            f"it needs host (the registry), login and password: {how}"
+        )
+    registry = str(conn.host).strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if conn.port and ":" not in registry:
+        registry = f"{registry}:{conn.port}"
+    if registry in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
+        registry = "docker.io"
+    wanted = image_registry(workload.image)
+    if registry != wanted:
+        raise ConfigurationError(
+            f"container.registry_connection: connection {conn_id!r} is for registry {registry!r}, but image "
+            f"{workload.image!r} comes from {wanted!r}; set the connection's host to {wanted!r} or use another connection"
+        )
+    mask_secret(str(conn.password), "registry password")
+    return {"registry": registry, "login": str(conn.login), "password": str(conn.password)}

@@ -158,6 +158,8 @@ class ResolvedJob:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     placement: dict[str, Any] | None = None
     action: str | None = None  # services: deploy | undeploy | reconcile
+    # a private image's registry login ({registry, login, password}), from container.registry_connection
+    registry: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def for_run(
@@ -172,6 +174,7 @@ class ResolvedJob:
         secrets: dict[str, str] | None = None,
         action: str | None = None,
         placement: dict[str, Any] | None = None,
+        registry: dict[str, str] | None = None,
     ) -> ResolvedJob:
         """The workload for one run: ``run``/``setup``/``env``/``workdir`` as rendered for it
         (default: the spec's own), a service's action checked (default ``deploy``)."""
@@ -187,6 +190,7 @@ class ResolvedJob:
             secrets=dict(secrets or {}),
             action=check_action(action, workload.is_service),
             placement=placement,
+            registry=dict(registry) if registry else None,
         )
 
     @property
@@ -244,6 +248,8 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
     if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
         doc["container"] = {"image": w.image, "runtime": w.container.runtime, "pull": w.container.pull,
                             "mounts": [m.model_dump() for m in w.container.mounts]}  # fmt: skip
+        if w.container.registry_connection:  # its name only: the login travels beside the job (like secrets)
+            doc["container"]["registry_connection"] = w.container.registry_connection
     return doc
 
 

@@ -34,6 +34,7 @@ from flexorch_provider.backends.base import (
     byte_offset,
     job_document,
 )
+from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
@@ -108,6 +109,9 @@ class LocalBackend(Backend):
             "# started with:",
             shlex.join([*runner_argv(write=False), "start", str(run_dir)]),
         ]
+        if "container" in doc:
+            workdir = os.path.join(os.path.expanduser("~"), os.path.expanduser(job.workdir or str(run_dir)))
+            lines += container_lines(doc, sorted({*job.secrets, *job.workload.airflow_secrets}), str(run_dir), workdir)
         return "\n".join(lines) + "\n"
 
     def _handle(self, job: ResolvedJob, run_dir: Path) -> JobHandle:
@@ -121,7 +125,7 @@ class LocalBackend(Backend):
     def submit(self, job: ResolvedJob) -> JobHandle:
         key_dir = run_root(job) / job.key_slug
         try:
-            attempt = prepare(str(key_dir), job_document(job), job.secrets)
+            attempt = prepare(str(key_dir), job_document(job), job.secrets, job.registry)
         except GpuError as e:
             raise NoCapacityError(f"this machine cannot give the job its GPUs: {e}") from None
         except NoRuntime as e:

@@ -38,6 +38,7 @@ from flexorch_provider.backends.base import (
     byte_offset,
     job_document,
 )
+from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, render_service, run_service
 from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
@@ -144,9 +145,14 @@ class SshBackend(Backend):
             stdin,
             "# the runner starts, in its own session and process group, in ~/" + key_dir + "/<attempt>/:",
         ]
-        if job.setup:
-            lines.append(shlex.join(["/bin/sh", "-c", job.setup]))
-        lines.append(shlex.join(["/bin/sh", "-c", job.run] if isinstance(job.run, str) else job.run))
+        if "container" in doc:
+            run_dir = f"~/{key_dir}/<attempt>"
+            workdir = job.workdir if job.workdir and job.workdir.startswith("/") else f"~/{job.workdir or run_dir[2:]}"
+            lines += container_lines(doc, sorted({*job.secrets, *job.workload.airflow_secrets}), run_dir, workdir)
+        else:
+            if job.setup:
+                lines.append(shlex.join(["/bin/sh", "-c", job.setup]))
+            lines.append(shlex.join(["/bin/sh", "-c", job.run] if isinstance(job.run, str) else job.run))
         lines += [
             "# status: " + shlex.join([*runner_argv(), "status", f"{key_dir}/<attempt>"]),
             "# logs:   " + shlex.join([*runner_argv(), "log", f"{key_dir}/<attempt>", "<byte offset>"]),
@@ -159,7 +165,7 @@ class SshBackend(Backend):
         conn = opts.connection
         hosts = hosts_of(job)
         document = job_document(job)  # GPUs: the runner claims them on the host it starts on
-        payload = json.dumps({"job": document, "secrets": job.secrets}).encode()
+        payload = json.dumps({"job": document, "secrets": job.secrets, "registry": job.registry}).encode()
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
         # one round per host, in parallel, before anything starts. `any` on several hosts: which

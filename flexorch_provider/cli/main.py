@@ -10,12 +10,14 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flexorch_provider import __version__
 from flexorch_provider.exceptions import FlexorchError, SpecError
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from flexorch_provider.spec.container import container_warnings
     from flexorch_provider.spec.loader import load_specs
 
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -34,8 +36,21 @@ def _validate(args: argparse.Namespace) -> int:
     if not args.quiet:
         for path, spec in specs:
             print(f"ok  {path}  ({spec.kind} {spec.name})")
-    print(f"{len(specs)} spec(s) valid", file=sys.stderr)
+    warnings = [f"{path}: warning: {spec.name}{f' step {step}' if step else ''}: {text}"
+                for path, spec in specs for step, job in _jobs(spec) for text in container_warnings(job)]  # fmt: skip
+    for line in warnings:
+        print(line, file=sys.stderr)
+    print(f"{len(specs)} spec(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""), file=sys.stderr)
     return 0
+
+
+def _jobs(spec: Any) -> list[tuple[str | None, Any]]:
+    """The runnable workloads of a spec: itself, or a pipeline's steps (with its defaults)."""
+    from flexorch_provider.spec.models import PipelineSpec
+
+    if isinstance(spec, PipelineSpec):
+        return [(step.name, step) for step in spec.effective_steps()]
+    return [(None, spec)]
 
 
 def _schema(args: argparse.Namespace) -> int:

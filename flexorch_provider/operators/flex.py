@@ -32,7 +32,7 @@ from flexorch_provider.exceptions import (
 )
 from flexorch_provider.follow import TAIL_LINES, Follower
 from flexorch_provider.masking import masker_for, secret_refs
-from flexorch_provider.resolve import load_workload, resolve_secrets
+from flexorch_provider.resolve import load_workload, resolve_registry, resolve_secrets
 from flexorch_provider.triggers.job import FlexJobTrigger
 
 DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
@@ -142,6 +142,7 @@ class FlexOperator(BaseOperator):
             secrets=resolve_secrets(self.workload),
             action=None if self.action is None else str(self.action),
             placement=_placement(self.placement),
+            registry=resolve_registry(self.workload),
         )
 
     def _on_first_target(self, job: ResolvedJob, start: Callable[[Backend], T]) -> tuple[str, T]:

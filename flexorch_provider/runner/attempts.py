@@ -3,7 +3,7 @@
 import json
 import os
 
-from .containers import NoRuntime, find_runtime
+from .containers import NoRuntime, find_runtime, forget_registry_login, write_registry_login
 from .files import write_private
 from .gpus import claim_gpus, gpus_here
 from .status import LIVE, status
@@ -35,6 +35,7 @@ CLAIMED = "claimed"  # in a run dir: the job's outcome reached Airflow (the oper
 def claim(run_dir):
     """Mark the attempt's outcome as recorded by Airflow: a later try of the run key runs anew."""
     path = os.path.join(os.path.abspath(run_dir), CLAIMED)
+    forget_registry_login(os.path.dirname(path))  # were it still there (a supervisor that never ran)
     if os.path.isdir(os.path.dirname(path)):
         with open(path, "a"):
             pass
@@ -70,14 +71,16 @@ def found(key_dir, adopt=True):
     return {}
 
 
-def prepare(key_dir, job, secrets):
+def prepare(key_dir, job, secrets, registry=None):
     """The live attempt under ``key_dir`` (reattach), an unclaimed success (adopt), or a new
     attempt directory with its files.
 
     Returns ``{"run_dir", "job_id", "attempt", "reattached"}`` (``adopted`` for a success taken
     over; ``previous`` for an unclaimed attempt that did not succeed, which runs again); a new
     attempt still has to be started. Attempt directories are created with mkdir, which is atomic: two racing
-    submitters cannot both create the same attempt. A job that asks for GPUs claims them
+    submitters cannot both create the same attempt. ``registry`` is a private image's login
+    ({registry, login, password}), kept in the run directory only until the container exists.
+    A job that asks for GPUs claims them
     here (:func:`.gpus.claim_gpus`); GpuError when this host cannot give them.
     """
     key_dir = os.path.abspath(key_dir)
@@ -122,6 +125,8 @@ def prepare(key_dir, job, secrets):
     write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
     if secrets:
         write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))
+    if registry and doc.get("container"):  # a private image's login: deleted once the container exists
+        write_registry_login(run_dir, registry)
     return out
 
 

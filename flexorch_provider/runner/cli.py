@@ -27,7 +27,7 @@ def _submit(key_dir):
 
     payload = json.loads(sys.stdin.read())
     try:
-        out = prepare(key_dir, payload["job"], payload.get("secrets") or {})
+        out = prepare(key_dir, payload["job"], payload.get("secrets") or {}, payload.get("registry"))
     except GpuError as e:
         sys.stderr.write("GPUs: %s\n" % e)
         return GPU_REFUSED_EXIT

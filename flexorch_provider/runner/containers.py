@@ -8,12 +8,15 @@ environment), so no value is ever on a command line. When the step ends, however
 the container is removed.
 """
 
+import base64
+import json
 import os
 import shutil
 import subprocess
 
 RUNTIMES = ("podman", "docker")  # the order "auto" looks for them
 CREATE_TIMEOUT_S = 600  # a pull of a large image
+REGISTRY_DIR = "registry"  # in a run dir: config.json with the registry login, only until the container exists
 
 
 class NoRuntime(Exception):
@@ -56,12 +59,62 @@ def wrapper(job, run_dir):
     return path
 
 
-def create_argv(job, run_dir, workdir, env_names):
+def write_registry_login(run_dir, login):
+    """The registry login as the runtimes read it (``{"auths": {REGISTRY: {"auth": base64}}}``, the
+    format of podman's --authfile and of docker's config.json), private to this account."""
+    folder = os.path.join(run_dir, REGISTRY_DIR)
+    os.mkdir(folder, 0o700)
+    fd = os.open(os.path.join(folder, "config.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(auth_json(login))
+
+
+def auth_json(login):
+    """``login`` ({registry, login, password}) as an auth file's text."""
+    token = base64.b64encode(("%s:%s" % (login["login"], login["password"])).encode("utf-8")).decode("ascii")
+    auths = {login["registry"]: {"auth": token}}
+    if login["registry"] == "docker.io":  # docker still looks Docker Hub up under its v1 address
+        auths["https://index.docker.io/v1/"] = {"auth": token}
+    return json.dumps({"auths": auths})
+
+
+def registry_password(run_dir):
+    """The password in the run's registry login (to mask it), or None."""
+    try:
+        with open(os.path.join(run_dir, REGISTRY_DIR, "config.json")) as f:
+            auths = json.load(f)["auths"]
+        token = next(iter(auths.values()))["auth"]
+        return base64.b64decode(token).decode("utf-8").split(":", 1)[1]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def forget_registry_login(run_dir):
+    """Delete the registry login: it is needed only to create the container."""
+    shutil.rmtree(os.path.join(run_dir, REGISTRY_DIR), ignore_errors=True)
+
+
+def login_flags(runtime, run_dir, login=None):
+    """The runtime's flags that point it at the run's registry login (none without one; ``login``
+    None: whether the run directory holds one): podman ``--authfile FILE`` (a create flag),
+    docker ``--config DIR`` (a global flag)."""
+    folder = os.path.join(run_dir, REGISTRY_DIR)
+    if login is None:
+        login = os.path.exists(os.path.join(folder, "config.json"))
+    if not login:
+        return [], []
+    if os.path.basename(runtime) == "docker":
+        return ["--config", folder], []
+    return [], ["--authfile", os.path.join(folder, "config.json")]
+
+
+def create_argv(job, run_dir, workdir, env_names, login=None):
     """``<runtime> create ...``: names only for the environment, every user value a separate word."""
     spec = job["container"]
     runtime = spec["runtime_path"]
     docker = os.path.basename(runtime) == "docker"
-    argv = [runtime, *quiet(runtime), "create", "--name", container_name(job), "--network", "host", "--pull", spec.get("pull") or "missing",
+    global_login, create_login = login_flags(runtime, run_dir, login)
+    argv = [runtime, *quiet(runtime), *global_login, "create", *create_login, "--name", container_name(job), "--network", "host", "--pull", spec.get("pull") or "missing",
             "--label", "io.flexorch.run-key=" + job.get("run_key", ""),
             "-v", "%s:%s" % (run_dir, run_dir), "-w", workdir]  # fmt: skip
     if workdir != run_dir:

@@ -105,6 +105,7 @@ def _remove_container(run_dir):
     except (OSError, ValueError):
         return
     if job.get("container"):
-        from .containers import remove
+        from .containers import forget_registry_login, remove
 
         remove(job)
+        forget_registry_login(run_dir)

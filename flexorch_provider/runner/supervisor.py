@@ -16,7 +16,15 @@ from .status import CANCEL_EXIT, TIMEOUT_EXIT
 
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TMPDIR")
 # what a container runtime itself needs from the runner's environment (not passed into containers)
-RUNTIME_ENV_KEYS = ("XDG_RUNTIME_DIR", "CONTAINERS_CONF", "CONTAINER_HOST", "DOCKER_HOST", "DOCKER_CONFIG")
+RUNTIME_ENV_KEYS = (
+    "XDG_RUNTIME_DIR",
+    "CONTAINERS_CONF",
+    "CONTAINERS_REGISTRIES_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "CONTAINER_HOST",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+)
 
 
 def base_environment(job, run_dir):
@@ -44,7 +52,10 @@ class Supervisor(object):
             with open(secrets_path) as f:
                 self.secrets = json.load(f)
             os.unlink(secrets_path)
-        self.masker = Masker(self.secrets.values())
+        from .containers import registry_password
+
+        password = registry_password(run_dir)
+        self.masker = Masker(list(self.secrets.values()) + ([password] if password else []))
         self.log = open(os.path.join(run_dir, "log"), "ab", buffering=0)
         self.child = None
         self._stop_sent_at = None
@@ -134,48 +145,51 @@ class Supervisor(object):
     def run_container(self, deadline):
         """The job as a container: create it (pulling the image as the policy says), then run
         ``start --attach`` as the supervised step; the container is removed however it ends."""
-        from .containers import CREATE_TIMEOUT_S, container_env, container_name, create_argv, quiet, remove, wrapper
+        from . import containers as ctr
 
         spec = self.job["container"]
         workdir = workdir_of(self.job, self.run_dir)
         if not os.path.isdir(workdir):
+            ctr.forget_registry_login(self.run_dir)
             self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
                       % (workdir, socket.gethostname()))  # fmt: skip
             return 1
-        env = container_env(self.job, self.environment())
+        env = ctr.container_env(self.job, self.environment())
         names = [k for k in env if k not in BASE_ENV_KEYS]
         process_env = dict(env)  # the runtime reads the values of ``-e NAME`` from here
         for key in BASE_ENV_KEYS + RUNTIME_ENV_KEYS:
             if key in os.environ:
                 process_env[key] = os.environ[key]
-        wrapper(self.job, self.run_dir)
-        name = container_name(self.job)
+        ctr.wrapper(self.job, self.run_dir)
+        name = ctr.container_name(self.job)
         runtime = os.path.basename(spec["runtime_path"])
         self.note("container %s: %s, image %s (pull %s)" % (name, runtime, spec["image"], spec.get("pull")))
         try:
             done = subprocess.run(
-                create_argv(self.job, self.run_dir, workdir, names), env=process_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=CREATE_TIMEOUT_S,
+                ctr.create_argv(self.job, self.run_dir, workdir, names), env=process_env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=ctr.CREATE_TIMEOUT_S,
             )  # fmt: skip
         except (OSError, subprocess.SubprocessError) as e:
             done = None
-            said = str(e)
+            said = self.masker(str(e))
         else:
             said = self.masker((done.stdout or b"").decode("utf-8", "replace")).strip()
+        finally:
+            ctr.forget_registry_login(self.run_dir)  # the image is here (or will never be): the login goes
         if done is None or done.returncode != 0:
             last = (said.splitlines() or ["no output"])[-1][:500]
             self.note("%s create failed: %s" % (runtime, said[-2000:] or "no output"))
             self.failure = "%s could not create the container: %s" % (runtime, last)
-            remove(self.job)
+            ctr.remove(self.job)
             return (done.returncode if done is not None else 0) or 125
         try:
             if self.stop_reason:
                 return 1
-            return self.run_step([spec["runtime_path"], *quiet(spec["runtime_path"]), "start", "--attach", name],
+            return self.run_step([spec["runtime_path"], *ctr.quiet(spec["runtime_path"]), "start", "--attach", name],
                                  deadline, env=process_env,
                                  cwd=self.run_dir)  # fmt: skip
         finally:
-            if not remove(self.job):
+            if not ctr.remove(self.job):
                 self.note("could not remove container %s" % name)
 
     def shell(self):

@@ -79,7 +79,10 @@ class Workload(FlexModel):
         ),
     ] = None
     container: Annotated[
-        ContainerOptions, Field(description="How `image` runs on local and ssh hosts: runtime, pull policy, mounts.")
+        ContainerOptions,
+        Field(
+            description="How `image` runs: runtime (local, ssh), pull policy, host mounts, a private registry's login."
+        ),
     ] = Field(default_factory=ContainerOptions)
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
     workdir: Annotated[
@@ -159,6 +162,17 @@ class Workload(FlexModel):
                 )
         if "kubernetes" in self.target and not self.image:
             raise ValueError("image: required because target includes 'kubernetes'; add e.g. image: python:3.11-slim")
+        if (
+            "slurm" in self.target
+            and self.image
+            and self.slurm.container == "pyxis"
+            and self.container.registry_connection
+        ):
+            raise ValueError(
+                "container.registry_connection: pyxis pulls with enroot, which reads registry logins from the nodes' "
+                "enroot credentials file ($ENROOT_CONFIG_PATH/.credentials), not from the job: put the login there "
+                "and remove registry_connection, or set slurm.container: podman or apptainer"
+            )
         dupes = sorted(set(self.env) & set(self.secrets))
         if dupes:
             raise ValueError(f"env: env and secrets both set {', '.join(dupes)}; keep each name in one of them")

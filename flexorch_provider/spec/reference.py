@@ -14,6 +14,16 @@ from flexorch_provider.spec.models import SPEC_CLASSES, Identity, Workload, _Ste
 from flexorch_provider.spec.service import Health, ServiceFields, UpdatePolicy
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions, Toleration
 
+CONTAINERS = """A workload with `image` runs in that image on every target it lands on, or is refused there with a reason; without `image` it runs as a bare process. Never a silent fallback from one to the other.
+
+| target | how the image runs | `runtime` | `pull` | `mounts` | `registry_connection` |
+|---|---|---|---|---|---|
+| local, ssh | the job runner: `podman`/`docker create` named `flexorch-<run key>-<attempt>`, then `start --attach`, supervised like a bare job; removed however it ends | used (a host without it refuses at submit; placement `any` tries the next host) | used | used | an auth file (0600) that exists only until the container does |
+| slurm | the batch script, with `slurm.container`: `podman run`, `apptainer exec docker://`, pyxis `srun --container-image` | not used | podman only (apptainer and pyxis fetch images themselves) | used (bind mounts) | podman: an auth file (0600) gone with the job; apptainer: its `APPTAINER_DOCKER_*` variables; pyxis: refused (enroot's credentials file on the nodes) |
+| kubernetes | the pod's container | not used | `imagePullPolicy` (only when set) | not used (pods get no host paths) | a `kubernetes.io/dockerconfigjson` Secret in `imagePullSecrets`, deleted with the Job / at undeploy |
+
+Env and secret values reach a container by name (`-e NAME`), never as words of a command line. `flexorch validate` warns where a target cannot run the image as configured; `flexorch render SPEC --target T` prints the exact command lines."""
+
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Identity and scheduling (top level)", Identity, ""),
     ("Workload fields (every kind; pipeline defaults for its steps)", Workload, "`run` is required for every kind but pipeline."),
@@ -25,7 +35,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`retries`", Retries, "Shorthand: `retries: 2`."),
     ("`health`", Health, ""),
     ("`update`", UpdatePolicy, ""),
-    ("`container`", ContainerOptions, "Used by a workload with `image` on the local and ssh targets (slurm: `slurm.container`)."),
+    ("`container` (Containers: `image` on every target)", ContainerOptions, CONTAINERS),
     ("`container.mounts[]`", Mount, ""),
     ("`slurm`", SlurmOptions, ""),
     ("`kubernetes`", KubernetesOptions, ""),

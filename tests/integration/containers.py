@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE = "localhost/flexorch-test:1"
@@ -77,3 +83,73 @@ def podman_ready() -> str | None:
     if not shutil.which("podman"):
         return "podman is not installed (scripts/system-deps.sh installs it)"
     return None
+
+
+REGISTRIES_DROP_IN = Path("/etc/containers/registries.conf.d/flexorch-test-registry.conf")
+
+
+@dataclass
+class Registry:
+    """A private image registry on loopback (Debian's docker-registry), with one login."""
+
+    address: str  # host:port, the registry part of image references
+    login: str
+    password: str
+    proc: subprocess.Popen[bytes]
+
+    def image(self, name: str = "flexorch/private:1") -> str:
+        return f"{self.address}/{name}"
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+        REGISTRIES_DROP_IN.unlink(missing_ok=True)
+
+
+def start_registry(base: Path, tar: Path, host: str) -> Registry:
+    """Start a registry that needs a login on ``host`` (an address of this machine: the ssh fleet's
+    bridge reaches the fleet's namespaces, the worker and Slurm jobs alike), plain HTTP declared
+    insecure to podman through a drop-in, and push the test image to it as ``flexorch/private:1``."""
+    base.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    login, password = "flexorch-ci", "regi$try-pa55-" + os.urandom(4).hex()
+    hashed = subprocess.run(["htpasswd", "-Bbn", login, password], capture_output=True, text=True, check=True).stdout
+    (base / "htpasswd").write_text(hashed)
+    (base / "config.yml").write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {base / 'data'}}}}}\n"
+        f"http: {{addr: {host}:{port}}}\n"
+        f"auth: {{htpasswd: {{realm: flexorch-test, path: {base / 'htpasswd'}}}}}\n"
+    )
+    proc = subprocess.Popen(["docker-registry", "serve", str(base / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=open(base / "registry.log", "ab"), start_new_session=True)  # fmt: skip
+    address = f"{host}:{port}"
+    REGISTRIES_DROP_IN.parent.mkdir(parents=True, exist_ok=True)
+    REGISTRIES_DROP_IN.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
+    registry = Registry(address, login, password, proc)
+    deadline = time.time() + 15
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                break  # up, and asking for the login
+        except OSError:
+            pass
+        if time.time() > deadline:
+            registry.stop()
+            raise RuntimeError(f"the test registry did not answer on {address}: {base / 'registry.log'}")
+        time.sleep(0.1)
+    import_image(tar)
+    for argv in (
+        ["podman", "--log-level", "error", "tag", IMAGE, registry.image()],
+        ["podman", "--log-level", "error", "push", "-q", "--creds", f"{login}:{password}", registry.image()],
+        ["podman", "--log-level", "error", "rmi", registry.image()],  # so a job must pull it
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            registry.stop()
+            raise RuntimeError(f"{' '.join(argv[:4])} failed: {done.stderr.strip()[-500:]}")
+    return registry

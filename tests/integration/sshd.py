@@ -80,7 +80,9 @@ class SshHost:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, SSHD, "-D", "-e", "-f", str(self.config)],
+            # nsenter enters the network namespace only: `ip netns exec` would also remount /sys without
+            # the cgroup mounts, which a real host has (rootless podman needs them)
+            ["nsenter", f"--net=/run/netns/{self.namespace}", SSHD, "-D", "-e", "-f", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=open(self.config.with_suffix(".log"), "ab"),
             start_new_session=True,

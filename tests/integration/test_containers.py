@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,8 +20,16 @@ from flexorch_provider.backends.ssh import SshBackend
 from flexorch_provider.exceptions import NoCapacityError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import FLEET_CONN
-from tests.integration.containers import IMAGE, containers, image_tarball, import_image, podman_ready
+from tests.integration.containers import (
+    IMAGE,
+    containers,
+    image_tarball,
+    import_image,
+    podman_ready,
+    start_registry,
+)
 from tests.integration.follow import all_lines, wait_finished
+from tests.integration.sshd import SUBNET
 
 LOCAL = LocalBackend()
 SSH = SshBackend()
@@ -207,3 +220,137 @@ def test_a_command_health_check_runs_inside_the_replicas_container(ssh_fleet, im
     finally:
         deploy("undeploy")
     assert containers(host.user) == []
+
+
+def test_render_prints_the_create_command_the_runner_runs(tmp_path, image):
+    """`flexorch render --target local` shows the runtime's command line word for word: podman
+    records the argv it was created with, and the render of the same job (its attempt filled in) is it."""
+    key = f"d/rendered/{time.time_ns()}/-1"
+    resolved = job(tmp_path, "sleep 30", key=key, env={"MODE": "it's $HOME"}, workdir=str(tmp_path))
+    rendered = LOCAL.render(resolved)
+    h = LOCAL.submit(resolved)
+    try:
+        name = "flexorch-" + h.job_id.replace("/", "-")
+        deadline = time.time() + 30
+        while name not in containers() and time.time() < deadline:
+            time.sleep(0.2)
+        out = subprocess.run(["podman", "inspect", "--format", "{{json .Config.CreateCommand}}", name],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        created = json.loads(out)
+    finally:
+        LOCAL.cancel(h)
+    attempt = h.job_id.rsplit("/", 1)[1]
+    create_lines = [ln for ln in rendered.splitlines() if " create " in ln and not ln.startswith("#")]
+    assert len(create_lines) == 1, rendered
+    words = shlex.split(create_lines[0].replace("<attempt>", attempt))
+    assert words[0] == "podman" and Path(created[0]).name == "podman"
+    assert words[1:] == created[1:]
+    assert "-e" in words and "MODE" in words and "it's $HOME" not in create_lines[0]  # by name, never the value
+
+
+def test_a_second_submit_of_a_running_container_job_reattaches(tmp_path, image):
+    """A restarted worker submits the run key again: it finds the running container, never a second one."""
+    key = f"d/reattach/{time.time_ns()}/-1"
+    first = LOCAL.submit(job(tmp_path, "echo started; sleep 300", key=key))
+    try:
+        deadline = time.time() + 30
+        while "started" not in all_lines(LOCAL, first) and time.time() < deadline:
+            time.sleep(0.2)
+        again = LOCAL.submit(job(tmp_path, "echo started; sleep 300", key=key))
+        assert again.job_id == first.job_id
+        assert containers(name_part=first.job_id.split("/")[0]) == ["flexorch-" + first.job_id.replace("/", "-")]
+    finally:
+        LOCAL.cancel(first)
+    assert containers(name_part=first.job_id.split("/")[0]) == []
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, image, ssh_fleet):
+    reg = start_registry(tmp_path_factory.mktemp("registry"), image, SUBNET + ".1")
+    yield reg
+    reg.stop()
+
+
+def private(registry, spec: dict, *, login: bool = True, key: str = "") -> ResolvedJob:
+    spec = {**spec, "image": registry.image(), "container": {"pull": "always", "registry_connection": "private_reg"}}
+    creds = {"registry": registry.address, "login": registry.login, "password": registry.password}
+    return ResolvedJob.for_run(load_workload(spec), key or f"d/private/{time.time_ns()}/-1",
+                               registry=creds if login else None)  # fmt: skip
+
+
+def test_a_private_image_is_pulled_with_its_connections_login_that_no_command_line_shows(tmp_path, registry):
+    spec = {"name": "private", "kind": "batch", "target": "local", "local": {"run_dir": str(tmp_path / "runs")}}
+    refused = LOCAL.submit(private(registry, {**spec, "run": "true"}, login=False))
+    status = wait_finished(LOCAL, refused, 90)
+    assert status.state == JobState.FAILED
+    assert "could not create the container" in status.message
+    assert "unauthorized" in status.message.lower() or "authentication required" in status.message.lower()
+
+    h = LOCAL.submit(private(registry, {**spec, "run": "ls /bin/busybox; sleep 2; echo pulled"}))
+    run_dir = Path(h.data["run_dir"])
+    token = base64.b64encode(f"{registry.login}:{registry.password}".encode()).decode()
+    seen_ps = ""
+    deadline = time.time() + 60
+    while time.time() < deadline and not LOCAL.poll([h])[h.job_id].state.finished:
+        seen_ps += subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        time.sleep(0.1)
+    status = wait_finished(LOCAL, h, 60)
+    lines = all_lines(LOCAL, h)
+    assert status.state == JobState.SUCCEEDED, lines
+    assert "/bin/busybox" in lines and "pulled" in lines
+    assert registry.password not in seen_ps and token not in seen_ps
+    assert registry.password not in "\n".join(lines)
+    assert not (run_dir / "registry").exists()  # the login lived only until the container existed
+    assert not any(registry.password in p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file())
+
+
+def test_a_private_image_on_an_ssh_host_and_in_slurm(ssh_fleet, slurm_cluster, registry):
+    from flexorch_provider.backends.slurm import SlurmBackend
+
+    host = ssh_fleet.hosts[3]
+    spec = {"name": "private-ssh", "kind": "batch", "target": "ssh", "run": "ls /bin/busybox",
+            "ssh": {"connection": FLEET_CONN, "hosts": [host.entry]}}  # fmt: skip
+    h = SSH.submit(private(registry, spec))
+    status = wait_finished(SSH, h, 90)
+    assert status.state == JobState.SUCCEEDED, all_lines(SSH, h)
+    assert "/bin/busybox" in all_lines(SSH, h)
+
+    slurm = SlurmBackend()
+    spec = {"name": "private-slurm", "kind": "batch", "target": "slurm", "run": "ls /bin/busybox; echo in-slurm"}
+    h = slurm.submit(private(registry, spec))
+    status = wait_finished(slurm, h, 90)
+    lines = all_lines(slurm, h)
+    assert status.state == JobState.SUCCEEDED, lines
+    assert "/bin/busybox" in lines and "in-slurm" in lines
+    out_dir = Path.home() / ".flexorch" / "slurm"
+    assert not list(out_dir.glob(f"*-{h.job_id}.auth.json"))  # removed with the job
+    leftovers = [
+        p for p in out_dir.glob("flexorch-private-slurm*") if registry.password in p.read_text(errors="replace")
+    ]
+    assert leftovers == []
+
+
+def test_a_host_without_a_runtime_is_skipped_by_placement_any(ssh_fleet, image):
+    bare, boxed = ssh_fleet.hosts[2], ssh_fleet.hosts[3]
+    import_image(image, boxed.user)
+    only_python = ssh_fleet.base / "bin-python-only"
+    only_python.mkdir(exist_ok=True)
+    (only_python / "python3").unlink(missing_ok=True)
+    (only_python / "python3").symlink_to(shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "python3")
+    original = bare.config.read_text()
+    bare.stop()
+    bare.config.write_text(re.sub(r"^SetEnv PATH=.*$", f"SetEnv PATH={only_python}", original, flags=re.M))
+    bare.start()
+    try:
+        w = load_workload({"name": "boxed-any", "kind": "batch", "target": "ssh", "image": IMAGE,
+                           "container": {"pull": "never"}, "run": "ls /bin/busybox",
+                           "ssh": {"connection": FLEET_CONN, "hosts": [bare.entry, boxed.entry], "placement": "any"}})  # fmt: skip
+        h = SSH.submit(ResolvedJob.for_run(w, f"d/boxed-any/{time.time_ns()}/-1"))
+        assert h.job_id.endswith("@" + boxed.entry), h.job_id
+        skipped = [n for n in h.notes if bare.address in n]
+        assert skipped and "no container runtime here: looked for podman and docker" in skipped[0], h.notes
+        assert wait_finished(SSH, h, 90).state == JobState.SUCCEEDED
+    finally:
+        bare.stop()
+        bare.config.write_text(original)
+        bare.start()

@@ -6,6 +6,8 @@ Kubernetes 1.32-1.37, plus the server-side rules the schema does not express."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
 
@@ -352,3 +354,29 @@ def test_an_unrecorded_failure_runs_again_and_says_so(kube_cluster, sent):
     assert again.job_id != first.job_id
     assert again.notes == [f"the previous try's Job {first.job_id} ended Failed without its outcome reaching "
                            "Airflow: running it again"]  # fmt: skip
+
+
+def test_a_private_image_pulls_with_a_secret_of_its_connections_login_that_goes_with_the_job(kube_cluster, sent):
+    kube_cluster.behaviours["private-job"] = Behaviour(exit_code=None, log=["working"])
+    job = make_job("private-job", container={"pull": "always", "registry_connection": "ghcr_bot"})
+    job.registry = {"registry": "ghcr.io", "login": "bot", "password": "tok-private-1"}
+    handle = BACKEND.submit(job)
+    pull = next(
+        o for o in kube_cluster.core.list_namespaced_secret("ml").items if o.type == "kubernetes.io/dockerconfigjson"
+    )
+    # the emulator keeps stringData as sent; a real API server turns it into base64 data
+    raw = (
+        pull.string_data[".dockerconfigjson"] if pull.data is None else base64.b64decode(pull.data[".dockerconfigjson"])
+    )
+    auths = json.loads(raw)["auths"]
+    assert base64.b64decode(auths["ghcr.io"]["auth"]).decode() == "bot:tok-private-1"
+    pod = next(o for o in sent if o["kind"] == "Job")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": pull.metadata.name}]
+    assert pod["containers"][0]["imagePullPolicy"] == "Always" and "tok-private-1" not in json.dumps(pod)
+    check_manifest(next(d for d in k8s.job_manifests(job) if d["kind"] == "Secret"))
+    BACKEND.cancel(handle)
+    assert pull.metadata.name not in [s.metadata.name for s in kube_cluster.core.list_namespaced_secret("ml").items]
+    rendered = BACKEND.render(job)
+    assert "tok-private-1" not in rendered and "kubernetes.io/dockerconfigjson" in rendered
+    plain = next(o for o in k8s.job_manifests(make_job("plain-job")) if o["kind"] == "Job")
+    assert "imagePullPolicy" not in plain["spec"]["template"]["spec"]["containers"][0]  # the cluster's default

@@ -33,6 +33,7 @@ from flexorch_provider.backends.kubernetes.manifests import (
     job_manifests,
     manifests,
     ours,
+    registry_secret_name,
     secret_name,
     service_manifests,
 )
@@ -60,6 +61,7 @@ class KubernetesJobData(TypedDict):
     conn: str  # the Airflow connection id
     namespace: str
     secret: str | None  # the run's Secret of values resolved from Airflow, deleted with the Job
+    registry_secret: str | None  # the run's image pull Secret (container.registry_connection), deleted with it
     nodes: int  # > 1: an Indexed Job with a headless Service of the same name
 
 
@@ -68,7 +70,8 @@ def job_data(handle: JobHandle) -> KubernetesJobData:
     d = handle.data
     try:
         return KubernetesJobData(conn=str(d["conn"]), namespace=str(d["namespace"]),
-                                 secret=d.get("secret") or None, nodes=int(d.get("nodes") or 1))  # fmt: skip
+                                 secret=d.get("secret") or None, nodes=int(d.get("nodes") or 1),
+                                 registry_secret=d.get("registry_secret") or None)  # fmt: skip
     except (KeyError, TypeError, ValueError) as e:
         raise BackendError(f"job {handle.job_id} has no kubernetes handle data ({e!r} missing or invalid)") from e
 
@@ -78,8 +81,9 @@ def delete_job(api: Api, ns: str, name: str, data: KubernetesJobData) -> None:
     api.delete("Job", ns, name)
     if data["nodes"] > 1:
         api.delete("Service", ns, name)  # the headless Service of an Indexed Job
-    if data["secret"]:
-        api.delete("Secret", ns, data["secret"])
+    for secret in (data["secret"], data.get("registry_secret")):
+        if secret:
+            api.delete("Secret", ns, secret)
 
 
 class KubernetesBackend(Backend):
@@ -105,7 +109,9 @@ class KubernetesBackend(Backend):
         w = job.workload
         return KubernetesJobData(conn=w.kubernetes.connection, namespace=w.kubernetes.namespace,
                                  secret=secret_name(job) if airflow_secrets(job) else None,
-                                 nodes=int(w.resources.nodes))  # fmt: skip
+                                 nodes=int(w.resources.nodes),
+                                 registry_secret=registry_secret_name(job) if w.image and w.container.registry_connection
+                                 else None)  # fmt: skip
 
     def _handle(self, job: ResolvedJob, name: str) -> JobHandle:
         return JobHandle(self.name, name, job.run_key, dict(self._data(job)))
@@ -130,7 +136,9 @@ class KubernetesBackend(Backend):
                 return self._handle(job, name)  # reattach: never a second Job per run key
             try:  # an attempt poll reported failed (it can never start): the next attempt replaces it
                 indexed = (item.get("spec") or {}).get("completionMode") == "Indexed"
-                delete_job(api, ns, name, {**data, "secret": None, "nodes": 2 if indexed else 1})
+                delete_job(
+                    api, ns, name, {**data, "secret": None, "registry_secret": None, "nodes": 2 if indexed else 1}
+                )
             except ApiError as e:
                 raise SubmitError(f"cannot delete the previous attempt, Job {name}: {e}") from e
         notes: list[str] = []
@@ -228,8 +236,9 @@ class KubernetesBackend(Backend):
         name = deployment["metadata"]["name"]
         if job.action == "undeploy":
             try:
-                gone = [kind for kind in ("Deployment", "Service", "Secret")
-                        if api.delete(kind, ns, name if kind != "Secret" else secret_name(job))]  # fmt: skip
+                named = [("Deployment", name), ("Service", name), ("Secret", secret_name(job)),
+                         ("Secret", registry_secret_name(job))]  # fmt: skip
+                gone = [kind for kind, n in named if api.delete(kind, ns, n)]
             except ApiError as e:
                 raise ServiceError(f"could not undeploy service {name}: {e}") from e
             log(f"service {name}: undeployed ({', '.join(gone) or 'nothing was deployed'})")

@@ -20,6 +20,7 @@ from typing import Any
 
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.exceptions import ConfigurationError
+from flexorch_provider.runner.containers import auth_json
 
 MANAGED = {"app.kubernetes.io/managed-by": "flexorch"}
 RUN_LABEL = "flexorch.io/run"
@@ -30,6 +31,7 @@ REVISION_ANNOTATION = "flexorch.io/revision"
 CLAIMED_ANNOTATION = "flexorch.io/claimed"  # on a Job whose outcome reached Airflow
 TTL_AFTER_FINISHED = 24 * 3600
 CONTAINER = "main"
+PULL_POLICIES = {"always": "Always", "missing": "IfNotPresent", "never": "Never"}
 
 
 def dns_label(text: str, limit: int = 63) -> str:
@@ -71,6 +73,22 @@ def secret_name(job: ResolvedJob) -> str:
     return dns_label(f"{job.name}-env" if job.is_service else f"{job.key_slug}-env")
 
 
+def registry_secret_name(job: ResolvedJob) -> str:
+    """The Secret with a private image's registry login (``container.registry_connection``), pulled with."""
+    return dns_label(f"{job.name}-registry" if job.is_service else f"{job.key_slug}-registry")
+
+
+def _registry_secret(job: ResolvedJob, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The run's (or service's) image pull Secret, for a spec with a registry connection."""
+    w = job.workload
+    if not (w.image and w.container.registry_connection):
+        return []
+    login = auth_json(job.registry) if job.registry else json.dumps({"auths": {}})
+    return [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+             "metadata": {"name": registry_secret_name(job), "namespace": w.kubernetes.namespace, "labels": labels},
+             "stringData": {".dockerconfigjson": login}}]  # fmt: skip
+
+
 def _env(job: ResolvedJob, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
     w = job.workload
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**job.env, **(extra or {})}.items()]
@@ -96,6 +114,8 @@ def _container(job: ResolvedJob, extra_env: dict[str, str] | None = None) -> dic
         limits["nvidia.com/gpu"] = int(res.gpus.count)
     container: dict[str, Any] = {"name": CONTAINER, "image": w.image, "command": _command(job),
                                  "env": _env(job, extra_env)}  # fmt: skip
+    if "pull" in w.container.model_fields_set:  # the spec's pull policy, as on every other target
+        container["imagePullPolicy"] = PULL_POLICIES[w.container.pull]
     if job.workdir:
         container["workingDir"] = job.workdir
     if requests or limits:
@@ -116,6 +136,8 @@ def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict
         spec["tolerations"] = [t.model_dump(exclude_none=True) for t in opts.tolerations]
     if opts.service_account:
         spec["serviceAccountName"] = opts.service_account
+    if w.image and w.container.registry_connection:
+        spec["imagePullSecrets"] = [{"name": registry_secret_name(job)}]
     return spec
 
 
@@ -145,6 +167,7 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
                     "stringData": airflow_secrets(job)})  # fmt: skip
+    out += _registry_secret(job, labels)
     if nodes > 1:
         # rank = JOB_COMPLETION_INDEX; pods resolve each other as <job>-<index>.<job>
         job_spec.update(completions=nodes, parallelism=nodes, completionMode="Indexed")
@@ -195,6 +218,7 @@ def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
                     "stringData": airflow_secrets(job)})  # fmt: skip
+    out += _registry_secret(job, labels)
     out.append({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {REVISION_ANNOTATION: revision}},

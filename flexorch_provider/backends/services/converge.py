@@ -60,7 +60,7 @@ class Converger(Generic[H]):
     def start(self, slot: int, host: H) -> Replica[H]:
         doc = self.want.documents[slot]
         key_dir = f"{self.want.directory}/{slot}-{self.want.revision}"
-        payload = json.dumps({"job": doc, "secrets": self.want.secrets}).encode()
+        payload = json.dumps({"job": doc, "secrets": self.want.secrets, "registry": self.want.registry}).encode()
         try:
             out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
         except ServiceError:

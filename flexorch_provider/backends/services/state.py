@@ -56,6 +56,7 @@ class Desired:
     max_unavailable: int | None  # None: surge where a host has room, else one replica in place
     documents: dict[int, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    registry: dict[str, str] | None = field(default=None, repr=False)  # a private image's login (not in the revision)
 
 
 def service_slug(name: str) -> str:
@@ -92,5 +93,5 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
         grace_s=w.health.grace.total_seconds() if w.health else 5.0,
         interval_s=min(w.health.interval.total_seconds(), 0.5) if w.health else 0.5,
         strategy=w.update.strategy, max_surge=w.update.max_surge, max_unavailable=w.update.max_unavailable,
-        documents=documents, secrets=dict(job.secrets),
+        documents=documents, secrets=dict(job.secrets), registry=job.registry,
     )  # fmt: skip

@@ -24,6 +24,7 @@ from flexorch_provider.backends.slurm.script import (
     OUT_DIR,
     PREPARE_OUT_DIR,
     REQUEST_OPTIONS,
+    has_secrets_file,
     job_name,
     render_script,
     sbatch_options,
@@ -44,7 +45,7 @@ class SlurmBackend(Backend):
         return cluster_of(handle).key
 
     def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
-        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job), "secrets": bool(job.secrets)}
+        data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job), "secrets": has_secrets_file(job)}
         return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
 
     def _live(self, cluster: Cluster, name: str) -> str | None:
@@ -86,7 +87,7 @@ class SlurmBackend(Backend):
                 )  # fmt: skip
             notes.append(f"the previous try's Slurm job {ended_id} ended with exit code {ended_code} without its outcome "
                          "reaching Airflow: running it again")  # fmt: skip
-        if job.secrets:
+        if has_secrets_file(job):
             cluster.check(
                 ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)
             )

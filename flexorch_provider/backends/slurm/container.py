@@ -13,6 +13,7 @@ if [ -n "${WORLD_SIZE:-}" ] && [ -n "${SLURM_PROCID:-}" ]; then export RANK="$SL
 if [ -n "$1" ]; then "$sh_" -e "$1" || { c=$?; echo "[flexorch] setup failed with exit code $c; run is skipped"; exit $c; }; fi
 exec "$sh_" "$2"
 """
+REGISTRY_AUTH_VAR = "FLEXORCH_REGISTRY_AUTH"  # podman: the registry login's auth file text, from the secrets file
 MULTI_NODE_ENV = ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
 
 
@@ -54,6 +55,10 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
         return [*out, srun + " ".join([*argv, f"docker://{w.image}", *inner])]
     argv = ["podman", "--log-level", "error", "run", "--rm", "--name", ctr, "--network", "host",
             "--pull", w.container.pull]  # fmt: skip
+    login = bool(w.container.registry_connection)
+    auth = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"'
+    if login:
+        argv += ["--authfile", auth]
     if gpus:
         argv.append("$flexorch_gpus")  # unquoted on purpose: one word per device
     for b in bind_words:
@@ -63,8 +68,13 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
         argv += ["-e", name]
     out.append(
         f'trap \'code=$?; podman rm -f -t 0 {ctr} >/dev/null 2>&1; echo "$code" > "$flexorch_rc"; '
-        'rm -f "$flexorch_secrets"\' EXIT'
+        f'rm -f "$flexorch_secrets"{" " + auth if login else ""}\' EXIT'
     )  # the container goes with the job, however it ends
+    if login:  # the login as an auth file, this account's only, gone with the job
+        out.append(
+            f'if [ -n "${{{REGISTRY_AUTH_VAR}:-}}" ]; then (umask 077 && printf %s "${REGISTRY_AUTH_VAR}" > {auth}); '
+            f"fi; unset {REGISTRY_AUTH_VAR}"
+        )
     if gpus:  # the GPUs Slurm gave the job, as CDI devices; inside the container they count from 0
         out += [
             'flexorch_gpus=""; n=0',

@@ -10,8 +10,9 @@ import shlex
 import textwrap
 
 from flexorch_provider.backends.base import ResolvedJob
-from flexorch_provider.backends.slurm.container import container_lines
+from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR, container_lines
 from flexorch_provider.exceptions import ConfigurationError
+from flexorch_provider.runner.containers import auth_json
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
 KEEP_OUTPUTS_DAYS = 14  # a job's .out/.sh/.rc files are removed this long after they were last written
@@ -19,7 +20,7 @@ KEEP_OUTPUTS_DAYS = 14  # a job's .out/.sh/.rc files are removed this long after
 # directory; print the latest ended job of this name as "ID EXIT_CODE CLAIMED" (from its
 # exit-code file; CLAIMED 1 when its outcome reached Airflow); then tidy: secrets files of
 # jobs no longer in the queue (older than 10 minutes, so a submit in flight elsewhere keeps
-# its own), and outputs past their retention.
+# its own) and registry logins of such jobs, and outputs past their retention.
 PREPARE_OUT_DIR = r"""mkdir -p -m 700 "$1" && cd "$1" || exit 1
 latest=""
 for f in "$3"-*.rc; do
@@ -35,6 +36,10 @@ fi
 live="$(squeue -h -u "$(id -un)" -o %j 2>/dev/null)" || exit 0
 find . -maxdepth 1 -type f -name '*.secrets' -mmin +10 | while read -r f; do
     n="${f#./}"; n="${n%.secrets}"
+    printf '%s\n' "$live" | grep -qxF -- "$n" || rm -f -- "$f"
+done
+find . -maxdepth 1 -type f -name '*.auth.json' -mmin +10 | while read -r f; do
+    n="${f#./}"; n="${n%-*.auth.json}"
     printf '%s\n' "$live" | grep -qxF -- "$n" || rm -f -- "$f"
 done
 find . -maxdepth 1 -type f -mtime +"$2" \( -name '*.out' -o -name '*.sh' -o -name '*.rc' -o -name '*.claimed' \) -exec rm -f -- {} +
@@ -119,6 +124,10 @@ def render_script(job: ResolvedJob) -> str:
         else "with the local sbatch"
     )
     secret_names = ", ".join(sorted(job.secrets)) or "none"
+    if w.image and w.container.registry_connection:
+        secret_names += (
+            f"; the login of connection {_echo_safe(w.container.registry_connection)} for the image's registry"
+        )
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in sbatch_options(job))]
     lines += [
         "# written by flexorch: the run key, environment, setup and run of one task",
@@ -166,4 +175,17 @@ def render_script(job: ResolvedJob) -> str:
 
 
 def secrets_file(job: ResolvedJob) -> bytes:
-    return "".join(f"export {k}={shell_word(v)}\n" for k, v in job.secrets.items()).encode()
+    """The 0600 file the script sources: the secrets, and a private image's registry login in the
+    form the cluster's runtime reads it (podman: an auth file's text the script writes out;
+    apptainer: its APPTAINER_DOCKER_USERNAME/PASSWORD variables)."""
+    values = dict(job.secrets)
+    if job.registry and job.workload.image:
+        if job.workload.slurm.container == "apptainer":
+            values.update(APPTAINER_DOCKER_USERNAME=job.registry["login"], APPTAINER_DOCKER_PASSWORD=job.registry["password"])  # fmt: skip
+        else:
+            values[REGISTRY_AUTH_VAR] = auth_json(job.registry)
+    return "".join(f"export {k}={shell_word(v)}\n" for k, v in values.items()).encode()
+
+
+def has_secrets_file(job: ResolvedJob) -> bool:
+    return bool(job.secrets or (job.registry and job.workload.image))

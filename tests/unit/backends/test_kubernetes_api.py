@@ -235,7 +235,7 @@ def test_handle_data_is_typed_and_old_handles_read_with_defaults(connect):
     connect(Clients())
     job = make_job(resources={"nodes": 2})
     data: KubernetesJobData = job_data(KubernetesBackend().submit(job))
-    assert data == {"conn": "k", "namespace": "ml", "secret": None, "nodes": 2}
-    assert job_data(handle()) == {"conn": "k", "namespace": "ml", "secret": None, "nodes": 1}
+    assert data == {"conn": "k", "namespace": "ml", "secret": None, "nodes": 2, "registry_secret": None}
+    assert job_data(handle()) == {"conn": "k", "namespace": "ml", "secret": None, "nodes": 1, "registry_secret": None}
     with pytest.raises(BackendError, match="no kubernetes handle data"):
         job_data(JobHandle("kubernetes", "j", "r", {}))

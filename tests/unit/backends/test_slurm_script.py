@@ -3,14 +3,25 @@ breaks): values with \\r go in ANSI-C quotes, script text with \\r through base6
 
 from __future__ import annotations
 
+import json
 import subprocess
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexorch_provider.backends.base import ResolvedJob
-from flexorch_provider.backends.slurm.script import _file_from_text, render_script, shell_word
+from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR
+from flexorch_provider.backends.slurm.script import (
+    _file_from_text,
+    has_secrets_file,
+    render_script,
+    secrets_file,
+    shell_word,
+)
+from flexorch_provider.exceptions import SpecError
 from flexorch_provider.resolve import load_workload
+from flexorch_provider.runner.containers import auth_json
 
 texts = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=60)
 
@@ -68,3 +79,47 @@ def test_a_job_without_an_image_runs_bare_as_before():
     w = load_workload({"name": "s", "kind": "batch", "target": "slurm", "run": "echo hi"})
     script = render_script(ResolvedJob.for_run(w, "d/t/r/-1"))
     assert script.splitlines()[-1] == 'bash "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"' and "podman" not in script
+
+
+LOGIN = {"registry": "ghcr.io", "login": "bot", "password": "pa$$ 'word\""}
+
+
+def _private(runtime):
+    spec = {"name": "s", "kind": "training", "target": "slurm", "image": "ghcr.io/acme/train:1.4", "run": "true",
+            "slurm": {"container": runtime}, "container": {"registry_connection": "ghcr_bot"}}  # fmt: skip
+    return ResolvedJob.for_run(load_workload(spec), "d/t/r/-1", registry=LOGIN)
+
+
+def test_podman_pulls_with_an_auth_file_the_script_writes_from_the_secrets_file(tmp_path):
+    job = _private("podman")
+    script = render_script(job)
+    assert LOGIN["password"] not in script and has_secrets_file(job)
+    assert '--authfile "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"' in script.splitlines()[-1]
+    trap = next(ln for ln in script.splitlines() if ln.startswith("trap ") and "podman rm" in ln)
+    assert trap.endswith('rm -f "$flexorch_secrets" "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"\' EXIT')
+    # the secrets file and the script's own line make the auth file, byte for byte, 0600
+    (tmp_path / "s.secrets").write_bytes(secrets_file(job))
+    line = next(ln for ln in script.splitlines() if REGISTRY_AUTH_VAR in ln and ln.startswith("if "))
+    env = {"PATH": "/usr/bin:/bin", "flexorch_dir": str(tmp_path), "SLURM_JOB_NAME": "s", "SLURM_JOB_ID": "7"}
+    subprocess.run(["bash", "-c", f'. "{tmp_path}/s.secrets"; {line}; echo "left=${{{REGISTRY_AUTH_VAR}:-}}"'],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    auth = tmp_path / "s-7.auth.json"
+    assert json.loads(auth.read_text()) == json.loads(auth_json(LOGIN)) and (auth.stat().st_mode & 0o777) == 0o600
+
+
+def test_apptainer_reads_the_login_from_its_own_variables_never_passed_into_the_image():
+    job = _private("apptainer")
+    secrets = secrets_file(job).decode()
+    assert "export APPTAINER_DOCKER_USERNAME=bot\n" in secrets and "APPTAINER_DOCKER_PASSWORD=" in secrets
+    last = render_script(job).splitlines()[-1]
+    assert "APPTAINER_DOCKER" not in last and "--cleanenv" in last and "--authfile" not in last
+
+
+def test_pyxis_refuses_a_registry_connection_with_where_the_login_goes():
+    with pytest.raises(SpecError, match=r"enroot credentials file"):
+        _private("pyxis")
+
+
+def test_a_job_without_a_registry_connection_has_no_login_lines():
+    script = _image_script("podman")
+    assert "auth.json" not in script and REGISTRY_AUTH_VAR not in script

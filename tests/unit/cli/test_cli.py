@@ -122,3 +122,34 @@ def test_generate_writes_static_dag_files(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["generate", str(EXAMPLES), str(tmp_path), "-q"]) == 0
     assert capsys.readouterr().out == ""  # nothing changed, nothing listed
+
+
+def test_validate_warns_where_a_target_cannot_run_the_image_as_configured(tmp_path):
+    spec = tmp_path / "boxed.yaml"
+    spec.write_text(
+        "name: boxed\nkind: batch\ntarget: [slurm, kubernetes]\nimage: python:3.11\nrun: 'true'\n"
+        "container: {pull: never, mounts: [{host: /data, path: /data}]}\nslurm: {container: pyxis}\n"
+    )
+    result = flexorch("validate", str(spec))
+    assert result.returncode == 0, result.stderr  # warnings, not errors: the spec is valid
+    warnings = [ln for ln in result.stderr.splitlines() if ": warning: " in ln]
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith(f"{spec}: warning: boxed: slurm: container.pull never cannot hold with pyxis")
+    assert "kubernetes: container.mounts are host paths" in warnings[1]
+    assert result.stderr.strip().endswith("1 spec(s) valid, 2 warning(s)")
+
+
+def test_container_warnings_for_local_follow_this_machines_runtimes():
+    from flexorch_provider.resolve import load_workload
+    from flexorch_provider.spec.container import container_warnings
+
+    w = load_workload({"name": "b", "kind": "batch", "run": "x", "image": "python:3.11", "target": ["local"]})
+    assert container_warnings(w, lambda: []) == [
+        "local: no podman or docker on this machine's PATH: the local target will refuse the job here (install "
+        "one on the Airflow workers, or drop local from target)"
+    ]
+    assert container_warnings(w, lambda: ["docker"]) == []
+    docker_only = w.model_copy(update={"container": w.container.model_copy(update={"runtime": "podman"})})
+    assert "no podman on this machine's PATH" in container_warnings(docker_only, lambda: ["docker"])[0]
+    bare = load_workload({"name": "b", "kind": "batch", "run": "x", "target": ["local", "slurm"]})
+    assert container_warnings(bare, lambda: []) == []  # no image, nothing to warn about

@@ -165,7 +165,8 @@ class LocalBackend(Backend):
                 )
                 continue
             raw = status(run_dir)
-            out[handle.job_id] = JobStatus(JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""))
+            out[handle.job_id] = JobStatus(JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""),
+                                           release=bool(raw.get("release")))  # fmt: skip
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:

@@ -333,7 +333,7 @@ def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
     states = [JobState(s["state"]) for _, s in parts]
     if len(parts) == 1:
         s = parts[0][1]
-        return JobStatus(states[0], s.get("exit_code"), s.get("message", ""))
+        return JobStatus(states[0], s.get("exit_code"), s.get("message", ""), release=bool(s.get("release")))
     if any(not st.finished for st in states):
         running = sum(1 for st in states if not st.finished)
         return JobStatus(JobState.RUNNING, message=f"{running} of {len(parts)} hosts still running")
@@ -345,4 +345,5 @@ def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
     )
     first = JobState(bad[0][1]["state"])
     return JobStatus(first if first != JobState.SUCCEEDED else JobState.FAILED, bad[0][1].get("exit_code"),
-                     f"failed on {len(bad)} of {len(parts)} hosts: {detail}")  # fmt: skip
+                     f"failed on {len(bad)} of {len(parts)} hosts: {detail}",
+                     release=any(s.get("release") for _, s in parts))  # fmt: skip

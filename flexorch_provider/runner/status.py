@@ -4,7 +4,7 @@ import json
 import os
 import time
 
-from .files import read_text, runner_alive
+from .files import read_job, read_text, runner_alive
 
 LAUNCH_GRACE_S = 30  # a run dir with no runner.pid after this long is lost
 TIMEOUT_EXIT = 124
@@ -42,6 +42,12 @@ def status(run_dir):
             out.update(json.loads(result))
             return out
         out.update(state="lost", message="the job supervisor (pid %s) died without a result" % pid.split()[0])
+        job = read_job(run_dir)
+        if job.get("container"):  # its container may outlive it: whoever follows the job cancels (removes) it
+            from .containers import container_name  # here only: status runs on every poll
+
+            out.update(release=True, message=out["message"] + "; its container %s may still run"
+                       % container_name(job))  # fmt: skip
         return out
     age = time.time() - os.path.getmtime(run_dir)
     if age > LAUNCH_GRACE_S:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -354,3 +356,29 @@ def test_a_host_without_a_runtime_is_skipped_by_placement_any(ssh_fleet, image):
         bare.stop()
         bare.config.write_text(original)
         bare.start()
+
+
+def test_a_dead_supervisor_leaves_no_container_once_its_job_is_followed(tmp_path, image):
+    """The job runner's supervisor is killed (SIGKILL) while its container runs: the container would
+    outlive it, so the job is reported lost with ``release`` and whoever follows it removes it."""
+    from flexorch_provider.follow import Follower
+
+    h = LOCAL.submit(job(tmp_path, "echo started; sleep 300"))
+    name = "flexorch-" + h.job_id.replace("/", "-")
+    deadline = time.time() + 30
+    while "started" not in all_lines(LOCAL, h) and time.time() < deadline:
+        time.sleep(0.2)
+    pid = int((Path(h.data["run_dir"]) / "runner.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    follower = Follower(LOCAL, h)
+    status = follower.poll()
+    deadline = time.time() + 10
+    while status.state != JobState.LOST and time.time() < deadline:
+        time.sleep(0.2)
+        status = follower.poll()
+    assert status.state == JobState.LOST and status.release, status
+    assert name in containers()  # still running: nobody has removed it yet
+    step = follower.observe(status)
+    assert step.event is not None and step.event["status"] == "failed"
+    assert any("removed it" in n for n in step.notes), step.notes
+    assert name not in containers()

@@ -243,21 +243,27 @@ def _split_prefix(text: str) -> tuple[Path_, str]:
     return tuple(parts), match.group(2)
 
 
-def _models_at(data: Any, path: Path_) -> list[type[BaseModel]]:
-    """The model classes that describe the mapping at ``path`` (for did-you-mean)."""
+def _models_at(data: Any, path: Path_, root: type[BaseModel] | None = None) -> list[type[BaseModel]]:
+    """The model classes that describe the mapping at ``path`` (for did-you-mean); ``root`` is the
+    file's model when it is not a spec (the policy file)."""
     kind = data.get("kind") if isinstance(data, dict) else None
-    models: list[type[BaseModel]] = [SPEC_CLASSES[kind]] if kind in SPEC_CLASSES else []
+    models: list[type[BaseModel]] = [root] if root else [SPEC_CLASSES[kind]] if kind in SPEC_CLASSES else []
     cur = data
+    keyed = False  # the part is a key of a mapping of models (teams.<name>), not a field
     for part in path:
         if isinstance(part, int):
             cur = cur[part] if isinstance(cur, list) and part < len(cur) else None
+            continue
+        cur = cur.get(part) if isinstance(cur, dict) else None
+        if keyed:
+            keyed = False
             continue
         nxt: list[type[BaseModel]] = []
         for model in models:
             field = model.model_fields.get(part)
             if field is not None:
                 nxt.extend(_model_classes(field.annotation))
-        cur = cur.get(part) if isinstance(cur, dict) else None
+                keyed = keyed or typing.get_origin(field.annotation) is dict
         models = nxt
         # a step: narrow to its kind
         if models and set(models) <= set(STEP_CLASSES.values()) and isinstance(cur, dict):
@@ -276,11 +282,13 @@ def _model_classes(annotation: Any) -> list[type[BaseModel]]:
     return out
 
 
-def _problems(error: ValidationError, data: Any, file: str, lines: Mapping[Path_, int]) -> list[SpecProblem]:
+def _problems(
+    error: ValidationError, data: Any, file: str, lines: Mapping[Path_, int], root: type[BaseModel] | None = None
+) -> list[SpecProblem]:
     """One problem per error; where a union (``str | list``) failed every branch, keep the
     specific complaint ("at least 1 item") over the generic type mismatches."""
     errors = error.errors(include_url=False)
-    found = [(err.get("type", ""), _problem(err, data, file, lines)) for err in errors]
+    found = [(err.get("type", ""), _problem(err, data, file, lines, root)) for err in errors]
     specific = {p.field for etype, p in found if not etype.endswith("_type")}
     out: list[SpecProblem] = []
     for etype, problem in found:
@@ -291,7 +299,12 @@ def _problems(error: ValidationError, data: Any, file: str, lines: Mapping[Path_
     return out
 
 
-def _problem(err: Any, data: Any, file: str, lines: Mapping[Path_, int]) -> SpecProblem:
+validation_problems = _problems  # for other files validated like specs (the policy file)
+
+
+def _problem(
+    err: Any, data: Any, file: str, lines: Mapping[Path_, int], root: type[BaseModel] | None = None
+) -> SpecProblem:
     loc = tuple(err.get("loc", ()))
     path = _data_path(loc, data)
     etype = err.get("type", "")
@@ -301,13 +314,13 @@ def _problem(err: Any, data: Any, file: str, lines: Mapping[Path_, int]) -> Spec
     if etype == "extra_forbidden" and path:
         key = str(path[-1])
         parent = path[:-1]
-        known = sorted({f for m in _models_at(data, parent) for f in m.model_fields})
+        known = sorted({f for m in _models_at(data, parent, root) for f in m.model_fields})
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         if hint:
             message = f"unknown key; did you mean {hint[0]!r}?"
         else:
             message = "unknown key" + (f"; valid keys here: {', '.join(known)}" if known else "")
-        others = [k for k, cls in SPEC_CLASSES.items() if key in cls.model_fields]
+        others = [k for k, cls in SPEC_CLASSES.items() if key in cls.model_fields] if root is None else []
         if not parent and others and not hint:
             message = f"unknown key for kind {data.get('kind')!r}; {key!r} is only valid for kind {', '.join(others)}"
     elif etype == "missing":

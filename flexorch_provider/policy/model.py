@@ -1,0 +1,143 @@
+"""The team policy file, ``flexorch_policy.yaml`` beside the specs: who may run what, where, and
+how much, so a submission needs no approval ticket::
+
+    teams:
+      nlp:
+        members: [alice, bob]              # Airflow user names
+        targets: [slurm, local]            # unset: every target
+        slurm_partitions: [gpu]
+        ssh_hosts: ["gpu-*"]               # globs over ssh.hosts entries
+        images: [ghcr.io/acme/]            # prefixes; set: every job needs a matching image
+        max_gpus: 8                        # per job (GPUs per node × nodes)
+        max_timeout: 6h                    # set: every job needs a timeout no longer than this
+        gpu_hours: {limit: 64, per: day}   # GPUs × wall time, running jobs included
+        max_concurrent: 4                  # submitted runs live at once
+        secrets: ["variable:hf_*", "connection:wandb"]   # references the team may use
+        services: false                    # may a submission deploy a service
+    default_team: null                     # users in no team (and specs whose owner is no team)
+
+No policy file: everything is allowed, as without this feature.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from flexorch_provider.exceptions import SpecError, SpecProblem
+from flexorch_provider.spec.fields import Duration, FlexModel, Name
+from flexorch_provider.spec.models import TargetName
+
+FILE_NAME = "flexorch_policy.yaml"
+POLICY_ENV = "FLEXORCH_POLICY"
+
+Glob = Annotated[str, Field(min_length=1, max_length=250)]
+
+
+class Budget(FlexModel):
+    """GPU-hours a team may use per calendar day or ISO week (UTC)."""
+
+    limit: Annotated[float, Field(gt=0, description="GPU-hours (GPUs × wall time) in each period.")]
+    per: Annotated[Literal["day", "week"], Field(description="day (UTC midnight) or week (Monday, UTC).")] = "day"
+
+
+class Team(FlexModel):
+    """One team's rules; an unset rule allows everything it covers."""
+
+    members: Annotated[list[Annotated[str, Field(min_length=1, max_length=250)]],
+                       Field(description="Airflow user names in the team.")] = Field(default_factory=list)  # fmt: skip
+    targets: Annotated[list[TargetName] | None, Field(description="Targets the team may use.")] = None
+    slurm_partitions: Annotated[
+        list[Glob] | None, Field(description="Slurm partitions (globs); set: a job must name one in slurm.partition.")
+    ] = None
+    ssh_hosts: Annotated[
+        list[Glob] | None,
+        Field(
+            description="ssh hosts (globs over ssh.hosts entries, user@ and :port included); set: a job must list its hosts."
+        ),
+    ] = None
+    images: Annotated[
+        list[Glob] | None, Field(description="Image prefixes; set: every job needs an image starting with one of them.")
+    ] = None
+    max_gpus: Annotated[int | None, Field(strict=True, ge=0, description="GPUs per job (per node × nodes).")] = None
+    max_timeout: Annotated[Duration | None, Field(description="Longest timeout; set: every job needs a timeout.")] = (
+        None
+    )
+    gpu_hours: Annotated[Budget | None, Field(description="GPU-hour budget per day or week.")] = None
+    max_concurrent: Annotated[int | None, Field(strict=True, ge=1, description="Submitted runs live at once.")] = None
+    secrets: Annotated[
+        list[Glob] | None,
+        Field(description="Secret references the team may use (globs like 'variable:hf_*', 'connection:wandb')."),
+    ] = None
+    services: Annotated[bool, Field(strict=True, description="May a submission deploy a service.")] = False
+
+
+class Policy(FlexModel):
+    """The whole file."""
+
+    teams: Annotated[dict[Name, Team], Field(description="Teams by name.")] = Field(default_factory=dict)
+    default_team: Annotated[
+        Name | None,
+        Field(description="The team of users in no team (and of specs whose owner is no team); null: refused."),
+    ] = None
+    file: Annotated[str, Field(exclude=True, description="Where it was read from (set by the loader).")] = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        if self.default_team is not None and self.default_team not in self.teams:
+            raise ValueError(f"default_team: {self.default_team!r} is not one of the teams ({', '.join(self.teams)})")
+        seen: dict[str, str] = {}
+        for name, team in self.teams.items():
+            for user in team.members:
+                if user in seen:
+                    raise ValueError(f"teams.{name}.members: {user!r} is already in team {seen[user]!r}; "
+                                     "a user belongs to one team")  # fmt: skip
+                seen[user] = name
+        return self
+
+    def team_of(self, user: str | None) -> tuple[str, Team] | None:
+        """The user's team (by membership, else the default team), or None."""
+        for name, team in self.teams.items():
+            if user is not None and user in team.members:
+                return name, team
+        if self.default_team is not None:
+            return self.default_team, self.teams[self.default_team]
+        return None
+
+
+def policy_file(specs_dir: str | Path | None) -> Path | None:
+    """``$FLEXORCH_POLICY``, else ``flexorch_policy.yaml`` in the specs folder (None without a folder)."""
+    if os.environ.get(POLICY_ENV):
+        return Path(os.environ[POLICY_ENV])
+    return Path(specs_dir) / FILE_NAME if specs_dir is not None else None
+
+
+def load_policy(path: str | Path | None) -> Policy | None:
+    """The policy at ``path``; None when there is no such file (everything allowed). A file that is
+    not valid is a SpecError with file, line and field: an invalid policy never means "allow all"."""
+    from flexorch_provider.spec.loader import parse_yaml, validation_problems
+
+    if path is None:
+        return None
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(SpecProblem(str(file), None, "", f"cannot read the policy: {e}")) from None
+    data, lines = parse_yaml(text, str(file))
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(validation_problems(e, data, str(file), lines, root=Policy)) from None
+    policy.file = str(file)
+    return policy
+
+
+def hours(duration: timedelta | None) -> float:
+    return duration.total_seconds() / 3600 if duration is not None else 0.0

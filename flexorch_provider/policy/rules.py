@@ -1,0 +1,103 @@
+"""A workload against its team's rules: each refusal names the rule, the team and the numbers.
+
+Static rules (targets, partitions, hosts, images, GPUs, timeout, secrets, services) apply to a
+submission and to a spec in the dags folder alike; the budget and the concurrency limit need the
+ledger of what ran (:mod:`.ledger`) and apply to submissions."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+
+from flexorch_provider.policy.model import Team, hours
+from flexorch_provider.spec.models import Job
+
+
+def gpus_of(job: Job) -> int:
+    """GPUs a job holds: per node × nodes."""
+    g = job.resources.gpus
+    return (g.count if g else 0) * job.resources.nodes
+
+
+def _any(value: str, globs: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, g) for g in globs)
+
+
+def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) -> list[str]:
+    """Every rule of ``team`` the job breaks (``name``: the team's name, for the messages)."""
+    out: list[str] = []
+    where = f"team {name}"
+    if team.targets is not None:
+        targets = [t for t in job.target if t not in team.targets]
+        if targets:
+            out.append(
+                f"{where}: target {', '.join(targets)} is not allowed (allowed: {', '.join(team.targets) or 'none'})"
+            )
+    if team.slurm_partitions is not None and "slurm" in job.target:
+        part = job.slurm.partition
+        if part is None or not _any(part, team.slurm_partitions):
+            out.append(f"{where}: slurm.partition {part or '(the cluster default)'} is not allowed "
+                       f"(allowed: {', '.join(team.slurm_partitions)}); set slurm.partition to one of them")  # fmt: skip
+    if team.ssh_hosts is not None and "ssh" in job.target:
+        hosts = job.ssh.hosts
+        bad = [h for h in hosts if not _any(h, team.ssh_hosts)]
+        if not hosts:
+            out.append(f"{where}: ssh.hosts must list the hosts (allowed: {', '.join(team.ssh_hosts)})")
+        elif bad:
+            out.append(f"{where}: ssh host {', '.join(bad)} is not allowed (allowed: {', '.join(team.ssh_hosts)})")
+    if team.images is not None:
+        if not job.image:
+            out.append(f"{where}: jobs run in an approved image; set image: to one starting with "
+                       f"{' or '.join(team.images)}")  # fmt: skip
+        elif not any(job.image.startswith(p) for p in team.images):
+            out.append(f"{where}: image {job.image} is not allowed (allowed prefixes: {', '.join(team.images)})")
+    gpus = gpus_of(job)
+    if team.max_gpus is not None and gpus > team.max_gpus:
+        out.append(f"{where}: at most {team.max_gpus} GPUs per job; this job asks {gpus}")
+    if team.max_timeout is not None:
+        if job.timeout is None:
+            out.append(f"{where}: jobs need a timeout of at most {_h(team.max_timeout)}; add timeout:")
+        elif job.timeout > team.max_timeout:
+            out.append(f"{where}: timeout {_h(job.timeout)} is longer than the team's {_h(team.max_timeout)}")
+    if team.gpu_hours is not None and gpus and job.timeout is None:
+        out.append(f"{where}: a GPU job needs a timeout (the team has a GPU-hour budget); add timeout:")
+    if team.secrets is not None:
+        for key, ref in job.secrets.items():
+            if not _any(str(ref), team.secrets):
+                out.append(f"{where}: secrets.{key}: {ref} is not a reference the team may use "
+                           f"(allowed: {', '.join(team.secrets) or 'none'})")  # fmt: skip
+        registry = job.container.registry_connection
+        if job.image and registry and not _any(f"connection:{registry}", team.secrets):
+            out.append(f"{where}: container.registry_connection {registry} is not a connection the team may use "
+                       f"(allowed: {', '.join(team.secrets) or 'none'})")  # fmt: skip
+    if job.is_service and not team.services and submitted:
+        out.append(f"{where}: may not deploy services by submission (services: false in the policy)")
+    return out
+
+
+def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> str | None:
+    """The budget rule: GPU-hours used this period + what the jobs may use at most (GPUs × timeout)."""
+    budget = team.gpu_hours
+    if budget is None:
+        return None
+    asked = sum(gpus_of(j) * hours(j.timeout) for j in jobs)
+    if used + asked <= budget.limit + 1e-9:
+        return None
+    period = "today" if budget.per == "day" else "this week"
+    ask = " + ".join(f"{gpus_of(j)} GPUs × {_h(j.timeout)}" for j in jobs if gpus_of(j))
+    return (f"team {name}: {used:.1f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
+            f"{ask} = {asked:.1f} GPU-hours")  # fmt: skip
+
+
+def concurrency_refusal(name: str, team: Team, live: int) -> str | None:
+    if team.max_concurrent is None or live < team.max_concurrent:
+        return None
+    return f"team {name}: {live} of {team.max_concurrent} concurrent runs are live; wait for one to end"
+
+
+def _h(duration: object) -> str:
+    from datetime import timedelta
+
+    from flexorch_provider.spec.units import format_duration
+
+    return format_duration(duration) if isinstance(duration, timedelta) else str(duration)

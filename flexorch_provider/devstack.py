@@ -193,6 +193,15 @@ class AirflowStack:
         return f"Bearer {self._token}"
 
     def _request(self, method: str, path: str, body: Any = None, accept: str = "application/json") -> Any:
+        try:
+            return self._request_once(method, path, body, accept)
+        except urllib.error.HTTPError as e:
+            if e.code != 401 or self._token is None:
+                raise
+            self._token = None  # expired ([api_auth] jwt_expiration_time): log in again, once
+            return self._request_once(method, path, body, accept)
+
+    def _request_once(self, method: str, path: str, body: Any, accept: str) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Accept", accept)

@@ -5,6 +5,8 @@
     FlexorchError
     ├── SpecError (also ValueError)        a spec is invalid; carries every problem found
     ├── ConfigurationError (also ValueError) a bad operator argument or missing setup
+    ├── PolicyError                        a submission breaks its team's policy (every rule it breaks)
+    ├── ClientError                        the Airflow REST API refused a CLI call or cannot be reached
     └── BackendError                       something went wrong running a job
         ├── BackendUnavailableError        a backend's optional dependency is missing
         ├── SubmitError                    a target refused or could not take the job
@@ -61,6 +63,25 @@ class SpecError(FlexorchError, ValueError):
 
 class ConfigurationError(FlexorchError, ValueError):
     """A bad argument to an operator/sensor, or setup flexorch needs is missing."""
+
+
+class PolicyError(FlexorchError):
+    """A submission breaks its team's policy (``flexorch_policy.yaml``); ``refusals`` names each
+    rule it breaks, with the numbers."""
+
+    def __init__(self, refusals: list[str]) -> None:
+        self.refusals = list(refusals)
+        super().__init__("refused by policy:\n  " + "\n  ".join(self.refusals))
+
+
+class ClientError(FlexorchError):
+    """A call of ``flexorch submit/logs/status/cancel`` to the Airflow REST API failed; the message
+    is the one line the user sees. ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, *, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
 
 
 class BackendError(FlexorchError):

@@ -159,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="do not list unchanged files")
     p.set_defaults(func=_generate)
 
-    from flexorch_provider.cli import gpus, up
+    from flexorch_provider.cli import gpus, selfservice, up
 
     up.add_parser(sub)
     gpus.add_parsers(sub)
+    selfservice.add_parsers(sub)
     return parser
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flexorch_provider.client.follow import new_lines
 from flexorch_provider.dag_factory.folder import SPECS_DIR_ENV
 from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
 
@@ -26,34 +27,6 @@ FINISHED = {"success", "failed"}
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-SOURCES_GROUP = "::group::Log message source details"
-
-
-def _new_lines(entries: list[dict[str, Any]], done: collections.Counter[tuple[str, str]]) -> list[str]:
-    """The log lines in ``entries`` not yet in ``done`` (which they are then added to).
-
-    Lines are known by timestamp and text, not by position: the group of source lines at the top
-    of a task log grows and shrinks as the task moves between worker and triggerer. That group
-    and Airflow's other log-folding markers say nothing to someone watching a run."""
-    seen: collections.Counter[tuple[str, str]] = collections.Counter()
-    new = []
-    in_sources = False
-    for entry in entries:
-        stamp, line = entry.get("timestamp"), str(entry.get("event", ""))
-        if line == SOURCES_GROUP or (in_sources and line != "::endgroup::"):
-            in_sources = True
-            continue
-        if line.startswith("::"):
-            in_sources = False
-            continue
-        key = (str(stamp or ""), line)
-        seen[key] += 1
-        if seen[key] > done[key]:
-            done[key] += 1
-            new.append(line)
-    return new
 
 
 def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
@@ -74,7 +47,7 @@ def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
                     continue
                 done = printed.setdefault((task_id, attempt), collections.Counter())
                 label = task_id if attempt == 1 else f"{task_id} try {attempt}"
-                for line in _new_lines(stack.task_log_entries(dag_id, run_id, task_id, attempt), done):
+                for line in new_lines(stack.task_log_entries(dag_id, run_id, task_id, attempt), done):
                     _say(f"    [{label}] {line}")
                 if attempt < tries:
                     complete.add((task_id, attempt))

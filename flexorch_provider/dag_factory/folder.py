@@ -29,13 +29,17 @@ import pydantic
 from flexorch_provider import __version__
 from flexorch_provider.dag_factory.build import build_dag, build_invalid_dag, invalid_dag_id, problems_of
 from flexorch_provider.dag_factory.plan import plan_dags
+from flexorch_provider.dag_factory.submit import build_submit_dag
 from flexorch_provider.exceptions import SpecError, SpecProblem
+from flexorch_provider.policy import Policy, load_policy, policy_file, static_refusals
 from flexorch_provider.spec.loader import iter_spec_files, load_spec_bytes
-from flexorch_provider.spec.models import SpecModel
+from flexorch_provider.spec.models import PipelineSpec, SpecModel
+from flexorch_provider.submission import SUBMIT_DAG_ID
 
 log = logging.getLogger(__name__)
 
 SPECS_DIR_ENV = "FLEXORCH_SPECS_DIR"
+SUBMIT_ENV = "FLEXORCH_SUBMIT_DAG"  # 0: no flexorch-submit DAG
 CACHE_DIR_ENV = "FLEXORCH_CACHE_DIR"
 _CACHE_FORMAT = f"flexorch {__version__} pydantic {pydantic.VERSION} 1"
 
@@ -185,8 +189,21 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
         dags[dag_id] = build_invalid_dag(dag_id, f"{label}/{rel}", problems)
         owners[dag_id] = rel
 
+    policy_path = policy_file(folder)
+    try:
+        policy = load_policy(policy_path)
+    except SpecError as e:  # an invalid policy never means "allow all": submissions are refused, this DAG says why
+        policy = None
+        placeholder(policy_path.name if policy_path else "policy", "flexorch-invalid-policy", list(e.problems))
     for rel, entry in entries.items():
         shown = f"{label}/{rel}"
+        if entry.spec is not None and policy is not None:
+            broken = policy_problems(policy, entry.spec, shown)
+            if broken:
+                placeholder(
+                    rel, invalid_dag_id(entry.spec.name if entry.spec.name not in owners else None, rel), broken
+                )
+                continue
         if entry.spec is None:
             placeholder(
                 rel, invalid_dag_id(entry.name if entry.name not in owners else None, rel), list(entry.problems)
@@ -205,8 +222,32 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
         for dag in built:
             dags[dag.dag_id] = dag
             owners[dag.dag_id] = rel
+    if os.environ.get(SUBMIT_ENV, "1").lower() not in ("0", "false", "no", "off"):
+        if SUBMIT_DAG_ID in dags:
+            log.error("flexorch: a spec is named %s, the DAG of `flexorch submit`; rename it", SUBMIT_DAG_ID)
+        else:
+            try:
+                dags[SUBMIT_DAG_ID] = build_submit_dag(policy_path)
+            except Exception:  # never let it take the spec DAGs down
+                log.exception("flexorch: could not build the %s DAG", SUBMIT_DAG_ID)
     log.info(
         "flexorch: %d spec files in %s → %d DAGs (%d cached, %d parsed, %d invalid) in %.2fs",
         len(entries), folder, len(dags), stats["cached"], stats["parsed"], invalid, time.perf_counter() - started,
     )  # fmt: skip
     return dags
+
+
+def policy_problems(policy: Policy, spec: SpecModel, shown: str) -> list[SpecProblem]:
+    """The team rules a dags-folder spec breaks; its team is the one its ``owner`` names (else the
+    default team). Budgets and concurrency limits apply to submissions only."""
+    team = policy.teams.get(spec.owner)
+    name = spec.owner
+    if team is None and policy.default_team is not None:
+        name, team = policy.default_team, policy.teams[policy.default_team]
+    if team is None:
+        return [SpecProblem(shown, None, "owner", f"{spec.owner!r} is not a team of {policy.file} and it has no "
+                            f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}")]  # fmt: skip
+    jobs = spec.effective_steps() if isinstance(spec, PipelineSpec) else [spec]
+    return [
+        SpecProblem(shown, None, "policy", r) for job in jobs for r in static_refusals(name, team, job, submitted=False)
+    ]

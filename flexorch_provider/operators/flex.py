@@ -120,6 +120,8 @@ class FlexOperator(BaseOperator):
     ) -> Any:
         """Values arrive byte for byte: text without a template is not touched, and a template keeps
         its trailing newline and its ``\r\n`` (Jinja's defaults drop the one and rewrite the other)."""
+        if "ds" not in context and context.get("dag_run") is not None:  # a mapped task renders through here only
+            _date_macros_from_run_after(context, self.log)
         if not isinstance(content, str):
             return super().render_template(content, context, jinja_env, seen_oids)
         if not any(mark in content for mark in TEMPLATE_MARKS):

@@ -102,9 +102,13 @@ class Ledger:
             live = end is None and (cap is None or start + float(cap) > now)
             if end is None:
                 end = now if cap is None else min(now, start + float(cap))
-            out.append({"run": e.get("run"), "job": e.get("job"), "gpus": int(e.get("gpus") or 0), "start": start,
-                        "end": end, "live": live})  # fmt: skip
+            out.append({"run": e.get("run"), "job": e.get("job"), "try": e.get("try"), "gpus": int(e.get("gpus") or 0),
+                        "start": start, "end": end, "live": live})  # fmt: skip
         return out
+
+    def open_jobs(self, team: str, now: float) -> list[dict[str, Any]]:
+        """Tries of ``team``'s jobs with a start and no end yet (running, or their worker died)."""
+        return [j for j in self.jobs(team, now) if j["live"]]
 
     def gpu_hours(self, team: str, since: float, now: float) -> float:
         """GPU-hours ``team`` used between ``since`` and ``now``, running jobs included."""

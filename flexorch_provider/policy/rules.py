@@ -85,8 +85,8 @@ def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> s
         return None
     period = "today" if budget.per == "day" else "this week"
     ask = " + ".join(f"{gpus_of(j)} GPUs × {_h(j.timeout)}" for j in jobs if gpus_of(j))
-    return (f"team {name}: {used:.1f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
-            f"{ask} = {asked:.1f} GPU-hours")  # fmt: skip
+    return (f"team {name}: {used:.2f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
+            f"{ask} = {asked:.2f} GPU-hours")  # fmt: skip
 
 
 def concurrency_refusal(name: str, team: Team, live: int) -> str | None:

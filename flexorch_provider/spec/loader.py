@@ -22,7 +22,8 @@ from flexorch_provider.spec.guards import check_expansion, unprintable
 from flexorch_provider.spec.models import KINDS, SPEC_CLASSES, STEP_CLASSES, Spec, SpecModel
 
 SPEC_SUFFIXES = (".yaml", ".yml")
-NOT_SPECS = ("gpu_pools.yaml", "gpu_pools.yml")  # the GPU pools file may live beside the specs
+# the GPU pools file and the team policy may live beside the specs
+NOT_SPECS = ("gpu_pools.yaml", "gpu_pools.yml", "flexorch_policy.yaml", "flexorch_policy.yml")
 MAX_SPEC_BYTES = 1_000_000
 
 _adapter: TypeAdapter[Any] | None = None

@@ -161,6 +161,18 @@ class SshFleet:
         subprocess.run(["ip", "link", "del", f"{TAG}br"], capture_output=True)
 
 
+def _remove_job_containers(user: str) -> None:
+    """Remove the account's containers made by the job runner (their run-key label), were any left."""
+    if not shutil.which("podman"):
+        return
+    env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME=/home/{user}"]
+    podman = ["runuser", "-u", user, "--", *env, "podman", "--log-level", "error"]
+    found = subprocess.run([*podman, "ps", "-aq", "--filter", "label=io.flexorch.run-key"], capture_output=True,
+                           text=True, cwd="/tmp", timeout=60).stdout.split()  # fmt: skip
+    if found:
+        subprocess.run([*podman, "rm", "-f", "-t", "0", *found], capture_output=True, cwd="/tmp", timeout=120)
+
+
 def start_fleet(base: Path, count: int) -> SshFleet:
     base.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
@@ -210,6 +222,7 @@ def start_fleet(base: Path, count: int) -> SshFleet:
         host = SshHost(i, user, home, address, namespace, config, bin_dir)
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)  # leftovers of an earlier run
         shutil.rmtree(home / ".flexorch", ignore_errors=True)  # a fresh host: no runner, no runs
+        _remove_job_containers(user)  # nor containers of jobs an earlier run's kill left behind
         host.start()
         fleet.hosts.append(host)
     return fleet

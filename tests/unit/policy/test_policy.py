@@ -110,7 +110,7 @@ def test_the_budget_counts_used_hours_and_the_most_the_job_may_use(tmp_path):
     assert budget_refusal("nlp", team, [_job()], used=56.0) is None  # 56 + 4 GPUs × 2 h = 64
     refusal = budget_refusal("nlp", team, [_job(timeout="6h", resources={"gpus": 8})], used=62.0)
     assert refusal == (
-        "team nlp: 62.0 of 64 GPU-hours used today; this submission asks up to 8 GPUs × 6h = 48.0 GPU-hours"
+        "team nlp: 62.00 of 64 GPU-hours used today; this submission asks up to 8 GPUs × 6h = 48.00 GPU-hours"
     )
     assert concurrency_refusal("nlp", team, 1) is None
     assert concurrency_refusal("nlp", team, 2) == "team nlp: 2 of 2 concurrent runs are live; wait for one to end"

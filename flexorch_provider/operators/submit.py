@@ -1,0 +1,202 @@
+"""The two tasks of the ``flexorch-submit`` DAG (see ``dag_factory/submit.py``).
+
+- :class:`SubmitCheckOperator` (``check``): the run's conf → the spec validated again on the
+  server, its templates checked, the submitting user's team policy applied; its return value is
+  one set of FlexOperator arguments per job (a pipeline: per step, in dependency order).
+- :class:`SubmittedStepOperator` (``run``, mapped over that list): a FlexOperator that first
+  waits, in the triggerer, for the steps it comes after, and records its GPU time in the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from flexorch_provider.backends.base import JobHandle, ResolvedJob
+from flexorch_provider.exceptions import PolicyError, SpecError
+from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
+from flexorch_provider.policy import (
+    Ledger,
+    budget_refusal,
+    concurrency_refusal,
+    gpus_of,
+    load_policy,
+    period_start,
+    static_refusals,
+)
+from flexorch_provider.submission import SUBMIT_DAG_ID, Submission, parse_submission
+from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
+
+
+class SubmitCheckOperator(BaseOperator):
+    """Validate a submission and apply the policy; returns the ``run`` task's mapped arguments.
+
+    :param policy_file: the policy (``flexorch_policy.yaml``); none there: everything is allowed.
+    """
+
+    ui_color = "#fff3cd"
+
+    def __init__(self, *, policy_file: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)
+        super().__init__(**kwargs)
+        self.policy_file = policy_file
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        dag_run = context["dag_run"]
+        user = getattr(dag_run, "triggering_user_name", None)
+        try:
+            sub = parse_submission(dict(dag_run.conf or {}))
+        except SpecError as e:
+            for problem in e.problems:
+                self.log.error("%s", problem)
+            raise
+        kinds = ", ".join(f"{s} ({j.kind} on {'/'.join(j.target)})" if s else f"{j.kind} on {'/'.join(j.target)}"
+                          for s, j in sub.jobs)  # fmt: skip
+        self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
+        account = self._apply_policy(sub, user, dag_run.run_id)
+        for step, job in sub.jobs:
+            if job.retries.count:
+                self.log.warning("%sretries: %d: a submitted run does not retry its jobs; submit again if it fails",
+                                 f"step {step}: " if step else "", job.retries.count)  # fmt: skip
+        index = {step: i for i, (step, _) in enumerate(sub.jobs)}
+        return [
+            {"spec": sub.data, "step": step, "overrides": sub.overrides or None, "step_label": step or sub.name,
+             "after": [index[a] for a in sub.after.get(step or "", []) if a in index], "account": account}
+            for step, _ in sub.jobs
+        ]  # fmt: skip
+
+    def _apply_policy(self, sub: Submission, user: str | None, run_id: str) -> dict[str, Any] | None:
+        policy = load_policy(self.policy_file)
+        if policy is None:
+            self.log.info("no policy file at %s: every submission is allowed", self.policy_file or "(none configured)")
+            return None
+        found = policy.team_of(user)
+        if found is None:
+            raise PolicyError([f"user {user or '(unknown)'} is in no team of {policy.file} and it has no default_team"])
+        name, team = found
+        refusals = [r for _, job in sub.jobs for r in static_refusals(name, team, job)]
+        jobs = [job for _, job in sub.jobs]
+        ledger = Ledger()
+        with ledger.locked():  # no other check between reading the ledger and recording this one
+            now = time.time()
+            ledger.compact(now)
+            self._close_ended(ledger, name, now)
+            used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
+            for refusal in (budget_refusal(name, team, jobs, used),
+                            concurrency_refusal(name, team, len(ledger.live_runs(name, now)))):  # fmt: skip
+                if refusal:
+                    refusals.append(refusal)
+            if refusals:
+                for r in refusals:
+                    self.log.error("refused: %s", r)
+                raise PolicyError(refusals)
+            ledger.append({"t": "check", "run": run_id, "team": name, "user": user})
+        budget = (
+            f"; {used:.1f} of {team.gpu_hours.limit:g} GPU-hours used this {team.gpu_hours.per}"
+            if team.gpu_hours
+            else ""
+        )
+        self.log.info("policy %s: team %s allows it%s", policy.file, name, budget)
+        return {"team": name, "user": user, "run": run_id}
+
+    def _close_ended(self, ledger: Ledger, team: str, now: float) -> None:
+        """A job whose task ended without recording it (cancelled while deferred, its worker died) is
+        recorded as ended now, so it stops counting as running."""
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        from flexorch_provider.triggers.steps import ENDED
+
+        open_jobs = ledger.open_jobs(team, now)
+        if not open_jobs:
+            return
+        runs = sorted({str(j["run"]) for j in open_jobs})
+        try:
+            states = RuntimeTaskInstance.get_task_states(dag_id=SUBMIT_DAG_ID, task_ids=["run"], run_ids=runs) or {}
+        except Exception as e:  # the count stays conservative: those jobs keep counting until their timeout
+            self.log.warning("cannot read the states of running submissions (%s)", e)
+            return
+        for j in open_jobs:
+            index = str(j["job"]).rsplit("/", 1)[-1]
+            if (states.get(str(j["run"])) or {}).get(f"run_{index}") in ENDED:
+                ledger.append({"t": "end", "run": j["run"], "job": j["job"], "try": j["try"], "at": now, "by": "check"})
+
+
+class SubmittedStepOperator(FlexOperator):
+    """One job of a submission: waits for the steps it comes after, then runs like any FlexOperator.
+
+    :param after: map indexes of this task (steps of the same run) that must succeed first.
+    :param account: ``{team, user, run}`` when a policy applies: the job's GPU time goes to the ledger.
+    :param step_label: the step's (or spec's) name, shown as the map index in the UI.
+    """
+
+    def __init__(
+        self,
+        *,
+        after: list[int] | None = None,
+        account: dict[str, Any] | None = None,
+        step_label: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.after = [int(i) for i in after or []]
+        self.account = dict(account) if account else None
+        self.step_label = step_label or self.workload.name
+        self._try = 0
+
+    def execute(self, context: Any) -> Any:
+        self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        if self.after:
+            ti = context["ti"]
+            states = ended_states(ti.dag_id, ti.run_id, ti.task_id, self.after)
+            if states is None:
+                self.log.info("waiting for steps %s to end", ", ".join(map(str, self.after)))
+                hold = time.time() + RESUME_HOLD_S
+                trigger = StepsDoneTrigger(ti.dag_id, ti.run_id, ti.task_id, self.after, not_before=hold)
+                self.defer(trigger=trigger, method_name="execute_after_wait")
+            self._go_or_skip(states)
+        return super().execute(context)
+
+    def execute_after_wait(self, context: Any, event: dict[str, Any]) -> Any:
+        self._go_or_skip({int(k): v for k, v in (event.get("states") or {}).items()})
+        self.after = []
+        return self.execute(context)
+
+    def _go_or_skip(self, states: dict[int, str] | None) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        bad = {i: s for i, s in (states or {}).items() if s != "success"}
+        if bad:
+            which = ", ".join(f"run[{i}] {s}" for i, s in bad.items())
+            self.log.warning("step %s does not run: a step it comes after did not succeed (%s)", self.step_label, which)
+            raise AirflowSkipException(f"a step it comes after did not succeed ({which})")
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        return super().execute_complete(context, event)
+
+    # --- the ledger: GPU time of each try of each job ---------------------------------------
+    def _submit(self, job: ResolvedJob) -> JobHandle:
+        handle = super()._submit(job)
+        if self.account:
+            Ledger().append({"t": "start", "run": self.account["run"], "job": handle.run_key, "try": self._try,
+                             "team": self.account["team"], "user": self.account.get("user"),
+                             "gpus": gpus_of(self.workload), "cap": job.timeout_s})  # fmt: skip
+        return handle
+
+    def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return super()._finish(event)
+        finally:
+            self._ended(str((event.get("handle") or {}).get("run_key", "")))
+
+    def on_kill(self) -> None:
+        handle = self._handle
+        super().on_kill()
+        if handle is not None:
+            self._ended(handle.run_key)
+
+    def _ended(self, run_key: str) -> None:
+        if self.account and run_key:
+            Ledger().append({"t": "end", "run": self.account["run"], "job": run_key, "try": self._try})

@@ -1,0 +1,172 @@
+"""A submitted spec (``flexorch submit``): the run conf → validated jobs, the same on the laptop
+(before anything is sent) and on the server (a client is not trusted).
+
+The conf is ``{"spec": TEXT, "step": NAME|null, "set": ["key=value", ...]}``. ``--set`` keys are
+dotted paths into the spec (``resources.gpus=4``); values are YAML scalars (``4`` is a number,
+``"4"`` text). Templates in a submitted spec may use the run's dates and id only: a Variable or
+Connection reaches a job through ``secrets:``, where the team policy can see it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from flexorch_provider.exceptions import SpecError, SpecProblem
+from flexorch_provider.resolve import load_workload
+from flexorch_provider.spec.loader import parse_spec, parse_yaml
+from flexorch_provider.spec.models import Job, PipelineSpec
+
+SUBMIT_DAG_ID = "flexorch-submit"
+SUBMITTED_FILE = "<submitted spec>"
+MAX_SPEC_CHARS = 256 * 1024  # the spec text in a run's conf
+MAX_SETS = 100
+TEMPLATE_NAMES = frozenset(
+    {"ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz", "logical_date", "data_interval_start",
+     "data_interval_end", "run_id", "params", "macros"}
+)  # fmt: skip
+TEMPLATE_MARKS = ("{{", "{%", "{#")
+
+
+@dataclass
+class Submission:
+    """What a conf asks to run: the spec (as JSON-safe data), the step, the overrides, and the
+    validated jobs in an order where every step comes after the steps it needs."""
+
+    name: str
+    owner: str
+    data: dict[str, Any]
+    step: str | None
+    overrides: dict[str, Any]
+    jobs: list[tuple[str | None, Job]] = field(default_factory=list)  # (step name, workload)
+    after: dict[str, list[str]] = field(default_factory=dict)  # step → the steps it waits for
+
+    @property
+    def kind(self) -> str:
+        return str(self.data.get("kind"))
+
+
+def overrides_from(sets: list[str]) -> dict[str, Any]:
+    """``["resources.gpus=4", "env.MODE=fast"]`` → nested overrides; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    if len(sets) > MAX_SETS:
+        raise SpecError(SpecProblem("--set", None, "", f"at most {MAX_SETS} --set values"))
+    for item in sets:
+        key, sep, raw = str(item).partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise SpecError(SpecProblem("--set", None, key, f"{item!r} is not KEY=VALUE (e.g. resources.gpus=4)"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict | list):
+            raise SpecError(SpecProblem("--set", None, key, "a --set value is one scalar; set each key on its own"))
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise SpecError(SpecProblem("--set", None, key, f"{part} is set to a value and used as a mapping"))
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _json_safe(data: Any) -> Any:
+    """YAML data as JSON (dates become ISO text, which the models read back)."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
+    """Validate a run conf. Raises SpecError (``file:line: field: message``) for anything wrong."""
+    if not isinstance(conf, dict):
+        raise SpecError(SpecProblem(file, None, "", "the run's conf must be {spec: TEXT, step:, set: [...]}"))
+    unknown = sorted(set(conf) - {"spec", "step", "set"})
+    if unknown:
+        raise SpecError(SpecProblem(file, None, "", f"unknown conf keys {', '.join(unknown)} (spec, step, set)"))
+    text = conf.get("spec")
+    if not isinstance(text, str) or not text.strip():
+        raise SpecError(SpecProblem(file, None, "", "conf.spec must hold the spec's YAML text"))
+    if len(text) > MAX_SPEC_CHARS:
+        raise SpecError(SpecProblem(file, None, "", f"the spec is larger than {MAX_SPEC_CHARS} characters"))
+    step = conf.get("step")
+    if step is not None and not isinstance(step, str):
+        raise SpecError(SpecProblem(file, None, "step", "must be a step name"))
+    sets = conf.get("set") or []
+    if not isinstance(sets, list):
+        raise SpecError(SpecProblem(file, None, "set", "must be a list of KEY=VALUE"))
+    overrides = overrides_from([str(s) for s in sets])
+    data, lines = parse_yaml(text, file)
+    model = parse_spec(data, file=file, lines=lines)
+    sub = Submission(name=model.name, owner=model.owner, data=_json_safe(data), step=step, overrides=overrides)
+    if isinstance(model, PipelineSpec):
+        steps = {s.name: s for s in model.effective_steps()}
+        chosen = [step] if step is not None else _ordered(model)
+        for name in chosen:
+            if name not in steps:
+                raise SpecError(SpecProblem(file, None, "step", f"{name!r} is not a step (steps: {', '.join(steps)})"))
+            sub.jobs.append((name, _load(sub, name, file)))
+            sub.after[name] = [] if step is not None else list(steps[name].after)
+    else:
+        if step is not None:
+            raise SpecError(
+                SpecProblem(file, None, "step", f"--step applies to pipelines; this spec is a {model.kind}")
+            )
+        sub.jobs.append((None, _load(sub, None, file)))
+    for step_name, job in sub.jobs:
+        _check_templates(job, step_name, file)
+    return sub
+
+
+def _load(sub: Submission, step: str | None, file: str) -> Job:
+    try:
+        return load_workload(sub.data, step=step, overrides=sub.overrides or None)
+    except SpecError as e:
+        raise SpecError([SpecProblem(file, p.line, p.field, p.message) for p in e.problems]) from None
+
+
+def _ordered(model: PipelineSpec) -> list[str]:
+    """Step names so that each comes after the steps it needs (spec order among equals)."""
+    done: list[str] = []
+    pending = list(model.steps)
+    while pending:
+        for s in pending:
+            if all(dep in done for dep in s.after):
+                done.append(s.name)
+                pending.remove(s)
+                break
+    return done
+
+
+def _check_templates(job: Job, step: str | None, file: str) -> None:
+    """Templates may name only the run's dates and id (:data:`TEMPLATE_NAMES`)."""
+    from jinja2 import TemplateSyntaxError, meta
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment()
+    texts: list[tuple[str, str]] = []
+    run = job.run if isinstance(job.run, list) else [job.run]
+    texts += [("run", t) for t in run]
+    texts += [("setup", job.setup)] if job.setup else []
+    texts += [(f"env.{k}", v) for k, v in job.env.items()]
+    texts += [("workdir", job.workdir)] if job.workdir else []
+    prefix = f"steps.{step}." if step else ""
+    for where, text in texts:
+        if not any(mark in text for mark in TEMPLATE_MARKS):
+            continue
+        try:
+            names = meta.find_undeclared_variables(env.parse(text))
+        except TemplateSyntaxError as e:
+            raise SpecError(SpecProblem(file, None, prefix + where, f"template syntax: {e.message}")) from None
+        bad = sorted(names - TEMPLATE_NAMES)
+        if bad:
+            raise SpecError(
+                SpecProblem(
+                    file, None, prefix + where,
+                    f"a submitted spec's templates may use {', '.join(sorted(TEMPLATE_NAMES))}; not {', '.join(bad)} "
+                    "(pass Variables and Connections through secrets:)",
+                )
+            )  # fmt: skip

@@ -1,0 +1,311 @@
+"""`flexorch submit` against a real Airflow stack with real logins (the simple auth manager's users,
+not all-admins): the CLI talks to the REST API only, the server validates again and applies the
+team policy, jobs run on the local target and the real Slurm (fake GPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flexorch_provider.client.api import Api, Login
+from flexorch_provider.client.follow import RunFollower
+from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
+from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.submission import SUBMIT_DAG_ID
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "e2e-submit"
+FLEXORCH = str(Path(sys.executable).parent / "flexorch")
+
+POLICY = """\
+teams:
+  nlp:
+    members: [alice]
+    targets: [local, slurm]
+    max_gpus: 2
+    max_timeout: 1h
+    secrets: ["variable:flex_*"]
+  budget:
+    members: [bob]
+    targets: [slurm]
+    gpu_hours: {limit: 0.17, per: day}
+    max_concurrent: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, slurm_cluster):
+    base = tmp_path_factory.mktemp("submit-stack")
+    dags, specs = base / "dags", base / "specs"
+    dags.mkdir()
+    specs.mkdir()
+    (dags / LOADER_FILE).write_text(loader_source())
+    (specs / "flexorch_policy.yaml").write_text(POLICY)
+    s = AirflowStack(
+        base / "home",
+        dags,
+        {
+            SPECS_DIR_ENV: str(specs),
+            CACHE_DIR_ENV: str(base / "cache"),
+            "FLEXORCH_RUN_DIR": str(base / "runs"),
+            "FLEXORCH_STATE_DIR": str(base / "state"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,alice:user,bob:user,eve:viewer",
+            "AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME": "20",  # tokens expire while a run is followed
+        },
+        all_admins=False,
+    )
+    s.start()
+    try:
+        s.wait_dag(SUBMIT_DAG_ID, timeout=90)
+        s.base = base  # type: ignore[attr-defined]
+        yield s
+    finally:
+        s.stop()
+        s.save_logs(ARTIFACTS)
+
+
+def password(stack: AirflowStack, user: str) -> str:
+    return str(json.loads((stack.home / "simple_auth_manager_passwords.json.generated").read_text())[user])
+
+
+def env_for(stack: AirflowStack, user: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLEXORCH"))}
+    env.update(FLEXORCH_API_URL=stack.url, FLEXORCH_USER=user, FLEXORCH_PASSWORD=password(stack, user),
+               FLEXORCH_CONFIG=str(stack.home / f"login-{user}.json"))  # fmt: skip
+    env.update(extra)
+    return env
+
+
+def cli(
+    stack: AirflowStack, user: str, *args: str, timeout: float = 180, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FLEXORCH, *args], env=env_for(stack, user, **extra), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+class Live:
+    """A CLI process whose output lines are read as they come (to act while it still runs)."""
+
+    def __init__(self, stack: AirflowStack, user: str, *args: str) -> None:
+        self.proc = subprocess.Popen([FLEXORCH, *args], env=env_for(stack, user), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if time.monotonic() > deadline or (self.proc.poll() is not None and not self.thread.is_alive()):
+                raise AssertionError(f"{text!r} never came; output so far:\n" + "\n".join(self.lines))
+            time.sleep(0.1)
+
+    def finish(self, timeout: float = 180) -> int:
+        code = self.proc.wait(timeout)
+        self.thread.join(10)
+        return code
+
+    @property
+    def run_id(self) -> str:
+        line = next(ln for ln in self.lines if ln.startswith("==> submitted "))
+        return line.split(" as run ")[1].split()[0]
+
+
+def spec(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def gated(name: str, gate: Path, target: str = "local", extra: str = "") -> str:
+    """A job that prints a line, then waits for the test to create ``gate`` (so the test sees the
+    line arrive while the job still runs), then prints another."""
+    return (f"name: {name}\nkind: batch\ntarget: {target}\ntimeout: 10m\n{extra}"
+            f"run: |\n  echo \"first line $CUDA_VISIBLE_DEVICES\"\n  while [ ! -e {gate} ]; do sleep 0.2; done\n"
+            "  echo last line\n")  # fmt: skip
+
+
+def test_submit_streams_a_local_jobs_log_while_it_runs_and_exits_with_its_outcome(stack, tmp_path):
+    gate = tmp_path / "go"
+    live = Live(stack, "alice", "submit", str(spec(tmp_path, "streamed", gated("streamed", gate))))
+    live.wait_for("[streamed] first line")  # in the terminal while the job waits for the gate
+    gate.touch()
+    assert live.finish() == 0, "\n".join(live.lines)
+    out = "\n".join(live.lines)
+    assert "[streamed] last line" in out and "==> streamed: job " in out and " on local" in out
+    assert live.lines[-1].startswith("==> streamed: success")
+    run = stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{live.run_id}")
+    assert run["triggering_user_name"] == "alice"  # the user the API authenticated
+    assert "submission by alice" in out
+
+    failing = cli(stack, "alice", "submit", str(spec(tmp_path, "failing", "name: failing\nkind: batch\nrun: echo "
+                                                      "before; exit 3\ntimeout: 5m\n")))  # fmt: skip
+    assert failing.returncode == 1, failing.stdout
+    assert "[failing] before" in failing.stdout and "failed: exit code 3" in failing.stdout
+
+
+def test_a_slurm_gpu_job_streams_before_it_ends(stack, tmp_path):
+    gate = tmp_path / "go"
+    text = gated("on-slurm", gate, target="slurm", extra="resources: {gpus: 1}\n")
+    live = Live(stack, "alice", "submit", str(spec(tmp_path, "on-slurm", text)))
+    live.wait_for("[on-slurm] first line 0")  # Slurm gave it one (fake) GPU
+    assert any(" on slurm" in ln and "==> on-slurm: job " in ln for ln in live.lines), live.lines
+    gate.touch()
+    assert live.finish() == 0, "\n".join(live.lines)
+
+
+def test_detach_reattach_and_cancel_leave_no_job(stack, tmp_path):
+    gate = tmp_path / "never"
+    live = Live(stack, "alice", "submit", str(spec(tmp_path, "detached", gated("detached", gate))))
+    live.wait_for("[detached] first line")
+    live.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert live.finish() == 130
+    out = "\n".join(live.lines)
+    run_id = live.run_id
+    assert f"flexorch logs {run_id} --follow" in out and f"flexorch cancel {run_id}" in out
+    assert stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}")["state"] == "running"  # still runs
+
+    logs = cli(stack, "alice", "logs", run_id, "--tail", "5")
+    assert "[detached] first line" in logs.stdout
+    status = cli(stack, "alice", "status", run_id)
+    assert "detached" in status.stdout and "local" in status.stdout, status.stdout
+    mine = cli(stack, "alice", "status")
+    assert run_id in mine.stdout and "alice" in mine.stdout
+
+    cancelled = cli(stack, "alice", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "stopped" in cancelled.stdout and f"cancelled run {run_id}" in cancelled.stdout
+    results = list((stack.base / "runs").glob("*/*/result.json"))  # type: ignore[attr-defined]
+    states = [json.loads(p.read_text())["state"] for p in results if "last line" not in (p.parent / "log").read_text()
+              and "first line" in (p.parent / "log").read_text()]  # fmt: skip
+    deadline = time.time() + 30
+    while "cancelled" not in states and time.time() < deadline:
+        time.sleep(0.5)
+        states = [json.loads(p.read_text())["state"] for p in (stack.base / "runs").glob("*/*/result.json")]  # type: ignore[attr-defined]
+    assert "cancelled" in states  # the job was stopped, not left running
+    alive = subprocess.run(["pgrep", "-f", str(gate)], capture_output=True, text=True).stdout.split()
+    assert alive == [], "the job's processes are still running"
+
+
+def test_a_pipeline_runs_its_steps_in_order_and_skips_after_a_failure(stack, tmp_path):
+    text = ("name: flow\nkind: pipeline\ntarget: local\ntimeout: 5m\nsteps:\n"
+            "  - {name: report, after: [train], run: echo report}\n"
+            "  - {name: prep, run: echo prepared}\n"
+            "  - {name: train, after: prep, run: 'echo training; exit 2'}\n")  # fmt: skip
+    done = cli(stack, "alice", "submit", str(spec(tmp_path, "flow", text)))
+    out = done.stdout
+    assert done.returncode == 1, out
+    assert out.index("[prep] prepared") < out.index("[train] training")
+    assert "[report] step report does not run: a step it comes after did not succeed" in out
+    ok = cli(stack, "alice", "submit", str(spec(tmp_path, "flow", text)), "--step", "prep")
+    assert ok.returncode == 0 and "[prep] prepared" in ok.stdout and "[train]" not in ok.stdout
+
+
+def test_spec_errors_are_caught_here_and_again_on_the_server(stack, tmp_path):
+    before = len(stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns?limit=1000")["dag_runs"])
+    bad = spec(tmp_path, "bad", "name: bad\nkind: batch\nrun: echo\nresorces: {gpus: 1}\n")
+    local = cli(stack, "alice", "submit", str(bad))
+    assert (
+        local.returncode == 1 and local.stderr.strip() == f"{bad}:4: resorces: unknown key; did you mean 'resources'?"
+    )
+    assert len(stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns?limit=1000")["dag_runs"]) == before
+
+    api = Api(Login(stack.url, "alice", password(stack, "alice")))
+    raw = api.trigger("raw-bad", {"spec": bad.read_text(), "step": None, "set": []})  # a client that skips the check
+    state = RunFollower(api, raw["dag_run_id"], lambda line: None).follow(timeout=120)
+    assert state == "failed"
+    log = "\n".join(str(e.get("event")) for e in api.log("raw-bad", "check", 1))
+    assert "<submitted spec>:4: resorces: unknown key" in log
+
+    huge = {"spec": "name: x\nkind: batch\nrun: " + "x" * 300_000 + "\n", "step": None, "set": []}
+    with pytest.raises(Exception) as refused:
+        api.trigger("too-big", huge)
+    assert "400" in str(refused.value) or "422" in str(refused.value) or "maxLength" in str(refused.value)
+
+
+def test_the_policy_refuses_with_each_rule_and_the_numbers(stack, tmp_path):
+    text = ("name: greedy\nkind: training\ntarget: [slurm, ssh]\ntimeout: 3h\nrun: 'echo {{ var.value.x }}'\n"
+            "resources: {gpus: 4}\n")  # fmt: skip
+    refused = cli(stack, "alice", "submit", str(spec(tmp_path, "greedy", text)))
+    assert refused.returncode == 1
+    assert "templates may use" in refused.stderr  # caught before anything is sent
+    text = text.replace("{{ var.value.x }}", "hi") + "secrets: {TOKEN: 'variable:prod_token'}\n"
+    refused = cli(stack, "alice", "submit", str(spec(tmp_path, "greedy", text)))
+    out = refused.stdout
+    assert refused.returncode == 1, out
+    for rule in (
+        "target ssh is not allowed (allowed: local, slurm)",
+        "at most 2 GPUs per job; this job asks 4",
+        "timeout 3h is longer than the team's 1h",
+        "secrets.TOKEN: variable:prod_token is not a reference",
+    ):
+        assert f"[check] refused: team nlp: {rule}" in out, out  # fmt: skip
+    nobody = cli(stack, "admin", "submit", str(spec(tmp_path, "ok", "name: ok\nkind: batch\nrun: echo\n")))
+    assert "user admin is in no team" in nobody.stdout
+
+
+def test_the_gpu_hour_budget_counts_real_runs_and_concurrency_is_limited(stack, tmp_path):
+    gate = tmp_path / "go"
+    text = gated("budgeted", gate, target="slurm", extra="resources: {gpus: 1}\n")
+    first = Live(stack, "bob", "submit", str(spec(tmp_path, "budgeted", text)))
+    first.wait_for("[budgeted] first line")
+    second = cli(stack, "bob", "submit", str(spec(tmp_path, "budgeted", text)))
+    assert "team budget: 1 of 1 concurrent runs are live" in second.stdout, second.stdout
+    time.sleep(20)  # the job holds its GPU a while: 1 GPU × 20 s of the 0.17 GPU-hours
+    gate.touch()
+    assert first.finish() == 0, "\n".join(first.lines)
+    third = cli(stack, "bob", "submit", str(spec(tmp_path, "budgeted", text)))
+    assert third.returncode == 1
+    assert "[check] refused: team budget: 0.01 of 0.17 GPU-hours used today; this submission asks up to 1 GPUs × 10m" \
+        in third.stdout, third.stdout  # fmt: skip
+
+
+def test_logins_and_permissions_are_refused_in_one_line(stack, tmp_path):
+    job = str(spec(tmp_path, "ok", "name: ok\nkind: batch\nrun: echo\n"))
+    wrong = cli(stack, "alice", "submit", job, FLEXORCH_PASSWORD="not-it")
+    assert wrong.returncode == 1 and wrong.stderr.strip().endswith(
+        "refused the login of 'alice': wrong user or password"
+    )
+    viewer = cli(stack, "eve", "submit", job)
+    assert viewer.returncode == 1 and "may not trigger the flexorch-submit DAG" in viewer.stderr
+    gone = cli(stack, "alice", "submit", job, FLEXORCH_API_URL="http://127.0.0.1:9")
+    assert gone.returncode == 1 and "cannot reach the Airflow API at http://127.0.0.1:9" in gone.stderr
+    for r in (wrong, viewer, gone):
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    req = urllib.request.Request(f"{stack.url}/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns", method="POST",
+                                 data=json.dumps({"logical_date": None, "conf": {}}).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(req, timeout=30)
+    assert anonymous.value.code in (401, 403)
+
+
+def test_a_token_that_expires_while_following_is_renewed(stack, tmp_path):
+    gate = tmp_path / "go"
+    api = Api(Login(stack.url, "alice", password(stack, "alice")))
+    run = api.trigger("renewal", {"spec": gated("renewal", gate), "step": None, "set": []})
+    lines: list[str] = []
+    follower = RunFollower(api, run["dag_run_id"], lines.append)
+    deadline = time.monotonic() + 60
+    while api.renewed == 0 and time.monotonic() < deadline:  # tokens live 20 s on this stack
+        follower.step()
+        time.sleep(1)
+    gate.touch()
+    assert follower.follow(timeout=120) == "success"
+    assert api.renewed >= 1 and "[renewal] last line" in lines

@@ -17,13 +17,30 @@ from flexorch_provider.exceptions import FlexorchError, SpecError
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from flexorch_provider.policy import FILE_NAME, load_policy, policy_problems
     from flexorch_provider.spec.container import container_warnings
     from flexorch_provider.spec.loader import load_specs
 
     missing = [p for p in args.paths if not Path(p).exists()]
     for p in missing:
         print(f"{p}: no such file or folder", file=sys.stderr)
-    specs, problems = load_specs([p for p in args.paths if Path(p).exists()])
+    existing = [Path(p) for p in args.paths if Path(p).exists()]
+    # the team policy is validated like a spec: given as a file, or beside the specs of a folder
+    policy_paths = [p for p in existing if p.is_file() and p.name == FILE_NAME]
+    policy_paths += [p / FILE_NAME for p in existing if p.is_dir() and (p / FILE_NAME).is_file()]
+    specs, problems = load_specs([p for p in existing if p not in policy_paths])
+    for policy_path in policy_paths:
+        try:
+            policy = load_policy(policy_path)
+        except SpecError as e:
+            problems.extend(e.problems)
+            continue
+        if policy is not None:
+            for path, spec in list(specs):
+                broken = policy_problems(policy, spec, str(path)) if path.parent == policy_path.parent else []
+                if broken:
+                    problems.extend(broken)
+                    specs.remove((path, spec))
     for problem in problems:
         print(problem)
     if not specs and not problems and not missing:
@@ -61,6 +78,13 @@ def _schema(args: argparse.Namespace) -> int:
         return 0
     from flexorch_provider.spec.schema import json_schema
 
+    if args.policy:
+        from flexorch_provider.policy import Policy
+
+        schema = Policy.model_json_schema()
+        schema["properties"].pop("file", None)
+        print(json.dumps(schema, indent=2 if not args.compact else None))
+        return 0
     print(json.dumps(json_schema(), indent=2 if not args.compact else None))
     return 0
 
@@ -139,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of a spec (for editors)")
     p.add_argument("--compact", action="store_true", help="one line of JSON")
     p.add_argument("--format", choices=("json", "markdown"), default="json", help="markdown: the spec reference")
+    p.add_argument("--policy", action="store_true", help="the JSON Schema of flexorch_policy.yaml instead")
     p.set_defaults(func=_schema)
 
     p = sub.add_parser("render", help="print the normalized, fully defaulted spec")

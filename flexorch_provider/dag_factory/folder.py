@@ -31,9 +31,9 @@ from flexorch_provider.dag_factory.build import build_dag, build_invalid_dag, in
 from flexorch_provider.dag_factory.plan import plan_dags
 from flexorch_provider.dag_factory.submit import build_submit_dag
 from flexorch_provider.exceptions import SpecError, SpecProblem
-from flexorch_provider.policy import Policy, load_policy, policy_file, static_refusals
+from flexorch_provider.policy import load_policy, policy_file, policy_problems
 from flexorch_provider.spec.loader import iter_spec_files, load_spec_bytes
-from flexorch_provider.spec.models import PipelineSpec, SpecModel
+from flexorch_provider.spec.models import SpecModel
 from flexorch_provider.submission import SUBMIT_DAG_ID
 
 log = logging.getLogger(__name__)
@@ -235,19 +235,3 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
         len(entries), folder, len(dags), stats["cached"], stats["parsed"], invalid, time.perf_counter() - started,
     )  # fmt: skip
     return dags
-
-
-def policy_problems(policy: Policy, spec: SpecModel, shown: str) -> list[SpecProblem]:
-    """The team rules a dags-folder spec breaks; its team is the one its ``owner`` names (else the
-    default team). Budgets and concurrency limits apply to submissions only."""
-    team = policy.teams.get(spec.owner)
-    name = spec.owner
-    if team is None and policy.default_team is not None:
-        name, team = policy.default_team, policy.teams[policy.default_team]
-    if team is None:
-        return [SpecProblem(shown, None, "owner", f"{spec.owner!r} is not a team of {policy.file} and it has no "
-                            f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}")]  # fmt: skip
-    jobs = spec.effective_steps() if isinstance(spec, PipelineSpec) else [spec]
-    return [
-        SpecProblem(shown, None, "policy", r) for job in jobs for r in static_refusals(name, team, job, submitted=False)
-    ]

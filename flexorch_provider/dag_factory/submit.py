@@ -19,7 +19,8 @@ DOC = """# flexorch-submit
 
 Runs specs sent with `flexorch submit SPEC` (or a REST trigger with conf
 `{"spec": "<the spec's YAML>", "step": null, "set": ["key=value"]}`). The spec is validated
-again here and checked against the team policy{policy}; each job runs as one map index of
+again here and checked against the team policy (`flexorch_policy.yaml` beside the specs, or
+`$FLEXORCH_POLICY`); each job runs as one map index of
 `run` (a pipeline: one per step, named after it). The spec text is in the run's conf.
 """
 
@@ -29,7 +30,6 @@ def build_submit_dag(policy_file: Path | None) -> Any:
 
     from flexorch_provider.operators.submit import SubmitCheckOperator, SubmittedStepOperator
 
-    where = f" (`{policy_file}`)" if policy_file else ""
     with DAG(
         dag_id=SUBMIT_DAG_ID,
         dag_display_name="flexorch submit",
@@ -38,7 +38,7 @@ def build_submit_dag(policy_file: Path | None) -> Any:
         catchup=False,
         tags=["flexorch", SUBMIT_TAG],
         max_active_runs=256,
-        doc_md=DOC.replace("{policy}", where),
+        doc_md=DOC,
         default_args={"owner": "flexorch"},
         params={
             "spec": Param("", type="string", maxLength=MAX_SPEC_CHARS, description="The spec's YAML text."),

@@ -3,7 +3,13 @@
 
 from flexorch_provider.policy.ledger import Ledger, ledger_path, period_start
 from flexorch_provider.policy.model import FILE_NAME, POLICY_ENV, Budget, Policy, Team, load_policy, policy_file
-from flexorch_provider.policy.rules import budget_refusal, concurrency_refusal, gpus_of, static_refusals
+from flexorch_provider.policy.rules import (
+    budget_refusal,
+    concurrency_refusal,
+    gpus_of,
+    policy_problems,
+    static_refusals,
+)
 
 __all__ = [
     "FILE_NAME",
@@ -19,5 +25,6 @@ __all__ = [
     "load_policy",
     "period_start",
     "policy_file",
+    "policy_problems",
     "static_refusals",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from flexorch_provider.policy.model import Team, hours
-from flexorch_provider.spec.models import Job
+from flexorch_provider.exceptions import SpecProblem
+from flexorch_provider.policy.model import Policy, Team, hours
+from flexorch_provider.spec.models import Job, PipelineSpec, SpecModel
 
 
 def gpus_of(job: Job) -> int:
@@ -101,3 +102,19 @@ def _h(duration: object) -> str:
     from flexorch_provider.spec.units import format_duration
 
     return format_duration(duration) if isinstance(duration, timedelta) else str(duration)
+
+
+def policy_problems(policy: Policy, spec: SpecModel, shown: str) -> list[SpecProblem]:
+    """The team rules a dags-folder spec breaks; its team is the one its ``owner`` names (else the
+    default team). Budgets and concurrency limits apply to submissions only."""
+    team = policy.teams.get(spec.owner)
+    name = spec.owner
+    if team is None and policy.default_team is not None:
+        name, team = policy.default_team, policy.teams[policy.default_team]
+    if team is None:
+        return [SpecProblem(shown, None, "owner", f"{spec.owner!r} is not a team of {policy.file} and it has no "
+                            f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}")]  # fmt: skip
+    jobs = spec.effective_steps() if isinstance(spec, PipelineSpec) else [spec]
+    return [
+        SpecProblem(shown, None, "policy", r) for job in jobs for r in static_refusals(name, team, job, submitted=False)
+    ]

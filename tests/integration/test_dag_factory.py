@@ -52,7 +52,7 @@ def test_every_example_becomes_its_dags(dags_dir):
     bag = dagbag(dags_dir)
     assert bag.import_errors == {}
     expected = {p.stem for p in iter_spec_files([EXAMPLES])} - {"embeddings-ssh-service"}
-    expected |= {"embeddings-ssh", "embeddings-ssh-reconcile"}
+    expected |= {"embeddings-ssh", "embeddings-ssh-reconcile", "flexorch-submit"}  # and the DAG of `flexorch submit`
     assert set(bag.dag_ids) == expected
 
     scoring = bag.dags["nightly-scoring"]
@@ -191,7 +191,7 @@ def test_specs_dir_from_the_environment(tmp_path, monkeypatch, caplog):
     shutil.copy(EXAMPLES / "hello-local.yaml", other / "a.yaml")
     anchor = tmp_path / "dags" / LOADER_FILE
     monkeypatch.setenv(folder.SPECS_DIR_ENV, "../elsewhere")  # relative to the loader file
-    assert list(folder.load_folder(anchor)) == ["hello-local"]
+    assert list(folder.load_folder(anchor)) == ["hello-local", "flexorch-submit"]
     monkeypatch.setenv(folder.SPECS_DIR_ENV, str(tmp_path / "missing"))
     assert folder.load_folder(anchor) == {}
     assert "no specs folder" in caplog.text and "FLEXORCH_SPECS_DIR" in caplog.text
@@ -210,7 +210,7 @@ def _describe(dag):
 def test_generated_files_equal_the_loaded_dags(dags_dir, tmp_path):
     out = tmp_path / "generated"
     result = generate(dags_dir / "specs", out)
-    assert not result.problems and len(result.written) == len(list(iter_spec_files([EXAMPLES])))
+    assert not result.problems and len(result.written) == len(list(iter_spec_files([EXAMPLES]))) + 1  # + submit
     generated = dagbag(out)
     assert generated.import_errors == {}
     loaded = dagbag(dags_dir)
@@ -237,3 +237,46 @@ def test_generate_is_idempotent_and_prunes_only_its_own_files(dags_dir, tmp_path
     assert all(
         p.read_text().startswith(HEADER) for p in out.glob("flexorch_*.py") if p.name != "flexorch_handwritten.py"
     )
+
+
+POLICY = """\
+teams:
+  risk:
+    members: [rita]
+    targets: [slurm]
+  platform:
+    members: [pat]
+default_team: platform
+"""
+
+
+def test_a_spec_that_breaks_its_owners_policy_becomes_a_placeholder_naming_the_rule(dags_dir, monkeypatch):
+    monkeypatch.setenv(folder.SUBMIT_ENV, "0")
+    (dags_dir / "specs" / "flexorch_policy.yaml").write_text(POLICY)
+    bag = dagbag(dags_dir)
+    assert bag.import_errors == {} and "flexorch-submit" not in bag.dag_ids  # switched off
+    scoring = bag.dags["nightly-scoring"]  # owner risk: target [slurm, ssh]
+    assert INVALID_TAG in scoring.tags
+    assert "policy: team risk: target ssh is not allowed (allowed: slurm)" in scoring.doc_md
+    assert INVALID_TAG not in bag.dags["hello-local"].tags  # owner platform: a team without rules
+    assert INVALID_TAG not in bag.dags["thumbnails-fleet"].tags  # owner media: no team, the default team's rules
+    generated = generate(dags_dir / "specs", dags_dir.parent / "generated")
+    assert any("team risk: target ssh is not allowed" in str(p) for p in generated.problems)
+
+    (dags_dir / "specs" / "flexorch_policy.yaml").write_text(POLICY.replace("default_team: platform\n", ""))
+    bag = dagbag(dags_dir)
+    assert "owner: 'media' is not a team of" in bag.dags["thumbnails-fleet"].doc_md
+
+    (dags_dir / "specs" / "flexorch_policy.yaml").write_text(POLICY.replace("members: [pat]", "memebers: [pat]"))
+    bag = dagbag(dags_dir)
+    invalid = bag.dags["flexorch-invalid-policy"]
+    assert "flexorch_policy.yaml:6: teams.platform.memebers: unknown key; did you mean 'members'?" in invalid.doc_md
+    assert INVALID_TAG not in bag.dags["hello-local"].tags  # an invalid policy hides no spec
+
+
+def test_the_submit_dag_maps_its_run_task_over_the_checks_plan(dags_dir):
+    dag = dagbag(dags_dir).dags["flexorch-submit"]
+    check, run = dag.get_task("check"), dag.get_task("run")
+    assert run.upstream_task_ids == {"check"} and type(run).__name__ == "MappedOperator"
+    assert set(dag.params) == {"spec", "step", "set"} and dag.schedule is None
+    assert check.policy_file == str(dags_dir / "specs" / "flexorch_policy.yaml")

@@ -153,3 +153,22 @@ def test_container_warnings_for_local_follow_this_machines_runtimes():
     assert "no podman on this machine's PATH" in container_warnings(docker_only, lambda: ["docker"])[0]
     bare = load_workload({"name": "b", "kind": "batch", "run": "x", "target": ["local", "slurm"]})
     assert container_warnings(bare, lambda: []) == []  # no image, nothing to warn about
+
+
+def test_validate_checks_the_policy_file_and_the_specs_against_it(tmp_path):
+    (tmp_path / "job.yaml").write_text("name: j\nkind: batch\nowner: risk\ntarget: [slurm, ssh]\nrun: x\n")
+    (tmp_path / "flexorch_policy.yaml").write_text("teams:\n  risk: {members: [rita], targets: [slurm]}\n")
+    result = flexorch("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        result.stdout.strip()
+        == f"{tmp_path / 'job.yaml'}: policy: team risk: target ssh is not allowed (allowed: slurm)"
+    )
+    (tmp_path / "flexorch_policy.yaml").write_text("teams:\n  risk: {members: [rita], targts: [slurm]}\n")
+    result = flexorch("validate", str(tmp_path / "flexorch_policy.yaml"))
+    assert (
+        result.returncode == 1
+        and "flexorch_policy.yaml:2: teams.risk.targts: unknown key; did you mean 'targets'?" in result.stdout
+    )
+    schema = json.loads(flexorch("schema", "--policy").stdout)
+    assert "Team" in schema["$defs"] and "file" not in schema["properties"]

@@ -129,8 +129,32 @@ def _spec_name(run: dict[str, Any]) -> str:
     return match.group(1) if match else "?"
 
 
+def _team_usage(api: Api, only: str | None) -> int:
+    data = api.usage()
+    if data.get("policy") is None:
+        _say(f"no team policy on {api.base}: every submission is allowed, nothing is counted")
+        return 0
+    me = api.login.user
+    teams = [t for t in data["teams"] if only in (None, t["team"])]
+    if only is not None and not teams:
+        raise ClientError(
+            f"no team {only!r} in {data['policy']} (teams: {', '.join(t['team'] for t in data['teams'])})"
+        )
+    teams.sort(key=lambda t: me not in t["members"])  # your own team first
+    rows = []
+    for t in teams:
+        g = t["gpu_hours"]
+        budget = f"{g['used']:.2f} of {g['limit']:g}" if g["limit"] is not None else f"{g['used']:.2f} (no limit)"
+        live = f"{t['live_runs']} of {t['max_concurrent']}" if t["max_concurrent"] else str(t["live_runs"])
+        rows.append([t["team"] + (" (you)" if me in t["members"] else ""), f"{budget} this {g['per']}", live])
+    _table(["TEAM", "GPU-HOURS", "LIVE RUNS"], rows)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     api = _api(args)
+    if args.team is not None:
+        return _team_usage(api, args.team or None)
     if args.run:
         run = api.run(args.run)
         _say(f"run {args.run}: {run.get('state')}  spec {_spec_name(run)}  by {run.get('triggering_user_name')}  "
@@ -215,6 +239,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("status", help="your recent submitted runs, or one run's jobs")
     p.add_argument("run", metavar="RUN", nargs="?", help="one run: its tasks, targets and job ids")
     p.add_argument("--all", action="store_true", help="every user's runs")
+    p.add_argument("--team", nargs="?", const="", metavar="NAME",
+                   help="GPU-hours used and live runs per team (yours first), or one team's")  # fmt: skip
     p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     server(p)
     p.set_defaults(func=_status)

@@ -145,6 +145,16 @@ class Api:
     def fail_run(self, run_id: str) -> dict[str, Any]:
         return dict(self.call("PATCH", self.runs_path(run_id), {"state": "failed"}))
 
+    def usage(self) -> dict[str, Any]:
+        """Each team's GPU-hours and live runs (the flexorch plugin of the api-server)."""
+        try:
+            return dict(self.call("GET", "/flexorch/api/usage"))
+        except ClientError as e:
+            if e.status == 404:
+                raise ClientError(f"{self.base} has no /flexorch/api: install flexorch-provider in its api-server "
+                                  "(the plugin comes with it) and restart it", status=404) from None  # fmt: skip
+            raise
+
     def dag(self) -> dict[str, Any]:
         return dict(self.call("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}"))
 

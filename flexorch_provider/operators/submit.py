@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from flexorch_provider.backends.base import JobHandle, ResolvedJob
-from flexorch_provider.exceptions import PolicyError, SpecError
+from flexorch_provider.exceptions import JobFailedError, PolicyError, SpecError
 from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
 from flexorch_provider.policy import (
     Ledger,
@@ -28,6 +28,8 @@ from flexorch_provider.policy import (
 )
 from flexorch_provider.submission import SUBMIT_DAG_ID, Submission, parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
+
+RETRIES_KEY = "flexorch_retries"  # XCom: how many times this task instance submitted its job again
 
 
 class SubmitCheckOperator(BaseOperator):
@@ -56,10 +58,6 @@ class SubmitCheckOperator(BaseOperator):
                           for s, j in sub.jobs)  # fmt: skip
         self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
         account = self._apply_policy(sub, user, dag_run.run_id)
-        for step, job in sub.jobs:
-            if job.retries.count:
-                self.log.warning("%sretries: %d: a submitted run does not retry its jobs; submit again if it fails",
-                                 f"step {step}: " if step else "", job.retries.count)  # fmt: skip
         index = {step: i for i, (step, _) in enumerate(sub.jobs)}
         return [
             {"spec": sub.data, "step": step, "overrides": sub.overrides or None, "step_label": step or sub.name,
@@ -144,6 +142,7 @@ class SubmittedStepOperator(FlexOperator):
         self.account = dict(account) if account else None
         self.step_label = step_label or self.workload.name
         self._try = 0
+        self._retried = 0
 
     def execute(self, context: Any) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
@@ -156,12 +155,45 @@ class SubmittedStepOperator(FlexOperator):
                 trigger = StepsDoneTrigger(ti.dag_id, ti.run_id, ti.task_id, self.after, not_before=hold)
                 self.defer(trigger=trigger, method_name="execute_after_wait")
             self._go_or_skip(states)
-        return super().execute(context)
+        return self._run(context)
 
     def execute_after_wait(self, context: Any, event: dict[str, Any]) -> Any:
         self._go_or_skip({int(k): v for k, v in (event.get("states") or {}).items()})
         self.after = []
         return self.execute(context)
+
+    # --- retries: a mapped task's retries are fixed when the DAG is parsed, so the spec's are done here
+    def _run(self, context: Any) -> Any:
+        self._retried = self._retries_done(context)
+        try:
+            return super().execute(context)
+        except JobFailedError as e:
+            self._retry_or_raise(context, e)
+            raise
+
+    def execute_retry(self, context: Any, event: Any = None) -> Any:
+        self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        return self._run(context)
+
+    def _retries_done(self, context: Any) -> int:
+        ti = context["ti"]
+        return int(ti.xcom_pull(task_ids=ti.task_id, key=RETRIES_KEY, map_indexes=ti.map_index) or 0)
+
+    def _retry_or_raise(self, context: Any, error: JobFailedError) -> None:
+        """Submit the job again after the spec's retry delay (deferred: no worker slot meanwhile),
+        while the spec's retries last; else return (the caller raises)."""
+        from datetime import timedelta
+
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        done = self._retries_done(context)
+        if done >= self.workload.retries.count:
+            return
+        delay = max(self.workload.retries.delay.total_seconds(), RESUME_HOLD_S)
+        context["ti"].xcom_push(key=RETRIES_KEY, value=done + 1)
+        self.log.warning("retry %d of %d in %ds: %s", done + 1, self.workload.retries.count, int(delay),
+                         str(error).splitlines()[0])  # fmt: skip
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="execute_retry")
 
     def _go_or_skip(self, states: dict[int, str] | None) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -174,13 +206,18 @@ class SubmittedStepOperator(FlexOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
-        return super().execute_complete(context, event)
+        self._retried = self._retries_done(context)
+        try:
+            return super().execute_complete(context, event)
+        except JobFailedError as e:
+            self._retry_or_raise(context, e)
+            raise
 
     # --- the ledger: GPU time of each try of each job ---------------------------------------
     def _submit(self, job: ResolvedJob) -> JobHandle:
         handle = super()._submit(job)
         if self.account:
-            Ledger().append({"t": "start", "run": self.account["run"], "job": handle.run_key, "try": self._try,
+            Ledger().append({"t": "start", "run": self.account["run"], "job": handle.run_key, "try": self._ledger_try,
                              "team": self.account["team"], "user": self.account.get("user"),
                              "gpus": gpus_of(self.workload), "cap": job.timeout_s})  # fmt: skip
         return handle
@@ -199,4 +236,8 @@ class SubmittedStepOperator(FlexOperator):
 
     def _ended(self, run_key: str) -> None:
         if self.account and run_key:
-            Ledger().append({"t": "end", "run": self.account["run"], "job": run_key, "try": self._try})
+            Ledger().append({"t": "end", "run": self.account["run"], "job": run_key, "try": self._ledger_try})
+
+    @property
+    def _ledger_try(self) -> str:
+        return f"{self._try}.{self._retried}"  # each submit of the job: the task's try, the retries done in it

@@ -170,6 +170,16 @@ def test_a_slurm_gpu_job_streams_before_it_ends(stack, tmp_path):
     assert live.finish() == 0, "\n".join(live.lines)
 
 
+def test_a_failed_job_is_submitted_again_as_its_retries_say(stack, tmp_path):
+    mark = tmp_path / "failed-once"
+    text = (f"name: flaky\nkind: batch\ntimeout: 5m\nretries: {{count: 1, delay: 1s}}\n"
+            f"run: 'if [ -e {mark} ]; then echo second go; else touch {mark}; echo first go; exit 1; fi'\n")  # fmt: skip
+    done = cli(stack, "alice", "submit", str(spec(tmp_path, "flaky", text)))
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert out.index("[flaky] first go") < out.index("retry 1 of 1 in 10s") < out.index("[flaky] second go")
+
+
 def test_detach_reattach_and_cancel_leave_no_job(stack, tmp_path):
     gate = tmp_path / "never"
     live = Live(stack, "alice", "submit", str(spec(tmp_path, "detached", gated("detached", gate))))
@@ -274,6 +284,13 @@ def test_the_gpu_hour_budget_counts_real_runs_and_concurrency_is_limited(stack, 
     assert third.returncode == 1
     assert "[check] refused: team budget: 0.01 of 0.17 GPU-hours used today; this submission asks up to 1 GPUs × 10m" \
         in third.stdout, third.stdout  # fmt: skip
+    usage = cli(stack, "bob", "status", "--team")  # from the ledger, through the api-server's flexorch plugin
+    assert usage.returncode == 0, usage.stderr
+    assert usage.stdout.splitlines()[1].split()[:5] == ["budget", "(you)", "0.01", "of", "0.17"], usage.stdout
+    req = urllib.request.Request(f"{stack.url}/flexorch/api/usage")
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(req, timeout=30)
+    assert anonymous.value.code in (401, 403)  # the plugin's routes need a login too
 
 
 def test_logins_and_permissions_are_refused_in_one_line(stack, tmp_path):

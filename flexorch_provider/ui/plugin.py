@@ -1,12 +1,29 @@
-"""The Airflow plugin (entry point ``airflow.plugins``): mounts the flexorch app at ``/flexorch``."""
+"""The Airflow plugin (entry point ``airflow.plugins``): mounts the flexorch app at ``/flexorch``.
+
+Every Airflow process may load plugins; the app (FastAPI, Airflow's auth dependencies) is built
+only when the api-server serves its first request, so loading the plugin costs nothing elsewhere."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.plugins_manager import AirflowPlugin
 
-from flexorch_provider.ui.api import create_app
+
+class LazyApp:
+    """An ASGI app that builds :func:`flexorch_provider.ui.api.create_app` on its first request."""
+
+    def __init__(self) -> None:
+        self._app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            from flexorch_provider.ui.api import create_app
+
+            self._app = create_app()
+        await self._app(scope, receive, send)
 
 
 class FlexorchPlugin(AirflowPlugin):
     name = "flexorch"
-    fastapi_apps = [{"app": create_app(), "url_prefix": "/flexorch", "name": "flexorch"}]
+    fastapi_apps = [{"app": LazyApp(), "url_prefix": "/flexorch", "name": "flexorch"}]

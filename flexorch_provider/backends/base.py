@@ -19,7 +19,9 @@ then tries the next target); every other failure is a BackendError (or a subclas
 library errors (paramiko, kubernetes, subprocess) are mapped onto that tree at the backend
 boundary. Services add ``service(job, log)`` on backends with ``runs_services``: bring the
 service to the state ``job.action`` asks for (deploy, reconcile, undeploy) and return a
-summary; spec validation keeps ``kind: service`` off the other targets.
+summary; ``service_status`` and ``service_logs`` read a service without changing it (the
+flexorch page); spec validation keeps ``kind: service`` off the other targets. ``where(handle)``
+says where a job runs (links, the flexorch page).
 
 Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
 can carry them across a triggerer restart.
@@ -300,6 +302,18 @@ class Backend(ABC):
         """Deploy, reconcile or undeploy a service (``job.action``); a summary for XCom."""
         raise SubmitError(f"the {self.name} target cannot run services (action {job.action!r}) in this version")
 
+    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+        """A service's replicas now, read only: ``desired``, ``running``, ``healthy``, ``revisions``
+        and per replica its ``slot``, ``host`` (host or pod/node), ``state``, ``healthy``."""
+        raise SubmitError(f"the {self.name} target runs no services")
+
+    def service_logs(
+        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
+    ) -> dict[str, Any]:
+        """Each replica's last ``tail`` log lines, or those after its cursor (``cursors``: the
+        replica's ``run_dir`` → the ``cursor`` this returned for it last time)."""
+        raise SubmitError(f"the {self.name} target runs no services")
+
     def claim(self, handle: JobHandle) -> None:
         """The job's outcome reached Airflow. Until then a later try of its run key adopts a job that
         succeeded (its worker died before recording it) instead of running it again; after, a
@@ -315,3 +329,8 @@ class Backend(ABC):
     def batch_key(self, handle: JobHandle) -> str:
         """Handles with the same key are polled together (one query per key per interval)."""
         return self.name
+
+    def where(self, handle: JobHandle) -> dict[str, Any]:
+        """Where the job runs, in the words of its target (no secrets): a short ``summary`` line and
+        the fields a link template may use (``{host}``, ``{slurm_job_id}``, ``{namespace}``...)."""
+        return {"summary": f"{self.name} job {handle.job_id}"}

@@ -36,6 +36,7 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, render_service, run_service
+from flexorch_provider.backends.services.view import describe, replica_logs
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
 from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
@@ -79,6 +80,17 @@ class LocalBackend(Backend):
 
     def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
         """A service on the worker itself: one host, the same converge as on an ssh fleet."""
+        return run_service(self._fleet(job), job, log)
+
+    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+        return describe(self._fleet(job), job)
+
+    def service_logs(
+        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
+    ) -> dict[str, Any]:
+        return replica_logs(self._fleet(job), job, slot, cursors, tail)
+
+    def _fleet(self, job: ResolvedJob) -> Fleet[str]:
         host = socket.gethostname()
 
         def call(_host: str, args: Sequence[str], stdin: bytes | None) -> str:
@@ -91,8 +103,7 @@ class LocalBackend(Backend):
                 raise BackendError(f"job runner {args[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
             return done.stdout.decode("utf-8", "replace")
 
-        root = str(run_root(job) / "_services")
-        return run_service(Fleet(hosts=[host], call=call, label=str, root=root), job, log)
+        return Fleet(hosts=[host], call=call, label=str, root=str(run_root(job) / "_services"))
 
     def render(self, job: ResolvedJob) -> str:
         if job.is_service:
@@ -121,6 +132,11 @@ class LocalBackend(Backend):
             run_key=job.run_key,
             data=dict(LocalJobData(run_dir=str(run_dir), host=socket.gethostname())),
         )
+
+    def where(self, handle: JobHandle) -> dict[str, Any]:
+        data = job_data(handle)
+        return {"summary": f"{data['run_dir']} on the worker {data['host']}", "host": data["host"],
+                "run_dir": data["run_dir"]}  # fmt: skip
 
     def submit(self, job: ResolvedJob) -> JobHandle:
         key_dir = run_root(job) / job.key_slug

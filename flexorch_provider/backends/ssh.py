@@ -40,6 +40,7 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, render_service, run_service
+from flexorch_provider.backends.services.view import describe, replica_logs
 from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
 from flexorch_provider.fanout import parallel, reason
@@ -116,14 +117,24 @@ class SshBackend(Backend):
     name = "ssh"
     runs_services = True
 
-    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+    def _fleet(self, job: ResolvedJob) -> Fleet[Host]:
         conn = job.workload.ssh.connection
 
         def call(host: Host, args: Sequence[str], stdin: bytes | None) -> str:
             return runner(conn, host, *args, stdin=stdin)
 
-        fleet = Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
-        return run_service(fleet, job, log)
+        return Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
+
+    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+        return run_service(self._fleet(job), job, log)
+
+    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+        return describe(self._fleet(job), job)
+
+    def service_logs(
+        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
+    ) -> dict[str, Any]:
+        return replica_logs(self._fleet(job), job, slot, cursors, tail)
 
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh
@@ -241,6 +252,15 @@ class SshBackend(Backend):
                 )
             ),
         )
+
+    def where(self, handle: JobHandle) -> dict[str, Any]:
+        data = job_data(handle)
+        placed = [(Host(**p["host"]), p["run_dir"]) for p in data["hosts"]]
+        hosts = [{"host": h.host or "", "label": h.label, "run_dir": d} for h, d in placed]
+        first = hosts[0] if hosts else {"host": "", "label": "", "run_dir": ""}
+        summary = ", ".join(f"{h['label']}:{h['run_dir']}" for h in hosts)
+        return {"summary": f"ssh {summary} (connection {data['conn']})", "conn": data["conn"], "hosts": hosts,
+                "host": first["host"], "label": first["label"], "run_dir": first["run_dir"]}  # fmt: skip
 
     def furthest(self, a: LogCursor, b: LogCursor) -> LogCursor:
         """Byte offsets, or per-host offsets for a job on every host (``placement: all``)."""

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
+from flexorch_provider import links
 from flexorch_provider.backends.base import Backend, JobHandle, LogCursor, ResolvedJob, check_action, run_key
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.exceptions import (
@@ -31,6 +32,7 @@ from flexorch_provider.exceptions import (
     SubmitError,
 )
 from flexorch_provider.follow import TAIL_LINES, Follower
+from flexorch_provider.links import RemoteJobLink, ServiceLink
 from flexorch_provider.masking import masker_for, secret_refs
 from flexorch_provider.resolve import load_workload, resolve_registry, resolve_secrets
 from flexorch_provider.triggers.job import FlexJobTrigger
@@ -70,6 +72,7 @@ class FlexOperator(BaseOperator):
     template_fields_renderers = {"run": "bash", "setup": "bash", "env": "json"}
     template_ext = ()
     ui_color = "#d9f0e3"
+    operator_extra_links = (RemoteJobLink(), ServiceLink())
 
     def __init__(
         self,
@@ -170,10 +173,16 @@ class FlexOperator(BaseOperator):
         # where the secrets live (never their values): whoever follows the job masks them in its output
         return handle.with_secret_refs(secret_refs(self.workload))
 
-    def _service(self, job: ResolvedJob) -> dict[str, Any]:
+    def _service(self, job: ResolvedJob, context: Any) -> dict[str, Any]:
         """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
         self.log.info("service %s: %s", job.name, job.action)
+        ti = context["ti"]
+        first = {"service": job.name, "target": self.workload.target[0], "conn": _connection_of(self.workload)}
+        url = links.url_for(ti, first, service=True)
+        links.push(ti, ServiceLink, url)  # while the service converges, not only after
         target, summary = self._on_first_target(job, lambda backend: backend.service(job, self._service_log))
+        if target != first["target"]:
+            links.push(ti, ServiceLink, links.url_for(ti, {**first, "target": target}, service=True))
         return {**summary, "target": target, "action": job.action}
 
     def _service_log(self, line: str) -> None:
@@ -182,10 +191,10 @@ class FlexOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         job = self._resolved(context)
         if job.is_service:
-            return self._service(job)
+            return self._service(job, context)
         handle = self._submit(job)
         self._handle = handle
-        context["ti"].xcom_push(key="job", value=_public(handle))
+        self._announce(context["ti"], handle)
         if not self.deferrable:
             event, _ = self._follow(handle)
             assert event is not None  # without a deadline, following ends only with the job
@@ -203,6 +212,37 @@ class FlexOperator(BaseOperator):
             ),
             method_name="execute_complete",
         )
+
+    def _announce(self, ti: Any, handle: JobHandle) -> None:
+        """Say where the job runs, as soon as it is submitted: the ``job`` XCom (what the flexorch page
+        lists) and the "Remote job" link, so both work while the job runs."""
+        backend = get_backend(handle.target)
+        try:
+            where = backend.where(handle)
+        except Exception as e:  # a handle the backend cannot describe still runs; the page says so
+            where = {"summary": f"{handle.target} job {handle.job_id} ({e})"}
+        gpus = self.workload.resources.gpus
+        placed = (_placement(self.placement) or {}).get("gpus")
+        public = {
+            **_public(handle),
+            "name": self.workload.name,
+            "where": where,
+            "gpus": len(placed) if placed is not None else (gpus.count * self.workload.resources.nodes if gpus else 0),
+            "gpu_pool": self.workload.gpu_pool,
+            "owner": self.owner,
+            "team": self._team(),
+            "submitted_at": time.time(),
+            # how to find the job again (no secret values: secret_refs are references, data is the backend's)
+            "handle": {k: v for k, v in handle.to_dict().items() if k != "notes"},
+        }
+        ti.xcom_push(key="job", value=public)
+        url = links.url_for(ti, public)
+        links.push(ti, RemoteJobLink, url)
+        self.log.info("remote job: %s (%s)", where.get("summary", handle.job_id), url)
+
+    def _team(self) -> str | None:
+        """The team the job's GPU time counts against, where a policy says (submitted jobs)."""
+        return None
 
     def _follow(self, handle: JobHandle, until: float | None = None) -> tuple[dict[str, Any] | None, LogCursor]:
         """Follow the job from the worker, streaming its log: its final event once it ends, or None
@@ -320,6 +360,14 @@ def _date_macros_from_run_after(context: Any, log: Any) -> None:
         }
     )
     log.info("this run has no logical date (a manual run): {{ ds }} and {{ ts }} use its run_after %s", ts)
+
+
+def _connection_of(workload: Any) -> str | None:
+    """The Airflow connection a workload's target runs through (its link template may be there)."""
+    target = workload.target[0]
+    options = getattr(workload, target, None)
+    conn = getattr(options, "connection", None)
+    return conn if isinstance(conn, str) else None
 
 
 def _public(handle: JobHandle) -> dict[str, Any]:

@@ -222,6 +222,9 @@ class SubmittedStepOperator(FlexOperator):
                              "gpus": gpus_of(self.workload), "cap": job.timeout_s})  # fmt: skip
         return handle
 
+    def _team(self) -> str | None:
+        return str(self.account["team"]) if self.account else None
+
     def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
         try:
             return super()._finish(event)

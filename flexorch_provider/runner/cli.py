@@ -10,7 +10,7 @@ import sys
 
 USAGE = (
     "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | log RUN_DIR CURSOR"
-    " | replicas SVC_DIR | retire KEY_DIR...\n"
+    " | tail RUN_DIR COUNT | replicas SVC_DIR | retire KEY_DIR...\n"
 )
 
 
@@ -54,6 +54,11 @@ def main(argv):
         from .attempts import claim
 
         _print(claim(run_dir) for run_dir in args)
+    elif mode == "tail" and len(args) == 2:
+        from .logs import tail_log
+
+        lines, cursor = tail_log(args[0], int(args[1]))
+        _print([{"lines": lines, "cursor": cursor}])
     elif mode == "log" and len(args) == 2:
         from .logs import read_log
 

@@ -40,6 +40,31 @@ def read_log(run_dir, cursor, limit=MAX_LOG_READ):
     return lines, cursor + consumed
 
 
+TAIL_READ = 256 * 1024  # a tail reads at most this much from the end of the log
+
+
+def tail_log(run_dir, count):
+    """The last ``count`` complete lines of ``RUN_DIR/log`` and the cursor past them (where a
+    follower goes on from)."""
+    try:
+        with open(os.path.join(run_dir, "log"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            start = max(0, size - TAIL_READ)
+            f.seek(start)
+            data = f.read(size - start)
+    except (OSError, ValueError):
+        return [], 0
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], start
+    body = data[: end + 1]
+    if start > 0:  # the first line read is only the end of one
+        body = body[body.find(b"\n") + 1 :]
+    lines = body.decode("utf-8", "replace").splitlines()
+    return lines[-count:] if count > 0 else [], start + end + 1
+
+
 class Masker(object):
     """Replaces secret values (those of :data:`MIN_MASK_LEN` characters or more, longest first, so
     a value inside a longer one leaves nothing of the longer one) with ``***``.

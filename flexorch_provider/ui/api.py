@@ -1,34 +1,45 @@
-"""The JSON API under ``/flexorch/api`` in the Airflow api-server. Every route needs a logged-in
+"""The flexorch app in the Airflow api-server, under ``/flexorch``. Every route needs a logged-in
 Airflow user (a plugin's routes are anonymous unless the plugin checks: the app depends on
-Airflow's own ``get_user``, so no token → 401).
+Airflow's own ``get_user``, so no token or ``_token`` cookie → 401), and jobs and services are
+listed only for DAGs the user may read.
 
-- ``GET /flexorch/api/usage``: each team of the policy, its GPU-hours this period (from the
-  ledger of submitted jobs, running jobs included) and its live runs, against its limits.
+JSON (``/flexorch/api``):
+
+- ``GET /api/overview?target=&pool=&team=``: pools, jobs and services at once (what the page shows)
+- ``GET /api/pools?pool=``: each GPU pool per node: models, total/free GPUs, free memory, up/down and why
+- ``GET /api/jobs?target=&pool=&team=``: flex jobs pending or running on every backend
+- ``GET /api/jobs/{dag_id}/{run_id}/{task_id}?map_index=``: one job, with its last log lines
+- ``GET /api/services?target=``: services: desired vs running/healthy replicas, revisions, hosts
+- ``GET /api/services/{name}``: one service's replicas
+- ``GET /api/services/{name}/logs?replica=&tail=&cursor=``: its replicas' recent log lines
+  (``cursor``: the JSON object this returned as ``cursors``, to get only newer lines)
+- ``GET /api/usage``: each team's GPU-hours and live runs (the policy's ledger)
+
+Each reading carries ``reading: {age_s, error?, slow?}``: how old it is, why it failed, or that
+its source has not answered yet (the page shows it and goes on).
+
+HTML: ``/flexorch/`` (the page), ``/flexorch/jobs/{dag_id}/{run_id}/{task_id}`` (one job),
+``/flexorch/services/{name}`` (one service with its replicas' logs).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import time
-from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
 
-
-def _specs_dir() -> Path:
-    from airflow.configuration import conf
-
-    dags = Path(conf.get("core", "dags_folder"))
-    configured = os.environ.get("FLEXORCH_SPECS_DIR")
-    return (dags / configured).resolve() if configured else dags / "specs"
+from flexorch_provider.ui import overview
 
 
 def usage(now: float | None = None) -> dict[str, Any]:
     from flexorch_provider.policy import Ledger, load_policy, period_start, policy_file
 
     now = time.time() if now is None else now
-    path = policy_file(_specs_dir())
+    path = policy_file(overview.specs_dir())
     policy = load_policy(path)
     if policy is None:
         return {"policy": None, "teams": []}
@@ -46,13 +57,96 @@ def usage(now: float | None = None) -> dict[str, Any]:
     return {"policy": str(path), "teams": teams}
 
 
+def readable_dags(request: Request) -> Collection[str]:
+    """The DAG ids the logged-in user may read (the auth manager decides)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    user = request.state.flexorch_user
+    return get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+
+
 def create_app() -> FastAPI:
     from airflow.api_fastapi.core_api.security import get_user
 
-    app = FastAPI(title="flexorch", dependencies=[Depends(get_user)])
+    # a plain default: with postponed annotations FastAPI cannot see a local name inside Annotated
+    async def logged_in(request: Request, user: Any = Depends(get_user)) -> Any:  # noqa: B008
+        request.state.flexorch_user = user
+        return user
+
+    app = FastAPI(title="flexorch", dependencies=[Depends(logged_in)], docs_url=None, redoc_url=None)
 
     @app.get("/api/usage")
     def _usage() -> dict[str, Any]:
         return usage()
+
+    @app.get("/api/pools")
+    def _pools(pool: str | None = None) -> dict[str, Any]:
+        return overview.pools(pool)
+
+    @app.get("/api/jobs")
+    def _jobs(request: Request, target: str | None = None, pool: str | None = None,
+              team: str | None = None) -> dict[str, Any]:  # fmt: skip
+        return {"jobs": overview.jobs(readable_dags(request), target, pool, team)}
+
+    @app.get("/api/jobs/{dag_id}/{run_id}/{task_id}")
+    def _job(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        found = overview.job(dag_id, run_id, task_id, map_index, readable_dags(request))
+        if found is None:
+            raise HTTPException(
+                404, f"no flexorch task {dag_id}/{run_id}/{task_id} (map index {map_index}) you may read"
+            )
+        return found
+
+    @app.get("/api/services")
+    def _services(request: Request, target: str | None = None) -> dict[str, Any]:
+        return {"services": overview.services(readable_dags(request), target)}
+
+    def _service_or_404(request: Request, name: str) -> tuple[str, Any]:
+        found = overview.service(name, readable_dags(request))
+        if found is None:
+            raise HTTPException(404, f"no service {name!r} in the specs folder that you may read")
+        return found
+
+    @app.get("/api/services/{name}")
+    def _service(request: Request, name: str) -> dict[str, Any]:
+        dag_id, _ = _service_or_404(request, name)
+        return next(r for r in overview.services({dag_id}) if r["service"] == name)
+
+    @app.get("/api/services/{name}/logs")
+    def _service_logs(request: Request, name: str, replica: int | None = None,
+                      tail: int = Query(50, ge=0, le=5000), cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
+        _, workload = _service_or_404(request, name)
+        try:
+            cursors = {str(k): int(v) for k, v in json.loads(cursor).items()} if cursor else None
+        except (ValueError, TypeError, AttributeError):
+            raise HTTPException(422, "cursor must be the JSON object a previous answer gave as 'cursors'") from None
+        try:
+            out = overview.service_logs(workload, replica, cursors, tail)
+        except Exception as e:
+            raise HTTPException(502, f"cannot read the logs of service {name}: {overview.reason(e)}") from None
+        out["cursors"] = {r["run_dir"]: r["cursor"] for r in out["replicas"] if r.get("cursor") is not None}
+        return out
+
+    @app.get("/api/overview")
+    def _overview(request: Request, target: str | None = None, pool: str | None = None,
+                  team: str | None = None) -> dict[str, Any]:  # fmt: skip
+        dags = readable_dags(request)
+        parts = {
+            "pools": lambda: overview.pools(pool),
+            "jobs": lambda: overview.jobs(dags, target, pool, team),
+            "services": lambda: overview.services(dags, target),
+        }
+        out: dict[str, Any] = {"generated_at": time.time()}
+        for key, value, error in overview.parallel(list(parts), lambda k: parts[k]()):
+            out[key] = value if error is None else {"error": overview.reason(error)}
+        return out
+
+    from flexorch_provider.ui.page import PAGE
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/jobs/{dag_id}/{run_id}/{task_id}", response_class=HTMLResponse)
+    @app.get("/services/{name}", response_class=HTMLResponse)
+    def _page() -> str:
+        return PAGE
 
     return app

@@ -105,6 +105,11 @@ class KubernetesBackend(Backend):
         data = job_data(handle)
         return f"kubernetes:{data['conn']}:{data['namespace']}"
 
+    def where(self, handle: JobHandle) -> dict[str, Any]:
+        data = job_data(handle)
+        return {"summary": f"Kubernetes Job {data['namespace']}/{handle.job_id} (connection {data['conn']})",
+                "namespace": data["namespace"], "job_name": handle.job_id, "conn": data["conn"]}  # fmt: skip
+
     def _data(self, job: ResolvedJob) -> KubernetesJobData:
         w = job.workload
         return KubernetesJobData(conn=w.kubernetes.connection, namespace=w.kubernetes.namespace,
@@ -251,6 +256,63 @@ class KubernetesBackend(Backend):
         revision = deployment["metadata"]["annotations"][REVISION_ANNOTATION]
         wait_rollout(api, ns, name, w.replicas, revision, log)
         return {"service": name, "namespace": ns, "revision": revision, "replicas": w.replicas}
+
+    def _service_pods(self, job: ResolvedJob) -> tuple[Api, str, str, list[dict[str, Any]]]:
+        w = job.service
+        ns = w.kubernetes.namespace
+        api = Api(w.kubernetes.connection)
+        name = next(d for d in service_manifests(job) if d["kind"] == "Deployment")["metadata"]["name"]
+        try:
+            pods = ours(api.list_pods(ns, f"{SERVICE_LABEL}={name}"), **{SERVICE_LABEL: name})
+        except ApiError as e:
+            raise BackendError(f"service {name}: cannot list its pods: {e}") from e
+        live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        return api, ns, name, sorted(live, key=lambda p: p["metadata"]["name"])
+
+    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+        api, ns, name, pods = self._service_pods(job)
+        try:
+            dep = api.read_deployment(ns, name)
+        except ApiError as e:
+            if e.status == 404:
+                dep = {}
+            else:
+                raise BackendError(f"service {name}: cannot read its Deployment: {e}") from e
+        replicas = []
+        for slot, p in enumerate(pods):
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (p.get("status") or {}).get("conditions") or [])  # fmt: skip
+            meta = p.get("metadata") or {}
+            replicas.append({"slot": slot, "host": f"pod {meta['name']} on {(p.get('spec') or {}).get('nodeName') or '(unscheduled)'}",
+                             "pod": meta["name"], "node": (p.get("spec") or {}).get("nodeName"),
+                             "revision": (meta.get("annotations") or {}).get(REVISION_ANNOTATION, ""),
+                             "state": str((p.get("status") or {}).get("phase", "")).lower(), "healthy": ready,
+                             "detail": pod_failure(p) or ""})  # fmt: skip
+        spec = dep.get("spec") or {}
+        return {"service": name, "namespace": ns, "desired": spec.get("replicas", job.service.replicas),
+                "running": len(replicas), "healthy": sum(1 for r in replicas if r["healthy"]),
+                "revisions": sorted({r["revision"] for r in replicas if r["revision"]}),
+                "deployed": bool(dep), "replicas": replicas, "unreachable": {}}  # fmt: skip
+
+    def service_logs(
+        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
+    ) -> dict[str, Any]:
+        api, ns, name, pods = self._service_pods(job)
+        cursors = cursors or {}
+        out = []
+        for i, p in enumerate(pods):
+            pod = p["metadata"]["name"]
+            if slot is not None and i != slot:
+                continue
+            row: dict[str, Any] = {"slot": i, "host": f"pod {pod}", "run_dir": pod, "state": "", "revision": ""}
+            try:
+                chunk = read_pod_log(api, job.service.kubernetes.connection, ns, pod, int(cursors.get(pod, 0)))
+                lines = chunk.lines if pod in cursors else chunk.lines[-tail:]
+                row.update(lines=lines, cursor=chunk.cursor)
+            except (ApiError, BackendError) as e:
+                row.update(lines=[], cursor=cursors.get(pod), error=str(e).splitlines()[0][:300])
+            out.append(row)
+        return {"service": name, "replicas": out, "unreachable": {}}
 
 
 # --- rollout ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from flexorch_provider.backends.base import (
     MAX_LOG_READ,
@@ -47,6 +48,12 @@ class SlurmBackend(Backend):
     def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
         data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job), "secrets": has_secrets_file(job)}
         return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
+
+    def where(self, handle: JobHandle) -> dict[str, Any]:
+        data = job_data(handle)
+        cluster = f"the cluster of connection {data['conn']}" if data.get("conn") else "the local cluster"
+        return {"summary": f"Slurm job {handle.job_id} ({data['name']}) on {cluster}", "slurm_job_id": handle.job_id,
+                "job_name": data["name"], "conn": data.get("conn") or ""}  # fmt: skip
 
     def _live(self, cluster: Cluster, name: str) -> str | None:
         out = cluster.check(["squeue", "-h", "-n", name, "-o", "%i|%T"])
@@ -139,7 +146,8 @@ class SlurmBackend(Backend):
             out.update(self._settle_purged(cluster, gone))
         for h in handles:
             if h.job_id in rows:
-                out[h.job_id] = squeue_status(*rows[h.job_id][1:4])
+                row = rows[h.job_id]
+                out[h.job_id] = squeue_status(row[1], row[2], row[3], nodes=row[5] if len(row) > 5 else "")
         for h in handles:  # an ended job's secrets file may outlive it (cancelled while pending, node lost)
             if out[h.job_id].state.finished and job_data(h).get("secrets"):
                 out[h.job_id] = replace(out[h.job_id], release=True)

@@ -26,7 +26,7 @@ WHY = {
     "TIMEOUT": "it reached its time limit (the spec's timeout)",
     "CANCELLED": "it was cancelled (scancel)",
 }
-SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|"
+SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|,NodeList:|"
 
 
 def from_accounting(cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
@@ -65,7 +65,7 @@ def accounted(job_id: str, state: str, exit_code: str) -> JobStatus | None:
     return JobStatus(mapped, code, f"{message}; job {job_id} already left the queue, from accounting")
 
 
-def squeue_status(state: str, reason: str, wait_status: str) -> JobStatus:
+def squeue_status(state: str, reason: str, wait_status: str, nodes: str = "") -> JobStatus:
     state = state.split()[0] if state else "UNKNOWN"
     mapped = STATES.get(state, JobState.PENDING if state not in ("", "UNKNOWN") else JobState.LOST)
     code: int | None = None
@@ -75,7 +75,7 @@ def squeue_status(state: str, reason: str, wait_status: str) -> JobStatus:
     if mapped == JobState.PENDING:
         return JobStatus(mapped, message=f"pending: {reason}" if reason and reason != "None" else "pending")
     if mapped == JobState.RUNNING:
-        return JobStatus(mapped, message="running")
+        return JobStatus(mapped, message=f"running on {nodes}" if nodes and nodes != "(null)" else "running")
     why = WHY.get(state, "")
     message = f"{state}" + (f": {why}" if why else "") + (f" (exit code {code})" if code is not None else "")
     return JobStatus(mapped, code, message)

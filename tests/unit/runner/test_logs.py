@@ -27,3 +27,17 @@ def test_masking_is_the_same_for_text_and_bytes():
     assert masker.mask_bytes(line.encode()) == masker(line).encode()
     assert mask_text(["hunter2"], "x hunter2 hunter2") == "x *** ***"
     assert Masker([])("nothing to hide") == "nothing to hide"
+
+
+def test_tail_gives_the_last_complete_lines_and_the_cursor_to_follow_from(tmp_path, monkeypatch):
+    from flexorch_provider.runner import logs
+
+    (tmp_path / "log").write_bytes(b"one\ntwo\nthree\npart")
+    assert logs.tail_log(str(tmp_path), 2) == (["two", "three"], 14)
+    assert logs.read_log(str(tmp_path), 14) == ([], 14)  # the partial line comes with its newline
+    assert logs.tail_log(str(tmp_path), 0) == ([], 14)
+    assert logs.tail_log(str(tmp_path / "gone"), 5) == ([], 0)
+    monkeypatch.setattr(logs, "TAIL_READ", 11)  # a read from the middle drops the piece of a line it starts in
+    assert logs.tail_log(str(tmp_path), 5) == (["three"], 14)
+    monkeypatch.setattr(logs, "TAIL_READ", 9)  # "hree" is only the end of a line
+    assert logs.tail_log(str(tmp_path), 5) == ([], 14)

@@ -1,0 +1,69 @@
+"""What a service on plain hosts looks like now, and its replicas' recent log lines: read only,
+nothing converges (the flexorch page and ``flexorch logs --service``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.backends.services.converge import Converger
+from flexorch_provider.backends.services.state import Fleet, H, Replica, desired_state
+from flexorch_provider.fanout import parallel, reason
+
+TAIL = 50
+
+
+def _observer(fleet: Fleet[H], job: ResolvedJob) -> Converger[H]:
+    return Converger(fleet, desired_state(job, fleet.root), log=lambda _line: None)
+
+
+def describe(fleet: Fleet[H], job: ResolvedJob) -> dict[str, Any]:
+    """Desired vs running replicas, each replica's host, revision, state and health."""
+    observer = _observer(fleet, job)
+    found, unreachable = observer.observe()
+    live = [r for r in found if r.live]
+    checks = observer.health(live) if live else {}
+    replicas = []
+    for r in sorted(live, key=lambda r: (r.slot, r.age)):
+        row = checks.get(r.run_dir, {})
+        replicas.append({"slot": r.slot, "host": fleet.label(r.host), "run_dir": r.run_dir, "revision": r.revision,
+                         "state": r.state, "age_s": round(r.age, 1), "healthy": bool(row.get("healthy")),
+                         "detail": str(row.get("detail") or r.message or "")})  # fmt: skip
+    return {
+        "service": job.name,
+        "desired": observer.want.replicas,
+        "running": len({r["slot"] for r in replicas}),
+        "healthy": len({r["slot"] for r in replicas if r["healthy"]}),
+        "revisions": sorted({r["revision"] for r in replicas}),
+        "replicas": replicas,
+        "unreachable": unreachable,
+    }
+
+
+def replica_logs(
+    fleet: Fleet[H], job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = TAIL
+) -> dict[str, Any]:
+    """Each live replica's log lines (or one slot's): the last ``tail`` lines, or those after its
+    cursor in ``cursors`` (run directory → byte offset, as this returned last time)."""
+    observer = _observer(fleet, job)
+    found, unreachable = observer.observe()
+    chosen = [r for r in found if r.live and (slot is None or r.slot == slot)]
+    cursors = cursors or {}
+
+    def read(r: Replica[H]) -> dict[str, Any]:
+        at = cursors.get(r.run_dir)
+        args = ["tail", r.run_dir, str(tail)] if at is None else ["log", r.run_dir, str(int(at))]
+        out: dict[str, Any] = json.loads(fleet.call(r.host, args, None).strip().splitlines()[0])
+        return out
+
+    replicas = []
+    for r, out, error in parallel(sorted(chosen, key=lambda r: r.slot), read):
+        row: dict[str, Any] = {"slot": r.slot, "host": fleet.label(r.host), "run_dir": r.run_dir,
+                               "revision": r.revision, "state": r.state}  # fmt: skip
+        if error is not None:
+            row.update(lines=[], cursor=cursors.get(r.run_dir), error=reason(error))
+        else:
+            row.update(lines=list(out.get("lines", [])), cursor=out.get("cursor"))
+        replicas.append(row)
+    return {"service": job.name, "replicas": replicas, "unreachable": unreachable}

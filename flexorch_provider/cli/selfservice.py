@@ -98,6 +98,10 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    if args.service:
+        return _service_logs(args)
+    if not args.run:
+        raise ClientError("say which run (the id `flexorch submit` printed), or --service NAME")
     api = _api(args)
     api.run(args.run)  # a run that does not exist: one clear line
     follower = RunFollower(api, args.run, _say, tail=args.tail)
@@ -110,6 +114,38 @@ def _logs(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _service_logs(args: argparse.Namespace) -> int:
+    """Each replica's recent lines, prefixed ``[replica N host]``; ``--follow`` keeps printing new ones."""
+    api = _api(args)
+    tail = 50 if args.tail is None else args.tail
+    cursors: dict[str, int] | None = None
+    said_none = False
+    try:
+        while True:
+            out = api.service_logs(args.service, args.replica, tail, cursors)
+            if out.get("mask_note") and cursors is None:
+                _say(f"==> {out['mask_note']}")
+            for r in out["replicas"]:
+                prefix = f"[replica {r['slot']} {r['host']}]"
+                if r.get("error"):
+                    _say(f"{prefix} cannot read its log: {r['error']}")
+                for line in r.get("lines", []):
+                    _say(f"{prefix} {line}")
+            for host, why in (out.get("unreachable") or {}).items():
+                if cursors is None:
+                    _say(f"==> {host} is unreachable: {why}")
+            if not out["replicas"] and not said_none:
+                which = f"replica {args.replica} of " if args.replica is not None else ""
+                _say(f"==> no {which}service {args.service} replica is running")
+                said_none = True
+            if not args.follow:
+                return 0 if out["replicas"] else 1
+            cursors = {**(cursors or {}), **out.get("cursors", {})}
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _elapsed(start: str | None, end: str | None) -> str:
@@ -228,10 +264,14 @@ def add_parsers(sub: Any) -> None:
     server(p)
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("logs", help="print a submitted run's log (every task, prefixed)")
-    p.add_argument("run", metavar="RUN", help="the run id `flexorch submit` printed")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
-    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each task so far")
+    p = sub.add_parser("logs", help="print a submitted run's log (every task, prefixed), or a service's replicas' logs")
+    p.add_argument("run", metavar="RUN", nargs="?", help="the run id `flexorch submit` printed")
+    p.add_argument("--service", metavar="NAME", help="a service's replica logs instead (from its hosts or pods)")
+    p.add_argument("--replica", type=int, metavar="N", help="with --service: only replica N")
+    p.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until the run ends (services: until Ctrl-C)"
+    )
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines of each task so far (services: 50)")
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     server(p)
     p.set_defaults(func=_logs)

@@ -145,15 +145,30 @@ class Api:
     def fail_run(self, run_id: str) -> dict[str, Any]:
         return dict(self.call("PATCH", self.runs_path(run_id), {"state": "failed"}))
 
-    def usage(self) -> dict[str, Any]:
-        """Each team's GPU-hours and live runs (the flexorch plugin of the api-server)."""
+    def flexorch(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET ``/flexorch/api/<path>`` (the flexorch plugin of the api-server)."""
         try:
-            return dict(self.call("GET", "/flexorch/api/usage"))
+            return dict(self.call("GET", f"/flexorch/api/{path}", query=query))
         except ClientError as e:
-            if e.status == 404:
+            if e.status == 404 and "flexorch" not in str(e).lower():
                 raise ClientError(f"{self.base} has no /flexorch/api: install flexorch-provider in its api-server "
                                   "(the plugin comes with it) and restart it", status=404) from None  # fmt: skip
             raise
+
+    def usage(self) -> dict[str, Any]:
+        """Each team's GPU-hours and live runs."""
+        return self.flexorch("usage")
+
+    def service_logs(self, name: str, replica: int | None, tail: int, cursors: dict[str, int] | None) -> dict[str, Any]:
+        """A service's replicas' recent log lines (after ``cursors``, as the last answer gave them)."""
+        from urllib.parse import quote
+
+        query: dict[str, Any] = {"tail": tail}
+        if replica is not None:
+            query["replica"] = replica
+        if cursors is not None:
+            query["cursor"] = json.dumps(cursors)
+        return self.flexorch(f"services/{quote(name, safe='')}/logs", query)
 
     def dag(self) -> dict[str, Any]:
         return dict(self.call("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}"))

@@ -25,10 +25,11 @@ from flexorch_provider.fanout import parallel, reason
 from flexorch_provider.ui.cache import Reading, Shared
 
 SHARED = Shared(ttl=float(os.environ.get("FLEXORCH_UI_TTL", "10")), wait=float(os.environ.get("FLEXORCH_UI_WAIT", "3")))
-POOL_TTL = 15.0
+POOL_TTL = float(os.environ.get("FLEXORCH_UI_POOL_TTL", "15"))
 LIVE_TI_STATES = ("scheduled", "queued", "running", "deferred", "up_for_reschedule", "restarting")
 FLEX_OPERATORS = ("FlexOperator", "SubmittedStepOperator")
 LOG_TAIL = 50
+SERVICE_MARK = "_link_ServiceLink"  # pushed by a service's task as it starts
 
 
 def specs_dir() -> Path:
@@ -100,13 +101,16 @@ def _job_xcoms(session: Any, tis: Iterable[Any]) -> dict[tuple[str, str, str, in
     tis = list(tis)
     if not tis:
         return {}
-    q = select(XComModel).where(XComModel.key == "job", XComModel.dag_id.in_({t.dag_id for t in tis}),
+    q = select(XComModel).where(XComModel.key.in_(("job", SERVICE_MARK)), XComModel.dag_id.in_({t.dag_id for t in tis}),
                                 XComModel.run_id.in_({t.run_id for t in tis}))  # fmt: skip
-    out = {}
+    out: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for x in session.scalars(q):
         value = XComModel.deserialize_value(x)
-        if isinstance(value, dict):
-            out[(x.dag_id, x.run_id, x.task_id, x.map_index)] = value
+        where = (x.dag_id, x.run_id, x.task_id, x.map_index)
+        if x.key == SERVICE_MARK:  # a service's deploy/reconcile: the services list shows it
+            out[where] = {"service": True}
+        elif isinstance(value, dict) and where not in out:
+            out[where] = value
     return out
 
 
@@ -215,6 +219,8 @@ def jobs(
     rows, handles = [], {}
     for ti in tis:
         public = xcoms.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
+        if public is not None and public.get("service") is True:
+            continue
         row = _job_row(ti, public, now)
         h = _handle(public) if public else None
         if h is not None:

@@ -65,7 +65,7 @@ function reading(r) {
 }
 function state(s, reason) {
   const cls = {running: "ok", succeeded: "ok", pending: "warn", failed: "bad", lost: "bad", timeout: "bad",
-               cancelled: "bad", unknown: "warn", up: "ok"}[s] || "muted";
+               cancelled: "bad", unknown: "warn", up: "ok", unreachable: "bad", down: "bad", "no-driver": "bad"}[s] || "muted";
   return el("span", {}, el("span", {class: "pill " + cls}, s || "?"), reason ? " " + reason : "");
 }
 async function get(path) {

@@ -65,6 +65,7 @@ class Behaviour:
     oom: bool = False
     ready: bool = True  # services: pods become ready
     hold: bool = False  # services: the Deployment controller does not act until released
+    pods: bool = False  # services: the Deployment controller also runs the replicas' pods (ready, logging ``log``)
 
 
 class FakeCluster:
@@ -188,6 +189,25 @@ class FakeCluster:
                     "reason": "BackoffLimitExceeded" if failed else "Completed"}  # fmt: skip
             self.batch.patch_namespaced_job_status(name, ns, {"status": {"conditions": [cond]}})
 
+    def _replica_pods(self, d: dict[str, Any], gen: int, replicas: int, b: Behaviour) -> None:
+        """The pods of one Deployment generation, running, ready and logging; older ones deleted."""
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        template = d["spec"]["template"]
+        prefix = f"{name}-{gen}-"
+        for p in self.core.list_namespaced_pod(ns).items:
+            labels = p.metadata.labels or {}
+            if labels == template["metadata"]["labels"] and not p.metadata.name.startswith(prefix):
+                self.core.delete_namespaced_pod(p.metadata.name, ns)
+        for i in range(replicas):
+            pod_name = f"{prefix}{i}"
+            self.core.create_namespaced_pod(ns, {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": ns, "labels": template["metadata"]["labels"],
+                             "annotations": template["metadata"].get("annotations") or {}},
+                "spec": {**template["spec"], "nodeName": f"node-{i}"}})  # fmt: skip
+            self.core.patch_namespaced_pod_status(pod_name, ns, {"status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]}})  # fmt: skip
+            self.logs[(ns, pod_name)] = [(self._stamp(), line.replace("{i}", str(i))) for line in b.log]
+
     def _set_pod(self, ns: str, name: str, b: Behaviour, running: bool, finished: bool = False) -> None:
         if b.unschedulable:
             status = {"phase": "Pending", "conditions": [
@@ -233,6 +253,8 @@ class FakeCluster:
                 continue
             time.sleep(0.3)  # a rollout takes a moment
             ready = replicas if b.ready else 0
+            if b.pods:
+                self._replica_pods(d, gen, replicas, b)
             self.apps.patch_namespaced_deployment_status(name, ns, {"status": {
                 "observedGeneration": gen, "replicas": replicas, "updatedReplicas": replicas,
                 "readyReplicas": ready, "availableReplicas": ready}})  # fmt: skip

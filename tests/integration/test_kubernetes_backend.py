@@ -289,6 +289,30 @@ def test_service_rollout_with_an_image_that_cannot_be_pulled_fails_clearly(kube_
     BACKEND.service(make_job("broken-api", kind="service", action="undeploy", **SERVICE), print)
 
 
+def test_a_services_replicas_and_their_log_lines_are_read_without_changing_it(kube_cluster, sent):
+    """What the flexorch page and `flexorch logs --service` read: the Deployment's counts and
+    revision, each pod with its node, the last lines of each pod's log, then only newer ones."""
+    kube_cluster.behaviours["reader"] = Behaviour(pods=True, log=["replica {i} up", "replica {i} serving"])
+    job = make_job("reader", kind="service", action="deploy", **SERVICE)
+    out = BACKEND.service(job, print)
+    try:
+        sent.clear()
+        status = BACKEND.service_status(job)
+        assert (status["desired"], status["running"], status["healthy"]) == (2, 2, 2)
+        assert status["revisions"] == [out["revision"]]
+        assert sorted(r["node"] for r in status["replicas"]) == ["node-0", "node-1"]
+        assert all(r["healthy"] and r["revision"] == out["revision"] for r in status["replicas"])
+        logs = BACKEND.service_logs(job, tail=1)
+        assert [r["lines"] for r in logs["replicas"]] == [["replica 0 serving"], ["replica 1 serving"]]
+        one = BACKEND.service_logs(job, slot=1, tail=5)
+        assert [r["lines"] for r in one["replicas"]] == [["replica 1 up", "replica 1 serving"]]
+        cursors = {r["run_dir"]: r["cursor"] for r in logs["replicas"]}
+        assert all(r["lines"] == [] for r in BACKEND.service_logs(job, cursors=cursors)["replicas"])
+        assert sent == []  # read only: nothing was created, replaced or patched
+    finally:
+        BACKEND.service(make_job("reader", kind="service", action="undeploy", **SERVICE), print)
+
+
 def test_render_prints_valid_manifests_without_secret_values():
     job = make_job("render-me", secrets={"TOKEN": "tok-987654"}, resources={"gpus": "H100:1"}, timeout="2h")
     job.workload.secrets = load_workload(

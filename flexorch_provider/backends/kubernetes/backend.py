@@ -288,10 +288,12 @@ class KubernetesBackend(Backend):
                              "revision": (meta.get("annotations") or {}).get(REVISION_ANNOTATION, ""),
                              "state": str((p.get("status") or {}).get("phase", "")).lower(), "healthy": ready,
                              "detail": pod_failure(p) or ""})  # fmt: skip
-        spec = dep.get("spec") or {}
+        spec, st = dep.get("spec") or {}, dep.get("status") or {}
+        revision = ((dep.get("metadata") or {}).get("annotations") or {}).get(REVISION_ANNOTATION)
+        # the Deployment's own counts: its controller's word, pods being created or deleted aside
         return {"service": name, "namespace": ns, "desired": spec.get("replicas", job.service.replicas),
-                "running": len(replicas), "healthy": sum(1 for r in replicas if r["healthy"]),
-                "revisions": sorted({r["revision"] for r in replicas if r["revision"]}),
+                "running": st.get("replicas") or 0, "healthy": st.get("readyReplicas") or 0,
+                "revisions": sorted({r["revision"] for r in replicas if r["revision"]} or ({revision} if revision else set())),
                 "deployed": bool(dep), "replicas": replicas, "unreachable": {}}  # fmt: skip
 
     def service_logs(

@@ -137,7 +137,7 @@ def complete_lines(data: bytes, cursor: int, limit: int = MAX_LOG_READ) -> LogCh
     return LogChunk(lines, cursor + consumed)
 
 
-SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile")
+SERVICE_ACTIONS = ("deploy", "undeploy", "reconcile", "watch")
 
 
 @dataclass
@@ -162,6 +162,7 @@ class ResolvedJob:
     action: str | None = None  # services: deploy | undeploy | reconcile
     # a private image's registry login ({registry, login, password}), from container.registry_connection
     registry: dict[str, str] | None = field(default=None, repr=False)
+    slots: list[int] | None = None  # an autoscaled service's replica numbers (None: 0..replicas-1)
 
     @classmethod
     def for_run(
@@ -302,9 +303,11 @@ class Backend(ABC):
         """Deploy, reconcile or undeploy a service (``job.action``); a summary for XCom."""
         raise SubmitError(f"the {self.name} target cannot run services (action {job.action!r}) in this version")
 
-    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
         """A service's replicas now, read only: ``desired``, ``running``, ``healthy``, ``revisions``
-        and per replica its ``slot``, ``host`` (host or pod/node), ``state``, ``healthy``."""
+        and per replica its ``slot``, ``host`` (host or pod/node), ``state``, ``healthy``; with
+        ``metric`` (an autoscale http/command metric), each replica's ``load`` where the target
+        reads it on the replica's host."""
         raise SubmitError(f"the {self.name} target runs no services")
 
     def service_logs(

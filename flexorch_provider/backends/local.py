@@ -82,8 +82,8 @@ class LocalBackend(Backend):
         """A service on the worker itself: one host, the same converge as on an ssh fleet."""
         return run_service(self._fleet(job), job, log)
 
-    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
-        return describe(self._fleet(job), job)
+    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
+        return describe(self._fleet(job), job, metric)
 
     def service_logs(
         self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50

@@ -187,10 +187,28 @@ def _team_usage(api: Api, only: str | None) -> int:
     return 0
 
 
+def _live_jobs(api: Api, target: str | None) -> int:
+    """Every flex job pending or running that you may see (GET /flexorch/api/jobs)."""
+    jobs = api.flexorch("jobs", {"target": target})["jobs"]
+    if not jobs:
+        _say(f"no flex job is pending or running{f' on {target}' if target else ''} on {api.base}")
+        return 0
+    rows = []
+    for j in jobs:
+        task = f"{j['dag_id']}/{j['task_id']}" + (f"[{j['map_index']}]" if j["map_index"] >= 0 else "")
+        elapsed = j.get("elapsed_s")
+        rows.append([task, j.get("target") or "-", j.get("job_id") or "-", f"{j.get('state')} {j.get('reason') or ''}".strip(),
+                     f"{int(elapsed)}s" if elapsed is not None else "-", (j.get("where") or {}).get("summary", "-")])  # fmt: skip
+    _table(["TASK", "TARGET", "JOB", "STATE", "ELAPSED", "WHERE"], rows)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     api = _api(args)
     if args.team is not None:
         return _team_usage(api, args.team or None)
+    if args.jobs:
+        return _live_jobs(api, args.target)
     if args.run:
         run = api.run(args.run)
         _say(f"run {args.run}: {run.get('state')}  spec {_spec_name(run)}  by {run.get('triggering_user_name')}  "
@@ -200,8 +218,9 @@ def _status(args: argparse.Namespace) -> int:
         for ti in api.task_instances(args.run):
             job = api.xcom(args.run, "run", "job", int(ti.get("map_index", -1))) if ti["task_id"] == "run" else None
             rows.append([label_of(ti, labels), str(ti.get("state")), (job or {}).get("target", "-"), (job or {}).get("job_id", "-"),
-                         _elapsed(ti.get("start_date"), ti.get("end_date"))])  # fmt: skip
-        _table(["TASK", "STATE", "TARGET", "JOB", "ELAPSED"], rows)
+                         _elapsed(ti.get("start_date"), ti.get("end_date")),
+                         ((job or {}).get("where") or {}).get("summary", "-")])  # fmt: skip
+        _table(["TASK", "STATE", "TARGET", "JOB", "ELAPSED", "WHERE"], rows)
         return 0
     me = api.login.user
     runs = [r for r in api.runs(limit=args.limit * 4) if args.all or r.get("triggering_user_name") == me][: args.limit]
@@ -281,6 +300,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="every user's runs")
     p.add_argument("--team", nargs="?", const="", metavar="NAME",
                    help="GPU-hours used and live runs per team (yours first), or one team's")  # fmt: skip
+    p.add_argument("--jobs", action="store_true", help="every flex job pending or running, on every target")
+    p.add_argument("--target", help="with --jobs: only this target's")
     p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     server(p)
     p.set_defaults(func=_status)

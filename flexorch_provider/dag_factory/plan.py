@@ -46,6 +46,7 @@ class DagPlan:
     edges: tuple[tuple[str, str], ...] = ()  # (upstream, downstream)
     params: dict[str, Any] = field(default_factory=dict)
     doc_note: str | None = None  # the extra paragraph in doc_md (code generation re-creates doc_md from it)
+    max_active_runs: int | None = None
 
     def dag_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``airflow.sdk.DAG`` (code generation prints the same dict)."""
@@ -61,6 +62,8 @@ class DagPlan:
         }
         if self.params:
             kwargs["params"] = dict(self.params)
+        if self.max_active_runs is not None:
+            kwargs["max_active_runs"] = self.max_active_runs
         return kwargs
 
 
@@ -108,6 +111,17 @@ def doc_md(spec: SpecModel, source: str, text: str | None = None, *, note: str |
 _UNDEPLOY_NOTE = "Trigger with the param `action` set to `undeploy` to stop every replica."
 
 
+WATCH_START = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _watch_note(spec: ServiceSpec) -> str:
+    scale = (f" and scales it between {spec.autoscale.min} and {spec.autoscale.max} replicas on its metric"
+             if spec.autoscale else "")  # fmt: skip
+    return (f"Watches `{spec.name}` from the triggerer and, only when a replica died, stays unhealthy or its "
+            f"host went away, restores it at once{scale}. Each run is one change; the next watcher starts "
+            "right after (`@continuous`).")  # fmt: skip
+
+
 def _reconcile_note(spec: ServiceSpec) -> str:
     return f"Restores the desired state of `{spec.name}` ({spec.replicas} healthy replicas) on `{spec.reconcile}`."
 
@@ -146,6 +160,17 @@ def plan_dags(spec: SpecModel, source: str, text: str | None = None) -> list[Dag
                     doc_md=doc_md(spec, source, text, note=(note := _reconcile_note(spec))), doc_note=note,
                     tasks=(TaskPlan(task_id="reconcile", action="reconcile"),),
                     **{**common, "description": f"keeps {spec.name} at {spec.replicas} healthy replicas"},
+                )
+            )  # fmt: skip
+        if (spec.watch and spec.target[0] not in SELF_HEALING_TARGETS) or spec.autoscale is not None:
+            plans.append(
+                DagPlan(
+                    dag_id=f"{spec.name}-watch", schedule="@continuous", catchup=False, max_active_runs=1,
+                    tags=_tags(spec, ("watch",)),
+                    doc_md=doc_md(spec, source, text, note=(note := _watch_note(spec))), doc_note=note,
+                    tasks=(TaskPlan(task_id="watch", action="watch"),),
+                    **{**common, "start_date": common["start_date"] or WATCH_START,
+                       "description": f"restores and scales {spec.name} as soon as it needs it"},
                 )
             )  # fmt: skip
         return plans

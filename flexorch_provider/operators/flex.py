@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from flexorch_provider import links
 from flexorch_provider.backends.base import Backend, JobHandle, LogCursor, ResolvedJob, check_action, run_key
 from flexorch_provider.backends.registry import get_backend
+from flexorch_provider.backends.services.watch import WatchState
 from flexorch_provider.exceptions import (
     BackendError,
     BackendUnavailableError,
@@ -35,7 +36,9 @@ from flexorch_provider.follow import TAIL_LINES, Follower
 from flexorch_provider.links import RemoteJobLink, ServiceLink
 from flexorch_provider.masking import masker_for, secret_refs
 from flexorch_provider.resolve import load_workload, resolve_registry, resolve_secrets
+from flexorch_provider.spec.models import ServiceSpec, ServiceStep
 from flexorch_provider.triggers.job import FlexJobTrigger
+from flexorch_provider.triggers.service_watch import ServiceWatchTrigger, initial_slots
 
 DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
@@ -135,8 +138,15 @@ class FlexOperator(BaseOperator):
         out = self._render(env.from_string(source), context)
         return out.replace(CR_STAND_IN, "\r") if keep_cr and isinstance(out, str) else out
 
-    def _resolved(self, context: Any) -> ResolvedJob:
+    def _resolved(self, context: Any, action: str | None = None, slots: list[int] | None = None) -> ResolvedJob:
         ti = context["ti"]
+        job = self._for_run(ti, action)
+        if job.is_service and job.service.autoscale is not None and job.action != "watch":
+            current = WatchState.load(job.name).slots
+            job.slots = slots if slots is not None else (current if current is not None else initial_slots(job.service))
+        return job
+
+    def _for_run(self, ti: Any, action: str | None) -> ResolvedJob:
         return ResolvedJob.for_run(
             self.workload,
             run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
@@ -145,7 +155,7 @@ class FlexOperator(BaseOperator):
             env=self.env or {},
             workdir=self.workdir,
             secrets=resolve_secrets(self.workload),
-            action=None if self.action is None else str(self.action),
+            action=action if action is not None else (None if self.action is None else str(self.action)),
             placement=_placement(self.placement),
             registry=resolve_registry(self.workload),
         )
@@ -175,15 +185,76 @@ class FlexOperator(BaseOperator):
 
     def _service(self, job: ResolvedJob, context: Any) -> dict[str, Any]:
         """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
+        if job.action == "watch":
+            return self._watch()
         self.log.info("service %s: %s", job.name, job.action)
         ti = context["ti"]
         first = {"service": job.name, "target": self.workload.target[0], "conn": _connection_of(self.workload)}
         url = links.url_for(ti, first, service=True)
         links.push(ti, ServiceLink, url)  # while the service converges, not only after
+        if job.action == "undeploy":  # first: the watcher must not restore what is being stopped
+            self._mark_deployed(job, False)
         target, summary = self._on_first_target(job, lambda backend: backend.service(job, self._service_log))
         if target != first["target"]:
             links.push(ti, ServiceLink, links.url_for(ti, {**first, "target": target}, service=True))
+        if job.action != "undeploy":
+            self._mark_deployed(job, True)
         return {**summary, "target": target, "action": job.action}
+
+    @staticmethod
+    def _mark_deployed(job: ResolvedJob, deployed: bool) -> None:
+        state = WatchState.load(job.name)  # what the service's watcher keeps
+        state.deployed = deployed
+        state.slots = job.slots if deployed else None
+        state.save()
+
+    # --- the watcher (the <service>-watch DAG) ---------------------------------------------------
+    def _service_spec(self) -> ServiceSpec | ServiceStep:
+        w = self.workload
+        if not isinstance(w, ServiceSpec | ServiceStep):
+            raise ConfigurationError(f"action watch applies to services; {w.name} is a {w.kind} job")
+        return w
+
+    def _watch(self) -> Any:
+        """Follow the service from the triggerer until it needs a change (watch_complete makes it)."""
+        w = self._service_spec()
+        interval = min(w.health.interval.total_seconds() if w.health else 5.0,
+                       w.autoscale.interval.total_seconds() if w.autoscale else 5.0)  # fmt: skip
+        self.log.info("watching service %s every %.0fs from the triggerer", w.name, interval)
+        trigger = ServiceWatchTrigger(spec=w.model_dump(mode="json", exclude_none=True), target=w.target[0],
+                                      interval=interval, not_before=time.time() + RESUME_HOLD_S)  # fmt: skip
+        self.defer(trigger=trigger, method_name="watch_complete")
+
+    def watch_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """One change: restore the replicas that need it and take an autoscale step, in one converge."""
+        w = self._service_spec()
+        state = WatchState.load(w.name)
+        now = time.time()
+        if not state.deployed:
+            self.log.info("service %s was undeployed meanwhile: nothing to restore or scale", w.name)
+            return {"service": w.name, "action": "watch", "changes": [], "history": state.history[-20:]}
+        slots = list(state.slots if (w.autoscale and state.slots is not None) else initial_slots(w))
+        restore = {int(k): v for k, v in (event.get("restore") or {}).items()}
+        for slot, why in sorted(restore.items()):
+            self.log.info("restore: replica %d %s", slot, why)
+            if slot in slots:
+                state.restarted(slot, now)
+        scale = event.get("scale")
+        if scale:
+            self.log.info("%s", scale["why"])
+            slots = scaled_slots(
+                slots, int(scale["desired"]), {int(k): v for k, v in (scale.get("loads") or {}).items()}
+            )
+            state.slots = slots
+        job = self._resolved(context, action="reconcile", slots=slots)
+        backend = get_backend(w.target[0])
+        try:
+            summary = backend.service(job, self._service_log)
+        finally:
+            state.note({"restore": {str(k): v for k, v in restore.items()},
+                        "scale": {k: scale[k] for k in ("current", "desired", "value")} if scale else None})  # fmt: skip
+            state.save()
+        return {**summary, "target": w.target[0], "action": "watch", "history": state.history[-20:]}
 
     def _service_log(self, line: str) -> None:
         self.log.info("%s", line)
@@ -360,6 +431,17 @@ def _date_macros_from_run_after(context: Any, log: Any) -> None:
         }
     )
     log.info("this run has no logical date (a manual run): {{ ds }} and {{ ts }} use its run_after %s", ts)
+
+
+def scaled_slots(slots: list[int], desired: int, loads: dict[int, float]) -> list[int]:
+    """The replica slots after a step to ``desired``: up adds the lowest free numbers; down drops the
+    replicas with the least load first (a replica whose load is unknown counts as busy)."""
+    slots = sorted(slots)
+    if desired > len(slots):
+        free = (n for n in range(desired + len(slots)) if n not in slots)
+        return sorted([*slots, *(next(free) for _ in range(desired - len(slots)))])
+    keep = sorted(slots, key=lambda s: (loads.get(s, float("inf")), s), reverse=True)[:desired]
+    return sorted(keep)
 
 
 def _connection_of(workload: Any) -> str | None:

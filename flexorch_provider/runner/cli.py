@@ -10,7 +10,7 @@ import sys
 
 USAGE = (
     "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | log RUN_DIR CURSOR"
-    " | tail RUN_DIR COUNT | replicas SVC_DIR | retire KEY_DIR...\n"
+    " | tail RUN_DIR COUNT | replicas SVC_DIR | retire KEY_DIR... | drain RUN_DIR... | metric SPEC RUN_DIR...\n"
 )
 
 
@@ -84,6 +84,14 @@ def main(argv):
         from .replicas import health
 
         _print(health(run_dir) for run_dir in args)
+    elif mode == "drain" and args:
+        from .replicas import drain
+
+        _print(drain(run_dir) for run_dir in args)
+    elif mode == "metric" and len(args) >= 2:
+        from .metrics import metric
+
+        _print(metric(args[0], args[1:]))
     elif mode == "retire" and args:
         from .replicas import retire
 

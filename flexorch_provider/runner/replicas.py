@@ -14,6 +14,8 @@ from .procs import cancel, group_alive
 from .status import LIVE, status
 from .supervisor import RUNTIME_ENV_KEYS, base_environment, workdir_of
 
+DRAINING = "draining"  # in a replica's run directory: it is being scaled down
+
 RETIRED = ".retired"
 KEEP_RETIRED = 10
 
@@ -103,6 +105,9 @@ def health(run_dir):
     if st["state"] != "running":
         out.update(healthy=False, detail="not running: %s %s" % (st["state"], st.get("message", "")))
         return out
+    if os.path.exists(os.path.join(run_dir, DRAINING)):
+        out.update(healthy=False, draining=True, detail="draining: it is being scaled down")
+        return out
     job = read_job(run_dir)
     check = job.get("health") or {}
     timeout = float(check.get("timeout") or 5)
@@ -114,6 +119,15 @@ def health(run_dir):
         ok, detail = True, "running (no health check configured)"
     out.update(healthy=ok, detail=detail)
     return out
+
+
+def drain(run_dir):
+    """Take the replica out of service before it stops: its health reads unready from now on (a
+    load balancer following it stops routing; the replica itself may look for the file)."""
+    path = os.path.join(os.path.abspath(run_dir), DRAINING)
+    with open(path, "w") as f:
+        f.write("%d\n" % int(time.time()))
+    return {"run_dir": os.path.abspath(run_dir), "draining": True}
 
 
 def retire(key_dir):

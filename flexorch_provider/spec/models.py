@@ -160,6 +160,12 @@ class Workload(FlexModel):
                     f"target: {' and '.join(cannot)} cannot run services; a service runs on "
                     f"{', '.join(SERVICE_TARGETS)}: pick those, or make this a batch job"
                 )
+            a = self.autoscale
+            if a is not None and "kubernetes" in self.target and a.metric.source != "prometheus":
+                raise ValueError(
+                    f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
+                    "service does not have; use source: prometheus (a query over the pods' metrics)"
+                )
         if "kubernetes" in self.target and not self.image:
             raise ValueError("image: required because target includes 'kubernetes'; add e.g. image: python:3.11-slim")
         if (

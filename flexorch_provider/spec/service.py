@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from flexorch_provider.spec.autoscale import Autoscale
 from flexorch_provider.spec.fields import Duration, FlexModel, Text
 
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
@@ -75,12 +76,24 @@ class ServiceFields(FlexModel):
         str | None,
         Field(description="Cron/preset for the run that restores desired state (ssh targets); null disables."),
     ] = "*/5 * * * *"
+    watch: Annotated[
+        bool,
+        Field(strict=True, description="ssh/local: a watcher (the <name>-watch DAG) restores replicas within "
+              "seconds from the triggerer; false leaves it to the reconcile schedule."),
+    ] = True
+    autoscale: Annotated[
+        Autoscale | None,
+        Field(description="Scale between min and max replicas on a metric; `replicas` is the count to start with."),
+    ] = None
 
     def _check_service(self) -> None:
         if self.health and self.health.http and self.port is None:
             raise ValueError("port: required because health.http is set; add the port the service listens on")
         if self.reconcile is not None:
             check_schedule(self.reconcile, "reconcile")
+        a = self.autoscale
+        if a is not None and a.metric.source == "http" and a.metric.port is None and self.port is None:
+            raise ValueError("autoscale.metric.port: required because the service has no port to read the metric on")
 
 
 def check_schedule(value: str, key: str) -> None:

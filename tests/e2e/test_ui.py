@@ -137,6 +137,11 @@ def get(stack: AirflowStack, path: str, auth: bool = True) -> Any:
     return json.loads(body) if resp.headers.get_content_type() == "application/json" else body.decode()
 
 
+def cli_env(stack: AirflowStack) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "FLEXORCH_API_URL": stack.url, "FLEXORCH_USER": "admin",
+            "FLEXORCH_PASSWORD": stack.password() or "", "FLEXORCH_CONFIG": str(stack.home / "login-ui.json")}  # fmt: skip
+
+
 def test_the_page_and_its_api_need_a_login(stack):
     for path in ("/flexorch/", "/flexorch/api/overview", "/flexorch/api/jobs", "/flexorch/api/pools",
                  "/flexorch/api/services/ui-web/logs", "/flexorch/jobs/a/b/c"):  # fmt: skip
@@ -207,6 +212,10 @@ def test_running_jobs_on_every_backend_with_links_and_busy_gpus(stack, ssh_fleet
     assert nodes[f"{h1.entry}:1"]["state"] == "unreachable" and nodes[f"{h1.entry}:1"]["detail"]
     # filters
     assert {j["dag_id"] for j in get(stack, "/flexorch/api/jobs?target=slurm")["jobs"]} == {"ui-slurm"}
+    # the same list from a laptop
+    out = subprocess.run([FLEXORCH, "status", "--jobs"], env=cli_env(stack), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert slurm["job_id"] in out.stdout and h3.entry in out.stdout and "running on localhost" in out.stdout
     assert get(stack, "/flexorch/api/pools?pool=lab")["pools"][0]["pool"] == "lab"
 
 
@@ -289,8 +298,7 @@ def test_a_services_replicas_and_their_logs(stack, ssh_fleet):
         ticks = [int(line.split()[1]) for line in r["lines"]]
         assert ticks and ticks[0] == last[r["run_dir"]] + 1, (r, last)  # only what came after, nothing twice
 
-    env = {"PATH": "/usr/bin:/bin", "FLEXORCH_API_URL": stack.url, "FLEXORCH_USER": "admin",
-           "FLEXORCH_PASSWORD": stack.password() or "", "FLEXORCH_CONFIG": str(stack.home / "login-ui.json")}  # fmt: skip
+    env = cli_env(stack)
     out = subprocess.run([FLEXORCH, "logs", "--service", "ui-web", "--replica", "1", "--tail", "4"], env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -269,7 +269,7 @@ class KubernetesBackend(Backend):
         live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
         return api, ns, name, sorted(live, key=lambda p: p["metadata"]["name"])
 
-    def service_status(self, job: ResolvedJob) -> dict[str, Any]:
+    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
         api, ns, name, pods = self._service_pods(job)
         try:
             dep = api.read_deployment(ns, name)

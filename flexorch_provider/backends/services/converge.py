@@ -14,6 +14,7 @@ from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCap
 from flexorch_provider.fanout import parallel, reason
 
 TAIL_LINES = 20
+DRAIN_S = 3.0  # a scaled-down replica's time to finish its requests once it reads unready
 
 
 class Converger(Generic[H]):
@@ -56,6 +57,19 @@ class Converger(Generic[H]):
         self.log(f"{self.where(r)}: {why}: stopping it")
         self._json_lines(r.host, "retire", r.key_dir)
         self.changes.append(f"retired {self.where(r)}: {why}")
+
+    def drain(self, replicas: Sequence[Replica[H]]) -> None:
+        """Take replicas that are about to be scaled down out of service first: their health reads
+        unready (whoever routes by it stops sending them requests), then they get DRAIN_S to finish."""
+        if not replicas:
+            return
+        for r in replicas:
+            try:
+                self._json_lines(r.host, "drain", r.run_dir)
+                self.log(f"{self.where(r)}: draining (health unready) before it stops")
+            except BackendError as e:
+                self.log(f"{self.where(r)}: could not drain it ({e}); stopping it anyway")
+        time.sleep(DRAIN_S)
 
     def start(self, slot: int, host: H) -> Replica[H]:
         doc = self.want.documents[slot]
@@ -212,8 +226,9 @@ class Converger(Generic[H]):
                 self.retire(r, f"it is not running ({r.state}: {r.message})")
         live = sorted((r for r in found if r.live), key=lambda r: (r.revision != want.revision, r.age))
         slots: dict[int, Replica[H]] = {}
+        self.drain([r for r in live if r.slot not in want.slots])
         for r in live:
-            if r.slot >= want.replicas:
+            if r.slot not in want.slots:
                 self.retire(r, f"scaled down to {want.replicas} replicas")
             elif r.slot in slots:
                 self.retire(r, f"duplicate of {self.where(slots[r.slot])}")
@@ -233,7 +248,7 @@ class Converger(Generic[H]):
 
         # 3. empty slots get the wanted revision (they serve nothing now, so all at once)
         started = []
-        for slot in range(want.replicas):
+        for slot in want.slots:
             if slot in slots:
                 continue
             started.append(self.place(slot, load, prefer=previous.get(slot)))
@@ -258,11 +273,11 @@ class Converger(Generic[H]):
             self.replace(r, load, remaining=len(old) - done)
 
         # 5. the final word: every slot healthy at the wanted revision
-        final = [r for r in self.observe()[0] if r.live and r.revision == want.revision and r.slot < want.replicas]
+        final = [r for r in self.observe()[0] if r.live and r.revision == want.revision and r.slot in want.slots]
         checks = self.health(final)
         healthy = sorted({r.slot for r in final if checks.get(r.run_dir, {}).get("healthy")})
         if len(healthy) < want.replicas:
-            missing = sorted(set(range(want.replicas)) - set(healthy))
+            missing = sorted(set(want.slots) - set(healthy))
             raise ServiceError(f"service {want.name}: replicas {missing} are not healthy at revision {want.revision}")
         self.log(
             f"service {want.name}: {want.replicas}/{want.replicas} replicas healthy at revision {want.revision}"

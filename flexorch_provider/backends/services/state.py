@@ -55,6 +55,7 @@ class Desired:
     max_surge: int
     max_unavailable: int | None  # None: surge where a host has room, else one replica in place
     documents: dict[int, dict[str, Any]] = field(default_factory=dict)
+    slots: list[int] = field(default_factory=list)  # the replicas' numbers (0..replicas-1 unless autoscaled)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     registry: dict[str, str] | None = field(default=None, repr=False)  # a private image's login (not in the revision)
 
@@ -79,8 +80,9 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
     fingerprint.update(env=env, health=health, secrets=hashlib.sha256(json.dumps(job.secrets, sort_keys=True).encode()).hexdigest())  # fmt: skip
     revision = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
     directory = f"{root}/{service_slug(job.name)}"
+    slots = sorted(set(job.slots)) if job.slots is not None else list(range(w.replicas))
     documents = {}
-    for slot in range(w.replicas):
+    for slot in slots:
         documents[slot] = {
             **base,
             "run_key": f"service/{job.name}/{slot}",
@@ -89,7 +91,7 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
             "health": health,
         }
     return Desired(
-        name=job.name, directory=directory, replicas=w.replicas, revision=revision, port=w.port,
+        name=job.name, directory=directory, replicas=len(slots), revision=revision, port=w.port, slots=slots,
         grace_s=w.health.grace.total_seconds() if w.health else 5.0,
         interval_s=min(w.health.interval.total_seconds(), 0.5) if w.health else 0.5,
         strategy=w.update.strategy, max_surge=w.update.max_surge, max_unavailable=w.update.max_unavailable,

@@ -208,6 +208,11 @@ class ResolvedJob:
         return self.workload
 
     @property
+    def replica_count(self) -> int:
+        """How many replicas a service runs now: its autoscaled slots, else the spec's ``replicas``."""
+        return len(self.slots) if self.slots is not None else self.service.replicas
+
+    @property
     def timeout_s(self) -> int | None:
         t = self.workload.timeout
         return int(t.total_seconds()) if t is not None else None

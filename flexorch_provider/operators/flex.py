@@ -185,13 +185,13 @@ class FlexOperator(BaseOperator):
 
     def _service(self, job: ResolvedJob, context: Any) -> dict[str, Any]:
         """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
-        if job.action == "watch":
-            return self._watch()
-        self.log.info("service %s: %s", job.name, job.action)
         ti = context["ti"]
         first = {"service": job.name, "target": self.workload.target[0], "conn": _connection_of(self.workload)}
         url = links.url_for(ti, first, service=True)
-        links.push(ti, ServiceLink, url)  # while the service converges, not only after
+        links.push(ti, ServiceLink, url)  # while the service converges (or is watched), not only after
+        if job.action == "watch":
+            return self._watch()
+        self.log.info("service %s: %s", job.name, job.action)
         if job.action == "undeploy":  # first: the watcher must not restore what is being stopped
             self._mark_deployed(job, False)
         target, summary = self._on_first_target(job, lambda backend: backend.service(job, self._service_log))

@@ -232,12 +232,14 @@ def test_the_page_in_chromium_shows_pools_jobs_and_hosts(stack, ssh_fleet):
             context.add_cookies([{"name": "_token", "value": token(stack), "url": stack.url}])
             page = context.new_page()
             page.goto(stack.url + "/flexorch/")
-            page.wait_for_function(
-                "([a, b]) => document.body.innerText.includes(a) && document.body.innerText.includes(b)",
-                arg=[slurm_id, ssh_host],
-                timeout=30000,
-            )
-            text = page.inner_text("body")
+            expected = ["GPU pools", "lab", "cluster", "ui-local", "ui-ssh", "ui-slurm", slurm_id, ssh_host,
+                        "running on localhost", "unreachable"]  # fmt: skip
+            try:
+                page.wait_for_function("(want) => want.every((w) => document.body.innerText.includes(w))",
+                                       arg=expected, timeout=30000)  # fmt: skip
+            finally:
+                text = page.inner_text("body")
+                (ARTIFACTS / "flexorch-page.txt").write_text(text)
             page.screenshot(path=str(ARTIFACTS / "flexorch-page.png"), full_page=True)
             # it refreshes itself: the status line changes without a reload
             first = page.inner_text("#status")
@@ -247,9 +249,7 @@ def test_the_page_in_chromium_shows_pools_jobs_and_hosts(stack, ssh_fleet):
             assert slurm_id in page.inner_text("body")
         finally:
             browser.close()
-    for expected in ("GPU pools", "lab", "cluster", "ui-local", "ui-ssh", "ui-slurm", slurm_id, ssh_host,
-                     "running on localhost", "unreachable"):  # fmt: skip
-        assert expected in text, expected
+    assert all(w in text for w in expected), [w for w in expected if w not in text]
     # the page is in the Airflow UI's navigation
     plugins = get(stack, "/api/v2/plugins")["plugins"]
     views = [v for p in plugins if p["name"] == "flexorch" for v in p["external_views"]]

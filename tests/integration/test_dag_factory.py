@@ -52,7 +52,7 @@ def test_every_example_becomes_its_dags(dags_dir):
     bag = dagbag(dags_dir)
     assert bag.import_errors == {}
     expected = {p.stem for p in iter_spec_files([EXAMPLES])} - {"embeddings-ssh-service"}
-    expected |= {"embeddings-ssh", "embeddings-ssh-reconcile", "flexorch-submit"}  # and the DAG of `flexorch submit`
+    expected |= {"embeddings-ssh", "embeddings-ssh-reconcile", "embeddings-ssh-watch", "flexorch-submit"}  # + `flexorch submit`'s
     assert set(bag.dag_ids) == expected
 
     scoring = bag.dags["nightly-scoring"]
@@ -92,8 +92,11 @@ def test_service_gets_deploy_dag_and_reconcile_only_where_needed(dags_dir):
     assert reconcile.schedule == "*/5 * * * *"
     assert reconcile.get_task("reconcile").action == "reconcile"
     assert "reconcile" in reconcile.tags
+    watch = bag.dags["embeddings-ssh-watch"]
+    assert watch.timetable.summary == "@continuous" and watch.max_active_runs == 1
+    assert watch.get_task("watch").action == "watch" and "watch" in watch.tags
     assert "chat-api" in bag.dags
-    assert "chat-api-reconcile" not in bag.dag_ids  # Kubernetes restores replicas itself
+    assert "chat-api-reconcile" not in bag.dag_ids and "chat-api-watch" not in bag.dag_ids  # Kubernetes heals itself
 
 
 BAD_SPECS = {

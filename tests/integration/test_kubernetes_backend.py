@@ -313,6 +313,75 @@ def test_a_services_replicas_and_their_log_lines_are_read_without_changing_it(ku
         BACKEND.service(make_job("reader", kind="service", action="undeploy", **SERVICE), print)
 
 
+class Prometheus:
+    """A server answering Prometheus's instant-query API (GET /api/v1/query) with a set value."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.value = "0"
+        self.queries: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+
+                outer.queries.append(parse_qs(urlparse(self.path).query)["query"][0])
+                body = {"status": "success", "data": {"resultType": "vector",
+                        "result": [{"metric": {}, "value": [time.time(), outer.value]}]}}  # fmt: skip
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(json.dumps(body).encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_autoscale_on_kubernetes_patches_the_deployments_replicas(kube_cluster, sent, tmp_path, monkeypatch):
+    """The watcher's decision (a Prometheus query through an Airflow connection) applied to the
+    Deployment, as its watch task does: 9 in flight, 3 per replica → 3 replicas."""
+    from flexorch_provider.backends.services.watch import WatchState
+    from flexorch_provider.triggers.service_watch import look
+
+    prom = Prometheus()
+    monkeypatch.setenv("AIRFLOW_CONN_FLEXORCH_TEST_PROM", json.dumps({"conn_type": "http", "host": prom.url}))
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path))
+    scaled = {**SERVICE, "replicas": 1, "autoscale": {"min": 1, "max": 4, "target": 3, "up_delay": "0s",
+              "metric": {"source": "prometheus", "connection": "flexorch_test_prom", "query": "sum(inflight{app='scaled'})"}}}  # fmt: skip
+    kube_cluster.behaviours["scaled"] = Behaviour()
+    job = make_job("scaled", kind="service", action="deploy", **scaled)
+    job.slots = [0]
+    BACKEND.service(job, print)
+    try:
+        WatchState("scaled", deployed=True, slots=[0]).save()
+        prom.value = "9"
+        spec = job.workload.model_dump(mode="json", exclude_none=True)
+        event, seen = look(spec, "kubernetes", time.time())
+        assert prom.queries == ["sum(inflight{app='scaled'})"]
+        assert event is not None and event["scale"]["current"] == 1 and event["scale"]["desired"] == 3, seen
+        assert "metric 9, replicas 1 → 3" in event["scale"]["why"]
+        sent.clear()
+        job.slots = [0, 1, 2]
+        out = BACKEND.service(job, print)
+        assert out["replicas"] == 3
+        dep = [o for o in sent if o["kind"] == "Deployment"][-1]
+        assert dep["spec"]["replicas"] == 3
+        assert kube_cluster.apps.read_namespaced_deployment("scaled", "ml").spec.replicas == 3
+        prom.value = "not a number"
+        WatchState("scaled", deployed=True, slots=[0, 1, 2]).save()
+        event, seen = look(spec, "kubernetes", time.time() + 3600)
+        assert event is None and "cannot be read" in seen  # never scale down blind
+    finally:
+        BACKEND.service(make_job("scaled", kind="service", action="undeploy", **scaled), print)
+        prom.server.shutdown()
+
+
 def test_render_prints_valid_manifests_without_secret_values():
     job = make_job("render-me", secrets={"TOKEN": "tok-987654"}, resources={"gpus": "H100:1"}, timeout="2h")
     job.workload.secrets = load_workload(

@@ -254,8 +254,8 @@ class KubernetesBackend(Backend):
         except ApiError as e:
             raise ServiceError(f"the API server refused the {doc['kind']}: {e}") from e
         revision = deployment["metadata"]["annotations"][REVISION_ANNOTATION]
-        wait_rollout(api, ns, name, w.replicas, revision, log)
-        return {"service": name, "namespace": ns, "revision": revision, "replicas": w.replicas}
+        wait_rollout(api, ns, name, job.replica_count, revision, log)
+        return {"service": name, "namespace": ns, "revision": revision, "replicas": job.replica_count}
 
     def _service_pods(self, job: ResolvedJob) -> tuple[Api, str, str, list[dict[str, Any]]]:
         w = job.service

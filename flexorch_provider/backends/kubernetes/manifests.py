@@ -222,7 +222,7 @@ def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
     out.append({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": {REVISION_ANNOTATION: revision}},
-        "spec": {"replicas": w.replicas, "selector": {"matchLabels": selector}, "strategy": strategy,
+        "spec": {"replicas": job.replica_count, "selector": {"matchLabels": selector}, "strategy": strategy,
                  "template": {"metadata": {"labels": labels, "annotations": {REVISION_ANNOTATION: revision}},
                               "spec": pod}},
     })  # fmt: skip

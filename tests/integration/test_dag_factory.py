@@ -93,7 +93,7 @@ def test_service_gets_deploy_dag_and_reconcile_only_where_needed(dags_dir):
     assert reconcile.get_task("reconcile").action == "reconcile"
     assert "reconcile" in reconcile.tags
     watch = bag.dags["embeddings-ssh-watch"]
-    assert watch.timetable.summary == "@continuous" and watch.max_active_runs == 1
+    assert type(watch.timetable).__name__ == "ContinuousTimetable" and watch.max_active_runs == 1
     assert watch.get_task("watch").action == "watch" and "watch" in watch.tags
     assert "chat-api" in bag.dags
     assert "chat-api-reconcile" not in bag.dag_ids and "chat-api-watch" not in bag.dag_ids  # Kubernetes heals itself

@@ -18,7 +18,7 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -35,8 +35,7 @@ from flexorch_provider.backends.base import (
     job_document,
 )
 from flexorch_provider.backends.container_render import container_lines
-from flexorch_provider.backends.services import Fleet, render_service, run_service
-from flexorch_provider.backends.services.view import describe, replica_logs
+from flexorch_provider.backends.services import Fleet, FleetServices, render_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
 from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
@@ -74,23 +73,12 @@ def job_data(handle: JobHandle) -> LocalJobData:
     return cast(LocalJobData, handle.data)
 
 
-class LocalBackend(Backend):
+class LocalBackend(FleetServices, Backend):
     name = "local"
     runs_services = True
 
-    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
-        """A service on the worker itself: one host, the same converge as on an ssh fleet."""
-        return run_service(self._fleet(job), job, log)
-
-    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
-        return describe(self._fleet(job), job, metric)
-
-    def service_logs(
-        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
-    ) -> dict[str, Any]:
-        return replica_logs(self._fleet(job), job, slot, cursors, tail)
-
     def _fleet(self, job: ResolvedJob) -> Fleet[str]:
+        """Services on the worker itself: one host, the same converge as on an ssh fleet."""
         host = socket.gethostname()
 
         def call(_host: str, args: Sequence[str], stdin: bytes | None) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any, Literal, TypedDict, cast
 
@@ -39,8 +39,7 @@ from flexorch_provider.backends.base import (
     job_document,
 )
 from flexorch_provider.backends.container_render import container_lines
-from flexorch_provider.backends.services import Fleet, render_service, run_service
-from flexorch_provider.backends.services.view import describe, replica_logs
+from flexorch_provider.backends.services import Fleet, FleetServices, render_service
 from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
 from flexorch_provider.fanout import parallel, reason
@@ -113,7 +112,7 @@ def job_data(handle: JobHandle) -> SshJobData:
     return cast(SshJobData, handle.data)
 
 
-class SshBackend(Backend):
+class SshBackend(FleetServices, Backend):
     name = "ssh"
     runs_services = True
 
@@ -124,17 +123,6 @@ class SshBackend(Backend):
             return runner(conn, host, *args, stdin=stdin)
 
         return Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
-
-    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
-        return run_service(self._fleet(job), job, log)
-
-    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
-        return describe(self._fleet(job), job, metric)
-
-    def service_logs(
-        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
-    ) -> dict[str, Any]:
-        return replica_logs(self._fleet(job), job, slot, cursors, tail)
 
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh

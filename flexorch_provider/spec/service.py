@@ -78,8 +78,11 @@ class ServiceFields(FlexModel):
     ] = "*/5 * * * *"
     watch: Annotated[
         bool,
-        Field(strict=True, description="ssh/local: a watcher (the <name>-watch DAG) restores replicas within "
-              "seconds from the triggerer; false leaves it to the reconcile schedule."),
+        Field(
+            strict=True,
+            description="ssh/local: a watcher (the <name>-watch DAG) restores replicas within "
+            "seconds from the triggerer; false leaves it to the reconcile schedule.",
+        ),
     ] = True
     autoscale: Annotated[
         Autoscale | None,

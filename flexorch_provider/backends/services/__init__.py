@@ -32,7 +32,31 @@ from flexorch_provider.backends.services.converge import Converger
 from flexorch_provider.backends.services.render import render_service
 from flexorch_provider.backends.services.state import Desired, Fleet, H, Replica, desired_state, service_slug
 
-__all__ = ["Converger", "Desired", "Fleet", "Replica", "desired_state", "render_service", "run_service", "service_slug"]
+__all__ = ["Converger", "Desired", "Fleet", "FleetServices", "Replica", "desired_state", "render_service", "run_service",
+           "service_slug"]  # fmt: skip
+
+
+class FleetServices:
+    """The service half of a backend whose services run on plain hosts (ssh, local): each says how
+    to reach its hosts (``_fleet``); converge, status and logs are the same on both."""
+
+    def _fleet(self, job: ResolvedJob) -> Fleet[Any]:
+        raise NotImplementedError
+
+    def service(self, job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:
+        return run_service(self._fleet(job), job, log)
+
+    def service_status(self, job: ResolvedJob, metric: dict[str, Any] | None = None) -> dict[str, Any]:
+        from flexorch_provider.backends.services.view import describe
+
+        return describe(self._fleet(job), job, metric)
+
+    def service_logs(
+        self, job: ResolvedJob, slot: int | None = None, cursors: dict[str, int] | None = None, tail: int = 50
+    ) -> dict[str, Any]:
+        from flexorch_provider.backends.services.view import replica_logs
+
+        return replica_logs(self._fleet(job), job, slot, cursors, tail)
 
 
 def run_service(fleet: Fleet[H], job: ResolvedJob, log: Callable[[str], None]) -> dict[str, Any]:

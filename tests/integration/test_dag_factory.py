@@ -52,7 +52,12 @@ def test_every_example_becomes_its_dags(dags_dir):
     bag = dagbag(dags_dir)
     assert bag.import_errors == {}
     expected = {p.stem for p in iter_spec_files([EXAMPLES])} - {"embeddings-ssh-service"}
-    expected |= {"embeddings-ssh", "embeddings-ssh-reconcile", "embeddings-ssh-watch", "flexorch-submit"}  # + `flexorch submit`'s
+    expected |= {
+        "embeddings-ssh",
+        "embeddings-ssh-reconcile",
+        "embeddings-ssh-watch",
+        "flexorch-submit",
+    }  # + `flexorch submit`'s
     assert set(bag.dag_ids) == expected
 
     scoring = bag.dags["nightly-scoring"]

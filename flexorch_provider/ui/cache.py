@@ -18,6 +18,8 @@ from typing import Any
 
 from flexorch_provider.fanout import reason
 
+KEEP_S = 600.0  # a reading nobody asked for in this long is forgotten
+
 
 @dataclass
 class Reading:
@@ -52,10 +54,12 @@ class Shared:
         self._readings: dict[str, Reading] = {}
         self._done: dict[str, threading.Event] = {}
         self.fetches = 0  # how many fetches ran (tests and the bench count them)
+        self._pruned = time.time()
 
     def get(self, key: str, fetch: Callable[[], Any], ttl: float | None = None) -> Reading:
         ttl = self.ttl if ttl is None else ttl
         with self._lock:
+            self._prune()
             reading = self._readings.get(key)
             fresh = reading is not None and reading.at is not None and time.time() - reading.at < ttl
             if fresh and reading is not None:
@@ -86,6 +90,16 @@ class Shared:
                 self._readings[key] = Reading(value=old.value, error=error, at=time.time())
             del self._done[key]
         done.set()
+
+    def _prune(self) -> None:
+        """Forget readings nobody asked for in a while (keys come and go with the jobs polled)."""
+        now = time.time()
+        if now - self._pruned < KEEP_S / 10:
+            return
+        self._pruned = now
+        for key in [k for k, r in self._readings.items() if k not in self._done and r.at is not None
+                    and now - r.at > KEEP_S]:  # fmt: skip
+            del self._readings[key]
 
     def clear(self) -> None:
         with self._lock:

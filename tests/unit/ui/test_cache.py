@@ -57,3 +57,16 @@ def test_an_error_keeps_the_last_good_value_and_says_why():
     r = shared.get("k", dead)
     assert r.value == 1 and r.error == "host gpu-2: connection refused"
     assert r.public()["error"] == r.error and r.public()["age_s"] is not None
+
+
+def test_readings_nobody_asks_for_are_forgotten(monkeypatch):
+    from flexorch_provider.ui import cache
+
+    shared = Shared(ttl=1, wait=2)
+    for i in range(20):
+        shared.get(f"poll:{i}", lambda i=i: i)
+    assert len(shared._readings) == 20
+    later = time.time() + cache.KEEP_S + 1
+    monkeypatch.setattr(cache.time, "time", lambda: later)
+    shared.get("poll:new", lambda: "x")
+    assert set(shared._readings) == {"poll:new"}

@@ -29,7 +29,9 @@ POOL_TTL = float(os.environ.get("FLEXORCH_UI_POOL_TTL", "15"))
 LIVE_TI_STATES = ("scheduled", "queued", "running", "deferred", "up_for_reschedule", "restarting")
 FLEX_OPERATORS = ("FlexOperator", "SubmittedStepOperator")
 LOG_TAIL = 50
-SERVICE_MARK = "_link_ServiceLink"  # pushed by a service's task as it starts
+# pushed by a service's task as it starts (not the Service link's key: Airflow stores every link's
+# key, empty, when any FlexOperator task defers)
+SERVICE_MARK = "service"
 
 
 def specs_dir() -> Path:

@@ -40,7 +40,7 @@ from flexorch_provider.spec.models import ServiceSpec, ServiceStep
 from flexorch_provider.triggers.job import FlexJobTrigger
 from flexorch_provider.triggers.service_watch import ServiceWatchTrigger, initial_slots
 
-DEFER_AFTER_S = 5.0  # follow a job this long in the worker before deferring
+DEFER_AFTER_S = 10.0  # follow a job this long in the worker before deferring (a shorter job never defers)
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class FlexOperator(BaseOperator):
     :param target: replaces the spec's target (or ordered target list).
     :param deferrable: free the worker slot while the job runs (default True).
     :param poll_interval: seconds between status checks.
-    :param defer_after: seconds to follow a job from the worker before deferring (default 5). A job
+    :param defer_after: seconds to follow a job from the worker before deferring (default 10). A job
         that ends sooner finishes the task at once, without the defer/resume round trip; 0 defers at
         once. With Airflow 3.3.2's scheduler race (apache/airflow#67287: a task whose trigger
         fires moments after it deferred can be failed) in mind, a deferred task also resumes no
@@ -189,6 +189,7 @@ class FlexOperator(BaseOperator):
         first = {"service": job.name, "target": self.workload.target[0], "conn": _connection_of(self.workload)}
         url = links.url_for(ti, first, service=True)
         links.push(ti, ServiceLink, url)  # while the service converges (or is watched), not only after
+        ti.xcom_push(key="service", value={"service": job.name, "action": job.action})  # the page lists it as one
         if job.action == "watch":
             return self._watch()
         self.log.info("service %s: %s", job.name, job.action)

@@ -22,16 +22,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from flexorch_provider.paths import state_dir
+
 QUEUED_S = 120.0  # a checked run with no job started yet is live this long
 KEEP_S = 8 * 86400  # events older than this are dropped when the file is compacted
 COMPACT_BYTES = 4 << 20
 
 
 def ledger_path() -> Path:
-    base = os.environ.get("FLEXORCH_STATE_DIR") or os.path.join(
-        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "flexorch"
-    )
-    return Path(base) / "usage.jsonl"
+    return state_dir() / "usage.jsonl"
 
 
 def period_start(per: str, now: float) -> float:

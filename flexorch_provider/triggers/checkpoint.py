@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flexorch_provider.backends.base import LogCursor
+from flexorch_provider.paths import state_dir
 
 
 class LogCheckpoint:
@@ -36,12 +37,7 @@ class LogCheckpoint:
 
     @staticmethod
     def root() -> Path:
-        base = os.environ.get("FLEXORCH_STATE_DIR")
-        if not base:
-            from airflow.configuration import AIRFLOW_HOME
-
-            base = os.path.join(AIRFLOW_HOME, "flexorch")
-        return Path(base) / "log-cursors"
+        return state_dir() / "log-cursors"
 
     def load(self, start: LogCursor, furthest: Callable[[LogCursor, LogCursor], LogCursor]) -> LogCursor:
         """The further of ``start`` (from the task) and the recorded cursor, as the job's backend

@@ -35,15 +35,13 @@ SERVICE_MARK = "service"
 
 
 def specs_dir() -> Path:
+    """The specs folder the dags folder's loader reads (the dag factory's own rule)."""
     from airflow.configuration import conf
 
-    dags = Path(conf.get("core", "dags_folder"))
-    configured = os.environ.get("FLEXORCH_SPECS_DIR")
-    return (dags / configured).resolve() if configured else dags / "specs"
+    from flexorch_provider.dag_factory.folder import specs_dir_for
+    from flexorch_provider.devstack import LOADER_FILE
 
-
-def _reading(r: Reading) -> dict[str, Any]:
-    return r.public()
+    return specs_dir_for(Path(conf.get("core", "dags_folder")) / LOADER_FILE)
 
 
 # --- pools -------------------------------------------------------------------------------------
@@ -74,7 +72,7 @@ def pools(only: str | None = None) -> dict[str, Any]:
     def read(pool: Any) -> dict[str, Any]:
         r = SHARED.get(f"pool:{pool.name}", lambda: inventory(pool).to_dict(), ttl=POOL_TTL)
         row: dict[str, Any] = {"pool": pool.name, "source": pool.source, "airflow_pool": pool.airflow_pool,
-                               "reading": _reading(r)}  # fmt: skip
+                               "reading": r.public()}  # fmt: skip
         row.update(_pool_view(r.value) if r.value else {"total": None, "free": None, "nodes": []})
         return row
 
@@ -153,7 +151,7 @@ def _statuses(handles: list[Any]) -> dict[str, tuple[dict[str, Any] | None, dict
             continue
         r, group = result
         for h in group:
-            out[h.run_key] = ((r.value or {}).get(h.job_id), _reading(r))
+            out[h.run_key] = ((r.value or {}).get(h.job_id), r.public())
     return out
 
 
@@ -336,7 +334,7 @@ def services(dag_ids: Collection[str] | None, target: str | None = None) -> list
         return {"service": w.name, "dag_id": dag_id, "target": w.target[0], "desired": w.replicas,
                 "running": value.get("running"), "healthy": value.get("healthy"),
                 "revisions": value.get("revisions", []), "replicas": value.get("replicas", []),
-                "unreachable": value.get("unreachable", {}), "reading": _reading(r),
+                "unreachable": value.get("unreachable", {}), "reading": r.public(),
                 "view_url": service_page_url(w.name)}  # fmt: skip
 
     return [row for _, row, _ in parallel(chosen, read) if row is not None]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flexorch_provider.backends.services.state import service_slug
+from flexorch_provider.paths import state_dir
 
 HISTORY = 50
 BACKOFF_FIRST_S = 5.0
@@ -29,11 +30,8 @@ BACKOFF_MAX_S = 300.0
 RESTART_WINDOW_S = 600.0  # restarts older than this no longer count for the back-off
 
 
-def state_dir() -> Path:
-    base = os.environ.get("FLEXORCH_STATE_DIR") or os.path.join(
-        os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow"), "flexorch"
-    )
-    return Path(base) / "services"
+def services_dir() -> Path:
+    return state_dir() / "services"
 
 
 @dataclass
@@ -46,7 +44,7 @@ class WatchState:
 
     @classmethod
     def path_for(cls, name: str) -> Path:
-        return state_dir() / f"{service_slug(name)}.json"
+        return services_dir() / f"{service_slug(name)}.json"
 
     @classmethod
     def load(cls, name: str) -> WatchState:

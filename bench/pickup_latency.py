@@ -43,7 +43,9 @@ def main() -> int:
     dags.mkdir()
     (dags / LOADER_FILE).write_text(loader_source())
     (specs / "first.yaml").write_text(SPEC.format(name="first"))
-    stack = AirflowStack(work / "home", dags, {SPECS_DIR_ENV: str(specs), CACHE_DIR_ENV: str(work / "cache")})
+    stack = AirflowStack(
+        work / "home", dags, {SPECS_DIR_ENV: str(specs), CACHE_DIR_ENV: str(work / "cache")}, scratch=True
+    )
     times: dict[str, list[float]] = {"flexorch spec": [], "python DAG file": []}
     try:
         stack.start()

@@ -98,7 +98,7 @@ def main() -> None:
         (folder / f"{name}.yaml").write_text(json.dumps(body))
     stack = AirflowStack(base / "home", dags, {SPECS_DIR_ENV: str(folder), CACHE_DIR_ENV: str(base / "cache"),
                          "FLEXORCH_STATE_DIR": str(base / "state"), "FLEXORCH_SUBMIT_DAG": "0",
-                         f"AIRFLOW_CONN_{CONN.upper()}": fleet.connection_json()})  # fmt: skip
+                         f"AIRFLOW_CONN_{CONN.upper()}": fleet.connection_json()}, scratch=True)  # fmt: skip
     stack.start()
     rows: dict[str, list[float]] = {}
     try:

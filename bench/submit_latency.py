@@ -85,7 +85,7 @@ def main() -> int:
     (dags / LOADER_FILE).write_text(loader_source())
     env = {SPECS_DIR_ENV: str(specs), CACHE_DIR_ENV: str(work / "cache"), "FLEXORCH_RUN_DIR": str(runs),
            "FLEXORCH_STATE_DIR": str(work / "state"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,ana:user"}  # fmt: skip
-    stack = AirflowStack(work / "home", dags, env, all_admins=False)
+    stack = AirflowStack(work / "home", dags, env, all_admins=False, scratch=True)
     results: dict[str, dict[str, list[float]]] = {name: {"first": [], "exit": []} for name in ("flexorch", "by hand")}
     try:
         stack.start()

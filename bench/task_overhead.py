@@ -64,7 +64,7 @@ def main() -> int:
     dags = base / "dags"
     dags.mkdir()
     (dags / "overhead.py").write_text(DAGS.format(durations=durations))
-    stack = AirflowStack(base / "home", dags, {"FLEXORCH_RUN_DIR": str(base / "runs")})
+    stack = AirflowStack(base / "home", dags, {"FLEXORCH_RUN_DIR": str(base / "runs")}, scratch=True)
     stack.start()
     rows: dict[tuple[str, int], list[float]] = {}
     try:

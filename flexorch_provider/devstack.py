@@ -1,12 +1,13 @@
-"""The embedded Airflow stack: api-server, scheduler, dag-processor and triggerer on SQLite.
+"""The embedded Airflow stack: api-server, scheduler, dag-processor and triggerer on a private
+PostgreSQL (SQLite where none is installed; see :mod:`flexorch_provider.devstack_db`).
 
 Used by ``flexorch up`` (the demo) and by the end-to-end tests. Every component runs in
 its own session (``setsid``) so that stopping it — SIGTERM to its process group, SIGKILL
 after a grace period — also stops the task processes it started. Output goes to
 ``<home>/<component>.log``.
 
-This is a development stack (SQLite, LocalExecutor, one machine). For production run
-Airflow with Postgres as usual and install flexorch-provider into it.
+This is a development stack (LocalExecutor, one machine). For production run Airflow as
+usual and install flexorch-provider into it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flexorch_provider.devstack_db import Database, choose
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-# Four components share one SQLite file: on a small machine a writer can hold the lock for
-# longer than SQLite's default 5 s wait, and the loser fails with "database is locked".
-SQLITE_CONNECT_ARGS = {"timeout": 30}
-SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 30}  # its own dict: Airflow adds sync-only keys to the other
 LOADER_FILE = "flexorch_dags.py"
-REQUEST_TIMEOUT_S = 60  # longer than the SQLite lock wait above: a busy server answers late, not never
+REQUEST_TIMEOUT_S = 60  # longer than SQLite's lock wait (devstack_db): a busy server answers late, not never
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -55,10 +54,12 @@ def loader_source() -> str:
 class AirflowStack:
     """Start, talk to (REST) and stop a local Airflow.
 
-    :param home: AIRFLOW_HOME (created); the SQLite database and component logs live here.
+    :param home: AIRFLOW_HOME (created); the database and component logs live here.
     :param dags: the dags folder.
     :param all_admins: skip login (tests); otherwise the simple auth manager's ``admin``
         user is used and its generated password read from ``home``.
+    :param db: ``auto`` (default; also $FLEXORCH_STACK_DB), ``postgres`` or ``sqlite``.
+    :param scratch: the database goes with the stack: :meth:`stop` deletes it (tests, benches).
     """
 
     def __init__(
@@ -69,8 +70,12 @@ class AirflowStack:
         *,
         port: int | None = None,
         all_admins: bool = True,
+        db: str | None = None,
+        scratch: bool = False,
     ) -> None:
         self.home = home
+        self.db: Database = choose(home, db)
+        self.scratch = scratch
         self.dags = dags
         self.port = free_port(port)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,9 +87,7 @@ class AirflowStack:
             **airflow_env,
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "flexorch_provider.devstack.SQLITE_CONNECT_ARGS",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "flexorch_provider.devstack.SQLITE_CONNECT_ARGS_ASYNC",
+            **self.db.env,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -121,12 +124,26 @@ class AirflowStack:
     def start(self, timeout: float = 120) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.dags.mkdir(parents=True, exist_ok=True)
+        self.db.start()
+        self._write_env_file()
         migrated = self.cli("db", "migrate")
         if migrated.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
         for name in COMPONENTS:
             self._launch(name)
         self.wait_for(lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health")
+
+    def _write_env_file(self) -> None:
+        """``<home>/airflow.env``: the settings this stack runs with, for the ``airflow`` CLI in a
+        shell (``. <home>/airflow.env && airflow backfill create ...``)."""
+        import shlex
+
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k.startswith("AIRFLOW")]
+        path = self.home / "airflow.env"
+        path.write_text(
+            "# written by flexorch's embedded stack; source it to use the airflow CLI on it\n" + "\n".join(lines) + "\n"
+        )
+        path.chmod(0o600)
 
     def _launch(self, name: str) -> None:
         with open(self.home / f"{name}.log", "ab") as out:
@@ -163,6 +180,7 @@ class AirflowStack:
                 except ProcessLookupError:
                     pass
                 proc.wait()
+        self.db.stop(remove=self.scratch)
 
     def save_logs(self, dest: Path) -> None:
         """Copy every component's log to ``dest`` (kept as test artifacts)."""
@@ -171,6 +189,9 @@ class AirflowStack:
         dest.mkdir(parents=True, exist_ok=True)
         for log in self.home.glob("*.log"):
             shutil.copy(log, dest / log.name)
+        server = self.db.server
+        if server is not None and (server.data / "server.log").exists():
+            shutil.copy(server.data / "server.log", dest / "postgres.log")
 
     def password(self) -> str | None:
         """The ``admin`` password the api-server generated (None with all_admins or before start)."""

@@ -19,6 +19,6 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    -c "$ROOT/constraints/constraints-3.11.txt" -e "$ROOT[test,bench]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    -c "$ROOT/constraints/constraints-3.11.txt" -e "$ROOT[test,bench,postgres]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import flexorch_provider, airflow" # fail loudly if the install did not work
 echo "$WANT" > "$STAMP"

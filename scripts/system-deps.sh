@@ -11,6 +11,7 @@ command -v podman >/dev/null 2>&1 || need+=(podman)                         # co
 command -v runc >/dev/null 2>&1 || need+=(runc)                             # crun refuses this kernel's hybrid cgroups
 command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)                      # rootless podman (the fleet's accounts)
 [[ -x /bin/busybox ]] || need+=(busybox-static)                             # the test images' userland
+[[ -x /usr/lib/postgresql/15/bin/initdb || -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ]] || need+=(postgresql)  # the embedded stack's database
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)       # a private registry (logins, pulls)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)                # its password file
 configure_podman() {

@@ -70,6 +70,33 @@ def connect_failure(e: BaseException) -> str:
     return reason(e)
 
 
+ALIASES_EXTRA = "host_aliases"
+
+
+def dial_address(conn_id: str, host: Host) -> Host:
+    """Where to dial for a spec's host entry. The connection's extra ``host_aliases`` maps a host
+    name to ``user@address:port`` (any part may be left out): the spec names the hosts, the
+    connection says how this Airflow reaches them (one spec, a staging and a production fleet).
+    What the alias leaves out comes from the entry, then from the connection."""
+    if not host.host:
+        return host
+    from airflow.sdk import BaseHook
+
+    aliases = BaseHook.get_connection(conn_id).extra_dejson.get(ALIASES_EXTRA) or {}
+    if not isinstance(aliases, dict):
+        raise ConfigurationError(
+            f"the connection {conn_id!r} extra {ALIASES_EXTRA!r} must map host names to 'user@address:port'"
+        )
+    target = aliases.get(host.host)
+    if target is None:
+        return host
+    try:
+        alias = Host.parse(str(target))
+    except ConfigurationError as e:
+        raise ConfigurationError(f"the connection {conn_id!r} extra {ALIASES_EXTRA}[{host.host!r}]: {e}") from None
+    return Host(alias.host or host.host, alias.port or host.port, alias.user or host.user)
+
+
 class Session:
     """One SSH connection to one host, reused across polls (paramiko channels are thread-safe)."""
 
@@ -77,10 +104,13 @@ class Session:
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
         try:
+            dial = dial_address(conn_id, host)
             hook = SSHHook(
-                ssh_conn_id=conn_id, remote_host=host.host or "", port=host.port, username=host.user,
+                ssh_conn_id=conn_id, remote_host=dial.host or "", port=dial.port, username=dial.user,
                 conn_timeout=CONNECT_TIMEOUT, conn_retry_attempts=1, keepalive_interval=15,
             )  # fmt: skip
+        except ConfigurationError:
+            raise
         except Exception as e:
             if type(e).__name__ == "AirflowNotFoundException":
                 raise ConfigurationError(

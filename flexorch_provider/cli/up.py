@@ -1,4 +1,5 @@
-"""``flexorch up``: the embedded Airflow (SQLite, LocalExecutor) with a folder of specs.
+"""``flexorch up``: the embedded Airflow (LocalExecutor on a private PostgreSQL, or SQLite where
+none is installed) with a folder of specs.
 
 It writes the drop-in loader into ``<home>/dags``, points it at the specs folder, starts
 api-server, scheduler, dag-processor and triggerer, optionally runs one DAG end to end
@@ -21,6 +22,7 @@ from typing import Any
 from flexorch_provider.client.follow import new_lines
 from flexorch_provider.dag_factory.folder import SPECS_DIR_ENV
 from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.exceptions import FlexorchError
 
 FINISHED = {"success", "failed"}
 
@@ -66,13 +68,18 @@ def run_up(args: argparse.Namespace) -> int:
     dags = home / "dags"
     dags.mkdir(parents=True, exist_ok=True)
     (dags / LOADER_FILE).write_text(loader_source(), encoding="utf-8")
-    stack = AirflowStack(
-        home,
-        dags,
-        {SPECS_DIR_ENV: str(specs), "FLEXORCH_RUN_DIR": str(home / "runs")},
-        port=args.port,
-        all_admins=False,
-    )
+    try:
+        stack = AirflowStack(
+            home,
+            dags,
+            {SPECS_DIR_ENV: str(specs), "FLEXORCH_RUN_DIR": str(home / "runs")},
+            port=args.port,
+            all_admins=False,
+            db=args.db,
+        )
+    except FlexorchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -82,7 +89,7 @@ def run_up(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
-        _say(f"==> starting Airflow in {home} (SQLite, LocalExecutor); specs from {specs}")
+        _say(f"==> starting Airflow in {home} (LocalExecutor, {stack.db.describe()}); specs from {specs}")
         stack.start()
         _say(f"==> Airflow is up at {stack.url}")
         if args.run:
@@ -97,6 +104,7 @@ def run_up(args: argparse.Namespace) -> int:
             _say(f"    log in as:   admin / {password}")
             _say(f"    DAGs from:   {specs} (edit or add a spec; it shows up within seconds)")
             _say(f"    logs:        {home}/*.log")
+            _say(f"    airflow CLI: . {home}/airflow.env && airflow dags list")
             _say("    Ctrl-C stops Airflow and every job it started.")
             while not stop.wait(1):
                 pass
@@ -121,6 +129,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--specs", default="specs", help="folder of spec files (default: ./specs)")
     p.add_argument("--home", default=".flexorch-up", help="AIRFLOW_HOME for the embedded stack")
     p.add_argument("--port", type=int, default=8080, help="UI/API port (another free port if taken)")
+    p.add_argument(
+        "--db",
+        choices=("auto", "postgres", "sqlite"),
+        default=None,
+        help="metadata database: a private PostgreSQL (needs Debian's postgresql), SQLite, or auto "
+        "(PostgreSQL where it can run; default, also $FLEXORCH_STACK_DB)",
+    )
     p.add_argument("--run", metavar="DAG_ID", help="trigger this DAG once it is parsed and stream its log")
     p.add_argument("--run-timeout", type=float, default=600, help="seconds to wait for --run")
     p.add_argument("--exit-after-run", action="store_true", help="stop after --run instead of waiting for Ctrl-C")

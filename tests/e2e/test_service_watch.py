@@ -21,8 +21,9 @@ import pytest
 
 from flexorch_provider.backends.services.watch import WatchState
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.devstack import LOADER_FILE, loader_source
 from tests.conftest import FLEET_CONN
+from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts" / "e2e-service-watch"

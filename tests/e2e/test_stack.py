@@ -150,6 +150,24 @@ def assert_each_tick_once_give_or_take_a_poll(task_log: str, count: int) -> None
     assert len(seen) - count <= 2, f"{len(seen) - count} tick lines repeated: {seen}"
 
 
+def test_the_stack_runs_on_its_own_postgresql_as_users_deploy(stack):
+    """What users deploy: Airflow's DAG rows are in the stack's PostgreSQL (unless a run asked for
+    SQLite with FLEXORCH_STACK_DB=sqlite)."""
+    if os.environ.get("FLEXORCH_STACK_DB") == "sqlite":
+        assert stack.db.kind == "sqlite"
+        return
+    assert stack.db.kind == "postgres", stack.db.describe()
+    import psycopg2
+
+    stack.wait_dag("flex_e2e_live")
+    with psycopg2.connect(host=str(stack.db.server.socket_dir), user="airflow", dbname="airflow") as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT dag_id FROM dag")
+            in_db = {row[0] for row in cur.fetchall()}
+    assert "flex_e2e_live" in in_db
+    assert set(stack.dag_ids()) <= in_db
+
+
 def test_local_example_succeeds_with_live_logs(stack):
     stack.wait_dag("flex_e2e_live")
     run_id = stack.trigger("flex_e2e_live")

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.devstack import LOADER_FILE, loader_source
 from tests.conftest import FLEET_CONN
+from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]

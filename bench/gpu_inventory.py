@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench.ssh_submit import cold, plain_hook_command, plain_hook_parallel
 from flexorch_provider.inventory import inventory
 from flexorch_provider.inventory.pools import SshPool
-from tests.integration.sshd import start_fleet
+from flexorch_provider.testbed.fleet import start_fleet
 from tests.integration.test_gpu_inventory import DATA
 
 CONN = "flexorch_bench_fleet"

@@ -138,7 +138,9 @@ class AirflowStack:
         shell (``. <home>/airflow.env && airflow backfill create ...``)."""
         import shlex
 
-        lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k.startswith("AIRFLOW")]
+        lines = [
+            f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k.startswith(("AIRFLOW", "FLEXORCH"))
+        ]
         path = self.home / "airflow.env"
         path.write_text(
             "# written by flexorch's embedded stack; source it to use the airflow CLI on it\n" + "\n".join(lines) + "\n"

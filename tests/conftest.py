@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.slurm import SlurmCluster, start_cluster
-from tests.integration.sshd import SUBNET, SshFleet, start_fleet  # standard library only: no airflow import yet
+from flexorch_provider.testbed.fleet import (  # standard library only: no airflow import yet
+    SUBNET,
+    SshFleet,
+    start_fleet,
+)
+from flexorch_provider.testbed.slurm import SlurmCluster, start_cluster
 
 _HOME = Path(tempfile.mkdtemp(prefix="flexorch-test-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))

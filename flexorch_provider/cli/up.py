@@ -2,9 +2,10 @@
 none is installed) with a folder of specs.
 
 It writes the drop-in loader into ``<home>/dags``, points it at the specs folder, starts
-api-server, scheduler, dag-processor and triggerer, optionally runs one DAG end to end
-with its log streamed to the terminal, prints where the UI is and how to log in, and
-stops every process it started on Ctrl-C.
+api-server, scheduler, dag-processor and triggerer (and with ``--demo-targets`` an ssh fleet and a
+Slurm on this machine), keeps paused the DAGs whose specs name connections this Airflow does
+not have (:class:`Gate`), optionally runs DAGs end to end with their logs streamed to the
+terminal, prints where the UI is and how to log in, and stops every process it started on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import json
 import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flexorch_provider.cli.needs import folder_needs
 from flexorch_provider.client.follow import new_lines
 from flexorch_provider.dag_factory.folder import SPECS_DIR_ENV
 from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
 from flexorch_provider.exceptions import FlexorchError
 
 FINISHED = {"success", "failed"}
+GATE_INTERVAL_S = 5  # how often a new or edited spec's DAG is checked for what it needs
 
 
 def _say(message: str) -> None:
@@ -59,6 +66,85 @@ def _follow_run(stack: AirflowStack, dag_id: str, timeout: float) -> str:
     return "timed out"
 
 
+class Gate:
+    """Keeps every DAG paused until what its spec needs exists (see :mod:`.needs`).
+
+    Each :meth:`apply` looks at the DAGs Airflow has now: one seen for the first time is unpaused
+    if its spec's connections all exist, else it stays paused (Airflow creates them paused here)
+    and the reason is printed once. A DAG this gate paused is unpaused once its connections
+    appear; one the user paused or unpaused afterwards is left as they set it. State:
+    ``<home>/flexorch-up.json``."""
+
+    def __init__(self, stack: AirflowStack, specs: Path) -> None:
+        self.stack = stack
+        self.specs = specs
+        self.path = stack.home / "flexorch-up.json"
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        self.seen: set[str] = set(state.get("seen", []))
+        self.held: dict[str, list[str]] = dict(state.get("held", {}))
+
+    def _have(self, conn_id: str) -> bool:
+        if f"AIRFLOW_CONN_{conn_id.upper()}" in self.stack.env:
+            return True
+        try:
+            self.stack.api("GET", f"/api/v2/connections/{urllib.parse.quote(conn_id)}")
+        except urllib.error.HTTPError:
+            return False
+        return True
+
+    def _set_paused(self, dag_id: str, paused: bool) -> None:
+        self.stack.api("PATCH", f"/api/v2/dags/{urllib.parse.quote(dag_id)}", {"is_paused": paused})
+
+    def apply(self) -> dict[str, list[str]]:
+        """One pass; returns the DAGs held back now, each with what it needs."""
+        present = set(self.stack.dag_ids())
+        by_dag = {d: n for n in folder_needs(self.specs) for d in n.dag_ids}
+        have: dict[str, bool] = {}
+
+        def cached_have(conn_id: str) -> bool:
+            if conn_id not in have:
+                have[conn_id] = self._have(conn_id)
+            return have[conn_id]
+
+        for dag_id in sorted(present):
+            needs = by_dag.get(dag_id)
+            missing = needs.missing(cached_have) if needs is not None else []
+            if missing and dag_id not in self.seen:
+                self._set_paused(dag_id, True)
+                self.held[dag_id] = missing
+                _say(f"    paused {dag_id}: needs {', '.join(missing)}")
+            elif not missing and (dag_id not in self.seen or dag_id in self.held):
+                self._set_paused(dag_id, False)
+                if self.held.pop(dag_id, None) is not None:
+                    _say(f"    unpaused {dag_id}: what it needs exists now")
+            elif missing and dag_id in self.held:
+                self.held[dag_id] = missing
+            self.seen.add(dag_id)
+        self.path.write_text(json.dumps({"seen": sorted(self.seen), "held": self.held}, indent=1))
+        return {d: m for d, m in self.held.items() if d in present}
+
+    def settle(self, dag_ids: Iterable[str], timeout: float = 90) -> None:
+        """Wait until these DAGs are parsed, then apply once (before they are triggered)."""
+        for dag_id in dag_ids:
+            self.stack.wait_dag(dag_id, timeout=timeout)
+        self.apply()
+
+
+def _start_demo_targets(home: Path) -> Any:
+    from flexorch_provider.testbed.demo import start_targets
+
+    _say("==> starting the demo's targets (an ssh fleet and a Slurm on this machine; see the README)")
+    targets = start_targets(home)
+    for line in targets.started:
+        _say(f"    {line}")
+    for target, why in targets.missing.items():
+        _say(f"    {target}: not started: {why}")
+    return targets
+
+
 def run_up(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     specs = Path(args.specs).resolve()
@@ -68,15 +154,14 @@ def run_up(args: argparse.Namespace) -> int:
     dags = home / "dags"
     dags.mkdir(parents=True, exist_ok=True)
     (dags / LOADER_FILE).write_text(loader_source(), encoding="utf-8")
+    env = {
+        SPECS_DIR_ENV: str(specs),
+        "FLEXORCH_RUN_DIR": str(home / "runs"),
+        # every DAG starts paused; the gate unpauses those whose connections exist
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    }
     try:
-        stack = AirflowStack(
-            home,
-            dags,
-            {SPECS_DIR_ENV: str(specs), "FLEXORCH_RUN_DIR": str(home / "runs")},
-            port=args.port,
-            all_admins=False,
-            db=args.db,
-        )
+        stack = AirflowStack(home, dags, env, port=args.port, all_admins=False, db=args.db)
     except FlexorchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -88,13 +173,23 @@ def run_up(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     status = 0
+    targets = None
     try:
+        if args.demo_targets:
+            targets = _start_demo_targets(home)
+            stack.env.update(targets.env)
         _say(f"==> starting Airflow in {home} (LocalExecutor, {stack.db.describe()}); specs from {specs}")
         stack.start()
         _say(f"==> Airflow is up at {stack.url}")
-        if args.run:
-            state = _follow_run(stack, args.run, timeout=args.run_timeout)
-            _say(f"==> {args.run}: {state}")
+        gate = Gate(stack, specs)
+        gate.settle(args.run or [])
+        for dag_id in args.run or []:
+            held = gate.apply().get(dag_id)
+            if held:
+                _say(f"==> not running {dag_id}: it needs {', '.join(held)}")
+                continue
+            state = _follow_run(stack, dag_id, timeout=args.run_timeout)
+            _say(f"==> {dag_id}: {state}")
             if state != "success":
                 status = 1
         if not args.exit_after_run:
@@ -106,11 +201,11 @@ def run_up(args: argparse.Namespace) -> int:
             _say(f"    logs:        {home}/*.log")
             _say(f"    airflow CLI: . {home}/airflow.env && airflow dags list")
             _say("    Ctrl-C stops Airflow and every job it started.")
-            while not stop.wait(1):
-                pass
+            while not stop.wait(GATE_INTERVAL_S):
+                gate.apply()
     except KeyboardInterrupt:
         pass
-    except (RuntimeError, TimeoutError) as e:
+    except (RuntimeError, TimeoutError, FlexorchError) as e:
         print(f"error: {e}", file=sys.stderr)
         status = 1
     finally:
@@ -118,6 +213,9 @@ def run_up(args: argparse.Namespace) -> int:
             signal.signal(s, signal.SIG_IGN)
         _say("==> stopping Airflow")
         stack.stop()
+        if targets is not None:
+            _say("==> stopping the demo's targets")
+            targets.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
         _say("==> stopped")
@@ -136,7 +234,18 @@ def add_parser(sub: Any) -> None:
         help="metadata database: a private PostgreSQL (needs Debian's postgresql), SQLite, or auto "
         "(PostgreSQL where it can run; default, also $FLEXORCH_STACK_DB)",
     )
-    p.add_argument("--run", metavar="DAG_ID", help="trigger this DAG once it is parsed and stream its log")
+    p.add_argument(
+        "--run",
+        metavar="DAG_ID",
+        action="append",
+        help="trigger this DAG once it is parsed and stream its log (repeatable: one after the other)",
+    )
+    p.add_argument(
+        "--demo-targets",
+        action="store_true",
+        help="also start an ssh fleet and a one-node Slurm with fake GPUs on this machine (root, Debian), "
+        "with connections demo_fleet / demo_slurm and a gpu_pools.yaml for them",
+    )
     p.add_argument("--run-timeout", type=float, default=600, help="seconds to wait for --run")
     p.add_argument("--exit-after-run", action="store_true", help="stop after --run instead of waiting for Ctrl-C")
     p.set_defaults(func=run_up)

@@ -21,6 +21,7 @@ from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.backends.ssh import SshBackend
 from flexorch_provider.exceptions import NoCapacityError
 from flexorch_provider.resolve import load_workload
+from flexorch_provider.testbed.fleet import SUBNET
 from tests.conftest import FLEET_CONN
 from tests.integration.containers import (
     IMAGE,
@@ -31,7 +32,6 @@ from tests.integration.containers import (
     start_registry,
 )
 from tests.integration.follow import all_lines, wait_finished
-from tests.integration.sshd import SUBNET
 
 LOCAL = LocalBackend()
 SSH = SshBackend()

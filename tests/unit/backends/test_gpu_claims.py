@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import flexorch_provider.testbed.fleet
 from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.exceptions import SubmitError
@@ -19,6 +20,7 @@ from flexorch_provider.runner.gpus import GpuError, claim_gpus, gpu_model
 from tests.integration.follow import all_lines, wait_finished
 
 DATA = Path(__file__).parents[2] / "data"
+STAND_IN = Path(flexorch_provider.testbed.fleet.__file__).with_name("nvidia-smi-stand-in.sh")
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def gpu_host(tmp_path, monkeypatch):
     home, bin_dir = tmp_path / "home", tmp_path / "bin"
     home.mkdir()
     bin_dir.mkdir()
-    shutil.copy(DATA / "nvidia-smi-stand-in.sh", bin_dir / "nvidia-smi")
+    shutil.copy(STAND_IN, bin_dir / "nvidia-smi")
     (bin_dir / "nvidia-smi").chmod(0o755)
     shutil.copy(DATA / "nvidia-smi-mixed.csv", home / "nvidia-smi-gpus.csv")
     shutil.copy(DATA / "nvidia-smi-mixed-apps.csv", home / "nvidia-smi-apps.csv")

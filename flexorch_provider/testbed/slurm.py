@@ -1,4 +1,5 @@
-"""A real single-node Slurm cluster with fake GPUs, started by the tests.
+"""A real single-node Slurm cluster with fake GPUs on this machine: the slurm target of the demo
+(``flexorch up --demo-targets``) and of the test suite.
 
 munge, slurmctld and slurmd from Debian's slurm-wlm, one node ``localhost`` with 2 CPUs and
 4 "a100" GPUs (character devices made with mknod, so GRES binds and sets
@@ -116,6 +117,6 @@ def start_cluster(base: Path, controller_addr: str) -> SlurmCluster:
     raise RuntimeError(f"the test Slurm node did not become idle in 30 s: {out.stdout} {out.stderr}\n{log}")
 
 
-if __name__ == "__main__":  # a manual check: python -m tests.integration.slurm
+if __name__ == "__main__":  # a manual check: python -m flexorch_provider.testbed.slurm
     c = start_cluster(Path("/tmp/flexorch-slurm-manual"), os.environ.get("ADDR", "127.0.0.1"))
     print(c.run("sinfo", "-N", "-O", "NodeList:20,Gres:30,GresUsed:40,StateLong:12"))

@@ -1,4 +1,5 @@
-"""A fleet of real sshd "hosts", each in its own network namespace, started by the tests.
+"""A fleet of real sshd "hosts" on this machine, each in its own network namespace: the ssh
+target of the demo (``flexorch up --demo-targets``) and of the test suite.
 
 Each host is a network namespace with its own address (``10.N.0.11``, ``.12``, ... on a
 bridge in the test's own namespace) running its own ``sshd`` on port 22 that admits exactly
@@ -28,8 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+STAND_IN = Path(__file__).with_name("nvidia-smi-stand-in.sh")  # nvidia-smi answering from recorded CSV
 TAG = f"fx{os.getpid() % 100000}"  # names of this run's namespaces and links (≤ 15 chars)
-SUBNET = f"10.{200 + os.getpid() % 50}.0"
+
+
+def _free_subnet() -> str:
+    """``10.N.0`` for this process's bridge: N from the pid, moved on while another fleet (the demo's,
+    a test run's) has that subnet already."""
+    try:
+        used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    except OSError:
+        used = ""
+    for k in range(50):
+        subnet = f"10.{200 + (os.getpid() + k) % 50}.0"
+        if f" {subnet}." not in used:
+            return subnet
+    return f"10.{200 + os.getpid() % 50}.0"
+
+
+SUBNET = _free_subnet()
 
 
 def _ip(*args: str) -> None:
@@ -44,7 +62,10 @@ def _remove_stale_namespaces() -> None:
     links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
     bridges = re.findall(r"^\d+: (fx\d+br)[:@]", links, re.M)
     for name in [n for n in names if re.fullmatch(r"fx\d+h\d+", n)] + bridges:
-        pid = int(re.match(r"fx(\d+)", name).group(1))
+        m = re.match(r"fx(\d+)", name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
         if name.startswith(TAG) or any(int(p) % 100000 == pid for p in os.listdir("/proc") if p.isdigit()):
             continue
         if name in bridges:
@@ -104,7 +125,7 @@ class SshHost:
         if gpus_csv is None:
             stand_in.unlink(missing_ok=True)
             return
-        stand_in.write_text((Path(__file__).parents[1] / "data" / "nvidia-smi-stand-in.sh").read_text())
+        stand_in.write_text(STAND_IN.read_text())
         stand_in.chmod(0o755)
         for name, text in (("nvidia-smi-gpus.csv", gpus_csv), ("nvidia-smi-apps.csv", apps_csv)):
             (self.home / name).write_text(text)
@@ -173,7 +194,8 @@ def _remove_job_containers(user: str) -> None:
         subprocess.run([*podman, "rm", "-f", "-t", "0", *found], capture_output=True, cwd="/tmp", timeout=120)
 
 
-def start_fleet(base: Path, count: int) -> SshFleet:
+def start_fleet(base: Path, count: int, account_prefix: str = "flexorch-h") -> SshFleet:
+    """``count`` hosts; host N's account is ``<account_prefix>N`` (the demo's are not the tests')."""
     base.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     host_key, key = base / "host_key", base / "id_ed25519"
@@ -190,7 +212,7 @@ def start_fleet(base: Path, count: int) -> SshFleet:
     _ip("addr", "add", f"{SUBNET}.1/24", "dev", bridge)
     _ip("link", "set", bridge, "up")
     for i in range(1, count + 1):
-        user = f"flexorch-h{i}"
+        user = f"{account_prefix}{i}"
         home = ensure_user(user)
         (keys / user).write_text((base / "id_ed25519.pub").read_text())
         namespace, address = f"{TAG}h{i}", f"{SUBNET}.{10 + i}"

@@ -24,6 +24,9 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
 (_HOME / "dags").mkdir(exist_ok=True)
 
 
+# one Slurm per machine: a test that starts another (the demo's) restarts this one afterwards
+SESSION_SLURM: dict[str, object] = {}
+
 # --- a fleet of real sshd hosts (integration and e2e tests) -------------------------------
 FLEET_CONN = "flexorch_test_fleet"
 LOGIN_CONN = "flexorch_test_slurm_login"
@@ -65,11 +68,13 @@ def slurm_cluster(ssh_fleet) -> SlurmCluster:
     hosts too, and the fleet's first host is the login node of connection LOGIN_CONN."""
     base = Path(tempfile.mkdtemp(prefix="flexorch-slurm-"))
     cluster = start_cluster(base, f"{SUBNET}.1")
+    SESSION_SLURM.update(base=base, controller_addr=f"{SUBNET}.1")
     os.environ[f"AIRFLOW_CONN_{LOGIN_CONN.upper()}"] = ssh_fleet.login_connection_json(ssh_fleet.hosts[0])
     try:
         yield cluster
     finally:
         cluster.stop()
+        SESSION_SLURM.clear()
         shutil.rmtree(base, ignore_errors=True)
 
 

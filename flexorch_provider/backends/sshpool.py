@@ -13,6 +13,7 @@ A :class:`Session` is one paramiko connection from apache-airflow-providers-ssh'
 
 from __future__ import annotations
 
+import logging
 import shlex
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +23,25 @@ from typing import Any, TypeVar
 from flexorch_provider.exceptions import ConfigurationError, HostError
 from flexorch_provider.fanout import reason
 from flexorch_provider.spec.targets import HOST_ENTRY_RE
+
+
+class _QuietParamiko(logging.Filter):
+    """paramiko says at INFO, for every connection and every file copy, that it connected,
+    authenticated and opened or closed an sftp channel: one line per host per job in task logs
+    and, at scale, in the triggerer's. Those lines are dropped; its warnings and errors stay."""
+
+    CHATTER = ("Connected (version", "Authentication (", "Opened sftp connection", "sftp session closed")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        message = record.getMessage()
+        return not any(c in message for c in self.CHATTER)
+
+
+for _name in ("paramiko.transport", "paramiko.transport.sftp"):
+    if not any(isinstance(f, _QuietParamiko) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_QuietParamiko())
 
 CONNECT_TIMEOUT = 5
 COMMAND_TIMEOUT = 60

@@ -204,3 +204,52 @@ def test_the_final_event_is_held_until_not_before(tmp_path):
     not_before = time.time() + 1.5
     (event,) = asyncio.run(_events(FlexJobTrigger(handle, poll_interval=0.05, not_before=not_before)))
     assert event.payload["status"] == "success" and time.time() >= not_before
+
+
+def test_following_many_jobs_logs_changes_not_one_line_per_job_per_poll(tmp_path):
+    """40 real local jobs followed for ~8 polls each: every job's trigger says once that it runs;
+    nothing is logged again while nothing changes (a triggerer with 500 jobs stays readable)."""
+    import logging
+
+    backend = LocalBackend()
+    handles = [backend.submit(_job(tmp_path, f"sleep 60 # {i}")) for i in range(40)]
+    triggers = [FlexJobTrigger(h.to_dict(), poll_interval=0.2) for h in handles]
+
+    async def follow_for(seconds: float) -> None:
+        tasks = [asyncio.create_task(_events(t)) for t in triggers]
+        await asyncio.sleep(seconds)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    records: list[str] = []
+
+    class Recorder:
+        """Each trigger's own log, and every stdlib record at INFO or above (backends, libraries)."""
+
+        def info(self, msg, *args):
+            records.append(msg % args if args else msg)
+
+        warning = exception = error = info
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.INFO:
+                records.append(record.getMessage())
+
+    for t in triggers:
+        t._log = Recorder()
+    keep = Keep()
+    logging.getLogger().addHandler(keep)
+    try:
+        asyncio.run(follow_for(2.0))
+    finally:
+        logging.getLogger().removeHandler(keep)
+        for h in handles:
+            backend.cancel(h)
+    for h in handles:
+        mine = [m for m in records if h.job_id in m]
+        assert mine == [f"job {h.job_id} is running"], mine
+    assert len(records) == len(handles), records[:20]

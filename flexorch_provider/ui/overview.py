@@ -217,10 +217,11 @@ def jobs(
         tis = _tis(session, dag_ids)
         xcoms = _job_xcoms(session, tis)
     rows, handles = [], {}
+    service_dags = _service_dag_ids()
     for ti in tis:
         public = xcoms.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
-        if public is not None and public.get("service") is True:
-            continue
+        if (public is not None and public.get("service") is True) or ti.dag_id in service_dags:
+            continue  # a service's deploy, reconcile or watch task (also queued, before it marks itself)
         row = _job_row(ti, public, now)
         h = _handle(public) if public else None
         if h is not None:
@@ -304,6 +305,22 @@ def _service_jobs(dag_ids: Collection[str] | None) -> list[tuple[str, Any]]:
         elif isinstance(spec, PipelineSpec):
             out += [(spec.name, load_workload(spec, step=s.name)) for s in spec.steps if s.kind == "service"]
     return sorted(out, key=lambda item: item[1].name)
+
+
+def _service_dag_ids() -> set[str]:
+    """The DAGs the specs folder makes of its service specs (deploy, reconcile, watch): their tasks
+    are services, shown in the services list, never jobs."""
+    from flexorch_provider.dag_factory.folder import load_entries
+    from flexorch_provider.dag_factory.plan import plan_dags
+    from flexorch_provider.spec.models import ServiceSpec
+
+    try:
+        entries, _ = load_entries(specs_dir())
+    except Exception:
+        return set()
+    return {
+        p.dag_id for e in entries.values() if isinstance(e.spec, ServiceSpec) for p in plan_dags(e.spec, e.spec.name)
+    }
 
 
 def _resolved(workload: Any) -> Any:

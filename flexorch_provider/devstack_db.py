@@ -23,7 +23,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flexorch_provider.exceptions import ConfigurationError
@@ -97,8 +97,12 @@ class Database:
             self.server.start()
 
     def stop(self, remove: bool = False) -> None:
-        if self.server is not None:
-            self.server.remove() if remove else self.server.stop()
+        if self.server is None:
+            return
+        if remove:
+            self.server.remove()
+        else:
+            self.server.stop()
 
     def describe(self) -> str:
         if self.server is not None:
@@ -115,9 +119,7 @@ def choose(home: Path, kind: str | None = None) -> Database:
     if kind == "postgres" and problem:
         raise ConfigurationError(f"cannot run the stack on PostgreSQL: {problem}; or choose sqlite")
     if kind == "sqlite" or problem:
-        db = sqlite(home)
-        db.fallback_reason = problem
-        return db
+        return replace(sqlite(home), fallback_reason=problem)
     server = Postgres(home)
     return Database("postgres", server.airflow_env(), server)
 

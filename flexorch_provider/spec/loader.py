@@ -36,7 +36,12 @@ def _spec_adapter() -> TypeAdapter[Any]:
     return _adapter
 
 
-class _SpecYamlLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML has it (its wheels do): the pure-Python scanner and composer were
+# two thirds of a cold parse of a specs folder (bench/parse_specs.py)
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _SpecYamlLoader(_BaseLoader):  # type: ignore[misc,valid-type]
     """SafeLoader with YAML 1.2 booleans: only true/false are bools, so ``NO`` stays a string."""
 
 
@@ -99,10 +104,11 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, dict[Path_, int]
     """YAML text → (data, line map). Syntax errors become a SpecError with the line."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError(SpecProblem(file, None, "", f"file is larger than {MAX_SPEC_BYTES} bytes; is it a spec?"))
-    try:
-        loader = _SpecYamlLoader(text)  # refuses control characters at once
-    except yaml.reader.ReaderError as e:
-        raise SpecError(SpecProblem(file, text.count("\n", 0, e.position) + 1, "", unprintable(e))) from None
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)  # what the pure-Python reader refuses, libyaml too
+    if bad:
+        e = yaml.reader.ReaderError(file, bad.start(), ord(bad.group()), "unicode", "special characters")
+        raise SpecError(SpecProblem(file, text.count("\n", 0, bad.start()) + 1, "", unprintable(e)))
+    loader = _SpecYamlLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

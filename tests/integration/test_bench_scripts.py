@@ -35,3 +35,6 @@ def test_parse_specs_runs_small_and_prints_the_ratio_table():
     assert set(rows) >= {"flexorch (cold)", "flexorch (warm)"}
     assert all(row[2] == "10" for row in rows.values())  # every loader produced the 10 DAGs
     assert "× dag-factory" in out.stdout and "goal: warm" in out.stdout
+    plain = next(line.split() for line in out.stdout.splitlines() if line.startswith("plain Python"))
+    assert plain[2] == "10" and plain[4] == "1.00"  # the baseline row: its own 10 DAGs, 1.00× itself
+    assert "× plain Python" in out.stdout and "goal: cold ≤ 2× plain Python" in out.stdout

@@ -43,15 +43,17 @@ def cold() -> None:
     sshpool.forget_all()
 
 
-def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, i: int) -> float:
+def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, i: int) -> tuple[float, float]:
+    """(submit returned: the runner's supervisor runs the job on every host, first status poll says running)."""
     cold()
     started = time.perf_counter()
     handle = backend.submit(job(hosts, placement, i))
+    submitted = time.perf_counter() - started
     while backend.poll([handle])[handle.job_id].state != JobState.RUNNING:
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
     backend.cancel(handle)
-    return elapsed
+    return submitted, elapsed
 
 
 def plain_hook_command(entry: str) -> float:
@@ -97,17 +99,21 @@ def main() -> int:
         cold()
         fleet.stop()
         shutil.rmtree(base, ignore_errors=True)
-    m_plain, m_plain16, m_one, m_16 = (statistics.median(v) for v in (plain, plain16, one, sixteen))
+    m_plain, m_plain16 = statistics.median(plain), statistics.median(plain16)
+    s_one, m_one = (statistics.median(x[k] for x in one) for k in (0, 1))
+    s_16, m_16 = (statistics.median(x[k] for x in sixteen) for k in (0, 1))
     print(f"median of {args.repeat}, cold connections each time")
-    print(f"{'plain SSHHook connect + true':<36}{m_plain:>8.3f} s   1.00× (baseline)")
-    print(f"{'flexorch submit → running, 1 host':<36}{m_one:>8.3f} s {m_one / m_plain:>6.2f}× baseline")
-    print(f"{'plain SSHHook on 16 hosts at once':<36}{m_plain16:>8.3f} s {m_plain16 / m_plain:>6.2f}× baseline")
-    print(
-        f"{'flexorch all → running, 16 hosts':<36}{m_16:>8.3f} s {m_16 / m_one:>6.2f}× one host, "
-        f"{m_16 / m_plain16:.2f}× plain 16"
-    )
+    print(f"{'plain SSHHook connect + true':<40}{m_plain:>8.3f} s   1.00× (baseline)")
+    print(f"{'flexorch submit returned, 1 host':<40}{s_one:>8.3f} s {s_one / m_plain:>6.2f}× baseline")
+    print(f"{'flexorch + first poll: running, 1 host':<40}{m_one:>8.3f} s {m_one / m_plain:>6.2f}× baseline")
+    print(f"{'plain SSHHook on 16 hosts at once':<40}{m_plain16:>8.3f} s {m_plain16 / m_plain:>6.2f}× baseline")
+    print(f"{'flexorch all submit returned, 16 hosts':<40}{s_16:>8.3f} s {s_16 / s_one:>6.2f}× one host, "
+          f"{s_16 / m_plain16:.2f}× plain 16")  # fmt: skip
+    print(f"{'flexorch all + first poll, 16 hosts':<40}{m_16:>8.3f} s {m_16 / m_one:>6.2f}× one host, "
+          f"{m_16 / m_plain16:.2f}× plain 16")  # fmt: skip
     print(f"goals: start → running ≤ 1 s: {'met' if m_one <= 1 else 'NOT met'}; "
-          f"16 hosts ≤ 1.5× one: {'met' if m_16 / m_one <= 1.5 else 'NOT met'}")  # fmt: skip
+          f"16 hosts ≤ 1.5× one: {'met' if m_16 / m_one <= 1.5 else 'NOT met'}; "
+          f"16 hosts ≤ 1.5× plain 16: {'met' if m_16 / m_plain16 <= 1.5 else 'NOT met'}")  # fmt: skip
     return 0
 
 

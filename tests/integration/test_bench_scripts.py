@@ -31,7 +31,11 @@ def test_each_script_imports_and_explains_itself(script):
 def test_parse_specs_runs_small_and_prints_the_ratio_table():
     out = run("bench/parse_specs.py", "--specs", "10", "--repeat", "1")
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in out.stdout.splitlines() if "(" in line}
+    rows = {
+        line.split()[0] + " " + line.split()[1]: line.split()
+        for line in out.stdout.splitlines()
+        if line.startswith("flexorch (")
+    }
     assert set(rows) >= {"flexorch (cold)", "flexorch (warm)"}
     assert all(row[2] == "10" for row in rows.values())  # every loader produced the 10 DAGs
     assert "× dag-factory" in out.stdout and "goal: warm" in out.stdout

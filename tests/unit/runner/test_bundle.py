@@ -28,7 +28,7 @@ def test_the_zipapp_is_the_same_bytes_every_build_and_named_by_its_hash():
     zf = zipfile.ZipFile(io.BytesIO(first))
     names = zf.namelist()
     modules = sorted(p.name for p in PACKAGE_DIR.glob("*.py") if p.name != "bundle.py")
-    assert names == ["__main__.py", *(f"flexorch_runner/{m}" for m in modules)]
+    assert names == ["__main__.py", *(f"flexorch_runner/{m}{c}" for m in modules for c in ("", "c"))]
     assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
     for m in modules:
@@ -92,3 +92,22 @@ def test_the_local_copy_is_written_once_under_its_hash(tmp_path, monkeypatch):
     os.utime(path, (0, 0))
     assert bundle.local_copy() == path and os.stat(path).st_mtime == 0  # there: not written again
     assert [p.name for p in (tmp_path / ".flexorch" / "bin").iterdir()] == [bundle.file_name()]
+
+
+def _imported_from(pyz: Path) -> str:
+    code = f"import sys; sys.path.insert(0, {str(pyz)!r}); import flexorch_runner.cli as c; print(c.__file__)"
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_a_host_with_this_python_imports_the_bytecode_another_compiles_the_source(tmp_path):
+    pyz = tmp_path / "runner.pyz"
+    pyz.write_bytes(bundle.pyz_bytes())
+    assert _imported_from(pyz).endswith("flexorch_runner/cli.pyc")
+    # another Python's bytecode version: its magic number does not match, the source is used
+    other = tmp_path / "other.pyz"
+    with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(other, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, b"\x00\x00" + data[2:] if info.filename.endswith(".pyc") else data)
+    assert _imported_from(other).endswith("flexorch_runner/cli.py")

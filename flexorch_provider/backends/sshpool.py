@@ -165,9 +165,15 @@ class Session:
             channel = transport.open_session(timeout=CONNECT_TIMEOUT)
             channel.settimeout(timeout)
             channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            try:
+                if stdin is not None:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+            except OSError:
+                # the command ended before reading its input (a runner not installed yet exits at once:
+                # "can't open file"); its exit status and stderr below say what happened
+                if not channel.exit_status_ready():
+                    raise
             stdout = channel.makefile("rb").read()
             stderr = channel.makefile_stderr("rb").read()
             code = channel.recv_exit_status()

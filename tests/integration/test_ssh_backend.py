@@ -216,6 +216,20 @@ def test_the_runner_is_installed_on_a_host_that_lacks_it(ssh_fleet):
     assert (host.home / bundle.relative_path()).read_bytes() == bundle.pyz_bytes()
 
 
+def test_a_command_that_exits_before_reading_its_input_reports_its_exit_not_a_closed_socket(ssh_fleet):
+    """A runner not installed yet exits at once ("can't open file") while the submit's job JSON is
+    still being sent: the channel closes under the sender. That must read as the command's own exit
+    (so the runner gets installed), not as a dead host. 8 MiB is more than one SSH window, so the
+    send is still going when the command has ended."""
+    from flexorch_provider.backends import sshpool
+
+    host = sshpool.Host.parse(ssh_fleet.hosts[3].entry)
+    code, out, err = sshpool.on_host(
+        FLEET_CONN, host, lambda s: s.exec(["sh", "-c", "echo gone >&2; exit 3"], stdin=b"x" * (8 << 20))
+    )
+    assert (code, out, err) == (3, "", "gone\n")
+
+
 def test_a_gpu_job_skips_a_host_without_gpus_and_is_pinned_to_a_free_one(ssh_fleet):
     plain, gpu_host = ssh_fleet.hosts[0], ssh_fleet.hosts[2]
     gpu_host.fake_nvidia_smi(

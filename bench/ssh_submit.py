@@ -44,10 +44,14 @@ def cold() -> None:
 
 
 def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, i: int) -> tuple[float, float]:
-    """(submit returned: the runner's supervisor runs the job on every host, first status poll says running)."""
+    """(submit → running as the task sees it: the status the submit answered with, as the
+    operator's first look takes it; submit → a separate status poll says running)."""
     cold()
     started = time.perf_counter()
     handle = backend.submit(job(hosts, placement, i))
+    status = handle.first_status
+    if status is None or status.state != JobState.RUNNING:
+        raise SystemExit(f"the submit did not answer with a running status: {status}")
     submitted = time.perf_counter() - started
     while backend.poll([handle])[handle.job_id].state != JobState.RUNNING:
         time.sleep(0.01)
@@ -104,16 +108,16 @@ def main() -> int:
     s_16, m_16 = (statistics.median(x[k] for x in sixteen) for k in (0, 1))
     print(f"median of {args.repeat}, cold connections each time")
     print(f"{'plain SSHHook connect + true':<40}{m_plain:>8.3f} s   1.00× (baseline)")
-    print(f"{'flexorch submit returned, 1 host':<40}{s_one:>8.3f} s {s_one / m_plain:>6.2f}× baseline")
-    print(f"{'flexorch + first poll: running, 1 host':<40}{m_one:>8.3f} s {m_one / m_plain:>6.2f}× baseline")
+    print(f"{'flexorch submit → running, 1 host':<40}{s_one:>8.3f} s {s_one / m_plain:>6.2f}× baseline")
+    print(f"{'  + a separate status poll':<40}{m_one:>8.3f} s {m_one / m_plain:>6.2f}× baseline")
     print(f"{'plain SSHHook on 16 hosts at once':<40}{m_plain16:>8.3f} s {m_plain16 / m_plain:>6.2f}× baseline")
-    print(f"{'flexorch all submit returned, 16 hosts':<40}{s_16:>8.3f} s {s_16 / s_one:>6.2f}× one host, "
+    print(f"{'flexorch all submit → running, 16 hosts':<40}{s_16:>8.3f} s {s_16 / s_one:>6.2f}× one host, "
           f"{s_16 / m_plain16:.2f}× plain 16")  # fmt: skip
-    print(f"{'flexorch all + first poll, 16 hosts':<40}{m_16:>8.3f} s {m_16 / m_one:>6.2f}× one host, "
+    print(f"{'  + a separate status poll':<40}{m_16:>8.3f} s {m_16 / m_one:>6.2f}× one host, "
           f"{m_16 / m_plain16:.2f}× plain 16")  # fmt: skip
-    print(f"goals: start → running ≤ 1 s: {'met' if m_one <= 1 else 'NOT met'}; "
-          f"16 hosts ≤ 1.5× one: {'met' if m_16 / m_one <= 1.5 else 'NOT met'}; "
-          f"16 hosts ≤ 1.5× plain 16: {'met' if m_16 / m_plain16 <= 1.5 else 'NOT met'}")  # fmt: skip
+    print(f"goals: start → running ≤ 1 s: {'met' if s_one <= 1 else 'NOT met'}; "
+          f"16 hosts ≤ 1.5× one: {'met' if s_16 / s_one <= 1.5 else 'NOT met'}; "
+          f"16 hosts ≤ 1.5× plain 16: {'met' if s_16 / m_plain16 <= 1.5 else 'NOT met'}")  # fmt: skip
     return 0
 
 

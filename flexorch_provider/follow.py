@@ -69,9 +69,14 @@ class Follower:
         self.mask = mask or Masker([])
         self.errors = 0
         self._said = ""
+        self._first = handle.first_status
 
     def poll(self) -> JobStatus:
-        """This job's status on its own (the trigger asks in batches instead)."""
+        """This job's status on its own (the trigger asks in batches instead); the first time, the
+        status its submit answered with, where the backend gave one (no second round trip)."""
+        first, self._first = self._first, None
+        if first is not None:
+            return first
         return self.backend.poll([self.handle])[self.handle.job_id]
 
     def observe(self, status: JobStatus, until: float | None = None) -> Step:

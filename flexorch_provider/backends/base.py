@@ -71,12 +71,17 @@ class JobHandle:
     data: dict[str, Any] = field(default_factory=dict)
     secret_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what submit wants the task log to say (hosts skipped, why)
+    # the job's status as the submit itself saw it (the runner answers with it): the first look of
+    # whoever follows the job uses it instead of asking again; never serialized, a restart asks
+    first_status: JobStatus | None = field(default=None, compare=False, repr=False)
 
     def with_secret_refs(self, refs: dict[str, dict[str, Any]]) -> JobHandle:
         return replace(self, secret_refs=dict(refs))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("first_status")
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobHandle:

@@ -206,7 +206,8 @@ class SshBackend(FleetServices, Backend):
                     continue
                 handle = self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
                 skipped = [f"skipped ssh host {why}" for why in refusals]
-                return replace(handle, notes=skipped + attempt_notes(started, h.label))
+                return replace(handle, notes=skipped + attempt_notes(started, h.label),
+                               first_status=_first_status([(h, started)]))  # fmt: skip
             raise SubmitError("no ssh host could take the job: " + "; ".join(refusals))
 
         if unreachable:
@@ -224,7 +225,8 @@ class SshBackend(FleetServices, Backend):
                 pass  # the submit error below is what the user needs to see
             raise SubmitError("placement all: could not start on " + "; ".join(failed))
         notes = [note for h, r, _ in results for note in attempt_notes(r, h.label)]
-        return replace(self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}"), notes=notes)
+        handle = self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}")
+        return replace(handle, notes=notes, first_status=_first_status([(h, r) for h, r, _ in results]))
 
     def _handle(self, job: ResolvedJob, conn: str, placed: list[tuple[Host, str]], job_id: str) -> JobHandle:
         many = job.workload.ssh.placement == "all"
@@ -334,6 +336,13 @@ class SshBackend(FleetServices, Backend):
                 problems.append(f"{label}: still running after cancel")
         if problems:
             raise BackendError(f"could not cancel job {handle.job_id} everywhere: " + "; ".join(problems))
+
+
+def _first_status(started: list[tuple[Host, dict[str, Any]]]) -> JobStatus | None:
+    """The status the runners answered the submit with (None from a runner too old to say)."""
+    if not all(isinstance(r.get("status"), dict) for _, r in started):
+        return None
+    return _combine([(h, r["status"]) for h, r in started])
 
 
 def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import io
-import marshal
+import json
 import os
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -42,26 +43,45 @@ def sources() -> list[tuple[str, bytes]]:
     return [("__main__.py", MAIN.encode()), *files]
 
 
-def _bytecode(name: str, data: bytes) -> bytes:
-    """``name`` compiled by this Python, as an unchecked hash-based .pyc: a host whose python3 has the
-    same bytecode version imports it without compiling (compiling the sources was a third of every
-    runner call); any other python3 rejects its magic number and compiles the .py beside it."""
+# Compiles each module (JSON on stdin: [[name, source], ...]) and writes the .pyc bytes, as
+# JSON of hex strings. A fresh interpreter: marshal marks an object as shared by its reference
+# count, so the same code marshalled in a long-lived process can come out different bytes.
+_COMPILE = """
+import importlib.util, json, marshal, sys
+out = []
+for name, source in json.load(sys.stdin):
+    data = source.encode()
     code = compile(data, name, "exec", dont_inherit=True)
-    flags = 0b01  # hash-based, not checked against the source (both come from this one file)
-    return (
-        importlib.util.MAGIC_NUMBER
-        + flags.to_bytes(4, "little")
-        + importlib.util.source_hash(data)
-        + marshal.dumps(code)
-    )
+    head = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + importlib.util.source_hash(data)
+    out.append((head + marshal.dumps(code)).hex())
+json.dump(out, sys.stdout)
+"""
+
+
+def _bytecode(modules: list[tuple[str, bytes]]) -> list[bytes] | None:
+    """Each module compiled by this Python as an unchecked hash-based .pyc (flags 0b01: never checked
+    against the source; both come from this one file). A host whose python3 has the same bytecode
+    version imports them without compiling (compiling was a third of every runner call); any other
+    python3 rejects their magic number and compiles the .py beside them. None if this Python cannot
+    be started again (the zipapp then carries sources only)."""
+    payload = json.dumps([(name, data.decode()) for name, data in modules])
+    try:
+        done = subprocess.run([sys.executable, "-S", "-I", "-c", _COMPILE], input=payload, capture_output=True,
+                              text=True, timeout=60, check=True)  # fmt: skip
+        return [bytes.fromhex(h) for h in json.loads(done.stdout)]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def _entries() -> list[tuple[str, bytes]]:
+    files = sources()
+    modules = [(name, data) for name, data in files if name.startswith(f"{PACKAGE}/")]
+    compiled = dict(zip((name for name, _ in modules), _bytecode(modules) or [], strict=False))
     out = []
-    for name, data in sources():
+    for name, data in files:
         out.append((name, data))
-        if name.startswith(f"{PACKAGE}/"):
-            out.append((name[:-3] + ".pyc", _bytecode(name, data)))
+        if name in compiled:
+            out.append((name[:-3] + ".pyc", compiled[name]))
     return out
 
 

@@ -37,6 +37,9 @@ def _submit(key_dir):
     if not out["reattached"]:
         start(out["run_dir"])
         wait_for_runner(out["run_dir"])
+    from .status import status
+
+    out["status"] = status(out["run_dir"])  # the caller's first look, without another call
     _print([out])
     return 0
 

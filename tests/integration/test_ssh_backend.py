@@ -216,6 +216,15 @@ def test_the_runner_is_installed_on_a_host_that_lacks_it(ssh_fleet):
     assert (host.home / bundle.relative_path()).read_bytes() == bundle.pyz_bytes()
 
 
+def test_the_submit_answers_with_the_jobs_status_on_every_host(ssh_fleet):
+    handle = BACKEND.submit(make_job("sleep 30", ssh_fleet.entries(2), placement="all"))
+    try:
+        assert handle.first_status is not None and handle.first_status.state == JobState.RUNNING
+        assert handle.first_status.message == "2 of 2 hosts still running"
+    finally:
+        BACKEND.cancel(handle)
+
+
 def test_a_command_that_exits_before_reading_its_input_reports_its_exit_not_a_closed_socket(ssh_fleet):
     """A runner not installed yet exits at once ("can't open file") while the submit's job JSON is
     still being sent: the channel closes under the sender. That must read as the command's own exit

@@ -133,3 +133,16 @@ def test_a_job_that_ended_holding_its_resources_is_cancelled_by_its_follower():
     assert cancelled == ["j/1"] and step.event is not None and step.event["status"] == "failed"
     assert any("removed it" in note for note in step.notes)
     assert Follower(Stuck(stuck), HANDLE).observe(JobStatus(JobState.FAILED, 1)).event and cancelled == ["j/1"]
+
+
+def test_the_status_a_submit_answered_with_is_the_first_look_then_the_backend_is_asked():
+    from dataclasses import replace
+
+    backend = Scripted(JobStatus(JobState.SUCCEEDED), rounds=5)
+    seen = JobStatus(JobState.RUNNING, message="running on h1")
+    follower = Follower(backend, replace(HANDLE, first_status=seen))
+    assert follower.poll() == seen and backend.polls == 0  # no second round trip right after the submit
+    assert follower.poll().message == "running" and backend.polls == 1
+    # never stored: a trigger or a restarted worker asks the backend
+    assert "first_status" not in replace(HANDLE, first_status=seen).to_dict()
+    assert JobHandle.from_dict(replace(HANDLE, first_status=seen).to_dict()) == HANDLE

@@ -9,7 +9,8 @@ what Airflow's own SSHOperator pays before it runs anything.
 
 Goals (DESIGN.md): start → job running ≤ 1 s; ``all`` on 16 hosts ≤ 1.5× one host. On one
 small machine the 16 "hosts" share its cores (every handshake and remote python3 start
-runs on the same CPUs), so the plain-SSHHook-on-16-hosts row shows the floor here.
+runs on the same CPUs), so the plain-SSHHook-on-16-hosts row shows the floor here, and the
+row below it the floor for anything that starts python3 on each host (as the runner does).
 """
 
 from __future__ import annotations
@@ -60,25 +61,25 @@ def start_to_running(backend: ssh.SshBackend, hosts: list[str], placement: str, 
     return submitted, elapsed
 
 
-def plain_hook_command(entry: str) -> float:
+def plain_hook_command(entry: str, command: str = "true") -> float:
     from airflow.providers.ssh.hooks.ssh import SSHHook
 
     host = sshpool.Host.parse(entry)
     started = time.perf_counter()
     hook = SSHHook(ssh_conn_id=CONN, remote_host=host.host or "", port=host.port, username=host.user)
     with hook.get_conn() as client:
-        _, stdout, _ = client.exec_command("true")
+        _, stdout, _ = client.exec_command(command)
         stdout.channel.recv_exit_status()
     return time.perf_counter() - started
 
 
-def plain_hook_parallel(entries: list[str]) -> float:
+def plain_hook_parallel(entries: list[str], command: str = "true") -> float:
     """The floor for a fleet: a plain SSHHook command on every host at once (threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(entries)) as pool:
-        list(pool.map(plain_hook_command, entries))
+        list(pool.map(lambda e: plain_hook_command(e, command), entries))
     return time.perf_counter() - started
 
 
@@ -93,17 +94,18 @@ def main() -> int:
     backend = ssh.SshBackend()
     try:
         start_to_running(backend, fleet.entries(16), "all", -1)  # installs the runner everywhere once
-        plain, plain16, one, sixteen = [], [], [], []
+        plain, plain16, python16, one, sixteen = [], [], [], [], []
         for i in range(args.repeat):
             plain.append(plain_hook_command(fleet.hosts[0].entry))
             plain16.append(plain_hook_parallel(fleet.entries(16)))
+            python16.append(plain_hook_parallel(fleet.entries(16), "python3 -S -c pass"))
             one.append(start_to_running(backend, fleet.entries(1), "any", i))
             sixteen.append(start_to_running(backend, fleet.entries(16), "all", i))
     finally:
         cold()
         fleet.stop()
         shutil.rmtree(base, ignore_errors=True)
-    m_plain, m_plain16 = statistics.median(plain), statistics.median(plain16)
+    m_plain, m_plain16, m_python16 = statistics.median(plain), statistics.median(plain16), statistics.median(python16)
     s_one, m_one = (statistics.median(x[k] for x in one) for k in (0, 1))
     s_16, m_16 = (statistics.median(x[k] for x in sixteen) for k in (0, 1))
     print(f"median of {args.repeat}, cold connections each time")
@@ -111,6 +113,8 @@ def main() -> int:
     print(f"{'flexorch submit → running, 1 host':<40}{s_one:>8.3f} s {s_one / m_plain:>6.2f}× baseline")
     print(f"{'  + a separate status poll':<40}{m_one:>8.3f} s {m_one / m_plain:>6.2f}× baseline")
     print(f"{'plain SSHHook on 16 hosts at once':<40}{m_plain16:>8.3f} s {m_plain16 / m_plain:>6.2f}× baseline")
+    print(f"{'  the same, running python3 -S -c pass':<40}{m_python16:>8.3f} s {m_python16 / m_plain:>6.2f}× baseline, "
+          f"{m_python16 / m_plain16:.2f}× plain 16 (the floor for a runner in python)")  # fmt: skip
     print(f"{'flexorch all submit → running, 16 hosts':<40}{s_16:>8.3f} s {s_16 / s_one:>6.2f}× one host, "
           f"{s_16 / m_plain16:.2f}× plain 16")  # fmt: skip
     print(f"{'  + a separate status poll':<40}{m_16:>8.3f} s {m_16 / m_one:>6.2f}× one host, "

@@ -26,7 +26,7 @@ Modes (:mod:`.cli`)::
                                  (KEY_DIR/<n>); print one JSON line
     jobrunner live KEY_DIR       what submit would reattach to or adopt, as JSON, or {}
     jobrunner claim RUN_DIR...   the attempt's outcome reached Airflow: a later try runs anew
-    jobrunner start RUN_DIR      detach and supervise the job (returns at once)
+    jobrunner start RUN_DIR      detach and supervise the job (returns once it runs)
     jobrunner status RUN_DIR...  one JSON line per directory
     jobrunner log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
     jobrunner cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
@@ -44,7 +44,8 @@ cancelled, lost (the supervisor died without a result: kill -9, reboot).
 Modules: :mod:`.files` (atomic and private writes, reads, the supervisor's identity),
 :mod:`.status`, :mod:`.attempts` (submit: reattach or a new attempt), :mod:`.gpus`
 (nvidia-smi, model names, claims), :mod:`.logs` (reading complete lines, masking secrets),
-:mod:`.procs` (process groups: kill, reap, cancel), :mod:`.supervisor`, :mod:`.replicas`
+:mod:`.procs` (process groups: kill, reap, cancel), :mod:`.launch` (detach a supervisor),
+:mod:`.supervisor`, :mod:`.replicas`
 (services: replicas, health, retire), :mod:`.cli`; :mod:`.bundle` builds the zipapp on the
 worker and is not shipped.
 """

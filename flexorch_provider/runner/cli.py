@@ -23,7 +23,7 @@ def _submit(key_dir):
     from .attempts import prepare
     from .containers import NoRuntime
     from .gpus import GPU_REFUSED_EXIT, GpuError
-    from .supervisor import start, wait_for_runner
+    from .launch import start
 
     payload = json.loads(sys.stdin.read())
     try:
@@ -36,7 +36,6 @@ def _submit(key_dir):
         return GPU_REFUSED_EXIT
     if not out["reattached"]:
         start(out["run_dir"])
-        wait_for_runner(out["run_dir"])
     from .status import status
 
     out["status"] = status(out["run_dir"])  # the caller's first look, without another call
@@ -68,7 +67,7 @@ def main(argv):
         lines, cursor = read_log(args[0], int(args[1]))
         _print([{"lines": lines, "cursor": cursor}])
     elif mode == "start" and args:
-        from .supervisor import start
+        from .launch import start
 
         start(args[0])
     elif mode == "status" and args:

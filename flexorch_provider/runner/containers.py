@@ -8,11 +8,11 @@ environment), so no value is ever on a command line. When the step ends, however
 the container is removed.
 """
 
-import base64
 import json
 import os
-import shutil
-import subprocess
+
+# base64, shutil and subprocess are imported where used: a submit without an image must not pay
+# for them (every module a runner mode imports is read from the zipapp on each start)
 
 RUNTIMES = ("podman", "docker")  # the order "auto" looks for them
 CREATE_TIMEOUT_S = 600  # a pull of a large image
@@ -26,6 +26,8 @@ class NoRuntime(Exception):
 def find_runtime(want):
     """The path of the runtime to use: ``want`` is auto, podman or docker."""
     names = RUNTIMES if want in (None, "", "auto") else (want,)
+    import shutil
+
     for name in names:
         path = shutil.which(name)
         if path:
@@ -71,6 +73,8 @@ def write_registry_login(run_dir, login):
 
 def auth_json(login):
     """``login`` ({registry, login, password}) as an auth file's text."""
+    import base64
+
     token = base64.b64encode(("%s:%s" % (login["login"], login["password"])).encode("utf-8")).decode("ascii")
     auths = {login["registry"]: {"auth": token}}
     if login["registry"] == "docker.io":  # docker still looks Docker Hub up under its v1 address
@@ -84,6 +88,8 @@ def registry_password(run_dir):
         with open(os.path.join(run_dir, REGISTRY_DIR, "config.json")) as f:
             auths = json.load(f)["auths"]
         token = next(iter(auths.values()))["auth"]
+        import base64  # binascii.Error is a ValueError
+
         return base64.b64decode(token).decode("utf-8").split(":", 1)[1]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
@@ -91,7 +97,11 @@ def registry_password(run_dir):
 
 def forget_registry_login(run_dir):
     """Delete the registry login: it is needed only to create the container."""
-    shutil.rmtree(os.path.join(run_dir, REGISTRY_DIR), ignore_errors=True)
+    path = os.path.join(run_dir, REGISTRY_DIR)
+    if os.path.isdir(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def login_flags(runtime, run_dir, login=None):
@@ -156,6 +166,8 @@ def remove(job):
     runtime = spec.get("runtime_path")
     if not runtime:
         return True
+    import subprocess
+
     try:
         subprocess.run([runtime, "rm", "-f", "-t", "0", container_name(job)] if os.path.basename(runtime) == "podman"
                        else [runtime, "rm", "-f", container_name(job)],

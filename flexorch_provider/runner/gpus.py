@@ -13,7 +13,6 @@ models with :func:`gpu_model`, so inventory and claims never disagree.
 import json
 import os
 import re
-import subprocess
 import time
 
 from .status import LIVE, status
@@ -75,6 +74,8 @@ def parse_apps(text):
 
 def nvidia_smi(argv):
     """nvidia-smi's stdout; GpuError when it cannot be run or fails."""
+    import subprocess
+
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                               timeout=GPU_QUERY_TIMEOUT_S)  # fmt: skip

@@ -5,11 +5,11 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
+import sys
 import time
 
-from .files import runner_identity, write_atomic
+from .files import write_atomic
 from .logs import Masker
 from .procs import become_subreaper, kill_group, reaped_within
 from .status import CANCEL_EXIT, TIMEOUT_EXIT
@@ -38,6 +38,11 @@ def base_environment(job, run_dir):
 def workdir_of(job, run_dir):
     """The job's working directory: its workdir (relative to home) or the run directory."""
     return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
+
+
+# the step in a process group of its own; Python 3.11+ does it without a preexec_fn, which
+# keeps Popen on its fast path (vfork) instead of a fork that copies the supervisor
+OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 class Supervisor(object):
@@ -82,13 +87,13 @@ class Supervisor(object):
             self.child = subprocess.Popen(
                 argv, cwd=cwd or workdir_of(self.job, self.run_dir), env=env or self.environment(),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=os.setpgrp,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **OWN_GROUP
             )  # fmt: skip
         except OSError as e:
             workdir = workdir_of(self.job, self.run_dir)
             if not os.path.isdir(workdir):
                 self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
-                          % (workdir, socket.gethostname()))  # fmt: skip
+                          % (workdir, os.uname()[1]))  # fmt: skip
                 return 1
             self.note("could not start %s: %s" % (argv[0], e.strerror or e))
             return 127
@@ -152,7 +157,7 @@ class Supervisor(object):
         if not os.path.isdir(workdir):
             ctr.forget_registry_login(self.run_dir)
             self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
-                      % (workdir, socket.gethostname()))  # fmt: skip
+                      % (workdir, os.uname()[1]))  # fmt: skip
             return 1
         env = ctr.container_env(self.job, self.environment())
         names = [k for k in env if k not in BASE_ENV_KEYS]
@@ -203,7 +208,6 @@ class Supervisor(object):
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         become_subreaper()
-        write_atomic(os.path.join(self.run_dir, "runner.pid"), runner_identity())
         started = time.time()
         timeout = self.job.get("timeout")
         deadline = started + float(timeout) if timeout else None
@@ -245,38 +249,3 @@ class Supervisor(object):
             json.dumps({"state": state, "exit_code": code, "started_at": started, "finished_at": time.time(),
                         "message": message}),
         )  # fmt: skip
-
-
-def start(run_dir):
-    """Detach (double fork + setsid) so the job outlives whoever started it, then supervise."""
-    run_dir = os.path.abspath(run_dir)
-    if os.fork() > 0:
-        return
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    try:
-        Supervisor(run_dir).main()
-    except BaseException as e:  # record why, then exit; nobody is watching stderr
-        try:
-            with open(os.path.join(run_dir, "log"), "ab") as f:
-                f.write(("[flexorch] supervisor error: %r\n" % (e,)).encode())
-            write_atomic(
-                os.path.join(run_dir, "result.json"),
-                json.dumps({"state": "failed", "exit_code": 1, "finished_at": time.time(),
-                            "message": "supervisor error: %r" % (e,)}),
-            )  # fmt: skip
-        finally:
-            os._exit(1)
-    os._exit(0)
-
-
-def wait_for_runner(run_dir, seconds=5.0):
-    """Return once the supervisor has started (so the caller's first status says running)."""
-    deadline = time.time() + seconds
-    pid_file = os.path.join(run_dir, "runner.pid")
-    while time.time() < deadline and not os.path.exists(pid_file):
-        time.sleep(0.005)

@@ -5,6 +5,7 @@
     status = backend.poll([handle])            (the trigger: one batched poll per interval)
     step = follower.observe(status)           read the log as far as the state allows, mask it,
                                                decide: step.event is the final event, or None
+                                               (or, past ``pending_until``, a job still pending)
     follower.failed(error)                     a poll or read that failed: None while patience
                                                lasts, else the error event
 
@@ -61,8 +62,10 @@ class Follower:
         cursor: LogCursor = 0,
         tail_lines: int = TAIL_LINES,
         mask: Masker | None = None,
+        pending_until: float | None = None,
     ) -> None:
         self.backend = backend
+        self.pending_until = pending_until  # epoch seconds: a job still pending then is reported (max_pending)
         self.handle = handle
         self.cursor = cursor
         self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
@@ -113,6 +116,8 @@ class Follower:
                 if not progressed or now - started > budget or (not finished and until is not None and now > until):
                     break
         self.errors = 0
+        if status.state == JobState.PENDING and self.pending_until is not None and time.time() >= self.pending_until:
+            step.event = self.pending_event(said)
         if status.state.finished:
             if status.release:
                 step.notes.append(self._release())
@@ -145,6 +150,11 @@ class Follower:
             "log_tail": list(self.tail),
             "log_cursor": self.cursor,
         }
+
+    def pending_event(self, said: str) -> dict[str, Any]:
+        """The job has waited ``max_pending`` without starting: its task decides where it goes."""
+        return {"status": "pending", "handle": self.handle.to_dict(), "message": said, "log_tail": list(self.tail),
+                "log_cursor": self.cursor}  # fmt: skip
 
     def error_event(self, message: str) -> dict[str, Any]:
         return error_event(self.handle.to_dict(), message, list(self.tail), self.cursor)

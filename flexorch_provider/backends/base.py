@@ -327,6 +327,21 @@ class Backend(ABC):
         replica's ``run_dir`` → the ``cursor`` this returned for it last time)."""
         raise SubmitError(f"the {self.name} target runs no services")
 
+    def find(self, job: ResolvedJob) -> JobHandle | None:
+        """The live job of ``job``'s run key on this target, without starting anything; None when
+        there is none. A task whose spec lets a job move between targets (``target_policy``,
+        ``max_pending``) asks every target before it submits anywhere: one live job per run key
+        across the list. A backend that cannot look returns None (submit still reattaches there)."""
+        return None
+
+    def withdraw(self, handle: JobHandle) -> bool:
+        """Take back a job that has not started (``max_pending``): True once it is gone from this
+        target, False when it has started meanwhile (it stays: a started job never moves)."""
+        if self.poll([handle])[handle.job_id].state != JobState.PENDING:
+            return False
+        self.cancel(handle)
+        return True
+
     def claim(self, handle: JobHandle) -> None:
         """The job's outcome reached Airflow. Until then a later try of its run key adopts a job that
         succeeded (its worker died before recording it) instead of running it again; after, a

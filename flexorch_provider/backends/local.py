@@ -38,7 +38,7 @@ from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, FleetServices, render_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
-from flexorch_provider.runner.attempts import attempt_notes, claim, prepare
+from flexorch_provider.runner.attempts import attempt_notes, claim, found, prepare
 from flexorch_provider.runner.containers import NoRuntime
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT, GpuError
 from flexorch_provider.runner.logs import read_log
@@ -152,6 +152,10 @@ class LocalBackend(FleetServices, Backend):
         except (OSError, subprocess.SubprocessError) as e:
             raise SubmitError(f"could not start the job runner for {run_dir}: {e}") from e
         return handle
+
+    def find(self, job: ResolvedJob) -> JobHandle | None:
+        out = found(str(run_root(job) / job.key_slug))
+        return replace(self._handle(job, Path(out["run_dir"])), notes=attempt_notes(out)) if out else None
 
     def claim(self, handle: JobHandle) -> None:
         claim(job_data(handle)["run_dir"])

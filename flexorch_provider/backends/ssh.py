@@ -228,6 +228,24 @@ class SshBackend(FleetServices, Backend):
         handle = self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}")
         return replace(handle, notes=notes, first_status=_first_status([(h, r) for h, r, _ in results]))
 
+    def find(self, job: ResolvedJob) -> JobHandle | None:
+        """The run key's live attempt (or unrecorded success) on the hosts: one ``live`` round. A host
+        that cannot be asked is a HostError only when no other host answers."""
+        conn = job.workload.ssh.connection
+        key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
+        looks = parallel(hosts_of(job), lambda h: json.loads(runner(conn, h, "live", key_dir)))
+        placed = [(h, found) for h, found, e in looks if e is None and found]
+        if not placed:
+            errors = [e for _, _, e in looks if e is not None]
+            if errors and len(errors) == len(looks):
+                raise errors[0]
+            return None
+        if job.workload.ssh.placement != "all":
+            placed = placed[:1]
+        first = placed[0][1]
+        handle = self._handle(job, conn, [(h, f["run_dir"]) for h, f in placed], first["job_id"])
+        return replace(handle, notes=[n for h, f in placed for n in attempt_notes(f, h.label)])
+
     def _handle(self, job: ResolvedJob, conn: str, placed: list[tuple[Host, str]], job_id: str) -> JobHandle:
         many = job.workload.ssh.placement == "all"
         return JobHandle(

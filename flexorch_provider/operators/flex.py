@@ -22,7 +22,15 @@ from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
 from flexorch_provider import links
-from flexorch_provider.backends.base import Backend, JobHandle, LogCursor, ResolvedJob, check_action, run_key
+from flexorch_provider.backends.base import (
+    Backend,
+    JobHandle,
+    JobState,
+    LogCursor,
+    ResolvedJob,
+    check_action,
+    run_key,
+)
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.backends.services.watch import WatchState
 from flexorch_provider.exceptions import (
@@ -42,6 +50,7 @@ from flexorch_provider.triggers.service_watch import ServiceWatchTrigger, initia
 
 DEFER_AFTER_S = 10.0  # follow a job this long in the worker before deferring (a shorter job never defers)
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
+MAX_STAYS_KEPT = 5  # the job XCom keeps the last few "no other target has room" decisions
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
 T = TypeVar("T")
 TEMPLATE_MARKS = ("{{", "{%", "{#")
@@ -160,10 +169,12 @@ class FlexOperator(BaseOperator):
             registry=resolve_registry(self.workload),
         )
 
-    def _on_first_target(self, job: ResolvedJob, start: Callable[[Backend], T]) -> tuple[str, T]:
-        """Run ``start`` on the first target that accepts the job (in the spec's order)."""
+    def _on_first_target(
+        self, job: ResolvedJob, start: Callable[[Backend], T], targets: list[str] | None = None
+    ) -> tuple[str, T]:
+        """Run ``start`` on the first target that accepts the job (in the spec's order, or ``targets``)."""
         refusals: list[str] = []
-        for target in self.workload.target:
+        for target in targets if targets is not None else self.workload.target:
             try:
                 result = start(get_backend(target))
             except (SubmitError, BackendUnavailableError) as e:
@@ -175,13 +186,76 @@ class FlexOperator(BaseOperator):
             return target, result
         raise SubmitError("no target accepted the job:\n  " + "\n  ".join(refusals))
 
-    def _submit(self, job: ResolvedJob) -> JobHandle:
-        target, handle = self._on_first_target(job, lambda backend: backend.submit(job))
+    @property
+    def _movable(self) -> bool:
+        """The job may run on any target of its list, not only the first that accepts it."""
+        w = self.workload
+        return len(w.target) > 1 and (w.target_policy == "first-free" or w.max_pending is not None)
+
+    def _submit(self, job: ResolvedJob) -> tuple[JobHandle, dict[str, Any]]:
+        """Submit (or find again) the job; the handle and the target choice (for the log and XCom)."""
+        w = self.workload
+        choice: dict[str, Any] = {"policy": w.target_policy, "targets": [str(t) for t in w.target], "seen": [],
+                                  "moves": [], "left": [],
+                                  "max_pending_s": w.max_pending.total_seconds() if w.max_pending else None}  # fmt: skip
+        found = self._find_anywhere(job) if self._movable else None
+        if found is not None:
+            target, handle = found
+            self.log.info("found this run's job %s on target %s: following it (no second job)", handle.job_id, target)
+        else:
+            order = [str(t) for t in w.target]
+            if w.target_policy == "first-free" and len(order) > 1:
+                order = self._first_free(choice)
+            target, handle = self._on_first_target(job, lambda backend: backend.submit(job), order)
         for note in handle.notes:
             self.log.warning("%s", note)
         self.log.info("job %s running on target %s (run key %s)", handle.job_id, target, job.run_key)
+        choice.update(chosen=target, since=time.time(), submitted_at=time.time())
         # where the secrets live (never their values): whoever follows the job masks them in its output
-        return handle.with_secret_refs(secret_refs(self.workload))
+        return handle.with_secret_refs(secret_refs(self.workload)), choice
+
+    def _first_free(self, choice: dict[str, Any]) -> list[str]:
+        """The spec's targets, those with room for the job now first (target_policy first-free)."""
+        from flexorch_provider import placement
+
+        targets = [str(t) for t in self.workload.target]
+        seen = placement.survey(self.workload, targets)
+        for s in seen:
+            self.log.info("first-free: %s", s.line)
+        choice["seen"] = [s.to_dict() for s in seen]
+        order = placement.order(targets, seen)
+        if not any(s.fits for s in seen):
+            self.log.info("first-free: no target has room for the job now; the first that accepts takes it (%s)",
+                          ", ".join(targets))  # fmt: skip
+        elif order[0] != targets[0]:
+            self.log.info(
+                "first-free: %s has room now, ahead of %s", order[0], ", ".join(targets[: targets.index(order[0])])
+            )
+        return order
+
+    def _find_anywhere(self, job: ResolvedJob) -> tuple[str, JobHandle] | None:
+        """This run key's live job on any target of the list (a restarted or retried task whose job
+        moved, or was placed by first-free): one live job per run key across all targets. Were
+        there several (a task killed in the middle of a move), the first running one stays and
+        the others are cancelled."""
+        from flexorch_provider.fanout import parallel
+
+        looks = parallel([str(t) for t in self.workload.target], lambda t: get_backend(t).find(job))
+        found: list[tuple[str, JobHandle]] = []
+        for target, handle, error in looks:
+            if error is not None:
+                self.log.warning("could not look for this run's job on target %s: %s", target, error)
+            elif handle is not None:
+                found.append((target, handle))
+        if len(found) <= 1:
+            return found[0] if found else None
+        states = {t: get_backend(t).poll([h])[h.job_id].state for t, h in found}
+        keep = next(((t, h) for t, h in found if states[t] != JobState.PENDING), found[0])
+        for other, extra in found:
+            if (other, extra) != keep:
+                self.log.warning("this run also had job %s on %s: cancelling it (one job per run)", extra.job_id, other)
+                get_backend(other).cancel(extra)
+        return keep
 
     def _service(self, job: ResolvedJob, context: Any) -> dict[str, Any]:
         """Services converge in the worker: idempotent, so a retry or a restarted worker just converges again."""
@@ -264,16 +338,22 @@ class FlexOperator(BaseOperator):
         job = self._resolved(context)
         if job.is_service:
             return self._service(job, context)
-        handle = self._submit(job)
+        handle, choice = self._submit(job)
+        return self._track(context, handle, choice)
+
+    def _track(self, context: Any, handle: JobHandle, choice: dict[str, Any], new: bool = True) -> Any:
+        """Follow a submitted job from the worker, then (deferrable) from the trigger. ``new``: a job
+        the task has not announced yet (not one that keeps its place after max_pending)."""
         self._handle = handle
-        self._announce(context["ti"], handle)
+        self._announce(context["ti"], handle, choice, say=new)
+        pending_until = self._pending_until(handle, choice)
         if not self.deferrable:
-            event, _ = self._follow(handle)
+            event, _ = self._follow(handle, pending_until=pending_until)
             assert event is not None  # without a deadline, following ends only with the job
-            return self._finish(event)
-        event, cursor = self._follow(handle, until=time.monotonic() + self.defer_after)
+            return self._outcome(context, event, choice)
+        event, cursor = self._follow(handle, until=time.monotonic() + self.defer_after, pending_until=pending_until)
         if event is not None:
-            return self._finish(event)
+            return self._outcome(context, event, choice)
         self.defer(
             trigger=FlexJobTrigger(
                 handle=handle.to_dict(),
@@ -281,11 +361,76 @@ class FlexOperator(BaseOperator):
                 log_cursor=cursor,
                 tail_lines=TAIL_LINES,
                 not_before=time.time() + RESUME_HOLD_S,
+                pending_until=pending_until,
+                carry={"choice": choice},
             ),
             method_name="execute_complete",
         )
 
-    def _announce(self, ti: Any, handle: JobHandle) -> None:
+    def _pending_until(self, handle: JobHandle, choice: dict[str, Any]) -> float | None:
+        """When a job still pending on its target is to be moved (max_pending), if it can go anywhere."""
+        w = self.workload
+        if w.max_pending is None or not self._others(handle.target, choice):
+            return None
+        return float(choice.get("since") or time.time()) + w.max_pending.total_seconds()
+
+    def _others(self, target: str, choice: dict[str, Any]) -> list[str]:
+        """The targets a job pending on ``target`` may move to: none it has left in this try."""
+        left = set(choice.get("left") or [])
+        return [t for t in self.workload.target if t != target and t not in left]
+
+    def _outcome(self, context: Any, event: dict[str, Any], choice: dict[str, Any]) -> Any:
+        if event.get("status") == "pending":
+            return self._move(context, event, choice)
+        return self._finish(event)
+
+    def _move(self, context: Any, event: dict[str, Any], choice: dict[str, Any]) -> Any:
+        """max_pending has passed and the job has not started: cancel it where it waits and submit it to
+        the next target with room, in the same try. It stays where it is when no other target has room
+        now (asked again after max_pending), or when it started meanwhile (a started job never moves)."""
+        from flexorch_provider import placement
+
+        handle = JobHandle.from_dict(event["handle"])
+        here, why = handle.target, event.get("message") or "pending"
+        waited = _duration(time.time() - float(choice.get("submitted_at") or choice.get("since") or time.time()))
+        others = self._others(here, choice)
+        seen = placement.survey(self.workload, others)
+        for s in seen:
+            self.log.info("max_pending: %s", s.line)
+        room = placement.order([s.target for s in seen if s.fits is not False], seen)
+        if not room:
+            self.log.warning("job %s has waited %s on %s (%s); no other target has room now (%s): it keeps its place "
+                             "there, asking again in %s", handle.job_id, waited, here, why, ", ".join(others),
+                             _duration(float(choice.get("max_pending_s") or 0)))  # fmt: skip
+            stay = {"on": here, "reason": why, "at": time.time(), "seen": [x.to_dict() for x in seen]}
+            stays = [*choice.get("stays", []), stay][-MAX_STAYS_KEPT:]
+            return self._track(context, handle, {**choice, "since": time.time(), "stays": stays}, new=False)
+        if not get_backend(here).withdraw(handle):
+            self.log.info(
+                "job %s started on %s meanwhile: it stays there (a started job never moves)", handle.job_id, here
+            )
+            return self._track(
+                context, handle, {**choice, "left": [t for t in self.workload.target if t != here]}, new=False
+            )
+        self.log.warning("job %s waited %s on %s (%s): cancelled there, moving it to %s", handle.job_id, waited, here,
+                         why, " or ".join(room))  # fmt: skip
+        left = [*choice.get("left", []), here]
+        job = self._resolved(context)
+        try:
+            target, new = self._on_first_target(job, lambda backend: backend.submit(job), room)
+        except SubmitError as e:
+            self.log.warning("no other target took the job (%s): submitting it to %s again, where it stays in this try",
+                             e, here)  # fmt: skip
+            target, new = here, get_backend(here).submit(job)
+            left = [t for t in self.workload.target if t != here]
+        self.log.info("job %s running on target %s (run key %s), moved from %s", new.job_id, target, job.run_key, here)
+        move = {"from": here, "job_id": handle.job_id, "to": target, "new_job_id": new.job_id, "waited": waited,
+                "reason": why, "seen": [s.to_dict() for s in seen], "at": time.time()}  # fmt: skip
+        moved = {**choice, "chosen": target, "since": time.time(), "submitted_at": time.time(), "left": left,
+                 "moves": [*choice.get("moves", []), move]}  # fmt: skip
+        return self._track(context, new.with_secret_refs(secret_refs(self.workload)), moved)
+
+    def _announce(self, ti: Any, handle: JobHandle, choice: dict[str, Any] | None = None, say: bool = True) -> None:
         """Say where the job runs, as soon as it is submitted: the ``job`` XCom (what the flexorch page
         lists) and the "Remote job" link, so both work while the job runs."""
         backend = get_backend(handle.target)
@@ -303,26 +448,32 @@ class FlexOperator(BaseOperator):
             "gpu_pool": self.workload.gpu_pool,
             "owner": self.owner,
             "team": self._team(),
-            "submitted_at": time.time(),
+            "submitted_at": (choice or {}).get("submitted_at") or time.time(),
+            # how the target was chosen: policy, what each target had free, moves (max_pending)
+            "choice": {k: v for k, v in (choice or {}).items() if k != "left"},
             # how to find the job again (no secret values: secret_refs are references, data is the backend's)
             "handle": {k: v for k, v in handle.to_dict().items() if k != "notes"},
         }
         ti.xcom_push(key="job", value=public)
         url = links.url_for(ti, public)
         links.push(ti, RemoteJobLink, url)
-        self.log.info("remote job: %s (%s)", where.get("summary", handle.job_id), url)
+        if say:
+            self.log.info("remote job: %s (%s)", where.get("summary", handle.job_id), url)
 
     def _team(self) -> str | None:
         """The team the job's GPU time counts against, where a policy says (submitted jobs)."""
         return None
 
-    def _follow(self, handle: JobHandle, until: float | None = None) -> tuple[dict[str, Any] | None, LogCursor]:
+    def _follow(
+        self, handle: JobHandle, until: float | None = None, pending_until: float | None = None
+    ) -> tuple[dict[str, Any] | None, LogCursor]:
         """Follow the job from the worker, streaming its log: its final event once it ends, or None
         with the log cursor reached when ``until`` (a monotonic time) comes first. Before ``until``
         a failure defers at once: the trigger has the patience (and the retries) for it; without
         ``until`` the worker is as patient as the trigger (:meth:`Follower.failed`)."""
         try:
-            follower = Follower(get_backend(handle.target), handle, mask=masker_for(handle.secret_refs))
+            follower = Follower(get_backend(handle.target), handle, mask=masker_for(handle.secret_refs),
+                                pending_until=pending_until)  # fmt: skip
         except Exception as e:
             if until is None:
                 raise
@@ -356,8 +507,9 @@ class FlexOperator(BaseOperator):
                 interval = min(interval, PRE_DEFER_POLL_S, left)
             time.sleep(interval)
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        return self._finish(event)
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        carry = event.get("carry") or {}
+        return self._outcome(context, event, carry.get("choice") or {})
 
     def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
         handle = JobHandle.from_dict(event["handle"])
@@ -451,6 +603,12 @@ def _connection_of(workload: Any) -> str | None:
     options = getattr(workload, target, None)
     conn = getattr(options, "connection", None)
     return conn if isinstance(conn, str) else None
+
+
+def _duration(seconds: float) -> str:
+    """``75`` → ``1m15s``."""
+    s = round(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _public(handle: JobHandle) -> dict[str, Any]:

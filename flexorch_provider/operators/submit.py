@@ -204,7 +204,7 @@ class SubmittedStepOperator(FlexOperator):
             self.log.warning("step %s does not run: a step it comes after did not succeed (%s)", self.step_label, which)
             raise AirflowSkipException(f"a step it comes after did not succeed ({which})")
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
         self._retried = self._retries_done(context)
         try:
@@ -214,13 +214,13 @@ class SubmittedStepOperator(FlexOperator):
             raise
 
     # --- the ledger: GPU time of each try of each job ---------------------------------------
-    def _submit(self, job: ResolvedJob) -> JobHandle:
-        handle = super()._submit(job)
+    def _submit(self, job: ResolvedJob) -> tuple[JobHandle, dict[str, Any]]:
+        handle, choice = super()._submit(job)
         if self.account:
             Ledger().append({"t": "start", "run": self.account["run"], "job": handle.run_key, "try": self._ledger_try,
                              "team": self.account["team"], "user": self.account.get("user"),
                              "gpus": gpus_of(self.workload), "cap": job.timeout_s})  # fmt: skip
-        return handle
+        return handle, choice
 
     def _team(self) -> str | None:
         return str(self.account["team"]) if self.account else None

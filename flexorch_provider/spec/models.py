@@ -69,8 +69,24 @@ class Workload(FlexModel):
         list[TargetName],
         BeforeValidator(_targets),
         OrShorthand({"enum": list(TARGETS)}),
-        Field(description="Where to run: kubernetes, ssh, slurm or local, or an ordered list (first that accepts)."),
+        Field(description="Where to run: kubernetes, ssh, slurm or local, or an ordered list (see target_policy)."),
     ] = Field(default_factory=lambda: list[TargetName](["local"]))
+    target_policy: Annotated[
+        Literal["first-accepts", "first-free"],
+        Field(
+            description="How an ordered target list is used. first-accepts: the first target that takes the job "
+            "(a scheduler that queues it takes it). first-free: the first target whose GPUs fit the request now "
+            "(Slurm partition GRES, Kubernetes allocatable, the ssh hosts' free GPUs); if none fits, first-accepts."
+        ),
+    ] = "first-accepts"
+    max_pending: Annotated[
+        Duration | None,
+        Field(
+            description="A job still pending this long (Slurm PENDING, pod Unschedulable) is cancelled there and "
+            "submitted to the next target in the list that has room, within the same try; a job that has started "
+            "never moves. Needs two or more targets."
+        ),
+    ] = None
     image: Annotated[
         Text | None,
         Field(
@@ -166,6 +182,21 @@ class Workload(FlexModel):
                     f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
                     "service does not have; use source: prometheus (a query over the pods' metrics)"
                 )
+        if self.max_pending is not None and len(self.target) < 2:
+            raise ValueError(
+                f"max_pending: a job moves to the next target after max_pending, but target lists only "
+                f"{self.target[0]}; add a second target (e.g. target: [{self.target[0]}, ssh]) or remove max_pending"
+            )
+        if self.max_pending is not None and self.max_pending.total_seconds() < 1:
+            raise ValueError("max_pending: must be at least 1s (e.g. 10m)")
+        if isinstance(self, ServiceFields) and (self.max_pending is not None or self.target_policy != "first-accepts"):
+            raise ValueError(
+                "max_pending: a service runs on the first target that accepts it; target_policy first-free and "
+                "max_pending apply to jobs (batch, training, inference)"
+                if self.max_pending is not None
+                else "target_policy: a service runs on the first target that accepts it; first-free applies to "
+                "jobs (batch, training, inference)"
+            )
         if "kubernetes" in self.target and not self.image:
             raise ValueError("image: required because target includes 'kubernetes'; add e.g. image: python:3.11-slim")
         if (

@@ -32,6 +32,9 @@ class FlexJobTrigger(BaseTrigger):
     :param log_cursor: where in the job's log to start streaming.
     :param tail_lines: how many last log lines a failure event carries.
     :param not_before: epoch seconds before which the final event is held back (see ``_hold``).
+    :param pending_until: epoch seconds; a job still pending then fires a ``pending`` event
+        (``max_pending``: the task moves it to another target).
+    :param carry: what the task wants back with the event (its target choice so far).
     """
 
     def __init__(
@@ -41,8 +44,12 @@ class FlexJobTrigger(BaseTrigger):
         log_cursor: LogCursor = 0,
         tail_lines: int = 30,
         not_before: float | None = None,
+        pending_until: float | None = None,
+        carry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.pending_until = pending_until
+        self.carry = carry
         self.handle = handle
         self.poll_interval = float(poll_interval)
         self.log_cursor = log_cursor
@@ -58,6 +65,8 @@ class FlexJobTrigger(BaseTrigger):
                 "log_cursor": self.log_cursor,
                 "tail_lines": self.tail_lines,
                 "not_before": self.not_before,
+                "pending_until": self.pending_until,
+                "carry": self.carry,
             },
         )
 
@@ -80,6 +89,8 @@ class FlexJobTrigger(BaseTrigger):
         await self._hold()
         if checkpoint is not None:
             checkpoint.drop()  # after the hold: a restart during it resumes, not replays
+        if self.carry is not None:
+            event = {**event, "carry": self.carry}
         return TriggerEvent(event)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -98,7 +109,8 @@ class FlexJobTrigger(BaseTrigger):
         cursor = checkpoint.load(self.log_cursor, backend.furthest)
         if cursor != self.log_cursor:
             self.log.info("resuming job %s's log where this task's previous trigger left it", handle.job_id)
-        follower = Follower(backend, handle, cursor=cursor, tail_lines=self.tail_lines, mask=mask)
+        follower = Follower(backend, handle, cursor=cursor, tail_lines=self.tail_lines, mask=mask,
+                            pending_until=self.pending_until)  # fmt: skip
         async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
             while True:
                 try:

@@ -177,9 +177,15 @@ def _job_row(ti: Any, public: dict[str, Any] | None, now: float) -> dict[str, An
     started = public.get("submitted_at")
     row.update(target=public.get("target"), job_id=public.get("job_id"), name=public.get("name"),
                where=public.get("where") or {}, gpus=public.get("gpus"), gpu_pool=public.get("gpu_pool"),
-               team=public.get("team"), owner=public.get("owner"),
+               team=public.get("team"), owner=public.get("owner"), choice=_choice(public.get("choice")),
                elapsed_s=round(now - started, 1) if isinstance(started, int | float) else None)  # fmt: skip
     return row
+
+
+def _choice(choice: Any) -> str | None:
+    from flexorch_provider.placement import summary
+
+    return summary(choice) if isinstance(choice, dict) else None
 
 
 def _with_status(rows: list[dict[str, Any]], handles: dict[str, Any]) -> None:

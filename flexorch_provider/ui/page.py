@@ -115,7 +115,8 @@ function jobsSection(jobs) {
   out.push(table(["task", "target", "job", "where", "GPUs", "state", "elapsed", "owner / team"], jobs.map(j => [
     el("span", {}, el("a", {href: j.ti_url, target: "_top"}, j.dag_id + " / " + j.task_id + (j.map_index >= 0 ? " [" + j.map_index + "]" : "")),
        el("br"), el("span", {class: "muted"}, j.run_id)),
-    j.target || "", j.job_id ? el("a", {href: j.view_url}, j.job_id) : "",
+    j.choice ? el("span", {}, j.target || "", el("br"), el("span", {class: "muted"}, j.choice)) : (j.target || ""),
+    j.job_id ? el("a", {href: j.view_url}, j.job_id) : "",
     j.where ? j.where.summary : "", j.gpus ? j.gpus + (j.gpu_pool ? " (" + j.gpu_pool + ")" : "") : "",
     el("span", {}, state(j.state, j.reason), " ", j.reading ? reading(j.reading) : ""), ago(j.elapsed_s),
     [j.owner, j.team].filter(Boolean).join(" / ")]), "no flex job is pending or running"));
@@ -146,7 +147,8 @@ async function jobView(dag, run, task) {
   const j = await get("jobs/" + [dag, run, task].map(encodeURIComponent).join("/") + (mi ? "?map_index=" + mi : ""));
   const w = j.where || {};
   const rows = [["DAG / task", el("a", {href: j.ti_url, target: "_top"}, j.dag_id + " / " + j.task_id)], ["run", j.run_id],
-    ["Airflow state", j.ti_state + " (try " + j.try_number + ")"], ["target", j.target || ""], ["job id", j.job_id || ""],
+    ["Airflow state", j.ti_state + " (try " + j.try_number + ")"], ["target", j.target || ""],
+    ...(j.choice ? [["target choice", j.choice]] : []), ["job id", j.job_id || ""],
     ["where", w.summary || ""], ["state", state(j.state, j.reason)], ["GPUs", j.gpus ?? ""], ["elapsed", ago(j.elapsed_s)],
     ["owner / team", [j.owner, j.team].filter(Boolean).join(" / ")]];
   for (const [k, v] of Object.entries(w)) if (k !== "summary" && typeof v !== "object") rows.push([k, String(v)]);

@@ -193,8 +193,11 @@ def test_kill_deletes_the_job_and_its_secret_and_reattach_finds_a_live_job(kube_
     job.workload.secrets = load_workload(  # the spec declares the secret; its value was resolved from Airflow
         {"name": "x", "kind": "batch", "run": "x", "secrets": {"TOKEN": "variable:token"}}
     ).secrets
+    assert BACKEND.find(job) is None
     first = BACKEND.submit(job)
     assert BACKEND.submit(job).job_id == first.job_id  # reattached, no second Job
+    found = BACKEND.find(job)  # what a task whose job may have moved asks every target
+    assert found is not None and found.job_id == first.job_id and found.data == first.data
     jobs = kube_cluster.batch.list_namespaced_job("ml").items
     assert [j.metadata.name for j in jobs if j.metadata.name.startswith(job.key_slug)] == [first.job_id]
     secret = next(o for o in sent if o["kind"] == "Secret")
@@ -211,6 +214,7 @@ def test_kill_deletes_the_job_and_its_secret_and_reattach_finds_a_live_job(kube_
         s.metadata.name for s in kube_cluster.core.list_namespaced_secret("ml").items
     ]
     assert BACKEND.poll([first])[first.job_id].state == JobState.LOST
+    assert BACKEND.find(job) is None
     again = BACKEND.submit(job)  # after a kill, a retry creates the next attempt
     assert again.job_id != first.job_id and again.job_id.startswith(job.key_slug)
     BACKEND.cancel(again)

@@ -109,7 +109,11 @@ def test_a_live_attempt_on_a_later_host_is_found(ssh_fleet):
     on_h2 = BACKEND.submit(make_job("sleep 3", [h2.entry], key=key))
     both = BACKEND.submit(make_job("sleep 3", [h1.entry, h2.entry], key=key))
     assert both.job_id == on_h2.job_id  # not a second job on h1
+    found = BACKEND.find(make_job("sleep 3", [h1.entry, h2.entry], key=key))  # one round, nothing started
+    assert found is not None and (found.job_id, found.data) == (on_h2.job_id, on_h2.data)
     BACKEND.cancel(both)
+    assert wait(both).state == JobState.CANCELLED
+    assert BACKEND.find(make_job("sleep 3", [h1.entry, h2.entry], key=key)) is None
 
 
 def test_dead_host_is_skipped_and_reported(ssh_fleet, restart_host):

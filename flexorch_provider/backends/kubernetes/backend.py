@@ -121,6 +121,21 @@ class KubernetesBackend(Backend):
     def _handle(self, job: ResolvedJob, name: str) -> JobHandle:
         return JobHandle(self.name, name, job.run_key, dict(self._data(job)))
 
+    def find(self, job: ResolvedJob) -> JobHandle | None:
+        data = self._data(job)
+        api = Api(data["conn"])
+        selector = f"{RUN_LABEL}={job.key_slug}"
+        live = [j for j in ours(api.list_jobs(data["namespace"], selector), **{RUN_LABEL: job.key_slug})
+                if job_finished(j) is None]  # fmt: skip
+        if not live:
+            return None
+        pods = ours(api.list_pods(data["namespace"], selector), **{RUN_LABEL: job.key_slug})
+        for item in live:
+            name = item["metadata"]["name"]
+            if not never_starts(item, job_status(item, pods_of(name, pods))):
+                return self._handle(job, name)
+        return None
+
     def submit(self, job: ResolvedJob) -> JobHandle:
         data = self._data(job)
         ns = data["namespace"]

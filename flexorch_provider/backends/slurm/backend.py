@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,8 @@ from flexorch_provider.backends.slurm.script import (
 )
 from flexorch_provider.backends.slurm.states import LIVE_STATES, SQUEUE_FORMAT, from_accounting, squeue_status
 from flexorch_provider.exceptions import BackendError, SubmitError
+
+WITHDRAW_WAIT_S = 15.0  # how long withdraw() waits for the controller to report a pending job cancelled
 
 
 class SlurmBackend(Backend):
@@ -195,6 +198,31 @@ class SlurmBackend(Backend):
                 return LogChunk([], start)
             data = text.encode()
         return complete_lines(data, start)
+
+    def find(self, job: ResolvedJob) -> JobHandle | None:
+        cluster = cluster_of(job)
+        live = self._live(cluster, job_name(job))
+        return self._handle(job, cluster, live) if live else None
+
+    def withdraw(self, handle: JobHandle) -> bool:
+        """``scancel --state=PENDING``: the controller cancels the job only if it is still pending,
+        so one that starts at this moment keeps running. Then wait for the controller's word."""
+        cluster = cluster_of(handle)
+        code, out, err = cluster.run(["scancel", "--state=PENDING", handle.job_id])
+        said = (err.strip() or out.strip())[-500:]
+        if code != 0 and "Invalid job id" not in said and "already completing or completed" not in said:
+            raise BackendError(f"scancel --state=PENDING {handle.job_id} failed (exit {code}): {said}")
+        deadline = time.monotonic() + WITHDRAW_WAIT_S
+        while True:
+            state = self.poll([handle])[handle.job_id].state
+            if state != JobState.PENDING or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if state in (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT):
+            return False  # it started (or ended on its own); a pending one the controller did not cancel stays
+        if job_data(handle).get("secrets", True):
+            cluster.check(["rm", "-f", "--", f"{OUT_DIR}/{job_data(handle)['name']}.secrets"])
+        return True
 
     def claim(self, handle: JobHandle) -> None:
         cluster_of(handle).check(["touch", f"{OUT_DIR}/{job_data(handle)['name']}-{handle.job_id}.claimed"])

@@ -35,6 +35,18 @@ def test_submit_twice_while_running_reattaches(tmp_path):
     assert (tmp_path / "starts").read_text().splitlines() == ["started"]
 
 
+def test_find_sees_the_live_job_of_a_run_key_and_starts_nothing(tmp_path):
+    backend = LocalBackend()
+    job = make_job(tmp_path, "sleep 5")
+    assert backend.find(job) is None and not (tmp_path / "runs").exists()
+    first = backend.submit(job)
+    found = backend.find(job)
+    assert found is not None and (found.job_id, found.data) == (first.job_id, first.data)
+    backend.cancel(first)
+    assert wait(backend, first) == JobState.CANCELLED
+    assert backend.find(job) is None
+
+
 def test_finished_job_is_not_reattached(tmp_path):
     backend = LocalBackend()
     job = make_job(tmp_path, "exit 3")

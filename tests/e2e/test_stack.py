@@ -25,6 +25,7 @@ from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
 SECRET = "hf_e2eSecretValue42"
+SPILL_AFTER_S = 20  # flex_e2e_spill's max_pending
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e-stack"
 
@@ -84,6 +85,12 @@ with DAG("flex_e2e_ssh_kill", schedule=None, start_date=START):
                  spec={{"name": "remote-long", "kind": "batch", "target": "ssh", "ssh": SSH,
                        "run": "echo started; exec sleep 301"}})
 
+with DAG("flex_e2e_spill", schedule=None, start_date=START):
+    FlexOperator(task_id="train", poll_interval=1, defer_after=0,
+                 spec={{"name": "spill", "kind": "training", "target": ["slurm", "ssh"], "max_pending": {spill_after},
+                       "resources": {{"gpus": 1}}, "ssh": {{"connection": {conn!r}, "hosts": [{gpu_host!r}]}},
+                       "run": "echo start >> starts.txt; echo ran with GPU $CUDA_VISIBLE_DEVICES"}})
+
 with DAG("flex_e2e_ssh_triggerer", schedule=None, start_date=START):
     FlexOperator(task_id="remote_once", poll_interval=1,
                  spec={{"name": "remote-once", "kind": "batch", "target": "ssh", "ssh": SSH,
@@ -112,6 +119,8 @@ def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
                 adopt_starts=str(base / "adopt-starts.txt"),
                 conn=FLEET_CONN,
                 host=ssh_fleet.hosts[0].entry,
+                gpu_host=ssh_fleet.hosts[3].entry,
+                spill_after=SPILL_AFTER_S,
             )
         )
     )
@@ -350,6 +359,49 @@ def test_triggerer_killed_mid_slurm_job_the_same_job_is_followed(stack, slurm_cl
     assert_each_tick_once_give_or_take_a_poll(text, 20)
     jobs = _slurm_jobs_named(slurm_cluster, "flex_e2e_slurm_triggerer", "train")
     assert len(jobs) == 1 and jobs[0][2] == "COMPLETED", jobs
+
+
+def test_triggerer_killed_while_a_job_waits_to_move_leaves_exactly_one_job(stack, slurm_cluster, ssh_fleet):
+    """max_pending on the real stack: the job waits on Slurm (every GPU held), the triggerer dies
+    and comes back around its deadline; the job moves to ssh in the same try, Slurm shows the
+    job it left cancelled, and the job ran once."""
+    from flexorch_provider.backends.base import JobState, ResolvedJob
+    from flexorch_provider.backends.slurm import SlurmBackend
+    from flexorch_provider.resolve import load_workload
+
+    host = ssh_fleet.hosts[3]
+    host.fake_nvidia_smi("0, GPU-0b1c2d3e-0000-4000-8000-00000000cc01, NVIDIA L4, 23034, 0, 0\n")
+    hog_spec = load_workload({"name": "hog", "kind": "batch", "target": "slurm", "run": "sleep 600",
+                              "resources": {"gpus": "A100:4"}})  # fmt: skip
+    slurm = SlurmBackend()
+    hog = slurm.submit(ResolvedJob(run_key=f"e2e/hog/{time.time_ns()}/-1", name="hog", kind="batch",
+                                   workload=hog_spec, run=hog_spec.run))  # fmt: skip
+    try:
+        stack.wait_for(lambda: slurm.poll([hog])[hog.job_id].state == JobState.RUNNING, 60, "the hog to hold every GPU")
+        stack.wait_dag("flex_e2e_spill")
+        run_id = stack.trigger("flex_e2e_spill")
+        log = lambda: stack.task_log("flex_e2e_spill", run_id, "train", 1)  # noqa: E731
+        waiting = stack.wait_for(
+            lambda: [j for j in _slurm_jobs_named(slurm_cluster, "flex_e2e_spill", "train") if j[2] == "PENDING"],
+            120, "the job to wait on Slurm",
+        )  # fmt: skip
+        pending_since = time.time()
+        stack.wait_for(lambda: trigger_started(log()), 60, "the trigger")
+        stack.kill("triggerer")
+        time.sleep(max(0.0, pending_since + SPILL_AFTER_S + 2 - time.time()))  # its deadline passes meanwhile
+        stack.restart("triggerer")
+        ti = stack.wait_ti_state("flex_e2e_spill", run_id, "train", {"success", "failed"}, 180)
+        text = stack.task_log("flex_e2e_spill", run_id, "train", ti["try_number"])
+        assert ti["state"] == "success" and ti["try_number"] == 1, text[-3000:]
+        assert "cancelled there, moving it to ssh" in text and "pending: Resources" in text
+        assert "ran with GPU 0" in text
+        jobs = _slurm_jobs_named(slurm_cluster, "flex_e2e_spill", "train")
+        assert [j[0] for j in jobs] == [waiting[0][0]] and jobs[0][2] == "CANCELLED", jobs
+        starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-spill-train-*/*/starts.txt"))
+        assert len(starts) == 1 and starts[0].read_text() == "start\n", "the job ran more than once"
+    finally:
+        slurm.cancel(hog)
+        host.fake_nvidia_smi(None)
 
 
 def test_a_secret_a_slurm_job_prints_is_masked_in_the_task_log(stack):

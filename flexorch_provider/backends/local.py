@@ -50,9 +50,9 @@ def runner_argv(write: bool = True) -> list[str]:
     """How this worker runs the job runner: its zipapp (written first when missing, unless
     ``write`` is False), with ``-S`` as on an ssh host."""
     if not write:
-        return [sys.executable, "-S", bundle.local_path()]
+        return [sys.executable, *bundle.command(bundle.local_path())]
     try:
-        return [sys.executable, "-S", bundle.local_copy()]
+        return [sys.executable, *bundle.command(bundle.local_copy())]
     except OSError as e:
         raise SubmitError(f"cannot write the job runner to {bundle.local_path()}: {e.strerror or e}") from e
 

@@ -63,8 +63,8 @@ def hosts_of(job: ResolvedJob) -> list[Host]:
 
 # --- the job runner on a host -----------------------------------------------------------
 def runner_argv() -> list[str]:
-    """How a host runs our runner; -S: it needs only the standard library (a third faster)."""
-    return [PYTHON, "-S", bundle.relative_path()]
+    """How a host runs our runner (:func:`.bundle.command`; -S: it needs only the standard library)."""
+    return [PYTHON, *bundle.command(bundle.relative_path())]
 
 
 def run_runner(s: Session, *args: str, stdin: bytes | None = None) -> str:
@@ -76,7 +76,7 @@ def run_runner(s: Session, *args: str, stdin: bytes | None = None) -> str:
     path = bundle.relative_path()
     argv = [*runner_argv(), *args]
     code, out, err = s.exec(argv, stdin)
-    if code == 2 and path not in s.installed and "can't open file" in err:
+    if code == 2 and path not in s.installed and bundle.MISSING in err:
         s.install(path, bundle.pyz_bytes(), "the job runner")
         code, out, err = s.exec(argv, stdin)
     if code == 127:

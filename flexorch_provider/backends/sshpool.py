@@ -171,7 +171,7 @@ class Session:
                 channel.shutdown_write()
             except OSError:
                 # the command ended before reading its input (a runner not installed yet exits at once:
-                # "can't open file"); its exit status and stderr below say what happened
+                # saying so); its exit status and stderr below say what happened
                 if not channel.exit_status_ready():
                     raise
             stdout = channel.makefile("rb").read()

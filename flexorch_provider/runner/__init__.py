@@ -4,7 +4,8 @@ Standard library only and Python 3.6-compatible: hosts have a plain ``python3`` 
 else. The modules import only each other (relatively) and the standard library, because the
 package ships as one file: :mod:`.bundle` zips them into ``jobrunner-<hash>.pyz`` (the ssh
 target copies it to ``~/.flexorch/bin/`` on each host, the local target writes it to the
-same place on the worker) and both run it as ``python3 -S jobrunner-<hash>.pyz MODE ...``.
+same place on the worker) and both run it as ``python3 -S -c BOOT jobrunner-<hash>.pyz MODE ...``
+(:func:`.bundle.command`; ``python3 -S jobrunner-<hash>.pyz MODE ...`` works too).
 The worker also imports the modules directly (status, logs, cancel, GPU names).
 
 Everything about a job lives in one run directory; no user value ever appears on a command

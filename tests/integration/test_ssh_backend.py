@@ -230,7 +230,7 @@ def test_the_submit_answers_with_the_jobs_status_on_every_host(ssh_fleet):
 
 
 def test_a_command_that_exits_before_reading_its_input_reports_its_exit_not_a_closed_socket(ssh_fleet):
-    """A runner not installed yet exits at once ("can't open file") while the submit's job JSON is
+    """A runner not installed yet exits at once (saying so) while the submit's job JSON is
     still being sent: the channel closes under the sender. That must read as the command's own exit
     (so the runner gets installed), not as a dead host. 8 MiB is more than one SSH window, so the
     send is still going when the command has ended."""

@@ -57,24 +57,34 @@ def test_runner_modules_parse_as_python_3_6():
 
 
 @pytest.mark.parametrize("python", [sys.executable, "/usr/bin/python3"])
-def test_the_zipapp_runs_with_dash_s(tmp_path, python):
+@pytest.mark.parametrize("how", ["boot", "zipapp"])
+def test_the_zipapp_runs_with_dash_s(tmp_path, python, how):
+    """As hosts run it (``python3 -S -c BOOT ZIPAPP``), and as a plain zipapp (``python3 -S ZIPAPP``)."""
     pyz = tmp_path / bundle.file_name()
     pyz.write_bytes(bundle.pyz_bytes())
+    run = [python, *bundle.command(str(pyz))] if how == "boot" else [python, "-S", str(pyz)]
     key_dir = tmp_path / "key"
-    done = subprocess.run([python, "-S", str(pyz), "submit", str(key_dir)], input=b'{"job": {"script": "echo hi"}}',
+    done = subprocess.run([*run, "submit", str(key_dir)], input=b'{"job": {"script": "echo hi"}}',
                           capture_output=True, timeout=30)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert b'"attempt": 1' in done.stdout
+    assert b'"attempt": 1' in done.stdout and b'"state": "running"' in done.stdout
     for _ in range(200):
-        out = subprocess.run([python, "-S", str(pyz), "status", str(key_dir / "1")], capture_output=True, timeout=30)
+        out = subprocess.run([*run, "status", str(key_dir / "1")], capture_output=True, timeout=30)
         if b'"succeeded"' in out.stdout:
             break
         time.sleep(0.05)
     assert b'"succeeded"' in out.stdout, out
-    log = subprocess.run([python, "-S", str(pyz), "log", str(key_dir / "1"), "0"], capture_output=True, timeout=30)
+    log = subprocess.run([*run, "log", str(key_dir / "1"), "0"], capture_output=True, timeout=30)
     assert log.stdout.startswith(b'{"lines": ["hi", ')
-    usage = subprocess.run([python, "-S", str(pyz)], capture_output=True, timeout=30)
+    usage = subprocess.run(run, capture_output=True, timeout=30)
     assert usage.returncode == 2 and usage.stderr.startswith(b"usage: jobrunner submit")
+
+
+def test_a_host_without_the_zipapp_says_so_with_exit_2(tmp_path):
+    missing = tmp_path / "nowhere" / bundle.file_name()
+    done = subprocess.run(["/usr/bin/python3", *bundle.command(str(missing)), "status", "x"], capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 2 and done.stderr == f"{bundle.MISSING}: {missing}\n"
 
 
 def test_python_dash_m_runs_the_same_command_line():

@@ -36,6 +36,11 @@ def start(run_dir):
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     try:
+        import signal
+
+        # once runner.pid exists a cancel may come; until the supervisor's handlers are in place it is
+        # held (pending, not lost, and not killing a supervisor that has said it runs)
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
         write_atomic(os.path.join(run_dir, "runner.pid"), runner_identity())
         os.close(ready_w)
         from .supervisor import Supervisor

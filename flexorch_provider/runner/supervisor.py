@@ -40,6 +40,8 @@ def workdir_of(job, run_dir):
     return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # cancel, and a stop by hand
+
 # the step in a process group of its own; Python 3.11+ does it without a preexec_fn, which
 # keeps Popen on its fast path (vfork) instead of a fork that copies the supervisor
 OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
@@ -83,6 +85,8 @@ class Supervisor(object):
 
     def run_step(self, argv, deadline, env=None, cwd=None):
         """Run one process in its own group; stream its output through the masker."""
+        if self.stop_reason:  # cancelled before it started: nothing to start
+            return CANCEL_EXIT
         try:
             self.child = subprocess.Popen(
                 argv, cwd=cwd or workdir_of(self.job, self.run_dir), env=env or self.environment(),
@@ -152,6 +156,9 @@ class Supervisor(object):
         ``start --attach`` as the supervised step; the container is removed however it ends."""
         from . import containers as ctr
 
+        if self.stop_reason:  # cancelled before it started: no container to make
+            ctr.forget_registry_login(self.run_dir)
+            return CANCEL_EXIT
         spec = self.job["container"]
         workdir = workdir_of(self.job, self.run_dir)
         if not os.path.isdir(workdir):
@@ -207,6 +214,8 @@ class Supervisor(object):
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # a stop that came while the supervisor was starting (launch.py blocks it until here) arrives now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         become_subreaper()
         started = time.time()
         timeout = self.job.get("timeout")

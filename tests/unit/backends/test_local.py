@@ -47,6 +47,19 @@ def test_find_sees_the_live_job_of_a_run_key_and_starts_nothing(tmp_path):
     assert backend.find(job) is None
 
 
+def test_a_cancel_right_after_submit_is_handled_by_the_supervisor(tmp_path):
+    """submit returns once the supervisor has said it runs, before its signal handlers are in
+    place; a cancel at that moment is held until they are, so the supervisor records it itself
+    (its note in the log) instead of dying unlogged and leaving cancel() to write a result after
+    its grace."""
+    backend = LocalBackend()
+    for i in range(3):
+        handle = backend.submit(make_job(tmp_path, "echo started; sleep 60", key=f"dag/task/quick-cancel-{i}/-1"))
+        backend.cancel(handle)
+        assert backend.poll([handle])[handle.job_id].state == JobState.CANCELLED
+        assert "[flexorch] cancelled (cancelled)" in (Path(handle.data["run_dir"]) / "log").read_text()
+
+
 def test_finished_job_is_not_reattached(tmp_path):
     backend = LocalBackend()
     job = make_job(tmp_path, "exit 3")

@@ -121,15 +121,18 @@ class KubernetesBackend(Backend):
     def _handle(self, job: ResolvedJob, name: str) -> JobHandle:
         return JobHandle(self.name, name, job.run_key, dict(self._data(job)))
 
+    @staticmethod
+    def _attempts(api: Api, ns: str, job: ResolvedJob) -> tuple[list[Any], list[Any], list[Any]]:
+        """This run key's Jobs in ``ns``: all of them, the live ones, and the live ones' pods."""
+        selector = f"{RUN_LABEL}={job.key_slug}"
+        mine = ours(api.list_jobs(ns, selector), **{RUN_LABEL: job.key_slug})
+        live = [j for j in mine if job_finished(j) is None]
+        pods = ours(api.list_pods(ns, selector), **{RUN_LABEL: job.key_slug}) if live else []
+        return mine, live, pods
+
     def find(self, job: ResolvedJob) -> JobHandle | None:
         data = self._data(job)
-        api = Api(data["conn"])
-        selector = f"{RUN_LABEL}={job.key_slug}"
-        live = [j for j in ours(api.list_jobs(data["namespace"], selector), **{RUN_LABEL: job.key_slug})
-                if job_finished(j) is None]  # fmt: skip
-        if not live:
-            return None
-        pods = ours(api.list_pods(data["namespace"], selector), **{RUN_LABEL: job.key_slug})
+        _, live, pods = self._attempts(Api(data["conn"]), data["namespace"], job)
         for item in live:
             name = item["metadata"]["name"]
             if not never_starts(item, job_status(item, pods_of(name, pods))):
@@ -143,11 +146,8 @@ class KubernetesBackend(Backend):
             api = Api(data["conn"])
         except ApiError as e:
             raise SubmitError(str(e)) from e
-        selector = f"{RUN_LABEL}={job.key_slug}"
         try:
-            mine = ours(api.list_jobs(ns, selector), **{RUN_LABEL: job.key_slug})
-            live = [j for j in mine if job_finished(j) is None]
-            pods = ours(api.list_pods(ns, selector), **{RUN_LABEL: job.key_slug}) if live else []
+            mine, live, pods = self._attempts(api, ns, job)
         except ApiError as e:
             raise SubmitError(f"cannot list Jobs in namespace {ns!r}: {e}") from e
         for item in live:

@@ -208,10 +208,7 @@ class SlurmBackend(Backend):
         """``scancel --state=PENDING``: the controller cancels the job only if it is still pending,
         so one that starts at this moment keeps running. Then wait for the controller's word."""
         cluster = cluster_of(handle)
-        code, out, err = cluster.run(["scancel", "--state=PENDING", handle.job_id])
-        said = (err.strip() or out.strip())[-500:]
-        if code != 0 and "Invalid job id" not in said and "already completing or completed" not in said:
-            raise BackendError(f"scancel --state=PENDING {handle.job_id} failed (exit {code}): {said}")
+        self._scancel(cluster, handle, "--state=PENDING")
         deadline = time.monotonic() + WITHDRAW_WAIT_S
         while True:
             state = self.poll([handle])[handle.job_id].state
@@ -220,8 +217,7 @@ class SlurmBackend(Backend):
             time.sleep(0.5)
         if state in (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.TIMEOUT):
             return False  # it started (or ended on its own); a pending one the controller did not cancel stays
-        if job_data(handle).get("secrets", True):
-            cluster.check(["rm", "-f", "--", f"{OUT_DIR}/{job_data(handle)['name']}.secrets"])
+        self._forget_secrets(cluster, handle)
         return True
 
     def claim(self, handle: JobHandle) -> None:
@@ -232,9 +228,20 @@ class SlurmBackend(Backend):
         ends it by itself (a job that already ended is not an error). Its secrets file goes too: a
         job cancelled before it started never ran the script that removes it."""
         cluster = cluster_of(handle)
-        code, out, err = cluster.run(["scancel", handle.job_id])
+        self._scancel(cluster, handle)
+        self._forget_secrets(cluster, handle)
+
+    @staticmethod
+    def _scancel(cluster: Cluster, handle: JobHandle, *options: str) -> None:
+        """``scancel [OPTIONS] JOB``; a job that has already ended (or is gone) is not an error."""
+        argv = ["scancel", *options, handle.job_id]
+        code, out, err = cluster.run(argv)
         said = (err.strip() or out.strip())[-500:]
         if code != 0 and not any(gone in said for gone in ("already completing or completed", "Invalid job id")):
-            raise BackendError(f"scancel {handle.job_id} failed (exit {code}): {said}")
+            raise BackendError(f"{' '.join(argv)} failed (exit {code}): {said}")
+
+    @staticmethod
+    def _forget_secrets(cluster: Cluster, handle: JobHandle) -> None:
+        """Remove the job's secrets file: a job that never started never ran the script that does."""
         if job_data(handle).get("secrets", True):
             cluster.check(["rm", "-f", "--", f"{OUT_DIR}/{job_data(handle)['name']}.secrets"])

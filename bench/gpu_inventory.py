@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from bench.ssh_submit import cold, plain_hook_command, plain_hook_parallel
+from flexorch_provider.dev.testbed.fleet import start_fleet
 from flexorch_provider.inventory import inventory
 from flexorch_provider.inventory.pools import SshPool
-from flexorch_provider.testbed.fleet import start_fleet
 from tests.integration.test_gpu_inventory import DATA
 
 CONN = "flexorch_bench_fleet"

@@ -31,7 +31,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexorch_provider.devstack import LOADER_FILE, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 
 KINDS = ("batch", "training", "inference", "pipeline", "service")
 

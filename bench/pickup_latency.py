@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
 
 SPEC = "name: {name}\nkind: batch\ntarget: local\nrun: echo {name}\n"
 PY_DAG = (

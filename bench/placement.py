@@ -2,7 +2,7 @@
 
 A real one-node Slurm whose four fake A100s are held by another job for ``--hold`` seconds
 (started afresh before every measurement), and a real sshd host whose stand-in nvidia-smi
-reports two free L4s (flexorch_provider/testbed; needs root, slurmctld, openssh-server). The
+reports two free L4s (flexorch_provider/dev/testbed; needs root, slurmctld, openssh-server). The
 same spec, ``target: [slurm, ssh]`` with one GPU, run by FlexOperator.execute (not deferred):
 
     first-accepts (the default)   Slurm takes it and queues it: it runs when the GPUs come back
@@ -93,12 +93,12 @@ def main() -> int:
 
     import flexorch_provider.links as links
     from flexorch_provider.backends.slurm import SlurmBackend
-    from flexorch_provider.testbed.fleet import SUBNET, start_fleet
-    from flexorch_provider.testbed.slurm import start_cluster
+    from flexorch_provider.dev.testbed.fleet import SUBNET, start_fleet
+    from flexorch_provider.dev.testbed.slurm import start_cluster
 
     logging.getLogger("airflow.task").setLevel(logging.WARNING)  # the jobs' own lines: not the bench's output
     links.push = lambda *a, **k: None  # no Airflow task here to store the link on
-    links.url_for = lambda *a, **k: ""
+    links.job_url = lambda *a, **k: ""
     base = Path(tempfile.mkdtemp(prefix="flexorch-bench-placement-"))
     base.chmod(0o755)
     fleet = start_fleet(base / "fleet", 1)

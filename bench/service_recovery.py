@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.backends.ssh import SshBackend
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.dev.testbed.fleet import start_fleet
 from flexorch_provider.resolve import load_workload
-from flexorch_provider.testbed.fleet import start_fleet
 
 CONN = "flexorch_bench_fleet"
 PORT = 8200

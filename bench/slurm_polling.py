@@ -1,6 +1,6 @@
 """slurm target: 500 deferred jobs followed by one triggerer, against a naive per-job poller.
 
-Starts the test suite's real one-node Slurm (flexorch_provider/testbed/slurm.py; needs root and
+Starts the test suite's real one-node Slurm (flexorch_provider/dev/testbed/slurm.py; needs root and
 slurm-wlm), submits N jobs that wait in the queue (each wants all 4 GPUs, so one runs at a
 time and the rest pend), then measures, in the same run:
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from flexorch_provider.backends import slurm
 from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.dev.testbed.slurm import start_cluster
 from flexorch_provider.resolve import load_workload
-from flexorch_provider.testbed.slurm import start_cluster
 from flexorch_provider.triggers.job import FlexJobTrigger
 
 INTERVAL = 1.0

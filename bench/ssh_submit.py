@@ -1,6 +1,6 @@
 """ssh target: task start → remote job running, and a fleet deploy on 16 hosts vs 1.
 
-Real sshd hosts, each in its own network namespace (the test suite's fleet, flexorch_provider/testbed/fleet.py; needs root
+Real sshd hosts, each in its own network namespace (the test suite's fleet, flexorch_provider/dev/testbed/fleet.py; needs root
 and openssh-server). Every measurement starts without pooled connections, like a fresh
 task process. Baseline in the same run: one plain SSHHook command (connect + ``true``),
 what Airflow's own SSHOperator pays before it runs anything.
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexorch_provider.backends import ssh, sshpool
 from flexorch_provider.backends.base import JobState, ResolvedJob
+from flexorch_provider.dev.testbed.fleet import start_fleet
 from flexorch_provider.resolve import load_workload
-from flexorch_provider.testbed.fleet import start_fleet
 
 CONN = "flexorch_bench_fleet"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flexorch_provider.client.api import Api, Login
-from flexorch_provider.client.follow import RunFollower
+from flexorch_provider.client.progress import RunFollower
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
 from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
 
 MARK = "bench-first-line"

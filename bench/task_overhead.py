@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flexorch_provider.devstack import AirflowStack
+from flexorch_provider.dev.stack import AirflowStack
 
 DAGS = """
 import datetime as dt

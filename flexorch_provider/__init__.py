@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FlexOperator": "flexorch_provider.operators.flex",
+    "FlexServiceOperator": "flexorch_provider.operators.service",
     "FlexJobTrigger": "flexorch_provider.triggers.job",
     "GpuPoolSensor": "flexorch_provider.sensors.gpu_pool",
     "load_spec": "flexorch_provider.spec.loader",

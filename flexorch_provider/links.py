@@ -30,6 +30,8 @@ from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink
 
+from flexorch_provider.records import JobRecord
+
 log = logging.getLogger(__name__)
 
 JOB_TEMPLATE_EXTRA = "flexorch_link_template"
@@ -132,30 +134,42 @@ def fill(template: str, fields: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def link_fields(ti: Any, public: dict[str, Any]) -> dict[str, Any]:
-    """What a template may name: the task's coordinates and the job's ``where`` fields."""
-    fields: dict[str, Any] = {k: v for k, v in (public.get("where") or {}).items() if isinstance(v, str | int)}
-    fields.update(target=public.get("target", ""), job_id=public.get("job_id", ""), dag_id=ti.dag_id,
-                  task_id=ti.task_id, run_id=ti.run_id, map_index=getattr(ti, "map_index", -1))  # fmt: skip
-    if public.get("service"):
-        fields["service"] = public["service"]
+def link_fields(ti: Any, target: str, own: dict[str, Any]) -> dict[str, Any]:
+    """What a template may name: the task's coordinates, the target and the job's (or service's) own
+    fields."""
+    fields: dict[str, Any] = {k: v for k, v in own.items() if isinstance(v, str | int)}
+    fields.update(
+        target=target, dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=getattr(ti, "map_index", -1)
+    )
     return fields
 
 
-def url_for(ti: Any, public: dict[str, Any], service: bool = False) -> str:
-    """The link of one job (``public``: the operator's ``job`` XCom) or service summary."""
-    target = str(public.get("target", ""))
-    conn = (public.get("where") or {}).get("conn") or public.get("conn")
-    template = template_for(target, conn if isinstance(conn, str) else None, service=service)
-    if template:
-        try:
-            return fill(template, link_fields(ti, public))
-        except (KeyError, ValueError) as e:
-            log.warning("link template %r cannot be filled (%s): the link goes to the flexorch page", template, e)
-    if service:
-        return service_page_url(str(public.get("service", "")))
+def job_url(ti: Any, record: JobRecord) -> str:
+    """The "Remote job" link of the job ``record`` describes (the operator's ``job`` XCom)."""
+    conn = record.where.get("conn")
+    fields = {**record.where, "job_id": record.job_id}
+    url = _templated(ti, record.target, conn if isinstance(conn, str) else None, fields, service=False)
+    if url is not None:
+        return url
     map_index = getattr(ti, "map_index", -1)
     return job_page_url(ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else int(map_index))
+
+
+def service_url(ti: Any, name: str, target: str, conn: str | None = None) -> str:
+    """The "Service" link of service ``name`` running on ``target`` (through ``conn``)."""
+    url = _templated(ti, target, conn, {"service": name}, service=True)
+    return url if url is not None else service_page_url(name)
+
+
+def _templated(ti: Any, target: str, conn: str | None, own: dict[str, Any], service: bool) -> str | None:
+    template = template_for(target, conn, service=service)
+    if not template:
+        return None
+    try:
+        return fill(template, link_fields(ti, target, own))
+    except (KeyError, ValueError) as e:
+        log.warning("link template %r cannot be filled (%s): the link goes to the flexorch page", template, e)
+        return None
 
 
 def push(ti: Any, link: type[BaseOperatorLink], url: str) -> None:

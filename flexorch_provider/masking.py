@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flexorch_provider.runner import logs as runner_logs
-from flexorch_provider.spec.models import Workload
+from flexorch_provider.spec.workload import Workload
 
 # The one implementation: the job runner masks its output stream with it on the hosts.
 Masker = runner_logs.Masker

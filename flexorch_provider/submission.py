@@ -25,9 +25,20 @@ SUBMITTED_FILE = "<submitted spec>"
 MAX_SPEC_CHARS = 256 * 1024  # the spec text in a run's conf
 MAX_SETS = 100
 TEMPLATE_NAMES = frozenset(
-    {"ds", "ds_nodash", "ts", "ts_nodash", "ts_nodash_with_tz", "logical_date", "data_interval_start",
-     "data_interval_end", "run_id", "params", "macros"}
-)  # fmt: skip
+    {
+        "ds",
+        "ds_nodash",
+        "ts",
+        "ts_nodash",
+        "ts_nodash_with_tz",
+        "logical_date",
+        "data_interval_start",
+        "data_interval_end",
+        "run_id",
+        "params",
+        "macros",
+    }
+)
 TEMPLATE_MARKS = ("{{", "{%", "{#")
 
 
@@ -165,8 +176,10 @@ def _check_templates(job: Job, step: str | None, file: str) -> None:
         if bad:
             raise SpecError(
                 SpecProblem(
-                    file, None, prefix + where,
+                    file,
+                    None,
+                    prefix + where,
                     f"a submitted spec's templates may use {', '.join(sorted(TEMPLATE_NAMES))}; not {', '.join(bad)} "
                     "(pass Variables and Connections through secrets:)",
                 )
-            )  # fmt: skip
+            )

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from flexorch_provider.testbed.fleet import (  # standard library only: no airflow import yet
+from flexorch_provider.dev.testbed.fleet import (  # standard library only: no airflow import yet
     SUBNET,
     SshFleet,
     start_fleet,
 )
-from flexorch_provider.testbed.slurm import SlurmCluster, start_cluster
+from flexorch_provider.dev.testbed.slurm import SlurmCluster, start_cluster
 
 _HOME = Path(tempfile.mkdtemp(prefix="flexorch-test-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))

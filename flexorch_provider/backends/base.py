@@ -23,97 +23,24 @@ summary; ``service_status`` and ``service_logs`` read a service without changing
 flexorch page); spec validation keeps ``kind: service`` off the other targets. ``where(handle)``
 says where a job runs (links, the flexorch page).
 
-Handles and statuses are plain dataclasses that round-trip through dicts, so a trigger
-can carry them across a triggerer restart.
+Handles and statuses (:mod:`flexorch_provider.records`) are plain dataclasses that round-trip
+through dicts, so a trigger can carry them across a triggerer restart.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
+from flexorch_provider.records import JobHandle, JobState, JobStatus
 from flexorch_provider.runner import logs as runner_logs
 from flexorch_provider.spec.models import Job, ServiceSpec, ServiceStep
-
-
-class JobState(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    LOST = "lost"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
-
-
-@dataclass(frozen=True)
-class JobHandle:
-    """How to find a submitted job again: enough to poll, read logs and cancel it.
-
-    ``data`` is the backend's own (each backend documents its keys as a TypedDict);
-    ``secret_refs`` are where the job's secrets live, never their values: whoever follows
-    the job resolves them to mask its output (:mod:`flexorch_provider.masking`).
-    """
-
-    target: str
-    job_id: str
-    run_key: str
-    data: dict[str, Any] = field(default_factory=dict)
-    secret_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # what submit wants the task log to say (hosts skipped, why)
-    # the job's status as the submit itself saw it (the runner answers with it): the first look of
-    # whoever follows the job uses it instead of asking again; never serialized, a restart asks
-    first_status: JobStatus | None = field(default=None, compare=False, repr=False)
-
-    def with_secret_refs(self, refs: dict[str, dict[str, Any]]) -> JobHandle:
-        return replace(self, secret_refs=dict(refs))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("first_status")
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobHandle:
-        own = dict(data.get("data") or {})
-        refs = data.get("secret_refs") or own.pop("secret_refs", None) or {}  # before 0.2 they sat in data
-        return cls(target=data["target"], job_id=data["job_id"], run_key=data["run_key"], data=own,
-                   secret_refs=dict(refs), notes=list(data.get("notes") or []))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A job's state. ``release``: it has ended, but its scheduler still holds what it took (a
-    Kubernetes Job whose pod can never start); whoever follows it cancels it (poll never does)."""
-
-    state: JobState
-    exit_code: int | None = None
-    message: str = ""
-    release: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "exit_code": self.exit_code,
-            "message": self.message,
-            "release": self.release,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobStatus:
-        return cls(state=JobState(data["state"]), exit_code=data.get("exit_code"), message=data.get("message", ""),
-                   release=bool(data.get("release")))  # fmt: skip
-
 
 LogCursor = int | dict[str, int]
 MAX_LOG_READ = runner_logs.MAX_LOG_READ
@@ -259,11 +186,21 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         doc["gpus"] = gpus
     w = job.workload
     if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
-        doc["container"] = {"image": w.image, "runtime": w.container.runtime, "pull": w.container.pull,
-                            "mounts": [m.model_dump() for m in w.container.mounts]}  # fmt: skip
+        doc["container"] = {
+            "image": w.image,
+            "runtime": w.container.runtime,
+            "pull": w.container.pull,
+            "mounts": [m.model_dump() for m in w.container.mounts],
+        }
         if w.container.registry_connection:  # its name only: the login travels beside the job (like secrets)
             doc["container"]["registry_connection"] = w.container.registry_connection
     return doc
+
+
+def submit_payload(document: dict[str, Any], secrets: dict[str, str], registry: dict[str, str] | None) -> bytes:
+    """What ``jobrunner submit`` reads on stdin (local, ssh, a service's replica): the job document,
+    its secret values and registry login — never on a command line."""
+    return json.dumps({"job": document, "secrets": secrets, "registry": registry}).encode()
 
 
 def gpu_request(job: ResolvedJob) -> dict[str, Any] | None:
@@ -292,7 +229,13 @@ class Backend(ABC):
     """One target. Instances are cheap and stateless; all per-job data is in the job/handle."""
 
     name: ClassVar[str]
-    runs_services: ClassVar[bool] = False  # implements service(); spec validation keeps services off the others
+
+    @property
+    def runs_services(self) -> bool:
+        """Implements :meth:`service` (the capability table says; spec validation reads the same table)."""
+        from flexorch_provider import capabilities
+
+        return capabilities.of(self.name).services
 
     @abstractmethod
     def render(self, job: ResolvedJob) -> str: ...
@@ -341,6 +284,16 @@ class Backend(ABC):
             return False
         self.cancel(handle)
         return True
+
+    def gpu_pool(self, workload: Job) -> Any:
+        """The inventory pool (:mod:`flexorch_provider.inventory.pools`) that holds the GPUs a job of
+        ``workload`` may run on here, as its own spec section describes it; None when this target
+        cannot say (``first-free`` then leaves it in list order)."""
+        return None
+
+    def spans_every_node(self, workload: Job) -> bool:
+        """The job runs on every node of its pool at once (so every one must have room)."""
+        return False
 
     def claim(self, handle: JobHandle) -> None:
         """The job's outcome reached Airflow. Until then a later try of its run key adopts a job that

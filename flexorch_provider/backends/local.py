@@ -4,7 +4,10 @@ Each run gets ``<root>/<run-key-slug>/<attempt>/`` and is supervised by the job 
 (:mod:`flexorch_provider.runner`) — the same runner, the same file: its zipapp is written to
 ``~/.flexorch/bin/jobrunner-<hash>.pyz`` on the worker as on an ssh host, and started the same
 way, ``python -S`` (the worker's python, without site-packages), so a job behaves here as it
-does on a host. Status, logs and cancel import the runner's modules and run in-process. The
+does on a host. What starts something goes through the runner's command line exactly as on an
+ssh host (:func:`call_runner`: ``jobrunner submit KEY_DIR`` with the job and its secrets on
+stdin, a service's replicas likewise); status, logs, cancel and the reattach lookups only read
+or signal files on this machine, so they call the same runner functions in-process. The
 runner outlives the worker, so a worker that dies and comes back (or a retry while the job
 still runs) reattaches to the live attempt instead of starting a second one. A finished
 attempt is never reattached: a retry after a failure runs again.
@@ -33,14 +36,14 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     byte_offset,
     job_document,
+    submit_payload,
 )
 from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, FleetServices, render_service
 from flexorch_provider.exceptions import BackendError, JobLostError, NoCapacityError, SubmitError
 from flexorch_provider.runner import bundle
-from flexorch_provider.runner.attempts import attempt_notes, claim, found, prepare
-from flexorch_provider.runner.containers import NoRuntime
-from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT, GpuError
+from flexorch_provider.runner.attempts import attempt_notes, claim, found
+from flexorch_provider.runner.gpus import GPU_REFUSAL_PREFIX, GPU_REFUSED_EXIT
 from flexorch_provider.runner.logs import read_log
 from flexorch_provider.runner.procs import cancel
 from flexorch_provider.runner.status import status
@@ -55,6 +58,26 @@ def runner_argv(write: bool = True) -> list[str]:
         return [sys.executable, *bundle.command(bundle.local_copy())]
     except OSError as e:
         raise SubmitError(f"cannot write the job runner to {bundle.local_path()}: {e.strerror or e}") from e
+
+
+def call_runner(args: Sequence[str], stdin: bytes | None = None, what: str = "job") -> str:
+    """Run the job runner on this machine: the same command and JSON an ssh host gets. A submit that
+    cannot start (no GPUs here, no container runtime, a run directory it cannot make) is a
+    SubmitError (NoCapacityError for the first two): nothing was started, the next target may take it."""
+    try:
+        done = subprocess.run([*runner_argv(), *args], input=stdin or b"", capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        fail = SubmitError if args[0] == "submit" else BackendError
+        raise fail(f"could not run the job runner ({args[0]}): {e}") from e
+    err = done.stderr.decode("utf-8", "replace").strip()
+    if done.returncode == GPU_REFUSED_EXIT and args[0] == "submit":
+        if err.startswith(GPU_REFUSAL_PREFIX):
+            raise NoCapacityError(f"this machine cannot give the {what} its GPUs: {err[len(GPU_REFUSAL_PREFIX) :]}")
+        raise NoCapacityError(f"this machine cannot run the {what}'s image: {err[-500:]}")
+    if done.returncode != 0:
+        fail = SubmitError if args[0] == "submit" else BackendError
+        raise fail(f"the job runner ({args[0]}) failed: {err[-500:]}")
+    return done.stdout.decode("utf-8", "replace")
 
 
 def run_root(job: ResolvedJob) -> Path:
@@ -75,23 +98,20 @@ def job_data(handle: JobHandle) -> LocalJobData:
 
 class LocalBackend(FleetServices, Backend):
     name = "local"
-    runs_services = True
 
     def _fleet(self, job: ResolvedJob) -> Fleet[str]:
         """Services on the worker itself: one host, the same converge as on an ssh fleet."""
         host = socket.gethostname()
 
         def call(_host: str, args: Sequence[str], stdin: bytes | None) -> str:
-            done = subprocess.run([*runner_argv(), *args], input=stdin or b"", capture_output=True, timeout=120)
-            if done.returncode == GPU_REFUSED_EXIT and args[0] == "submit":
-                raise NoCapacityError(
-                    f"this machine cannot give the replica its GPUs: {done.stderr.decode(errors='replace')[-500:]}"
-                )
-            if done.returncode != 0:
-                raise BackendError(f"job runner {args[0]} failed: {done.stderr.decode(errors='replace')[-500:]}")
-            return done.stdout.decode("utf-8", "replace")
+            return call_runner(args, stdin, what="replica")
 
         return Fleet(hosts=[host], call=call, label=str, root=str(run_root(job) / "_services"))
+
+    def gpu_pool(self, workload: Any) -> Any:
+        from flexorch_provider.inventory.pools import LocalPool
+
+        return LocalPool(name="local", source="local")
 
     def render(self, job: ResolvedJob) -> str:
         if job.is_service:
@@ -123,35 +143,25 @@ class LocalBackend(FleetServices, Backend):
 
     def where(self, handle: JobHandle) -> dict[str, Any]:
         data = job_data(handle)
-        return {"summary": f"{data['run_dir']} on the worker {data['host']}", "host": data["host"],
-                "run_dir": data["run_dir"]}  # fmt: skip
+        return {
+            "summary": f"{data['run_dir']} on the worker {data['host']}",
+            "host": data["host"],
+            "run_dir": data["run_dir"],
+        }
 
     def submit(self, job: ResolvedJob) -> JobHandle:
+        """``jobrunner submit``: a live attempt of the run key is reattached (never a second live job
+        per run key, never a finished one run twice), else a new one starts; the runner answers with
+        its status, the follower's first look."""
         key_dir = run_root(job) / job.key_slug
-        try:
-            attempt = prepare(str(key_dir), job_document(job), job.secrets, job.registry)
-        except GpuError as e:
-            raise NoCapacityError(f"this machine cannot give the job its GPUs: {e}") from None
-        except NoRuntime as e:
-            raise NoCapacityError(f"this machine cannot run the job's image: {e}") from None
-        except OSError as e:
-            raise SubmitError(f"cannot create the run directory under {key_dir}: {e.strerror or e}") from e
-        run_dir = Path(attempt["run_dir"])
-        handle = replace(self._handle(job, run_dir), notes=attempt_notes(attempt))
-        if attempt["reattached"]:
-            return handle  # never a second live job per run key, never a finished one run twice
-        try:
-            subprocess.run(
-                [*runner_argv(), "start", str(run_dir)],
-                check=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=30,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            raise SubmitError(f"could not start the job runner for {run_dir}: {e}") from e
-        return handle
+        payload = submit_payload(job_document(job), job.secrets, job.registry)
+        attempt = json.loads(call_runner(["submit", str(key_dir)], payload))
+        first = attempt.get("status")
+        return replace(
+            self._handle(job, Path(attempt["run_dir"])),
+            notes=attempt_notes(attempt),
+            first_status=JobStatus.from_dict(first) if isinstance(first, dict) else None,
+        )
 
     def find(self, job: ResolvedJob) -> JobHandle | None:
         out = found(str(run_root(job) / job.key_slug))
@@ -173,8 +183,9 @@ class LocalBackend(FleetServices, Backend):
                 )
                 continue
             raw = status(run_dir)
-            out[handle.job_id] = JobStatus(JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""),
-                                           release=bool(raw.get("release")))  # fmt: skip
+            out[handle.job_id] = JobStatus(
+                JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""), release=bool(raw.get("release"))
+            )
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:

@@ -37,6 +37,7 @@ from flexorch_provider.backends.base import (
     ResolvedJob,
     byte_offset,
     job_document,
+    submit_payload,
 )
 from flexorch_provider.backends.container_render import container_lines
 from flexorch_provider.backends.services import Fleet, FleetServices, render_service
@@ -114,7 +115,6 @@ def job_data(handle: JobHandle) -> SshJobData:
 
 class SshBackend(FleetServices, Backend):
     name = "ssh"
-    runs_services = True
 
     def _fleet(self, job: ResolvedJob) -> Fleet[Host]:
         conn = job.workload.ssh.connection
@@ -123,6 +123,14 @@ class SshBackend(FleetServices, Backend):
             return runner(conn, host, *args, stdin=stdin)
 
         return Fleet(hosts=hosts_of(job), call=call, label=lambda h: h.label, root=REMOTE_SERVICES)
+
+    def gpu_pool(self, workload: Any) -> Any:
+        from flexorch_provider.inventory.pools import SshPool
+
+        return SshPool(name="ssh", source="ssh", connection=workload.ssh.connection, hosts=list(workload.ssh.hosts))
+
+    def spans_every_node(self, workload: Any) -> bool:
+        return bool(workload.ssh.placement == "all")
 
     def render(self, job: ResolvedJob) -> str:
         opts = job.workload.ssh
@@ -164,7 +172,7 @@ class SshBackend(FleetServices, Backend):
         conn = opts.connection
         hosts = hosts_of(job)
         document = job_document(job)  # GPUs: the runner claims them on the host it starts on
-        payload = json.dumps({"job": document, "secrets": job.secrets, "registry": job.registry}).encode()
+        payload = submit_payload(document, job.secrets, job.registry)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
         # one round per host, in parallel, before anything starts. `any` on several hosts: which

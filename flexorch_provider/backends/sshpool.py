@@ -126,9 +126,14 @@ class Session:
         try:
             dial = dial_address(conn_id, host)
             hook = SSHHook(
-                ssh_conn_id=conn_id, remote_host=dial.host or "", port=dial.port, username=dial.user,
-                conn_timeout=CONNECT_TIMEOUT, conn_retry_attempts=1, keepalive_interval=15,
-            )  # fmt: skip
+                ssh_conn_id=conn_id,
+                remote_host=dial.host or "",
+                port=dial.port,
+                username=dial.user,
+                conn_timeout=CONNECT_TIMEOUT,
+                conn_retry_attempts=1,
+                keepalive_interval=15,
+            )
         except ConfigurationError:
             raise
         except Exception as e:

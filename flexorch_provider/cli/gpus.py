@@ -46,8 +46,11 @@ def gpus_command(args: argparse.Namespace) -> int:
             for model, (total, free) in node.models().items():
                 mems = [g.memory_free for g in node.gpus if g.model == model and not g.busy]
                 known = [m for m in mems if m is not None]
-                mem = f"{_gib(min(known))}-{_gib(max(known))}" if known and min(known) != max(known) else (
-                    _gib(known[0]) if known else "-")  # fmt: skip
+                mem = (
+                    f"{_gib(min(known))}-{_gib(max(known))}"
+                    if known and min(known) != max(known)
+                    else (_gib(known[0]) if known else "-")
+                )
                 rows.append((pool.name, pool.source, node.name, model, str(total), str(free), mem, node.state))
         rows.append((pool.name, pool.source, "(total)", "", str(inv.total), str(inv.free), "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -65,17 +68,21 @@ def pools_sync_command(args: argparse.Namespace) -> int:
         name = pool.airflow_pool
         if err is not None or (inv.total == 0 and any(n.state != "up" for n in inv.nodes)):
             why = err or "; ".join(f"{n.name}: {n.state} {n.detail}" for n in inv.nodes if n.state != "up")
-            print(f"skipped  {name}: cannot count the GPUs of pool {pool.name} ({why}); its slots stay as they are",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"skipped  {name}: cannot count the GPUs of pool {pool.name} ({why}); its slots stay as they are",
+                file=sys.stderr,
+            )
             status = 1
             continue
         existing = Pool.get_pool(name)
         before = existing.slots if existing else None
         Pool.create_or_update_pool(
-            name=name, slots=inv.total, include_deferred=True,
+            name=name,
+            slots=inv.total,
+            include_deferred=True,
             description=f"flexorch: the {inv.total} GPUs of GPU pool {pool.name} ({pool.source}); "
             "tasks take one slot per GPU",
-        )  # fmt: skip
+        )
         verb = "created" if before is None else ("updated" if before != inv.total else "unchanged")
         print(f"{verb:8} {name}: {inv.total} slots" + (f" (was {before})" if verb == "updated" else ""))
     return status

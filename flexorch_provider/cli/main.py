@@ -53,8 +53,12 @@ def _validate(args: argparse.Namespace) -> int:
     if not args.quiet:
         for path, spec in specs:
             print(f"ok  {path}  ({spec.kind} {spec.name})")
-    warnings = [f"{path}: warning: {spec.name}{f' step {step}' if step else ''}: {text}"
-                for path, spec in specs for step, job in _jobs(spec) for text in container_warnings(job)]  # fmt: skip
+    warnings = [
+        f"{path}: warning: {spec.name}{f' step {step}' if step else ''}: {text}"
+        for path, spec in specs
+        for step, job in _jobs(spec)
+        for text in container_warnings(job)
+    ]
     for line in warnings:
         print(line, file=sys.stderr)
     print(f"{len(specs)} spec(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""), file=sys.stderr)

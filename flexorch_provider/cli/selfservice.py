@@ -20,8 +20,9 @@ from typing import Any
 
 from flexorch_provider.client.api import Api
 from flexorch_provider.client.config import resolve_login, save_token
-from flexorch_provider.client.follow import RunFollower, label_of, plan_labels
+from flexorch_provider.client.progress import RunFollower, label_of, plan_labels
 from flexorch_provider.exceptions import ClientError, SpecError, SpecProblem
+from flexorch_provider.records import JobRecord
 from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
 
 
@@ -42,8 +43,10 @@ def _login(args: argparse.Namespace) -> int:
     api = Api(login)
     api.authenticate()
     path = save_token(login, remember_password=args.save_password)
-    _say(f"logged in to {login.url} as {login.user}; saved to {path} (mode 0600)"
-         + ("" if args.save_password else "; when the token expires, run `flexorch login` again"))  # fmt: skip
+    _say(
+        f"logged in to {login.url} as {login.user}; saved to {path} (mode 0600)"
+        + ("" if args.save_password else "; when the token expires, run `flexorch login` again")
+    )
     return 0
 
 
@@ -74,11 +77,17 @@ def _submit(args: argparse.Namespace) -> int:
         api.trigger(run_id, conf)
     except ClientError as e:
         if e.status == 403:
-            raise ClientError(f"user {api.login.user!r} may not trigger the {SUBMIT_DAG_ID} DAG on {api.base}: ask an "
-                              "Airflow admin for permission to run it", status=403) from None  # fmt: skip
+            raise ClientError(
+                f"user {api.login.user!r} may not trigger the {SUBMIT_DAG_ID} DAG on {api.base}: ask an "
+                "Airflow admin for permission to run it",
+                status=403,
+            ) from None
         if e.status == 404:
-            raise ClientError(f"{api.base} has no {SUBMIT_DAG_ID} DAG: install flexorch-provider there and put its "
-                              "loader (dags/flexorch_dags.py) in the dags folder", status=404) from None  # fmt: skip
+            raise ClientError(
+                f"{api.base} has no {SUBMIT_DAG_ID} DAG: install flexorch-provider there and put its "
+                "loader (dags/flexorch_dags.py) in the dags folder",
+                status=404,
+            ) from None
         raise
     steps = ", ".join(s for s, _ in sub.jobs if s) or f"{sub.kind} on {'/'.join(sub.jobs[0][1].target)}"
     _say(f"==> submitted {sub.name} ({steps}) as run {run_id} on {api.base}")
@@ -197,8 +206,16 @@ def _live_jobs(api: Api, target: str | None) -> int:
     for j in jobs:
         task = f"{j['dag_id']}/{j['task_id']}" + (f"[{j['map_index']}]" if j["map_index"] >= 0 else "")
         elapsed = j.get("elapsed_s")
-        rows.append([task, j.get("target") or "-", j.get("job_id") or "-", f"{j.get('state')} {j.get('reason') or ''}".strip(),
-                     f"{int(elapsed)}s" if elapsed is not None else "-", (j.get("where") or {}).get("summary", "-")])  # fmt: skip
+        rows.append(
+            [
+                task,
+                j.get("target") or "-",
+                j.get("job_id") or "-",
+                f"{j.get('state')} {j.get('reason') or ''}".strip(),
+                f"{int(elapsed)}s" if elapsed is not None else "-",
+                (j.get("where") or {}).get("summary", "-"),
+            ]
+        )
     _table(["TASK", "TARGET", "JOB", "STATE", "ELAPSED", "WHERE"], rows)
     return 0
 
@@ -211,26 +228,50 @@ def _status(args: argparse.Namespace) -> int:
         return _live_jobs(api, args.target)
     if args.run:
         run = api.run(args.run)
-        _say(f"run {args.run}: {run.get('state')}  spec {_spec_name(run)}  by {run.get('triggering_user_name')}  "
-             f"elapsed {_elapsed(run.get('start_date'), run.get('end_date'))}")  # fmt: skip
+        _say(
+            f"run {args.run}: {run.get('state')}  spec {_spec_name(run)}  by {run.get('triggering_user_name')}  "
+            f"elapsed {_elapsed(run.get('start_date'), run.get('end_date'))}"
+        )
         rows = []
         labels = plan_labels(api, args.run)
         for ti in api.task_instances(args.run):
-            job = api.xcom(args.run, "run", "job", int(ti.get("map_index", -1))) if ti["task_id"] == "run" else None
-            rows.append([label_of(ti, labels), str(ti.get("state")), (job or {}).get("target", "-"), (job or {}).get("job_id", "-"),
-                         _elapsed(ti.get("start_date"), ti.get("end_date")),
-                         ((job or {}).get("where") or {}).get("summary", "-")])  # fmt: skip
+            job = _job_of(api, args.run, ti)
+            rows.append(
+                [
+                    label_of(ti, labels),
+                    str(ti.get("state")),
+                    job.target if job else "-",
+                    job.job_id if job else "-",
+                    _elapsed(ti.get("start_date"), ti.get("end_date")),
+                    job.summary if job else "-",
+                ]
+            )
         _table(["TASK", "STATE", "TARGET", "JOB", "ELAPSED", "WHERE"], rows)
         return 0
     me = api.login.user
     runs = [r for r in api.runs(limit=args.limit * 4) if args.all or r.get("triggering_user_name") == me][: args.limit]
-    rows = [[r["dag_run_id"], _spec_name(r), str(r.get("state")), str(r.get("triggering_user_name")),
-             _elapsed(r.get("start_date"), r.get("end_date"))] for r in runs]  # fmt: skip
+    rows = [
+        [
+            r["dag_run_id"],
+            _spec_name(r),
+            str(r.get("state")),
+            str(r.get("triggering_user_name")),
+            _elapsed(r.get("start_date"), r.get("end_date")),
+        ]
+        for r in runs
+    ]
     if not rows:
         _say(f"no submitted runs{'' if args.all else f' by {me}'} on {api.base}")
         return 0
     _table(["RUN", "SPEC", "STATE", "USER", "ELAPSED"], rows)
     return 0
+
+
+def _job_of(api: Api, run_id: str, ti: dict[str, Any]) -> JobRecord | None:
+    """The job a submitted run's task runs (its ``job`` XCom), if it has submitted one."""
+    if ti.get("task_id") != "run":
+        return None
+    return JobRecord.from_dict(api.xcom(run_id, "run", "job", int(ti.get("map_index", -1))))
 
 
 def _table(head: list[str], rows: list[list[str]]) -> None:
@@ -246,8 +287,7 @@ def _cancel(args: argparse.Namespace) -> int:
         _say(f"run {args.run} has already ended ({run.get('state')}); nothing to cancel")
         return 0
     labels = plan_labels(api, args.run)
-    jobs = {label_of(ti, labels): api.xcom(args.run, "run", "job", int(ti.get("map_index", -1)))
-            for ti in api.task_instances(args.run) if ti["task_id"] == "run"}  # fmt: skip
+    jobs = {label_of(ti, labels): _job_of(api, args.run, ti) for ti in api.task_instances(args.run)}
     api.fail_run(args.run)  # Airflow stops its tasks; each stops its job (on_kill, in the worker or the triggerer)
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
@@ -256,8 +296,8 @@ def _cancel(args: argparse.Namespace) -> int:
             break
         time.sleep(1)
     for label, job in jobs.items():
-        if isinstance(job, dict):
-            _say(f"==> {label}: job {job.get('job_id')} on {job.get('target')} stopped")
+        if job is not None:
+            _say(f"==> {label}: job {job.job_id} on {job.target} stopped")
     _say(f"==> cancelled run {args.run}")
     return 0
 
@@ -270,8 +310,11 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("login", help="log in to an Airflow API and save the token (0600) for the other commands")
     server(p)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument("--save-password", action="store_true",
-                   help="also save the password (0600), so an expired token is renewed without asking")  # fmt: skip
+    p.add_argument(
+        "--save-password",
+        action="store_true",
+        help="also save the password (0600), so an expired token is renewed without asking",
+    )
     p.set_defaults(func=_login)
 
     p = sub.add_parser("submit", help="run a spec through Airflow's REST API and follow its log (Ctrl-C detaches)")
@@ -298,8 +341,13 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("status", help="your recent submitted runs, or one run's jobs")
     p.add_argument("run", metavar="RUN", nargs="?", help="one run: its tasks, targets and job ids")
     p.add_argument("--all", action="store_true", help="every user's runs")
-    p.add_argument("--team", nargs="?", const="", metavar="NAME",
-                   help="GPU-hours used and live runs per team (yours first), or one team's")  # fmt: skip
+    p.add_argument(
+        "--team",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="GPU-hours used and live runs per team (yours first), or one team's",
+    )
     p.add_argument("--jobs", action="store_true", help="every flex job pending or running, on every target")
     p.add_argument("--target", help="with --jobs: only this target's")
     p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")

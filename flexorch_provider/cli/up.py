@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from flexorch_provider.cli.needs import folder_needs
-from flexorch_provider.client.follow import new_lines
+from flexorch_provider.client.progress import new_lines
 from flexorch_provider.dag_factory.folder import SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, AirflowStack, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
 from flexorch_provider.exceptions import FlexorchError
 
 FINISHED = {"success", "failed"}
@@ -134,7 +134,7 @@ class Gate:
 
 
 def _start_demo_targets(home: Path) -> Any:
-    from flexorch_provider.testbed.demo import start_targets
+    from flexorch_provider.dev.testbed.demo import start_targets
 
     _say("==> starting the demo's targets (an ssh fleet and a Slurm on this machine; see the README)")
     targets = start_targets(home)

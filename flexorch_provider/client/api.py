@@ -47,8 +47,9 @@ class Api:
             data = self._send("POST", "/auth/token", body, auth=False)
         except ClientError as e:
             if e.status in (400, 401, 403, 422):
-                raise ClientError(f"{self.base} refused the login of {self.login.user!r}: wrong user or password",
-                                  status=e.status) from None  # fmt: skip
+                raise ClientError(
+                    f"{self.base} refused the login of {self.login.user!r}: wrong user or password", status=e.status
+                ) from None
             raise
         token = str((data or {}).get("access_token") or "")
         if not token:
@@ -70,8 +71,11 @@ class Api:
             if e.status != 401:
                 raise
             if self.login.password is None:
-                raise ClientError(f"the login token for {self.base} is no longer valid ({e.detail or 'expired'}): "
-                                  "run `flexorch login` again", status=401) from None  # fmt: skip
+                raise ClientError(
+                    f"the login token for {self.base} is no longer valid ({e.detail or 'expired'}): "
+                    "run `flexorch login` again",
+                    status=401,
+                ) from None
             self.renewed += 1
             self.authenticate()
             return self._send(method, path, body)
@@ -151,8 +155,11 @@ class Api:
             return dict(self.call("GET", f"/flexorch/api/{path}", query=query))
         except ClientError as e:
             if e.status == 404 and "flexorch" not in str(e).lower():
-                raise ClientError(f"{self.base} has no /flexorch/api: install flexorch-provider in its api-server "
-                                  "(the plugin comes with it) and restart it", status=404) from None  # fmt: skip
+                raise ClientError(
+                    f"{self.base} has no /flexorch/api: install flexorch-provider in its api-server "
+                    "(the plugin comes with it) and restart it",
+                    status=404,
+                ) from None
             raise
 
     def usage(self) -> dict[str, Any]:

@@ -13,15 +13,20 @@ INVALID_TAG = "flexorch:invalid-spec"
 
 
 def build_dag(plan: DagPlan, spec: SpecModel) -> Any:
-    """One DAG from its plan; every task is a FlexOperator running (a step of) the spec."""
+    """One DAG from its plan; each task runs (a step of) the spec: a job with FlexOperator, a service's
+    action with FlexServiceOperator."""
     from airflow.sdk import DAG
 
     from flexorch_provider.operators.flex import FlexOperator
+    from flexorch_provider.operators.service import FlexServiceOperator
 
     with DAG(**plan.dag_kwargs()) as dag:
-        tasks = {
-            t.task_id: FlexOperator(task_id=t.task_id, spec=spec, step=t.step, action=t.action) for t in plan.tasks
-        }
+        tasks: dict[str, Any] = {}
+        for t in plan.tasks:
+            if t.service:
+                tasks[t.task_id] = FlexServiceOperator(task_id=t.task_id, spec=spec, step=t.step, action=t.action)
+            else:
+                tasks[t.task_id] = FlexOperator(task_id=t.task_id, spec=spec, step=t.step)
         for upstream, downstream in plan.edges:
             tasks[upstream] >> tasks[downstream]
     return dag

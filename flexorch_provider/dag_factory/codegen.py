@@ -41,6 +41,9 @@ def _py_str(text: str, indent: str = "    ") -> str:
     return "(\n" + "".join(f"{indent}{line!r}\n" for line in lines) + ")"
 
 
+OPERATOR_MODULES = {"FlexOperator": "flex", "FlexServiceOperator": "service"}
+
+
 def _var(task_id: str) -> str:
     return "t_" + task_id.replace("-", "_")  # step names are DNS labels: this is one-to-one
 
@@ -48,6 +51,7 @@ def _var(task_id: str) -> str:
 def render_dag_file(spec: SpecModel, text: str, source: str) -> str:
     """The Python source of one generated DAG file."""
     plans = plan_dags(spec, source, text)
+    operators = sorted({task.operator for plan in plans for task in plan.tasks})
     out = [
         f"{HEADER} from {source}; do not edit.",
         "# Edit the spec and run `flexorch generate` again. This is an Airflow DAG file.",
@@ -58,7 +62,7 @@ def render_dag_file(spec: SpecModel, text: str, source: str) -> str:
         "from airflow.sdk import DAG",
         "",
         "from flexorch_provider.dag_factory.plan import doc_md",
-        "from flexorch_provider.operators.flex import FlexOperator",
+        *(f"from flexorch_provider.operators.{OPERATOR_MODULES[name]} import {name}" for name in operators),
         "from flexorch_provider.spec.loader import load_spec_text",
         "",
         f"SPEC_YAML = {_py_str(text)}",
@@ -84,7 +88,7 @@ def _render_dag(plan: DagPlan, source: str) -> list[str]:
             args.append(f"step={task.step!r}")
         if task.action is not None:
             args.append(f"action={task.action!r}")
-        lines.append(f"    {_var(task.task_id)} = FlexOperator({', '.join(args)})")
+        lines.append(f"    {_var(task.task_id)} = {task.operator}({', '.join(args)})")
     for upstream, downstream in plan.edges:
         lines.append(f"    {_var(upstream)} >> {_var(downstream)}")
     return lines
@@ -92,19 +96,21 @@ def _render_dag(plan: DagPlan, source: str) -> list[str]:
 
 def render_submit_file(policy: str) -> str:
     """The ``flexorch-submit`` DAG file; ``policy`` is the policy file's path relative to it."""
-    return "\n".join([
-        f"{HEADER}; do not edit. The Airflow DAG behind `flexorch submit`.",
-        "from __future__ import annotations",
-        "",
-        "import os",
-        "from pathlib import Path",
-        "",
-        "from flexorch_provider.dag_factory.submit import build_submit_dag",
-        "",
-        f"POLICY = Path(os.environ.get('FLEXORCH_POLICY') or Path(__file__).parent / {policy!r})",
-        "dag = build_submit_dag(POLICY)",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{HEADER}; do not edit. The Airflow DAG behind `flexorch submit`.",
+            "from __future__ import annotations",
+            "",
+            "import os",
+            "from pathlib import Path",
+            "",
+            "from flexorch_provider.dag_factory.submit import build_submit_dag",
+            "",
+            f"POLICY = Path(os.environ.get('FLEXORCH_POLICY') or Path(__file__).parent / {policy!r})",
+            "dag = build_submit_dag(POLICY)",
+            "",
+        ]
+    )
 
 
 def generate(spec_dir: str | Path, out_dir: str | Path) -> GenerateResult:

@@ -184,8 +184,12 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
         invalid += 1
         if dag_id in dags:
             dag_id = invalid_dag_id(None, rel)
-        log.error("flexorch: %s is invalid; its DAG %s shows the problems:\n%s", rel, dag_id,
-                  "\n".join(str(p) for p in problems))  # fmt: skip
+        log.error(
+            "flexorch: %s is invalid; its DAG %s shows the problems:\n%s",
+            rel,
+            dag_id,
+            "\n".join(str(p) for p in problems),
+        )
         dags[dag_id] = build_invalid_dag(dag_id, f"{label}/{rel}", problems)
         owners[dag_id] = rel
 
@@ -232,6 +236,12 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
                 log.exception("flexorch: could not build the %s DAG", SUBMIT_DAG_ID)
     log.info(
         "flexorch: %d spec files in %s → %d DAGs (%d cached, %d parsed, %d invalid) in %.2fs",
-        len(entries), folder, len(dags), stats["cached"], stats["parsed"], invalid, time.perf_counter() - started,
-    )  # fmt: skip
+        len(entries),
+        folder,
+        len(dags),
+        stats["cached"],
+        stats["parsed"],
+        invalid,
+        time.perf_counter() - started,
+    )
     return dags

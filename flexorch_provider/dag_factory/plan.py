@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from flexorch_provider.capabilities import SELF_HEALING_TARGETS
 from flexorch_provider.spec.models import PipelineSpec, ServiceSpec, SpecModel
 from flexorch_provider.spec.render import spec_to_dict, to_yaml
 
-# Targets whose own control plane keeps replicas running; everything else needs reconcile runs.
-SELF_HEALING_TARGETS = frozenset({"kubernetes"})
 MAX_DOC_SPEC_CHARS = 20_000
 
 
@@ -30,6 +29,12 @@ class TaskPlan:
     task_id: str
     step: str | None = None  # pipeline step to run
     action: str | None = None  # service action (a template for deploy DAGs)
+    service: bool = False  # a service's task (FlexServiceOperator), else a job's (FlexOperator)
+
+    @property
+    def operator(self) -> str:
+        """The operator class that runs it (both live in ``flexorch_provider.operators``)."""
+        return "FlexServiceOperator" if self.service else "FlexOperator"
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,16 @@ WATCH_START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _watch_note(spec: ServiceSpec) -> str:
-    scale = (f" and scales it between {spec.autoscale.min} and {spec.autoscale.max} replicas on its metric"
-             if spec.autoscale else "")  # fmt: skip
-    return (f"Watches `{spec.name}` from the triggerer and, only when a replica died, stays unhealthy or its "
-            f"host went away, restores it at once{scale}. Each run is one change; the next watcher starts "
-            "right after (`@continuous`).")  # fmt: skip
+    scale = (
+        f" and scales it between {spec.autoscale.min} and {spec.autoscale.max} replicas on its metric"
+        if spec.autoscale
+        else ""
+    )
+    return (
+        f"Watches `{spec.name}` from the triggerer and, only when a replica died, stays unhealthy or its "
+        f"host went away, restores it at once{scale}. Each run is one change; the next watcher starts "
+        "right after (`@continuous`)."
+    )
 
 
 def _reconcile_note(spec: ServiceSpec) -> str:
@@ -134,49 +144,74 @@ def plan_dags(spec: SpecModel, source: str, text: str | None = None) -> list[Dag
         "owner": spec.owner,
     }
     if isinstance(spec, PipelineSpec):
-        tasks = tuple(TaskPlan(task_id=s.name, step=s.name) for s in spec.steps)
+        tasks = tuple(TaskPlan(task_id=s.name, step=s.name, service=s.kind == "service") for s in spec.steps)
         edges = tuple((dep, s.name) for s in spec.steps for dep in s.after)
         return [
             DagPlan(
-                dag_id=spec.name, schedule=spec.schedule, catchup=spec.catchup, tags=_tags(spec),
-                doc_md=doc_md(spec, source, text), tasks=tasks, edges=edges, **common,
+                dag_id=spec.name,
+                schedule=spec.schedule,
+                catchup=spec.catchup,
+                tags=_tags(spec),
+                doc_md=doc_md(spec, source, text),
+                tasks=tasks,
+                edges=edges,
+                **common,
             )
-        ]  # fmt: skip
+        ]
     if isinstance(spec, ServiceSpec):
         plans = [
             DagPlan(
-                dag_id=spec.name, schedule=spec.schedule, catchup=spec.catchup, tags=_tags(spec),
-                doc_md=doc_md(spec, source, text, note=_UNDEPLOY_NOTE), doc_note=_UNDEPLOY_NOTE,
-                tasks=(TaskPlan(task_id="deploy", action="{{ params.action }}"),),
+                dag_id=spec.name,
+                schedule=spec.schedule,
+                catchup=spec.catchup,
+                tags=_tags(spec),
+                doc_md=doc_md(spec, source, text, note=_UNDEPLOY_NOTE),
+                doc_note=_UNDEPLOY_NOTE,
+                tasks=(TaskPlan(task_id="deploy", action="{{ params.action }}", service=True),),
                 params={"action": "deploy"},
                 **common,
             )
-        ]  # fmt: skip
+        ]
         if spec.reconcile is not None and not set(spec.target) <= SELF_HEALING_TARGETS:
             plans.append(
                 DagPlan(
-                    dag_id=f"{spec.name}-reconcile", schedule=spec.reconcile, catchup=False,
+                    dag_id=f"{spec.name}-reconcile",
+                    schedule=spec.reconcile,
+                    catchup=False,
                     tags=_tags(spec, ("reconcile",)),
-                    doc_md=doc_md(spec, source, text, note=(note := _reconcile_note(spec))), doc_note=note,
-                    tasks=(TaskPlan(task_id="reconcile", action="reconcile"),),
+                    doc_md=doc_md(spec, source, text, note=(note := _reconcile_note(spec))),
+                    doc_note=note,
+                    tasks=(TaskPlan(task_id="reconcile", action="reconcile", service=True),),
                     **{**common, "description": f"keeps {spec.name} at {spec.replicas} healthy replicas"},
                 )
-            )  # fmt: skip
+            )
         if (spec.watch and spec.target[0] not in SELF_HEALING_TARGETS) or spec.autoscale is not None:
             plans.append(
                 DagPlan(
-                    dag_id=f"{spec.name}-watch", schedule="@continuous", catchup=False, max_active_runs=1,
+                    dag_id=f"{spec.name}-watch",
+                    schedule="@continuous",
+                    catchup=False,
+                    max_active_runs=1,
                     tags=_tags(spec, ("watch",)),
-                    doc_md=doc_md(spec, source, text, note=(note := _watch_note(spec))), doc_note=note,
-                    tasks=(TaskPlan(task_id="watch", action="watch"),),
-                    **{**common, "start_date": common["start_date"] or WATCH_START,
-                       "description": f"restores and scales {spec.name} as soon as it needs it"},
+                    doc_md=doc_md(spec, source, text, note=(note := _watch_note(spec))),
+                    doc_note=note,
+                    tasks=(TaskPlan(task_id="watch", action="watch", service=True),),
+                    **{
+                        **common,
+                        "start_date": common["start_date"] or WATCH_START,
+                        "description": f"restores and scales {spec.name} as soon as it needs it",
+                    },
                 )
-            )  # fmt: skip
+            )
         return plans
     return [
         DagPlan(
-            dag_id=spec.name, schedule=spec.schedule, catchup=spec.catchup, tags=_tags(spec),
-            doc_md=doc_md(spec, source, text), tasks=(TaskPlan(task_id=spec.kind),), **common,
+            dag_id=spec.name,
+            schedule=spec.schedule,
+            catchup=spec.catchup,
+            tags=_tags(spec),
+            doc_md=doc_md(spec, source, text),
+            tasks=(TaskPlan(task_id=spec.kind),),
+            **common,
         )
-    ]  # fmt: skip
+    ]

@@ -3,7 +3,7 @@
 ::
 
     local        this machine, through NVML (pynvml)
-    ssh          hosts over SSH, all in parallel: NVML through ``python3 -m flexorch_provider.nvml``
+    ssh          hosts over SSH, all in parallel: NVML through ``python3 -m flexorch_provider.inventory.nvml``
                  where flexorch-provider is installed, else ``nvidia-smi --query-gpu`` CSV
     slurm        GRES total/used per node (``sinfo``), locally or on a login node
     kubernetes   node allocatable ``nvidia.com/gpu`` minus the requests of live pods
@@ -17,12 +17,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flexorch_provider.inventory.model import Gpu, Node, PoolInventory, find_placement
-
 if TYPE_CHECKING:
+    from flexorch_provider.inventory.model import Gpu, Node, PoolInventory, find_placement
     from flexorch_provider.inventory.pools import GpuPool
 
 __all__ = ["Gpu", "Node", "PoolInventory", "check_pool", "find_placement", "inventory"]
+_MODEL = ("Gpu", "Node", "PoolInventory", "find_placement")
+
+
+def __getattr__(name: str) -> Any:
+    """The model's names, imported on first use: a host runs ``python3 -m
+    flexorch_provider.inventory.nvml``, which must not pay for the spec models (pydantic)."""
+    if name in _MODEL:
+        from flexorch_provider.inventory import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'flexorch_provider.inventory' has no attribute {name!r}")
 
 
 def inventory(pool: GpuPool) -> PoolInventory:
@@ -41,6 +51,7 @@ def check_pool(
     max_utilization: int | None,
 ) -> tuple[dict[str, Any] | None, str]:
     """(placement or None, one line on the pool's state): what GpuPoolSensor and its trigger ask."""
+    from flexorch_provider.inventory.model import find_placement
     from flexorch_provider.inventory.pools import get_pool
 
     inv = inventory(get_pool(pool, pools_file))

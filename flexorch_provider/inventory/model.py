@@ -34,8 +34,9 @@ class Node:
     state: str = "up"  # up | unreachable | no-driver | down
     detail: str = ""
 
-    def free(self, gpu_type: str | None = None, min_free_memory: int | None = None,
-             max_utilization: int | None = None) -> list[Gpu]:  # fmt: skip
+    def free(
+        self, gpu_type: str | None = None, min_free_memory: int | None = None, max_utilization: int | None = None
+    ) -> list[Gpu]:
         out = []
         for g in self.gpus:
             if g.busy or (gpu_type and g.model != normalize_gpu_type(gpu_type)):
@@ -74,13 +75,23 @@ class PoolInventory:
         return asdict(self)
 
 
-def find_placement(inv: PoolInventory, gpus: int, gpu_type: str | None = None, min_free_memory: int | None = None,
-                   max_utilization: int | None = None) -> dict[str, Any] | None:  # fmt: skip
+def find_placement(
+    inv: PoolInventory,
+    gpus: int,
+    gpu_type: str | None = None,
+    min_free_memory: int | None = None,
+    max_utilization: int | None = None,
+) -> dict[str, Any] | None:
     """The first node (in pool order) with ``gpus`` free GPUs that fit; None when none does."""
     for node in inv.nodes:
         fit = node.free(gpu_type, min_free_memory, max_utilization)
         if len(fit) >= gpus:
             chosen = fit[:gpus]
-            return {"pool": inv.pool, "source": inv.source, "host": node.name,
-                    "gpus": [g.index for g in chosen], "model": chosen[0].model if chosen else None}  # fmt: skip
+            return {
+                "pool": inv.pool,
+                "source": inv.source,
+                "host": node.name,
+                "gpus": [g.index for g in chosen],
+                "model": chosen[0].model if chosen else None,
+            }
     return None

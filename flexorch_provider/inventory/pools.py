@@ -82,10 +82,12 @@ class KubernetesPool(_Pool):
 
 
 GpuPool = Annotated[
-    Annotated[LocalPool, Tag("local")] | Annotated[SshPool, Tag("ssh")] | Annotated[SlurmPool, Tag("slurm")]
+    Annotated[LocalPool, Tag("local")]
+    | Annotated[SshPool, Tag("ssh")]
+    | Annotated[SlurmPool, Tag("slurm")]
     | Annotated[KubernetesPool, Tag("kubernetes")],
     Discriminator(lambda v: v.get("source") if isinstance(v, dict) else getattr(v, "source", None)),
-]  # fmt: skip
+]
 _POOLS = TypeAdapter(dict[Name, GpuPool])
 
 
@@ -126,8 +128,12 @@ def load_pools(path: str | Path | None = None) -> dict[str, Any]:
                 del loc[1]  # the union's tag, not a field
             message = err["msg"].removeprefix("Value error, ").removeprefix(f"{loc[-1]}: ")
             if err["type"] == "extra_forbidden":
-                kinds: dict[str, type[_Pool]] = {"ssh": SshPool, "slurm": SlurmPool, "kubernetes": KubernetesPool,
-                                                  "local": LocalPool}  # fmt: skip
+                kinds: dict[str, type[_Pool]] = {
+                    "ssh": SshPool,
+                    "slurm": SlurmPool,
+                    "kubernetes": KubernetesPool,
+                    "local": LocalPool,
+                }
                 model = kinds.get(str(err["loc"][1]) if len(err["loc"]) > 1 else "", _Pool)
                 hint = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
                 message = f"unknown field{f'; did you mean {hint[0]!r}?' if hint else ''}"

@@ -14,10 +14,10 @@ from flexorch_provider.spec.units import normalize_gpu_type
 # --- ssh hosts: NVML through our package where it is installed, else nvidia-smi -------------
 SEPARATOR = "--- flexorch compute apps ---"
 # one command per host, no user values in it ("$1" is the pool's python, an argv element):
-# NVML through flexorch_provider.nvml when that imports, else both nvidia-smi queries (the
+# NVML through flexorch_provider.inventory.nvml when that imports, else both nvidia-smi queries (the
 # job runner's, parsed by its code)
 PROBE = (
-    '"$1" -m flexorch_provider.nvml 2>/dev/null || { '
+    '"$1" -m flexorch_provider.inventory.nvml 2>/dev/null || { '
     f"{shlex.join(GPU_QUERY)} && echo '{SEPARATOR}' && {shlex.join(APPS_QUERY)}; }}"
 )
 
@@ -43,12 +43,21 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
 
 
 def gpus_from_nvml(rows: list[dict[str, Any]]) -> list[Gpu]:
-    """What :func:`flexorch_provider.nvml.read` returns, as inventory GPUs."""
+    """What :func:`flexorch_provider.inventory.nvml.read` returns, as inventory GPUs."""
     out = []
     for r in rows:
         procs = int(r.get("processes") or 0)
-        out.append(Gpu(int(r["index"]), model_name(r["name"]), r.get("memory_total"), r.get("memory_used"),
-                       r.get("utilization"), procs, busy=procs > 0))  # fmt: skip
+        out.append(
+            Gpu(
+                int(r["index"]),
+                model_name(r["name"]),
+                r.get("memory_total"),
+                r.get("memory_used"),
+                r.get("utilization"),
+                procs,
+                busy=procs > 0,
+            )
+        )
     return out
 
 
@@ -95,7 +104,7 @@ def probe_ssh(pool: Any) -> list[Node]:
 def probe_local() -> list[Node]:
     import socket
 
-    from flexorch_provider import nvml
+    from flexorch_provider.inventory import nvml
 
     host = socket.gethostname()
     try:
@@ -175,8 +184,10 @@ def probe_kubernetes(pool: Any) -> list[Node]:
         alloc = int(((n.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu") or 0)
         model = model_name((n["metadata"].get("labels") or {}).get(pool.gpu_label, "GPU"))
         busy = min(used.get(name, 0), alloc)
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (n.get("status") or {}).get("conditions") or [])  # fmt: skip
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (n.get("status") or {}).get("conditions") or []
+        )
         gpus = [Gpu(i, model, busy=i < busy) for i in range(alloc)]
         out.append(Node(name, gpus, state="up" if ready else "down", detail="" if ready else "node not Ready"))
     return out

@@ -26,6 +26,7 @@ from flexorch_provider.policy import (
     period_start,
     static_refusals,
 )
+from flexorch_provider.services import actions
 from flexorch_provider.submission import SUBMIT_DAG_ID, Submission, parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
 
@@ -54,16 +55,23 @@ class SubmitCheckOperator(BaseOperator):
             for problem in e.problems:
                 self.log.error("%s", problem)
             raise
-        kinds = ", ".join(f"{s} ({j.kind} on {'/'.join(j.target)})" if s else f"{j.kind} on {'/'.join(j.target)}"
-                          for s, j in sub.jobs)  # fmt: skip
+        kinds = ", ".join(
+            f"{s} ({j.kind} on {'/'.join(j.target)})" if s else f"{j.kind} on {'/'.join(j.target)}" for s, j in sub.jobs
+        )
         self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
         account = self._apply_policy(sub, user, dag_run.run_id)
         index = {step: i for i, (step, _) in enumerate(sub.jobs)}
         return [
-            {"spec": sub.data, "step": step, "overrides": sub.overrides or None, "step_label": step or sub.name,
-             "after": [index[a] for a in sub.after.get(step or "", []) if a in index], "account": account}
+            {
+                "spec": sub.data,
+                "step": step,
+                "overrides": sub.overrides or None,
+                "step_label": step or sub.name,
+                "after": [index[a] for a in sub.after.get(step or "", []) if a in index],
+                "account": account,
+            }
             for step, _ in sub.jobs
-        ]  # fmt: skip
+        ]
 
     def _apply_policy(self, sub: Submission, user: str | None, run_id: str) -> dict[str, Any] | None:
         policy = load_policy(self.policy_file)
@@ -82,8 +90,10 @@ class SubmitCheckOperator(BaseOperator):
             ledger.compact(now)
             self._close_ended(ledger, name, now)
             used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
-            for refusal in (budget_refusal(name, team, jobs, used),
-                            concurrency_refusal(name, team, len(ledger.live_runs(name, now)))):  # fmt: skip
+            for refusal in (
+                budget_refusal(name, team, jobs, used),
+                concurrency_refusal(name, team, len(ledger.live_runs(name, now))),
+            ):
                 if refusal:
                     refusals.append(refusal)
             if refusals:
@@ -122,12 +132,15 @@ class SubmitCheckOperator(BaseOperator):
 
 
 class SubmittedStepOperator(FlexOperator):
-    """One job of a submission: waits for the steps it comes after, then runs like any FlexOperator.
+    """One job of a submission: waits for the steps it comes after, then runs like any FlexOperator
+    (a service step is deployed, as FlexServiceOperator would).
 
     :param after: map indexes of this task (steps of the same run) that must succeed first.
     :param account: ``{team, user, run}`` when a policy applies: the job's GPU time goes to the ledger.
     :param step_label: the step's (or spec's) name, shown as the map index in the UI.
     """
+
+    accepts_services = True
 
     def __init__(
         self,
@@ -165,6 +178,10 @@ class SubmittedStepOperator(FlexOperator):
     # --- retries: a mapped task's retries are fixed when the DAG is parsed, so the spec's are done here
     def _run(self, context: Any) -> Any:
         self._retried = self._retries_done(context)
+        if self.workload.is_service:  # a submitted service (the team's policy allows services): deploy it
+            job = self.resolve_for_run(context["ti"], action="deploy")
+            job.slots = actions.slots_for(self.workload)
+            return actions.converge(job, context["ti"], self.log)
         try:
             return super().execute(context)
         except JobFailedError as e:
@@ -191,8 +208,9 @@ class SubmittedStepOperator(FlexOperator):
             return
         delay = max(self.workload.retries.delay.total_seconds(), RESUME_HOLD_S)
         context["ti"].xcom_push(key=RETRIES_KEY, value=done + 1)
-        self.log.warning("retry %d of %d in %ds: %s", done + 1, self.workload.retries.count, int(delay),
-                         str(error).splitlines()[0])  # fmt: skip
+        self.log.warning(
+            "retry %d of %d in %ds: %s", done + 1, self.workload.retries.count, int(delay), str(error).splitlines()[0]
+        )
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="execute_retry")
 
     def _go_or_skip(self, states: dict[int, str] | None) -> None:
@@ -214,30 +232,25 @@ class SubmittedStepOperator(FlexOperator):
             raise
 
     # --- the ledger: GPU time of each try of each job ---------------------------------------
-    def _submit(self, job: ResolvedJob) -> tuple[JobHandle, dict[str, Any]]:
-        handle, choice = super()._submit(job)
+    def on_submit(self, job: ResolvedJob, handle: JobHandle) -> None:
         if self.account:
-            Ledger().append({"t": "start", "run": self.account["run"], "job": handle.run_key, "try": self._ledger_try,
-                             "team": self.account["team"], "user": self.account.get("user"),
-                             "gpus": gpus_of(self.workload), "cap": job.timeout_s})  # fmt: skip
-        return handle, choice
+            Ledger().append(
+                {
+                    "t": "start",
+                    "run": self.account["run"],
+                    "job": handle.run_key,
+                    "try": self._ledger_try,
+                    "team": self.account["team"],
+                    "user": self.account.get("user"),
+                    "gpus": gpus_of(self.workload),
+                    "cap": job.timeout_s,
+                }
+            )
 
-    def _team(self) -> str | None:
+    def team(self) -> str | None:
         return str(self.account["team"]) if self.account else None
 
-    def _finish(self, event: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return super()._finish(event)
-        finally:
-            self._ended(str((event.get("handle") or {}).get("run_key", "")))
-
-    def on_kill(self) -> None:
-        handle = self._handle
-        super().on_kill()
-        if handle is not None:
-            self._ended(handle.run_key)
-
-    def _ended(self, run_key: str) -> None:
+    def on_end(self, run_key: str) -> None:
         if self.account and run_key:
             Ledger().append({"t": "end", "run": self.account["run"], "job": run_key, "try": self._ledger_try})
 

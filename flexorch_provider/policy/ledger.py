@@ -101,8 +101,17 @@ class Ledger:
             live = end is None and (cap is None or start + float(cap) > now)
             if end is None:
                 end = now if cap is None else min(now, start + float(cap))
-            out.append({"run": e.get("run"), "job": e.get("job"), "try": e.get("try"), "gpus": int(e.get("gpus") or 0),
-                        "start": start, "end": end, "live": live})  # fmt: skip
+            out.append(
+                {
+                    "run": e.get("run"),
+                    "job": e.get("job"),
+                    "try": e.get("try"),
+                    "gpus": int(e.get("gpus") or 0),
+                    "start": start,
+                    "end": end,
+                    "live": live,
+                }
+            )
         return out
 
     def open_jobs(self, team: str, now: float) -> list[dict[str, Any]]:

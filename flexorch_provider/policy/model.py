@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from flexorch_provider.exceptions import SpecError, SpecProblem
 from flexorch_provider.spec.fields import Duration, FlexModel, Name
-from flexorch_provider.spec.models import TargetName
+from flexorch_provider.spec.workload import TargetName
 
 FILE_NAME = "flexorch_policy.yaml"
 POLICY_ENV = "FLEXORCH_POLICY"
@@ -48,8 +48,9 @@ class Budget(FlexModel):
 class Team(FlexModel):
     """One team's rules; an unset rule allows everything it covers."""
 
-    members: Annotated[list[Annotated[str, Field(min_length=1, max_length=250)]],
-                       Field(description="Airflow user names in the team.")] = Field(default_factory=list)  # fmt: skip
+    members: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=250)]], Field(description="Airflow user names in the team.")
+    ] = Field(default_factory=list)
     targets: Annotated[list[TargetName] | None, Field(description="Targets the team may use.")] = None
     slurm_partitions: Annotated[
         list[Glob] | None, Field(description="Slurm partitions (globs); set: a job must name one in slurm.partition.")
@@ -94,8 +95,9 @@ class Policy(FlexModel):
         for name, team in self.teams.items():
             for user in team.members:
                 if user in seen:
-                    raise ValueError(f"teams.{name}.members: {user!r} is already in team {seen[user]!r}; "
-                                     "a user belongs to one team")  # fmt: skip
+                    raise ValueError(
+                        f"teams.{name}.members: {user!r} is already in team {seen[user]!r}; a user belongs to one team"
+                    )
                 seen[user] = name
         return self
 

@@ -37,8 +37,10 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
     if team.slurm_partitions is not None and "slurm" in job.target:
         part = job.slurm.partition
         if part is None or not _any(part, team.slurm_partitions):
-            out.append(f"{where}: slurm.partition {part or '(the cluster default)'} is not allowed "
-                       f"(allowed: {', '.join(team.slurm_partitions)}); set slurm.partition to one of them")  # fmt: skip
+            out.append(
+                f"{where}: slurm.partition {part or '(the cluster default)'} is not allowed "
+                f"(allowed: {', '.join(team.slurm_partitions)}); set slurm.partition to one of them"
+            )
     if team.ssh_hosts is not None and "ssh" in job.target:
         hosts = job.ssh.hosts
         bad = [h for h in hosts if not _any(h, team.ssh_hosts)]
@@ -48,8 +50,9 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
             out.append(f"{where}: ssh host {', '.join(bad)} is not allowed (allowed: {', '.join(team.ssh_hosts)})")
     if team.images is not None:
         if not job.image:
-            out.append(f"{where}: jobs run in an approved image; set image: to one starting with "
-                       f"{' or '.join(team.images)}")  # fmt: skip
+            out.append(
+                f"{where}: jobs run in an approved image; set image: to one starting with {' or '.join(team.images)}"
+            )
         elif not any(job.image.startswith(p) for p in team.images):
             out.append(f"{where}: image {job.image} is not allowed (allowed prefixes: {', '.join(team.images)})")
     gpus = gpus_of(job)
@@ -65,12 +68,16 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
     if team.secrets is not None:
         for key, ref in job.secrets.items():
             if not _any(str(ref), team.secrets):
-                out.append(f"{where}: secrets.{key}: {ref} is not a reference the team may use "
-                           f"(allowed: {', '.join(team.secrets) or 'none'})")  # fmt: skip
+                out.append(
+                    f"{where}: secrets.{key}: {ref} is not a reference the team may use "
+                    f"(allowed: {', '.join(team.secrets) or 'none'})"
+                )
         registry = job.container.registry_connection
         if job.image and registry and not _any(f"connection:{registry}", team.secrets):
-            out.append(f"{where}: container.registry_connection {registry} is not a connection the team may use "
-                       f"(allowed: {', '.join(team.secrets) or 'none'})")  # fmt: skip
+            out.append(
+                f"{where}: container.registry_connection {registry} is not a connection the team may use "
+                f"(allowed: {', '.join(team.secrets) or 'none'})"
+            )
     if job.is_service and not team.services and submitted:
         out.append(f"{where}: may not deploy services by submission (services: false in the policy)")
     return out
@@ -86,8 +93,10 @@ def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> s
         return None
     period = "today" if budget.per == "day" else "this week"
     ask = " + ".join(f"{gpus_of(j)} GPUs × {_h(j.timeout)}" for j in jobs if gpus_of(j))
-    return (f"team {name}: {used:.2f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
-            f"{ask} = {asked:.2f} GPU-hours")  # fmt: skip
+    return (
+        f"team {name}: {used:.2f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
+        f"{ask} = {asked:.2f} GPU-hours"
+    )
 
 
 def concurrency_refusal(name: str, team: Team, live: int) -> str | None:
@@ -112,8 +121,15 @@ def policy_problems(policy: Policy, spec: SpecModel, shown: str) -> list[SpecPro
     if team is None and policy.default_team is not None:
         name, team = policy.default_team, policy.teams[policy.default_team]
     if team is None:
-        return [SpecProblem(shown, None, "owner", f"{spec.owner!r} is not a team of {policy.file} and it has no "
-                            f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}")]  # fmt: skip
+        return [
+            SpecProblem(
+                shown,
+                None,
+                "owner",
+                f"{spec.owner!r} is not a team of {policy.file} and it has no "
+                f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}",
+            )
+        ]
     jobs = spec.effective_steps() if isinstance(spec, PipelineSpec) else [spec]
     return [
         SpecProblem(shown, None, "policy", r) for job in jobs for r in static_refusals(name, team, job, submitted=False)

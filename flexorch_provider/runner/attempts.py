@@ -25,8 +25,12 @@ def live_attempt(key_dir):
     latest = os.path.join(os.path.abspath(key_dir), str(numbers[-1]))
     if status(latest)["state"] not in LIVE:
         return None
-    return {"run_dir": latest, "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
-            "attempt": numbers[-1], "reattached": True}  # fmt: skip
+    return {
+        "run_dir": latest,
+        "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
+        "attempt": numbers[-1],
+        "reattached": True,
+    }
 
 
 CLAIMED = "claimed"  # in a run dir: the job's outcome reached Airflow (the operator recorded it)
@@ -53,9 +57,14 @@ def unclaimed_end(key_dir):
     st = status(latest)
     if st["state"] in LIVE or os.path.exists(os.path.join(latest, CLAIMED)):
         return None
-    return {"run_dir": latest, "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
-            "attempt": numbers[-1], "state": st["state"], "exit_code": st.get("exit_code"),
-            "message": st.get("message", "")}  # fmt: skip
+    return {
+        "run_dir": latest,
+        "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
+        "attempt": numbers[-1],
+        "state": st["state"],
+        "exit_code": st.get("exit_code"),
+        "message": st.get("message", ""),
+    }
 
 
 def found(key_dir, adopt=True):
@@ -119,8 +128,9 @@ def prepare(key_dir, job, secrets, registry=None):
         except Exception:
             os.rmdir(run_dir)  # nothing was started: the next submit may try again
             raise
-        doc["env"] = dict(doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen),
-                          CUDA_DEVICE_ORDER="PCI_BUS_ID")  # fmt: skip
+        doc["env"] = dict(
+            doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen), CUDA_DEVICE_ORDER="PCI_BUS_ID"
+        )
         doc["gpu_indices"] = chosen
     write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
     if secrets:
@@ -135,11 +145,14 @@ def attempt_notes(out, where=""):
     :func:`found`): an adopted success, or an unrecorded failure that runs again."""
     at = " on %s" % where if where else ""
     if out.get("adopted"):
-        return ["job %s%s had already succeeded, but no earlier try recorded it (its worker died): taking its "
-                "result and log instead of running it again" % (out["job_id"], at)]  # fmt: skip
+        return [
+            "job %s%s had already succeeded, but no earlier try recorded it (its worker died): taking its "
+            "result and log instead of running it again" % (out["job_id"], at)
+        ]
     prev = out.get("previous")
     if prev:
-        return ["the previous try's job %s%s ended %s (%s) without its outcome reaching Airflow: running it "
-                "again as %s" % (prev["job_id"], at, prev["state"], prev.get("message") or "no message",
-                                  out["job_id"])]  # fmt: skip
+        return [
+            "the previous try's job %s%s ended %s (%s) without its outcome reaching Airflow: running it "
+            "again as %s" % (prev["job_id"], at, prev["state"], prev.get("message") or "no message", out["job_id"])
+        ]
     return []

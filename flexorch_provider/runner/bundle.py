@@ -66,8 +66,14 @@ def _bytecode(modules: list[tuple[str, bytes]]) -> list[bytes] | None:
     be started again (the zipapp then carries sources only)."""
     payload = json.dumps([(name, data.decode()) for name, data in modules])
     try:
-        done = subprocess.run([sys.executable, "-S", "-I", "-c", _COMPILE], input=payload, capture_output=True,
-                              text=True, timeout=60, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-S", "-I", "-c", _COMPILE],
+            input=payload,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return [bytes.fromhex(h) for h in json.loads(done.stdout)]
     except (OSError, subprocess.SubprocessError, ValueError):
         return None

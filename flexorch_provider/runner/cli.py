@@ -22,18 +22,21 @@ def _print(rows):
 def _submit(key_dir):
     from .attempts import prepare
     from .containers import NoRuntime
-    from .gpus import GPU_REFUSED_EXIT, GpuError
+    from .gpus import GPU_REFUSAL_PREFIX, GPU_REFUSED_EXIT, GpuError
     from .launch import start
 
     payload = json.loads(sys.stdin.read())
     try:
         out = prepare(key_dir, payload["job"], payload.get("secrets") or {}, payload.get("registry"))
     except GpuError as e:
-        sys.stderr.write("GPUs: %s\n" % e)
+        sys.stderr.write("%s%s\n" % (GPU_REFUSAL_PREFIX, e))
         return GPU_REFUSED_EXIT
     except NoRuntime as e:
         sys.stderr.write("%s\n" % e)
         return GPU_REFUSED_EXIT
+    except OSError as e:
+        sys.stderr.write("cannot create the run directory under %s: %s\n" % (key_dir, e.strerror or e))
+        return 1
     if not out["reattached"]:
         start(out["run_dir"])
     from .status import status

@@ -47,8 +47,10 @@ def wrapper(job, run_dir):
     if job.get("setup"):
         with open(os.path.join(run_dir, "setup.sh"), "w") as f:
             f.write(job["setup"])
-        lines.append('"$sh_" -e %s/setup.sh || { c=$?; echo "[flexorch] setup failed with exit code $c; '
-                     'run is skipped"; exit $c; }' % run_dir)  # fmt: skip
+        lines.append(
+            '"$sh_" -e %s/setup.sh || { c=$?; echo "[flexorch] setup failed with exit code $c; '
+            'run is skipped"; exit $c; }' % run_dir
+        )
     if job.get("argv"):
         lines.append('exec "$@"')
     else:
@@ -124,9 +126,25 @@ def create_argv(job, run_dir, workdir, env_names, login=None):
     runtime = spec["runtime_path"]
     docker = os.path.basename(runtime) == "docker"
     global_login, create_login = login_flags(runtime, run_dir, login)
-    argv = [runtime, *quiet(runtime), *global_login, "create", *create_login, "--name", container_name(job), "--network", "host", "--pull", spec.get("pull") or "missing",
-            "--label", "io.flexorch.run-key=" + job.get("run_key", ""),
-            "-v", "%s:%s" % (run_dir, run_dir), "-w", workdir]  # fmt: skip
+    argv = [
+        runtime,
+        *quiet(runtime),
+        *global_login,
+        "create",
+        *create_login,
+        "--name",
+        container_name(job),
+        "--network",
+        "host",
+        "--pull",
+        spec.get("pull") or "missing",
+        "--label",
+        "io.flexorch.run-key=" + job.get("run_key", ""),
+        "-v",
+        "%s:%s" % (run_dir, run_dir),
+        "-w",
+        workdir,
+    ]
     if workdir != run_dir:
         argv[-2:-2] = ["-v", "%s:%s" % (workdir, workdir)]
     for mount in spec.get("mounts") or []:
@@ -169,10 +187,15 @@ def remove(job):
     import subprocess
 
     try:
-        subprocess.run([runtime, "rm", "-f", "-t", "0", container_name(job)] if os.path.basename(runtime) == "podman"
-                       else [runtime, "rm", "-f", container_name(job)],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=60)  # fmt: skip
+        subprocess.run(
+            [runtime, "rm", "-f", "-t", "0", container_name(job)]
+            if os.path.basename(runtime) == "podman"
+            else [runtime, "rm", "-f", container_name(job)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return True

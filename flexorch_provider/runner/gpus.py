@@ -24,6 +24,7 @@ CSV_FORMAT = "--format=csv,noheader,nounits"
 GPU_QUERY = ["nvidia-smi", "--query-gpu=" + GPU_FIELDS, CSV_FORMAT]
 APPS_QUERY = ["nvidia-smi", "--query-compute-apps=" + APPS_FIELDS, CSV_FORMAT]
 GPU_REFUSED_EXIT = 4
+GPU_REFUSAL_PREFIX = "GPUs: "  # a submit refused for GPUs says so on stderr (else it was the image's runtime)
 GPU_QUERY_TIMEOUT_S = 10
 GPU_LOCK_WAIT_S = 10  # both well inside LAUNCH_GRACE_S: a slow claim never looks like a lost launch
 MEMORY_SLACK = 0.95  # boards report less than their nominal size (an "80Gi" H100 shows 81559 MiB)
@@ -50,15 +51,23 @@ def csv_number(text):
 
 def parse_gpus(text):
     """Rows of :data:`GPU_QUERY` → [{"index", "uuid", "name", "memory_total", "memory_used",
-    "utilization"}] (MiB, percent; the keys of ``flexorch_provider.nvml.read``); other lines are
+    "utilization"}] (MiB, percent; the keys of ``flexorch_provider.inventory.nvml.read``); other lines are
     skipped."""
     rows = []
     for line in text.splitlines():
         fields = [f.strip() for f in line.split(",")]
         if len(fields) < 6 or not fields[0].isdigit():
             continue
-        rows.append({"index": int(fields[0]), "uuid": fields[1], "name": fields[2], "memory_total": csv_number(fields[3]),
-                     "memory_used": csv_number(fields[4]), "utilization": csv_number(fields[5])})  # fmt: skip
+        rows.append(
+            {
+                "index": int(fields[0]),
+                "uuid": fields[1],
+                "name": fields[2],
+                "memory_total": csv_number(fields[3]),
+                "memory_used": csv_number(fields[4]),
+                "utilization": csv_number(fields[5]),
+            }
+        )
     return rows
 
 
@@ -77,13 +86,16 @@ def nvidia_smi(argv):
     import subprocess
 
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                              timeout=GPU_QUERY_TIMEOUT_S)  # fmt: skip
+        done = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=GPU_QUERY_TIMEOUT_S
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise GpuError("no NVIDIA GPU here: nvidia-smi cannot be run (%s)" % e) from None
     if done.returncode != 0:
-        raise GpuError("nvidia-smi %s exited %d: %s" % (argv[1].split("=")[0], done.returncode,
-                                                       (done.stderr or done.stdout).strip()[:200]))  # fmt: skip
+        raise GpuError(
+            "nvidia-smi %s exited %d: %s"
+            % (argv[1].split("=")[0], done.returncode, (done.stderr or done.stdout).strip()[:200])
+        )
     return done.stdout
 
 
@@ -119,17 +131,36 @@ def _choose(want, table, claims):
         return chosen
     gpus, busy = table
     count, model, memory = int(want.get("count") or 1), want.get("type"), want.get("memory_mib")
-    fits = [g for g in gpus if (not model or gpu_model(g["name"]) == model)
-            and (not memory or (g["memory_total"] or 0) >= memory * MEMORY_SLACK)]  # fmt: skip
+    fits = [
+        g
+        for g in gpus
+        if (not model or gpu_model(g["name"]) == model)
+        and (not memory or (g["memory_total"] or 0) >= memory * MEMORY_SLACK)
+    ]
     free = [g for g in fits if g["uuid"] not in busy and str(g["index"]) not in claims]
     if len(free) < count:
-        have = ", ".join("%d: %s %s MiB%s" % (g["index"], g["name"], g["memory_total"],
-                                              " (claimed by a flexorch run)" if str(g["index"]) in claims
-                                              else " (busy: compute processes)" if g["uuid"] in busy else "")
-                         for g in gpus) or "none"  # fmt: skip
+        have = (
+            ", ".join(
+                "%d: %s %s MiB%s"
+                % (
+                    g["index"],
+                    g["name"],
+                    g["memory_total"],
+                    " (claimed by a flexorch run)"
+                    if str(g["index"]) in claims
+                    else " (busy: compute processes)"
+                    if g["uuid"] in busy
+                    else "",
+                )
+                for g in gpus
+            )
+            or "none"
+        )
         with_memory = " with %d MiB or more" % memory if memory else ""
-        raise GpuError("%d %sGPU(s)%s wanted, %d free; this host's GPUs: %s" % (
-            count, (model + " ") if model else "", with_memory, len(free), have))  # fmt: skip
+        raise GpuError(
+            "%d %sGPU(s)%s wanted, %d free; this host's GPUs: %s"
+            % (count, (model + " ") if model else "", with_memory, len(free), have)
+        )
     return [g["index"] for g in free[:count]]
 
 

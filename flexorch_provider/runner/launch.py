@@ -52,9 +52,15 @@ def start(run_dir):
                 f.write(("[flexorch] supervisor error: %r\n" % (e,)).encode())
             write_atomic(
                 os.path.join(run_dir, "result.json"),
-                json.dumps({"state": "failed", "exit_code": 1, "finished_at": time.time(),
-                            "message": "supervisor error: %r" % (e,)}),
-            )  # fmt: skip
+                json.dumps(
+                    {
+                        "state": "failed",
+                        "exit_code": 1,
+                        "finished_at": time.time(),
+                        "message": "supervisor error: %r" % (e,),
+                    }
+                ),
+            )
         finally:
             os._exit(1)
     os._exit(0)

@@ -88,9 +88,16 @@ def read_http(port, metric, timeout):
 def read_command(run_dir, job, command, timeout):
     argv = list(command) if isinstance(command, list) else ["/bin/sh", "-c", command]
     try:
-        done = subprocess.run(argv, cwd=workdir_of(job, run_dir), env=base_environment(job, run_dir),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, start_new_session=True)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            cwd=workdir_of(job, run_dir),
+            env=base_environment(job, run_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired:
         raise MetricError("the metric command timed out after %ss" % timeout) from None
     except OSError as e:

@@ -92,9 +92,10 @@ def cancel(run_dir, grace=10.0):
     if not os.path.exists(os.path.join(run_dir, "result.json")):
         write_atomic(
             os.path.join(run_dir, "result.json"),
-            json.dumps({"state": "cancelled", "exit_code": CANCEL_EXIT, "finished_at": time.time(),
-                        "message": "cancelled"}),
-        )  # fmt: skip
+            json.dumps(
+                {"state": "cancelled", "exit_code": CANCEL_EXIT, "finished_at": time.time(), "message": "cancelled"}
+            ),
+        )
     return status(run_dir)
 
 

@@ -53,9 +53,19 @@ def replicas(svc_dir):
             started = os.path.getmtime(os.path.join(run_dir, "runner.pid"))
         except OSError:
             started = os.path.getmtime(run_dir)
-        out.append({"key_dir": key_dir, "run_dir": run_dir, "slot": meta.get("slot"), "revision": meta.get("revision"),
-                    "state": st["state"], "exit_code": st.get("exit_code"), "message": st.get("message", ""),
-                    "started_at": started, "age": max(0.0, time.time() - started)})  # fmt: skip
+        out.append(
+            {
+                "key_dir": key_dir,
+                "run_dir": run_dir,
+                "slot": meta.get("slot"),
+                "revision": meta.get("revision"),
+                "state": st["state"],
+                "exit_code": st.get("exit_code"),
+                "message": st.get("message", ""),
+                "started_at": started,
+                "age": max(0.0, time.time() - started),
+            }
+        )
     return out
 
 
@@ -87,9 +97,16 @@ def check_command(run_dir, job, command, timeout):
         argv = [runtime, *quiet(runtime), "exec", container_name(job), *argv]
         env.update((k, os.environ[k]) for k in RUNTIME_ENV_KEYS if k in os.environ)
     try:
-        done = subprocess.run(argv, cwd=workdir_of(job, run_dir), env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout, start_new_session=True)  # fmt: skip
+        done = subprocess.run(
+            argv,
+            cwd=workdir_of(job, run_dir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired:
         return False, "health command timed out after %ss" % timeout
     except OSError as e:

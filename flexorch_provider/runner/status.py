@@ -46,8 +46,7 @@ def status(run_dir):
         if job.get("container"):  # its container may outlive it: whoever follows the job cancels (removes) it
             from .containers import container_name  # here only: status runs on every poll
 
-            out.update(release=True, message=out["message"] + "; its container %s may still run"
-                       % container_name(job))  # fmt: skip
+            out.update(release=True, message=out["message"] + "; its container %s may still run" % container_name(job))
         return out
     age = time.time() - os.path.getmtime(run_dir)
     if age > LAUNCH_GRACE_S:

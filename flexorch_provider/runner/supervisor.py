@@ -89,15 +89,21 @@ class Supervisor(object):
             return CANCEL_EXIT
         try:
             self.child = subprocess.Popen(
-                argv, cwd=cwd or workdir_of(self.job, self.run_dir), env=env or self.environment(),
+                argv,
+                cwd=cwd or workdir_of(self.job, self.run_dir),
+                env=env or self.environment(),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **OWN_GROUP
-            )  # fmt: skip
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                **OWN_GROUP,
+            )
         except OSError as e:
             workdir = workdir_of(self.job, self.run_dir)
             if not os.path.isdir(workdir):
-                self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
-                          % (workdir, os.uname()[1]))  # fmt: skip
+                self.note(
+                    "workdir %s does not exist on %s: create it there, or fix workdir in the spec"
+                    % (workdir, os.uname()[1])
+                )
                 return 1
             self.note("could not start %s: %s" % (argv[0], e.strerror or e))
             return 127
@@ -163,8 +169,10 @@ class Supervisor(object):
         workdir = workdir_of(self.job, self.run_dir)
         if not os.path.isdir(workdir):
             ctr.forget_registry_login(self.run_dir)
-            self.note("workdir %s does not exist on %s: create it there, or fix workdir in the spec"
-                      % (workdir, os.uname()[1]))  # fmt: skip
+            self.note(
+                "workdir %s does not exist on %s: create it there, or fix workdir in the spec"
+                % (workdir, os.uname()[1])
+            )
             return 1
         env = ctr.container_env(self.job, self.environment())
         names = [k for k in env if k not in BASE_ENV_KEYS]
@@ -178,9 +186,13 @@ class Supervisor(object):
         self.note("container %s: %s, image %s (pull %s)" % (name, runtime, spec["image"], spec.get("pull")))
         try:
             done = subprocess.run(
-                ctr.create_argv(self.job, self.run_dir, workdir, names), env=process_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=ctr.CREATE_TIMEOUT_S,
-            )  # fmt: skip
+                ctr.create_argv(self.job, self.run_dir, workdir, names),
+                env=process_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=ctr.CREATE_TIMEOUT_S,
+            )
         except (OSError, subprocess.SubprocessError) as e:
             done = None
             said = self.masker(str(e))
@@ -197,9 +209,12 @@ class Supervisor(object):
         try:
             if self.stop_reason:
                 return 1
-            return self.run_step([spec["runtime_path"], *ctr.quiet(spec["runtime_path"]), "start", "--attach", name],
-                                 deadline, env=process_env,
-                                 cwd=self.run_dir)  # fmt: skip
+            return self.run_step(
+                [spec["runtime_path"], *ctr.quiet(spec["runtime_path"]), "start", "--attach", name],
+                deadline,
+                env=process_env,
+                cwd=self.run_dir,
+            )
         finally:
             if not ctr.remove(self.job):
                 self.note("could not remove container %s" % name)
@@ -255,6 +270,13 @@ class Supervisor(object):
         self.log.close()
         write_atomic(
             os.path.join(self.run_dir, "result.json"),
-            json.dumps({"state": state, "exit_code": code, "started_at": started, "finished_at": time.time(),
-                        "message": message}),
-        )  # fmt: skip
+            json.dumps(
+                {
+                    "state": state,
+                    "exit_code": code,
+                    "started_at": started,
+                    "finished_at": time.time(),
+                    "message": message,
+                }
+            ),
+        )

@@ -80,8 +80,9 @@ class GpuPoolSensor(BaseSensorOperator):
         self.deferrable = deferrable
 
     def _check(self) -> tuple[dict[str, Any] | None, str]:
-        return check_pool(self.gpu_pool, self.pools_file, int(self.gpus), self.gpu_type, self.min_free_mib,
-                          self.max_utilization)  # fmt: skip
+        return check_pool(
+            self.gpu_pool, self.pools_file, int(self.gpus), self.gpu_type, self.min_free_mib, self.max_utilization
+        )
 
     def poke(self, context: Any) -> PokeReturnValue:
         try:
@@ -106,12 +107,18 @@ class GpuPoolSensor(BaseSensorOperator):
         from flexorch_provider.triggers.gpu_pool import GpuPoolTrigger
 
         self.defer(
-            trigger=GpuPoolTrigger(pool=self.gpu_pool, pools_file=self.pools_file, gpus=int(self.gpus),
-                                   gpu_type=self.gpu_type, min_free_mib=self.min_free_mib,
-                                   max_utilization=self.max_utilization, poke_interval=float(self.poke_interval)),
+            trigger=GpuPoolTrigger(
+                pool=self.gpu_pool,
+                pools_file=self.pools_file,
+                gpus=int(self.gpus),
+                gpu_type=self.gpu_type,
+                min_free_mib=self.min_free_mib,
+                max_utilization=self.max_utilization,
+                poke_interval=float(self.poke_interval),
+            ),
             method_name="execute_complete",
             timeout=timedelta(seconds=float(self.timeout)) if self.timeout else None,
-        )  # fmt: skip
+        )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("status") != "success":

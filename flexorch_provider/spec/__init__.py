@@ -3,8 +3,6 @@
 from flexorch_provider.spec.loader import iter_spec_files, load_spec, load_spec_text, parse_spec
 from flexorch_provider.spec.models import (
     KINDS,
-    SERVICE_TARGETS,
-    TARGETS,
     BatchSpec,
     InferenceSpec,
     Job,
@@ -14,6 +12,7 @@ from flexorch_provider.spec.models import (
     TrainingSpec,
 )
 from flexorch_provider.spec.schema import json_schema
+from flexorch_provider.spec.workload import SERVICE_TARGETS, TARGETS
 
 __all__ = [
     "KINDS",

@@ -73,10 +73,11 @@ class CommandMetric(FlexModel):
 
 
 Metric = Annotated[
-    Annotated[HttpMetric, Tag("http")] | Annotated[PrometheusMetric, Tag("prometheus")]
+    Annotated[HttpMetric, Tag("http")]
+    | Annotated[PrometheusMetric, Tag("prometheus")]
     | Annotated[CommandMetric, Tag("command")],
     Discriminator(lambda v: v.get("source") if isinstance(v, dict) else getattr(v, "source", None)),
-]  # fmt: skip
+]
 
 
 class Autoscale(FlexModel):

@@ -100,19 +100,27 @@ def container_warnings(job: Any, runtimes_here: Callable[[], list[str]] | None =
             found = (runtimes_here or _runtimes_on_path)()
             want = list(CONTAINER_RUNTIMES) if opts.runtime == "auto" else [opts.runtime]
             if not set(want) & set(found):
-                out.append(f"local: no {' or '.join(want)} on this machine's PATH: the local target will refuse "
-                           "the job here (install one on the Airflow workers, or drop local from target)")  # fmt: skip
+                out.append(
+                    f"local: no {' or '.join(want)} on this machine's PATH: the local target will refuse "
+                    "the job here (install one on the Airflow workers, or drop local from target)"
+                )
         elif target == "slurm":
             if opts.runtime != "auto":
-                out.append(f"slurm: container.runtime {opts.runtime} is not used there: the batch script runs the "
-                           f"image with slurm.container ({job.slurm.container})")  # fmt: skip
+                out.append(
+                    f"slurm: container.runtime {opts.runtime} is not used there: the batch script runs the "
+                    f"image with slurm.container ({job.slurm.container})"
+                )
             if opts.pull == "never" and job.slurm.container in ("apptainer", "pyxis"):
-                out.append(f"slurm: container.pull never cannot hold with {job.slurm.container}, which fetches "
-                           "docker:// images itself; use slurm.container: podman to run only images on the nodes")  # fmt: skip
+                out.append(
+                    f"slurm: container.pull never cannot hold with {job.slurm.container}, which fetches "
+                    "docker:// images itself; use slurm.container: podman to run only images on the nodes"
+                )
         elif target == "kubernetes":
             if opts.mounts:
-                out.append("kubernetes: container.mounts are host paths, which pods do not get: the job runs "
-                           "there without them (mount volumes on the cluster side, or drop kubernetes from target)")  # fmt: skip
+                out.append(
+                    "kubernetes: container.mounts are host paths, which pods do not get: the job runs "
+                    "there without them (mount volumes on the cluster side, or drop kubernetes from target)"
+                )
             if opts.runtime != "auto":
                 out.append(
                     f"kubernetes: container.runtime {opts.runtime} is not used there: the cluster runs the image"

@@ -223,10 +223,13 @@ Secret = Annotated[
     BeforeValidator(_parse_secret_ref),
     PlainSerializer(str, return_type=str),
     OrShorthand(
-        {"type": "string", "pattern": "^(variable|connection|kubernetes):.+$",
-         "examples": ["variable:hf_token", "connection:wandb.password", "kubernetes:hf/token"]},
+        {
+            "type": "string",
+            "pattern": "^(variable|connection|kubernetes):.+$",
+            "examples": ["variable:hf_token", "connection:wandb.password", "kubernetes:hf/token"],
+        },
     ),
-]  # fmt: skip
+]
 
 
 class Retries(FlexModel):

@@ -10,9 +10,10 @@ from pydantic_core import PydanticUndefined
 
 from flexorch_provider.spec.container import ContainerOptions, Mount
 from flexorch_provider.spec.fields import GpuSpec, Resources, Retries, SecretRef
-from flexorch_provider.spec.models import SPEC_CLASSES, Identity, Workload, _StepIdentity
+from flexorch_provider.spec.models import SPEC_CLASSES, Identity, _StepIdentity
 from flexorch_provider.spec.service import Health, ServiceFields, UpdatePolicy
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions, Toleration
+from flexorch_provider.spec.workload import Workload
 
 CONTAINERS = """A workload with `image` runs in that image on every target it lands on, or is refused there with a reason; without `image` it runs as a bare process. Never a silent fallback from one to the other.
 
@@ -26,12 +27,24 @@ Env and secret values reach a container by name (`-e NAME`), never as words of a
 
 SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Identity and scheduling (top level)", Identity, ""),
-    ("Workload fields (every kind; pipeline defaults for its steps)", Workload, "`run` is required for every kind but pipeline."),
+    (
+        "Workload fields (every kind; pipeline defaults for its steps)",
+        Workload,
+        "`run` is required for every kind but pipeline.",
+    ),
     ("Service fields (`kind: service`)", ServiceFields, ""),
-    ("Pipeline steps (`steps[]`)", _StepIdentity, "Each step also takes `kind` (default batch), `run` and any workload field; unset fields inherit the pipeline's, `env` and `secrets` merge."),
+    (
+        "Pipeline steps (`steps[]`)",
+        _StepIdentity,
+        "Each step also takes `kind` (default batch), `run` and any workload field; unset fields inherit the pipeline's, `env` and `secrets` merge.",
+    ),
     ("`resources`", Resources, ""),
     ("`resources.gpus`", GpuSpec, "Shorthand: `2`, `A100`, `A100:2`, `A100:80GB:2`."),
-    ("`secrets.<NAME>`", SecretRef, "Shorthand: `variable:NAME`, `connection:CONN_ID[.password|login|host|extra|uri]`, `kubernetes:SECRET/KEY`."),
+    (
+        "`secrets.<NAME>`",
+        SecretRef,
+        "Shorthand: `variable:NAME`, `connection:CONN_ID[.password|login|host|extra|uri]`, `kubernetes:SECRET/KEY`.",
+    ),
     ("`retries`", Retries, "Shorthand: `retries: 2`."),
     ("`health`", Health, ""),
     ("`update`", UpdatePolicy, ""),
@@ -42,7 +55,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`kubernetes.tolerations[]`", Toleration, ""),
     ("`ssh`", SshOptions, ""),
     ("`local`", LocalOptions, ""),
-]  # fmt: skip
+]
 
 
 def _default(field: Any) -> str:

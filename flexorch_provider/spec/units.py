@@ -104,8 +104,16 @@ def parse_memory(value: Any) -> int:
 
 def format_memory(size: int) -> str:
     """bytes → the exact form with the smallest number: ``"64Gi"``, ``"512Mi"``, ``"80GB"``."""
-    units = (("Ti", 1024**4), ("TB", 1000**4), ("Gi", 1024**3), ("GB", 1000**3),
-             ("Mi", 1024**2), ("MB", 1000**2), ("Ki", 1024), ("KB", 1000))  # fmt: skip
+    units = (
+        ("Ti", 1024**4),
+        ("TB", 1000**4),
+        ("Gi", 1024**3),
+        ("GB", 1000**3),
+        ("Mi", 1024**2),
+        ("MB", 1000**2),
+        ("Ki", 1024),
+        ("KB", 1000),
+    )
     exact = [(size // factor, unit) for unit, factor in units if size % factor == 0]
     if not exact:
         return f"{max(size // 1024, 1)}Ki"
@@ -116,9 +124,27 @@ def format_memory(size: int) -> str:
 # --- GPU model names -------------------------------------------------------------------
 _GPU_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9.]{0,31}$")  # a model name starts with a letter: "1E3" is a number
 KNOWN_GPU_TYPES = (
-    "A10", "A10G", "A30", "A40", "A100", "A6000", "B100", "B200", "GB200", "H100", "H200",
-    "L4", "L40", "L40S", "P100", "RTX3090", "RTX4090", "RTX6000", "T4", "V100",
-)  # fmt: skip
+    "A10",
+    "A10G",
+    "A30",
+    "A40",
+    "A100",
+    "A6000",
+    "B100",
+    "B200",
+    "GB200",
+    "H100",
+    "H200",
+    "L4",
+    "L40",
+    "L40S",
+    "P100",
+    "RTX3090",
+    "RTX4090",
+    "RTX6000",
+    "T4",
+    "V100",
+)
 
 
 def normalize_gpu_type(value: str) -> str:

@@ -2,7 +2,7 @@
 
 Each interval it takes the job's status from the shared :class:`~.batcher.StatusBatcher`
 (one ``backend.poll`` per batch key for every deferred task) and hands it to the same
-:class:`~flexorch_provider.follow.Follower` the worker follows with before it defers, so
+:class:`~flexorch_provider.follower.Follower` the worker follows with before it defers, so
 a job's events are built the same way wherever its end is seen.
 
 Like every trigger it never raises: problems become an event with ``status: error``.
@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from flexorch_provider.backends.base import Backend, JobHandle, LogCursor
-from flexorch_provider.follow import Follower, error_event
+from flexorch_provider.follower import Follower, error_event
 from flexorch_provider.masking import masker_for
+from flexorch_provider.records import JobEvent
 from flexorch_provider.triggers.batcher import BATCHER
 from flexorch_provider.triggers.checkpoint import LogCheckpoint
 
@@ -85,13 +87,13 @@ class FlexJobTrigger(BaseTrigger):
 
         return get_backend(self.handle["target"])
 
-    async def _fire(self, event: dict[str, Any], checkpoint: LogCheckpoint | None = None) -> TriggerEvent:
+    async def _fire(self, event: JobEvent, checkpoint: LogCheckpoint | None = None) -> TriggerEvent:
         await self._hold()
         if checkpoint is not None:
             checkpoint.drop()  # after the hold: a restart during it resumes, not replays
         if self.carry is not None:
-            event = {**event, "carry": self.carry}
-        return TriggerEvent(event)
+            event = replace(event, carry=self.carry)
+        return TriggerEvent(event.to_dict())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -109,8 +111,9 @@ class FlexJobTrigger(BaseTrigger):
         cursor = checkpoint.load(self.log_cursor, backend.furthest)
         if cursor != self.log_cursor:
             self.log.info("resuming job %s's log where this task's previous trigger left it", handle.job_id)
-        follower = Follower(backend, handle, cursor=cursor, tail_lines=self.tail_lines, mask=mask,
-                            pending_until=self.pending_until)  # fmt: skip
+        follower = Follower(
+            backend, handle, cursor=cursor, tail_lines=self.tail_lines, mask=mask, pending_until=self.pending_until
+        )
         async with BATCHER.watch(backend, handle, self.poll_interval) as watch:
             while True:
                 try:

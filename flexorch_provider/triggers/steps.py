@@ -28,9 +28,14 @@ class StepsDoneTrigger(BaseTrigger):
     ``not_before``: see FlexOperator's resume hold)."""
 
     def __init__(
-        self, dag_id: str, run_id: str, task_id: str, indexes: list[int], poll_interval: float = 2.0,
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        indexes: list[int],
+        poll_interval: float = 2.0,
         not_before: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.for_dag, self.for_run, self.for_task = dag_id, run_id, task_id
         self.indexes = [int(i) for i in indexes]
@@ -40,9 +45,15 @@ class StepsDoneTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
-            {"dag_id": self.for_dag, "run_id": self.for_run, "task_id": self.for_task, "indexes": self.indexes,
-             "poll_interval": self.poll_interval, "not_before": self.not_before},
-        )  # fmt: skip
+            {
+                "dag_id": self.for_dag,
+                "run_id": self.for_run,
+                "task_id": self.for_task,
+                "indexes": self.indexes,
+                "poll_interval": self.poll_interval,
+                "not_before": self.not_before,
+            },
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from asgiref.sync import sync_to_async

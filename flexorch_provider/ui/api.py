@@ -48,12 +48,20 @@ def usage(now: float | None = None) -> dict[str, Any]:
     for name, team in policy.teams.items():
         per = team.gpu_hours.per if team.gpu_hours else "day"
         since = period_start(per, now)
-        teams.append({
-            "team": name, "members": team.members,
-            "gpu_hours": {"used": round(ledger.gpu_hours(name, since, now), 4),
-                          "limit": team.gpu_hours.limit if team.gpu_hours else None, "per": per, "since": since},
-            "live_runs": len(ledger.live_runs(name, now)), "max_concurrent": team.max_concurrent,
-        })  # fmt: skip
+        teams.append(
+            {
+                "team": name,
+                "members": team.members,
+                "gpu_hours": {
+                    "used": round(ledger.gpu_hours(name, since, now), 4),
+                    "limit": team.gpu_hours.limit if team.gpu_hours else None,
+                    "per": per,
+                    "since": since,
+                },
+                "live_runs": len(ledger.live_runs(name, now)),
+                "max_concurrent": team.max_concurrent,
+            }
+        )
     return {"policy": str(path), "teams": teams}
 
 
@@ -84,8 +92,9 @@ def create_app() -> FastAPI:
         return overview.pools(pool)
 
     @app.get("/api/jobs")
-    def _jobs(request: Request, target: str | None = None, pool: str | None = None,
-              team: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def _jobs(
+        request: Request, target: str | None = None, pool: str | None = None, team: str | None = None
+    ) -> dict[str, Any]:
         return {"jobs": overview.jobs(readable_dags(request), target, pool, team)}
 
     @app.get("/api/jobs/{dag_id}/{run_id}/{task_id}")
@@ -113,8 +122,13 @@ def create_app() -> FastAPI:
         return next(r for r in overview.services({dag_id}) if r["service"] == name)
 
     @app.get("/api/services/{name}/logs")
-    def _service_logs(request: Request, name: str, replica: int | None = None,
-                      tail: int = Query(50, ge=0, le=5000), cursor: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def _service_logs(
+        request: Request,
+        name: str,
+        replica: int | None = None,
+        tail: int = Query(50, ge=0, le=5000),
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
         _, workload = _service_or_404(request, name)
         try:
             cursors = {str(k): int(v) for k, v in json.loads(cursor).items()} if cursor else None
@@ -128,8 +142,9 @@ def create_app() -> FastAPI:
         return out
 
     @app.get("/api/overview")
-    def _overview(request: Request, target: str | None = None, pool: str | None = None,
-                  team: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def _overview(
+        request: Request, target: str | None = None, pool: str | None = None, team: str | None = None
+    ) -> dict[str, Any]:
         dags = readable_dags(request)
         parts = {
             "pools": lambda: overview.pools(pool),

@@ -69,8 +69,9 @@ class Shared:
                 done = self._done[key] = threading.Event()
                 reading = self._readings.setdefault(key, Reading())
                 reading.fetching_since = time.monotonic()
-                threading.Thread(target=self._fetch, args=(key, fetch, done), daemon=True,
-                                 name=f"flexorch-read-{key}").start()  # fmt: skip
+                threading.Thread(
+                    target=self._fetch, args=(key, fetch, done), daemon=True, name=f"flexorch-read-{key}"
+                ).start()
         done.wait(self.wait)
         with self._lock:
             return self._readings[key]
@@ -97,8 +98,9 @@ class Shared:
         if now - self._pruned < KEEP_S / 10:
             return
         self._pruned = now
-        for key in [k for k, r in self._readings.items() if k not in self._done and r.at is not None
-                    and now - r.at > KEEP_S]:  # fmt: skip
+        for key in [
+            k for k, r in self._readings.items() if k not in self._done and r.at is not None and now - r.at > KEEP_S
+        ]:
             del self._readings[key]
 
     def clear(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flexorch_provider.fanout import parallel, reason
+from flexorch_provider.records import JobRecord
 from flexorch_provider.ui.cache import Reading, Shared
 
 SHARED = Shared(ttl=float(os.environ.get("FLEXORCH_UI_TTL", "10")), wait=float(os.environ.get("FLEXORCH_UI_WAIT", "3")))
@@ -39,7 +40,7 @@ def specs_dir() -> Path:
     from airflow.configuration import conf
 
     from flexorch_provider.dag_factory.folder import specs_dir_for
-    from flexorch_provider.devstack import LOADER_FILE
+    from flexorch_provider.dev.stack import LOADER_FILE
 
     return specs_dir_for(Path(conf.get("core", "dags_folder")) / LOADER_FILE)
 
@@ -94,7 +95,8 @@ def _tis(session: Any, dag_ids: Collection[str] | None, live_only: bool = True, 
     return list(session.scalars(q.order_by(TI.start_date.desc().nulls_last()).limit(2000)))
 
 
-def _job_xcoms(session: Any, tis: Iterable[Any]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+def _job_xcoms(session: Any, tis: Iterable[Any]) -> dict[tuple[str, str, str, int], JobRecord | None]:
+    """Each task's ``job`` record; None for a task marked as a service's (deploy, reconcile, watch)."""
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -103,14 +105,13 @@ def _job_xcoms(session: Any, tis: Iterable[Any]) -> dict[tuple[str, str, str, in
         return {}
     q = select(XComModel).where(XComModel.key.in_(("job", SERVICE_MARK)), XComModel.dag_id.in_({t.dag_id for t in tis}),
                                 XComModel.run_id.in_({t.run_id for t in tis}))  # fmt: skip
-    out: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    out: dict[tuple[str, str, str, int], JobRecord | None] = {}
     for x in session.scalars(q):
-        value = XComModel.deserialize_value(x)
         where = (x.dag_id, x.run_id, x.task_id, x.map_index)
         if x.key == SERVICE_MARK:  # a service's deploy/reconcile: the services list shows it
-            out[where] = {"service": True}
-        elif isinstance(value, dict) and where not in out:
-            out[where] = value
+            out[where] = None
+        elif where not in out and (record := JobRecord.from_dict(XComModel.deserialize_value(x))) is not None:
+            out[where] = record
     return out
 
 
@@ -155,7 +156,7 @@ def _statuses(handles: list[Any]) -> dict[str, tuple[dict[str, Any] | None, dict
     return out
 
 
-def _job_row(ti: Any, public: dict[str, Any] | None, now: float) -> dict[str, Any]:
+def _job_row(ti: Any, record: JobRecord | None, now: float) -> dict[str, Any]:
     map_index = int(ti.map_index if ti.map_index is not None else -1)
     row: dict[str, Any] = {
         "dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": map_index,
@@ -165,7 +166,7 @@ def _job_row(ti: Any, public: dict[str, Any] | None, now: float) -> dict[str, An
     from flexorch_provider.links import job_page_url
 
     row["view_url"] = job_page_url(ti.dag_id, ti.run_id, ti.task_id, map_index)
-    if public is None:
+    if record is None:
         waiting = {"scheduled": "scheduled in Airflow", "queued": "queued in Airflow"}.get(str(ti.state))
         if waiting is None:
             waiting = "waiting for the steps it comes after" if ti.operator == "SubmittedStepOperator" else "starting"
@@ -174,18 +175,20 @@ def _job_row(ti: Any, public: dict[str, Any] | None, now: float) -> dict[str, An
         row.update(target=None, job_id=None, state="pending", reason=waiting, where=None, gpus=None, team=None,
                    owner=None, gpu_pool=None, elapsed_s=None)  # fmt: skip
         return row
-    started = public.get("submitted_at")
-    row.update(target=public.get("target"), job_id=public.get("job_id"), name=public.get("name"),
-               where=public.get("where") or {}, gpus=public.get("gpus"), gpu_pool=public.get("gpu_pool"),
-               team=public.get("team"), owner=public.get("owner"), choice=_choice(public.get("choice")),
-               elapsed_s=round(now - started, 1) if isinstance(started, int | float) else None)  # fmt: skip
+    started = record.submitted_at
+    row.update(
+        target=record.target,
+        job_id=record.job_id,
+        name=record.name or None,
+        where=record.where,
+        gpus=record.gpus,
+        gpu_pool=record.gpu_pool,
+        team=record.team,
+        owner=record.owner,
+        choice=record.choice.summary() if record.choice else None,
+        elapsed_s=round(now - started, 1) if started is not None else None,
+    )
     return row
-
-
-def _choice(choice: Any) -> str | None:
-    from flexorch_provider.placement import summary
-
-    return summary(choice) if isinstance(choice, dict) else None
 
 
 def _with_status(rows: list[dict[str, Any]], handles: dict[str, Any]) -> None:
@@ -200,13 +203,6 @@ def _with_status(rows: list[dict[str, Any]], handles: dict[str, Any]) -> None:
             row.update(state="unknown", reason=reading.get("error") or reading.get("slow") or "no answer yet")
         else:
             row.update(state=status["state"], reason=status.get("message", ""), exit_code=status.get("exit_code"))
-
-
-def _handle(public: dict[str, Any]) -> Any:
-    from flexorch_provider.backends.base import JobHandle
-
-    raw = public.get("handle")
-    return JobHandle.from_dict(raw) if isinstance(raw, dict) else None
 
 
 def jobs(
@@ -225,11 +221,12 @@ def jobs(
     rows, handles = [], {}
     service_dags = _service_dag_ids()
     for ti in tis:
-        public = xcoms.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
-        if (public is not None and public.get("service") is True) or ti.dag_id in service_dags:
+        key = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        if (key in xcoms and xcoms[key] is None) or ti.dag_id in service_dags:
             continue  # a service's deploy, reconcile or watch task (also queued, before it marks itself)
-        row = _job_row(ti, public, now)
-        h = _handle(public) if public else None
+        record = xcoms.get(key)
+        row = _job_row(ti, record, now)
+        h = record.job if record else None
         if h is not None:
             row["run_key"] = h.run_key
             handles[h.run_key] = h
@@ -258,9 +255,9 @@ def job(
     if not tis:
         return None
     ti = tis[0]
-    public = xcoms.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
-    row = _job_row(ti, public, time.time())
-    h = _handle(public) if public else None
+    record = xcoms.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
+    row = _job_row(ti, record, time.time())
+    h = record.job if record else None
     if h is None:
         return row
     row["run_key"] = h.run_key
@@ -336,10 +333,17 @@ def _resolved(workload: Any) -> Any:
     return ResolvedJob.for_run(workload, f"service/{workload.name}")
 
 
+def _landed_on(workload: Any) -> str:
+    """The target a service runs on: where its deploy landed (its state says), else its first."""
+    from flexorch_provider.services.state import ServiceState
+
+    return ServiceState.load(workload.name).landed_on(workload)
+
+
 def _service_reading(workload: Any) -> Reading:
     from flexorch_provider.backends.registry import get_backend
 
-    target = workload.target[0]
+    target = _landed_on(workload)
     return SHARED.get(
         f"service:{target}:{workload.name}", lambda: get_backend(target).service_status(_resolved(workload))
     )
@@ -348,13 +352,13 @@ def _service_reading(workload: Any) -> Reading:
 def services(dag_ids: Collection[str] | None, target: str | None = None) -> list[dict[str, Any]]:
     from flexorch_provider.links import service_page_url
 
-    chosen = [(d, w) for d, w in _service_jobs(dag_ids) if target in (None, "", w.target[0])]
+    chosen = [(d, w) for d, w in _service_jobs(dag_ids) if target in (None, "", _landed_on(w))]
 
     def read(item: tuple[str, Any]) -> dict[str, Any]:
         dag_id, w = item
         r = _service_reading(w)
         value = r.value or {}
-        return {"service": w.name, "dag_id": dag_id, "target": w.target[0], "desired": w.replicas,
+        return {"service": w.name, "dag_id": dag_id, "target": _landed_on(w), "desired": w.replicas,
                 "running": value.get("running"), "healthy": value.get("healthy"),
                 "revisions": value.get("revisions", []), "replicas": value.get("replicas", []),
                 "unreachable": value.get("unreachable", {}), "reading": r.public(),
@@ -373,7 +377,7 @@ def service_logs(workload: Any, slot: int | None, cursors: dict[str, int] | None
     from flexorch_provider.backends.registry import get_backend
     from flexorch_provider.masking import masker_for, secret_refs
 
-    out = get_backend(workload.target[0]).service_logs(_resolved(workload), slot, cursors, tail)
+    out = get_backend(_landed_on(workload)).service_logs(_resolved(workload), slot, cursors, tail)
     try:
         mask = masker_for(secret_refs(workload))
     except Exception as e:

@@ -30,6 +30,10 @@ class FlexorchPlugin(AirflowPlugin):
     # the page in the UI's navigation, and a job tab on every task instance (inside the UI's frame)
     external_views = [
         {"name": "flexorch", "href": "/flexorch/", "destination": "nav", "url_route": "flexorch", "category": "browse"},
-        {"name": "flexorch job", "href": "/flexorch/jobs/{DAG_ID}/{RUN_ID}/{TASK_ID}?map_index={MAP_INDEX}",
-         "destination": "task_instance", "url_route": "flexorch-job"},
-    ]  # fmt: skip
+        {
+            "name": "flexorch job",
+            "href": "/flexorch/jobs/{DAG_ID}/{RUN_ID}/{TASK_ID}?map_index={MAP_INDEX}",
+            "destination": "task_instance",
+            "url_route": "flexorch-job",
+        },
+    ]

@@ -4,11 +4,11 @@ and delete it when they stop."""
 from pathlib import Path
 from typing import Any
 
-from flexorch_provider import devstack
-from flexorch_provider.devstack import free_port
+from flexorch_provider.dev import stack as dev_stack
+from flexorch_provider.dev.stack import free_port
 
 
-class AirflowStack(devstack.AirflowStack):
+class AirflowStack(dev_stack.AirflowStack):
     def __init__(self, home: Path, dags: Path, extra_env: dict[str, str] | None = None, **kw: Any) -> None:
         kw.setdefault("scratch", True)
         super().__init__(home, dags, extra_env, **kw)

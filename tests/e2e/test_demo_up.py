@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from flexorch_provider.devstack import free_port
-from flexorch_provider.testbed.slurm import start_cluster
+from flexorch_provider.dev.stack import free_port
+from flexorch_provider.dev.testbed.slurm import start_cluster
 from tests.conftest import SESSION_SLURM
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,7 @@ import pytest
 
 from flexorch_provider.dag_factory.build import INVALID_TAG
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
-from flexorch_provider.devstack import LOADER_FILE, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 from tests.conftest import FLEET_CONN
 from tests.e2e.stack import AirflowStack
 

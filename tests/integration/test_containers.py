@@ -19,9 +19,9 @@ import pytest
 from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.backends.ssh import SshBackend
+from flexorch_provider.dev.testbed.fleet import SUBNET
 from flexorch_provider.exceptions import NoCapacityError
 from flexorch_provider.resolve import load_workload
-from flexorch_provider.testbed.fleet import SUBNET
 from tests.conftest import FLEET_CONN
 from tests.integration.containers import (
     IMAGE,
@@ -361,7 +361,7 @@ def test_a_host_without_a_runtime_is_skipped_by_placement_any(ssh_fleet, image):
 def test_a_dead_supervisor_leaves_no_container_once_its_job_is_followed(tmp_path, image):
     """The job runner's supervisor is killed (SIGKILL) while its container runs: the container would
     outlive it, so the job is reported lost with ``release`` and whoever follows it removes it."""
-    from flexorch_provider.follow import Follower
+    from flexorch_provider.follower import Follower
 
     h = LOCAL.submit(job(tmp_path, "echo started; sleep 300"))
     name = "flexorch-" + h.job_id.replace("/", "-")
@@ -379,6 +379,6 @@ def test_a_dead_supervisor_leaves_no_container_once_its_job_is_followed(tmp_path
     assert status.state == JobState.LOST and status.release, status
     assert name in containers()  # still running: nobody has removed it yet
     step = follower.observe(status)
-    assert step.event is not None and step.event["status"] == "failed"
+    assert step.event is not None and step.event.status == "failed"
     assert any("removed it" in n for n in step.notes), step.notes
     assert name not in containers()

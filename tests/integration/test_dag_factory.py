@@ -18,7 +18,7 @@ import pytest
 from flexorch_provider.dag_factory import folder
 from flexorch_provider.dag_factory.build import INVALID_TAG
 from flexorch_provider.dag_factory.codegen import HEADER, generate
-from flexorch_provider.devstack import LOADER_FILE, loader_source
+from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 from flexorch_provider.exceptions import SpecError
 from flexorch_provider.spec.loader import iter_spec_files
 

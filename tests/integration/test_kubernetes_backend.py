@@ -350,8 +350,8 @@ class Prometheus:
 def test_autoscale_on_kubernetes_patches_the_deployments_replicas(kube_cluster, sent, tmp_path, monkeypatch):
     """The watcher's decision (a Prometheus query through an Airflow connection) applied to the
     Deployment, as its watch task does: 9 in flight, 3 per replica → 3 replicas."""
-    from flexorch_provider.backends.services.watch import WatchState
-    from flexorch_provider.triggers.service_watch import look
+    from flexorch_provider.services.state import ServiceState
+    from flexorch_provider.services.watch import look
 
     prom = Prometheus()
     monkeypatch.setenv("AIRFLOW_CONN_FLEXORCH_TEST_PROM", json.dumps({"conn_type": "http", "host": prom.url}))
@@ -363,7 +363,7 @@ def test_autoscale_on_kubernetes_patches_the_deployments_replicas(kube_cluster, 
     job.slots = [0]
     BACKEND.service(job, print)
     try:
-        WatchState("scaled", deployed=True, slots=[0]).save()
+        ServiceState("scaled", deployed=True, slots=[0]).save()
         prom.value = "9"
         spec = job.workload.model_dump(mode="json", exclude_none=True)
         event, seen = look(spec, "kubernetes", time.time())
@@ -378,7 +378,7 @@ def test_autoscale_on_kubernetes_patches_the_deployments_replicas(kube_cluster, 
         assert dep["spec"]["replicas"] == 3
         assert kube_cluster.apps.read_namespaced_deployment("scaled", "ml").spec.replicas == 3
         prom.value = "not a number"
-        WatchState("scaled", deployed=True, slots=[0, 1, 2]).save()
+        ServiceState("scaled", deployed=True, slots=[0, 1, 2]).save()
         event, seen = look(spec, "kubernetes", time.time() + 3600)
         assert event is None and "cannot be read" in seen  # never scale down blind
     finally:

@@ -1,4 +1,4 @@
-"""The slurm target against a real Slurm (flexorch_provider/testbed/slurm.py): munge, slurmctld and
+"""The slurm target against a real Slurm (flexorch_provider/dev/testbed/slurm.py): munge, slurmctld and
 slurmd with 4 fake a100 GPUs, driven with the local clients and through a real sshd login
 node (the first host of the test fleet, in its own network namespace)."""
 

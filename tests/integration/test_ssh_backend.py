@@ -1,4 +1,4 @@
-"""The ssh target against real sshd hosts (flexorch_provider/testbed/fleet.py).
+"""The ssh target against real sshd hosts (flexorch_provider/dev/testbed/fleet.py).
 
 Success, failure with exit code and log, cancel leaves no remote process, a dead host is
 skipped, a host killed mid-run → the retry lands on another host, reattach instead of a

@@ -15,7 +15,7 @@ from tests.integration.conftest import FLEET_CONN
 DAG_FILE = """
 import pendulum
 from airflow.sdk import DAG
-from flexorch_provider import FlexOperator
+from flexorch_provider import FlexOperator, FlexServiceOperator
 
 def spec(run, **extra):
     return {{"name": "s", "kind": "batch", "target": "ssh", "run": run,
@@ -30,8 +30,8 @@ with DAG("flex_ssh_it", schedule=None, start_date=pendulum.datetime(2025, 1, 1))
            "run": "echo serving day {{{{ ds }}}}; exec sleep 600",
            "health": {{"command": "true", "grace": "10s"}},
            "ssh": {{"connection": {conn!r}, "hosts": {svc_hosts!r}}}}}
-    deploy = FlexOperator(task_id="svc_deploy", spec=svc)
-    undeploy = FlexOperator(task_id="svc_undeploy", spec=svc, action="undeploy")
+    deploy = FlexServiceOperator(task_id="svc_deploy", spec=svc)
+    undeploy = FlexServiceOperator(task_id="svc_undeploy", spec=svc, action="undeploy")
     deploy >> undeploy
 """
 

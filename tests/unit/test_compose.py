@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from flexorch_provider.devstack import COMPONENTS, LOADER_FILE
+from flexorch_provider.dev.stack import COMPONENTS, LOADER_FILE
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())

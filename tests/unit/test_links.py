@@ -14,6 +14,7 @@ from flexorch_provider.backends.kubernetes.backend import KubernetesBackend
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.backends.slurm.backend import SlurmBackend
 from flexorch_provider.backends.ssh import SshBackend
+from flexorch_provider.records import JobRecord
 
 TI = SimpleNamespace(dag_id="train", task_id="fit", run_id="manual__2026-12-02T10:00:00+00:00", map_index=-1)
 
@@ -24,21 +25,27 @@ def no_config(monkeypatch):
     monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
 
 
-def slurm_job(conn: str | None = None) -> dict:
+def record(data: dict) -> JobRecord:
+    out = JobRecord.from_dict({"run_key": "train/fit/r/-1", **data})
+    assert out is not None
+    return out
+
+
+def slurm_job(conn: str | None = None) -> JobRecord:
     handle = JobHandle("slurm", "4242", "train/fit/r/-1", {"conn": conn, "name": "flexorch-train-fit-abc"})
-    return {"target": "slurm", "job_id": "4242", "where": SlurmBackend().where(handle)}
+    return record({"target": "slurm", "job_id": "4242", "where": SlurmBackend().where(handle)})
 
 
 def test_without_a_template_the_link_is_the_jobs_view_on_the_flexorch_page():
-    url = links.url_for(TI, slurm_job())
+    url = links.job_url(TI, slurm_job())
     assert url == "/flexorch/jobs/train/manual__2026-12-02T10%3A00%3A00%2B00%3A00/fit"
     mapped = SimpleNamespace(**{**vars(TI), "map_index": 0})
-    assert links.url_for(mapped, slurm_job()).endswith("/fit?map_index=0")
+    assert links.job_url(mapped, slurm_job()).endswith("/fit?map_index=0")
 
 
 def test_the_base_url_comes_first(monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example/")
-    assert links.url_for(TI, slurm_job()).startswith("https://airflow.example/flexorch/jobs/train/")
+    assert links.job_url(TI, slurm_job()).startswith("https://airflow.example/flexorch/jobs/train/")
 
 
 def test_a_configured_template_per_target(monkeypatch):
@@ -46,25 +53,25 @@ def test_a_configured_template_per_target(monkeypatch):
         "AIRFLOW__FLEXORCH__LINK_TEMPLATES",
         json.dumps({"slurm": "https://grafana.example/d/slurm?var-job={slurm_job_id}&dag={dag_id}&run={run_id}"}),
     )
-    url = links.url_for(TI, slurm_job())
+    url = links.job_url(TI, slurm_job())
     assert url == (
         "https://grafana.example/d/slurm?var-job=4242&dag=train&run=manual__2026-12-02T10%3A00%3A00%2B00%3A00"
     )
     # another target has no template: the page
     local = JobHandle("local", "k/1", "train/fit/r/-1", {"run_dir": "/runs/k/1", "host": "w1"})
-    public = {"target": "local", "job_id": "k/1", "where": LocalBackend().where(local)}
-    assert links.url_for(TI, public).startswith("/flexorch/jobs/")
+    public = record({"target": "local", "job_id": "k/1", "where": LocalBackend().where(local)})
+    assert links.job_url(TI, public).startswith("/flexorch/jobs/")
 
 
 def test_a_template_naming_a_missing_field_falls_back_to_the_page(monkeypatch, caplog):
     monkeypatch.setenv("AIRFLOW__FLEXORCH__LINK_TEMPLATES", json.dumps({"slurm": "https://x/{namespace}"}))
-    assert links.url_for(TI, slurm_job()).startswith("/flexorch/jobs/")
+    assert links.job_url(TI, slurm_job()).startswith("/flexorch/jobs/")
     assert "namespace" in caplog.text
 
 
 def test_bad_config_is_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setenv("AIRFLOW__FLEXORCH__LINK_TEMPLATES", "{not json")
-    assert links.url_for(TI, slurm_job()).startswith("/flexorch/jobs/")
+    assert links.job_url(TI, slurm_job()).startswith("/flexorch/jobs/")
     assert "not JSON" in caplog.text
 
 
@@ -82,15 +89,14 @@ def test_the_connections_extra_wins(monkeypatch):
     )
     handle = JobHandle("ssh", "k/1@gpu-1", "r", {"conn": "lab", "placement": "any",
                        "hosts": [{"host": {"host": "gpu-1", "port": 22, "user": None}, "run_dir": "/r/k/1"}]})  # fmt: skip
-    public = {"target": "ssh", "job_id": handle.job_id, "where": SshBackend().where(handle)}
-    assert links.url_for(TI, public) == "https://lab/gpu-1%2Fr%2Fk%2F1?l=gpu-1%3A22"
+    public = record({"target": "ssh", "job_id": handle.job_id, "where": SshBackend().where(handle)})
+    assert links.job_url(TI, public) == "https://lab/gpu-1%2Fr%2Fk%2F1?l=gpu-1%3A22"
 
 
 def test_services_have_their_own_template_and_page(monkeypatch):
-    summary = {"service": "embed", "target": "kubernetes"}
-    assert links.url_for(TI, summary, service=True) == "/flexorch/services/embed"
+    assert links.service_url(TI, "embed", "kubernetes") == "/flexorch/services/embed"
     monkeypatch.setenv("AIRFLOW__FLEXORCH__LINK_TEMPLATES", json.dumps({"kubernetes.service": "https://k/{service}"}))
-    assert links.url_for(TI, summary, service=True) == "https://k/embed"
+    assert links.service_url(TI, "embed", "kubernetes") == "https://k/embed"
 
 
 def test_every_backend_says_where_its_job_runs():
@@ -102,9 +108,9 @@ def test_every_backend_says_where_its_job_runs():
         and where["job_name"] == "flexorch-fit-abc"
         and "ml/flexorch-fit-abc" in where["summary"]
     )
-    slurm = slurm_job("slurm_login")["where"]
+    slurm = slurm_job("slurm_login").where
     assert slurm["slurm_job_id"] == "4242" and "slurm_login" in slurm["summary"]
-    assert "local cluster" in slurm_job()["where"]["summary"]
+    assert "local cluster" in slurm_job().where["summary"]
 
 
 def test_fill_quotes_values_and_refuses_format_specs():

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from flexorch_provider import placement
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogChunk
 from flexorch_provider.exceptions import SpecError
-from flexorch_provider.follow import Follower
+from flexorch_provider.follower import Follower
 from flexorch_provider.inventory.model import Gpu, Node, PoolInventory
-from flexorch_provider.placement import Seen
+from flexorch_provider.placement import capacity as placement
+from flexorch_provider.placement.choice import Choice, Seen
+from flexorch_provider.records import JobRecord
 from flexorch_provider.resolve import load_workload
 
 
@@ -153,7 +154,8 @@ class FakeTi:
 def targets(monkeypatch):
     backends = {"slurm": Queue("slurm"), "ssh": Queue("ssh", start_after=0)}
     monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda t: backends[t])
-    monkeypatch.setattr("flexorch_provider.operators.flex.links.url_for", lambda *a, **k: "")
+    monkeypatch.setattr("flexorch_provider.placement.placer.get_backend", lambda t: backends[t])
+    monkeypatch.setattr("flexorch_provider.operators.flex.links.job_url", lambda *a, **k: "")
     monkeypatch.setattr("flexorch_provider.operators.flex.links.push", lambda *a, **k: None)
     monkeypatch.setattr("flexorch_provider.operators.flex.masker_for", lambda refs: None)
     return backends
@@ -245,7 +247,7 @@ def test_the_follower_reports_a_job_still_pending_past_its_deadline():
     status = JobStatus(JobState.PENDING, message="pending (Resources)")
     assert Follower(backend, handle, pending_until=time.time() + 60).observe(status).event is None
     event = Follower(backend, handle, pending_until=time.time() - 1).observe(status).event
-    assert event is not None and event["status"] == "pending" and event["message"] == "pending (Resources)"
+    assert event is not None and event.status == "pending" and event.message == "pending (Resources)"
     running = JobStatus(JobState.RUNNING)
     assert Follower(backend, handle, pending_until=time.time() - 1).observe(running).event is None
 
@@ -253,15 +255,20 @@ def test_the_follower_reports_a_job_still_pending_past_its_deadline():
 def test_the_page_says_how_the_target_was_chosen_in_one_line():
     from flexorch_provider.ui.overview import _job_row
 
-    assert placement.summary({"targets": ["local"], "policy": "first-accepts"}) is None
+    def summary(choice: dict) -> str | None:
+        parsed = Choice.from_dict(choice)
+        assert parsed is not None
+        return parsed.summary()
+
+    assert summary({"targets": ["local"], "policy": "first-accepts"}) is None
     first_free = {"targets": ["slurm", "ssh"], "policy": "first-free", "chosen": "ssh",
                   "seen": [{"target": "slurm", "fits": False}, {"target": "ssh", "fits": True}]}  # fmt: skip
-    assert placement.summary(first_free) == "first-free: slurm full, ssh fits → ssh"
+    assert summary(first_free) == "first-free: slurm full, ssh fits → ssh"
     moved = {"targets": ["slurm", "ssh"], "policy": "first-accepts", "chosen": "ssh",
              "moves": [{"from": "slurm", "to": "ssh", "waited": "10m00s", "reason": "pending (Resources)"}]}  # fmt: skip
-    assert placement.summary(moved) == "moved from slurm after 10m00s (pending (Resources)) → ssh"
+    assert summary(moved) == "moved from slurm after 10m00s (pending (Resources)) → ssh"
     waits = {"targets": ["slurm", "ssh"], "chosen": "slurm", "stays": [{"on": "slurm"}]}
-    assert placement.summary(waits) == "waits on slurm: no other target has room → slurm"
+    assert summary(waits) == "waits on slurm: no other target has room → slurm"
 
     class Ti:
         dag_id, run_id, task_id, map_index, state, operator, pool, pool_slots = (
@@ -276,5 +283,6 @@ def test_the_page_says_how_the_target_was_chosen_in_one_line():
         )
         try_number, start_date = 1, None
 
-    row = _job_row(Ti(), {"target": "ssh", "job_id": "j/1", "choice": first_free, "submitted_at": 1.0}, 2.0)
+    record = JobRecord.from_dict({"target": "ssh", "job_id": "j/1", "choice": first_free, "submitted_at": 1.0})
+    row = _job_row(Ti(), record, 2.0)
     assert row["choice"] == "first-free: slurm full, ssh fits → ssh"

@@ -133,19 +133,27 @@ class Api:
             query.append(("sinceTime", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_ns // 10**9))))
         with library_errors():
             response = self.core.api_client.call_api(
-                "/api/v1/namespaces/{namespace}/pods/{name}/log", "GET", path_params={"namespace": ns, "name": pod},
-                query_params=query, header_params={"Accept": "*/*"}, auth_settings=["BearerToken"],
-                _preload_content=False, _return_http_data_only=True,
-            )  # fmt: skip
+                "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                "GET",
+                path_params={"namespace": ns, "name": pod},
+                query_params=query,
+                header_params={"Accept": "*/*"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
             return bytes(response.data)
 
     # --- writes ----------------------------------------------------------------------------
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         ns = obj["metadata"]["namespace"]
         kind = obj["kind"]
-        fn = {"Job": self.batch.create_namespaced_job, "Secret": self.core.create_namespaced_secret,
-              "Service": self.core.create_namespaced_service,
-              "Deployment": self.apps.create_namespaced_deployment}[kind]  # fmt: skip
+        fn = {
+            "Job": self.batch.create_namespaced_job,
+            "Secret": self.core.create_namespaced_secret,
+            "Service": self.core.create_namespaced_service,
+            "Deployment": self.apps.create_namespaced_deployment,
+        }[kind]
         with library_errors():
             return plain(fn(ns, obj))
 
@@ -153,11 +161,15 @@ class Api:
         """Server-side apply (field manager ``flexorch``): fields we stopped setting are removed,
         which a merge patch would keep."""
         ns, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
-        fn = {"Secret": self.core.patch_namespaced_secret, "Service": self.core.patch_namespaced_service,
-              "Deployment": self.apps.patch_namespaced_deployment}[kind]  # fmt: skip
+        fn = {
+            "Secret": self.core.patch_namespaced_secret,
+            "Service": self.core.patch_namespaced_service,
+            "Deployment": self.apps.patch_namespaced_deployment,
+        }[kind]
         with library_errors():
-            return plain(fn(name, ns, obj, field_manager="flexorch", force=True,
-                            _content_type="application/apply-patch+yaml"))  # fmt: skip
+            return plain(
+                fn(name, ns, obj, field_manager="flexorch", force=True, _content_type="application/apply-patch+yaml")
+            )
 
     def apply(self, obj: dict[str, Any]) -> str:
         """Create, or replace when it exists: 'created' | 'updated'."""
@@ -172,9 +184,12 @@ class Api:
 
     def delete(self, kind: str, ns: str, name: str) -> bool:
         """Delete (background propagation): True, or False when it was not there."""
-        fn = {"Job": self.batch.delete_namespaced_job, "Secret": self.core.delete_namespaced_secret,
-              "Service": self.core.delete_namespaced_service,
-              "Deployment": self.apps.delete_namespaced_deployment}[kind]  # fmt: skip
+        fn = {
+            "Job": self.batch.delete_namespaced_job,
+            "Secret": self.core.delete_namespaced_secret,
+            "Service": self.core.delete_namespaced_service,
+            "Deployment": self.apps.delete_namespaced_deployment,
+        }[kind]
         try:
             with library_errors():
                 from kubernetes import client

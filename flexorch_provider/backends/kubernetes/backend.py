@@ -88,7 +88,18 @@ def delete_job(api: Api, ns: str, name: str, data: KubernetesJobData) -> None:
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
-    runs_services = True
+
+    def gpu_pool(self, workload: Any) -> Any:
+        from flexorch_provider.inventory.pools import KubernetesPool
+
+        k = workload.kubernetes
+        return KubernetesPool(
+            name="kubernetes",
+            source="kubernetes",
+            connection=k.connection,
+            gpu_label=k.gpu_label,
+            node_selector=dict(k.node_selector),
+        )
 
     def render(self, job: ResolvedJob) -> str:
         import yaml

@@ -13,15 +13,24 @@ from typing import Any
 
 from flexorch_provider.backends.base import JobState, JobStatus
 
-NEVER_PULLS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-               "CreateContainerError"}  # fmt: skip
+NEVER_PULLS = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+}
 
 
 def job_finished(job: dict[str, Any]) -> str | None:
     """The type of the condition that ended the Job, or None while it is live."""
     for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed", "SuccessCriteriaMet",
-                                                                 "FailureTarget"):  # fmt: skip
+        if cond.get("status") == "True" and cond.get("type") in (
+            "Complete",
+            "Failed",
+            "SuccessCriteriaMet",
+            "FailureTarget",
+        ):
             return str(cond["type"])
     return None
 
@@ -83,8 +92,12 @@ def job_status(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobSta
 
 def pods_of(job_name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pods of one Job (its controller labels them with the Job's name)."""
-    return [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job_name
-            or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name]  # fmt: skip
+    return [
+        p
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+        or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job_name
+    ]
 
 
 def never_starts(job: dict[str, Any], status: JobStatus) -> bool:

@@ -32,8 +32,17 @@ from flexorch_provider.backends.services.converge import Converger
 from flexorch_provider.backends.services.render import render_service
 from flexorch_provider.backends.services.state import Desired, Fleet, H, Replica, desired_state, service_slug
 
-__all__ = ["Converger", "Desired", "Fleet", "FleetServices", "Replica", "desired_state", "render_service", "run_service",
-           "service_slug"]  # fmt: skip
+__all__ = [
+    "Converger",
+    "Desired",
+    "Fleet",
+    "FleetServices",
+    "Replica",
+    "desired_state",
+    "render_service",
+    "run_service",
+    "service_slug",
+]
 
 
 class FleetServices:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Generic
 
+from flexorch_provider.backends.base import submit_payload
 from flexorch_provider.backends.services.state import LIVE, Desired, Fleet, H, Replica
 from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, ServiceError
 from flexorch_provider.fanout import parallel, reason
@@ -46,8 +47,18 @@ class Converger(Generic[H]):
             for r in rows:
                 if r.get("slot") is None:
                     continue  # not a replica we started
-                found.append(Replica(host, int(r["slot"]), str(r["revision"]), r["key_dir"], r["run_dir"],
-                                     r["state"], float(r.get("age") or 0), r.get("message", "")))  # fmt: skip
+                found.append(
+                    Replica(
+                        host,
+                        int(r["slot"]),
+                        str(r["revision"]),
+                        r["key_dir"],
+                        r["run_dir"],
+                        r["state"],
+                        float(r.get("age") or 0),
+                        r.get("message", ""),
+                    )
+                )
         return found, unreachable
 
     def where(self, r: Replica[H]) -> str:
@@ -74,7 +85,7 @@ class Converger(Generic[H]):
     def start(self, slot: int, host: H) -> Replica[H]:
         doc = self.want.documents[slot]
         key_dir = f"{self.want.directory}/{slot}-{self.want.revision}"
-        payload = json.dumps({"job": doc, "secrets": self.want.secrets, "registry": self.want.registry}).encode()
+        payload = submit_payload(doc, self.want.secrets, self.want.registry)
         try:
             out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
         except ServiceError:

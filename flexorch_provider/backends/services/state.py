@@ -74,10 +74,16 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
         env.setdefault("PORT", str(w.port))
     health = None
     if w.health is not None:
-        health = {"http": w.health.http, "port": w.port, "command": w.health.command,
-                  "timeout": w.health.timeout.total_seconds()}  # fmt: skip
+        health = {
+            "http": w.health.http,
+            "port": w.port,
+            "command": w.health.command,
+            "timeout": w.health.timeout.total_seconds(),
+        }
     fingerprint = {k: v for k, v in base.items() if k != "run_key"}
-    fingerprint.update(env=env, health=health, secrets=hashlib.sha256(json.dumps(job.secrets, sort_keys=True).encode()).hexdigest())  # fmt: skip
+    fingerprint.update(
+        env=env, health=health, secrets=hashlib.sha256(json.dumps(job.secrets, sort_keys=True).encode()).hexdigest()
+    )
     revision = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
     directory = f"{root}/{service_slug(job.name)}"
     slots = sorted(set(job.slots)) if job.slots is not None else list(range(w.replicas))
@@ -91,9 +97,18 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
             "health": health,
         }
     return Desired(
-        name=job.name, directory=directory, replicas=len(slots), revision=revision, port=w.port, slots=slots,
+        name=job.name,
+        directory=directory,
+        replicas=len(slots),
+        revision=revision,
+        port=w.port,
+        slots=slots,
         grace_s=w.health.grace.total_seconds() if w.health else 5.0,
         interval_s=min(w.health.interval.total_seconds(), 0.5) if w.health else 0.5,
-        strategy=w.update.strategy, max_surge=w.update.max_surge, max_unavailable=w.update.max_unavailable,
-        documents=documents, secrets=dict(job.secrets), registry=job.registry,
-    )  # fmt: skip
+        strategy=w.update.strategy,
+        max_surge=w.update.max_surge,
+        max_unavailable=w.update.max_unavailable,
+        documents=documents,
+        secrets=dict(job.secrets),
+        registry=job.registry,
+    )

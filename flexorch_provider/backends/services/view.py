@@ -50,9 +50,18 @@ def describe(fleet: Fleet[H], job: ResolvedJob, metric: dict[str, Any] | None = 
     replicas = []
     for r in sorted(live, key=lambda r: (r.slot, r.age)):
         row = checks.get(r.run_dir, {})
-        replicas.append({"slot": r.slot, "host": fleet.label(r.host), "run_dir": r.run_dir, "revision": r.revision,
-                         "state": r.state, "age_s": round(r.age, 1), "healthy": bool(row.get("healthy")),
-                         "detail": str(row.get("detail") or r.message or "")})  # fmt: skip
+        replicas.append(
+            {
+                "slot": r.slot,
+                "host": fleet.label(r.host),
+                "run_dir": r.run_dir,
+                "revision": r.revision,
+                "state": r.state,
+                "age_s": round(r.age, 1),
+                "healthy": bool(row.get("healthy")),
+                "detail": str(row.get("detail") or r.message or ""),
+            }
+        )
         if metric:
             replicas[-1]["load"] = load.get(r.run_dir, {"error": "not read"})
     return {
@@ -85,8 +94,13 @@ def replica_logs(
 
     replicas = []
     for r, out, error in parallel(sorted(chosen, key=lambda r: r.slot), read):
-        row: dict[str, Any] = {"slot": r.slot, "host": fleet.label(r.host), "run_dir": r.run_dir,
-                               "revision": r.revision, "state": r.state}  # fmt: skip
+        row: dict[str, Any] = {
+            "slot": r.slot,
+            "host": fleet.label(r.host),
+            "run_dir": r.run_dir,
+            "revision": r.revision,
+            "state": r.state,
+        }
         if error is not None:
             row.update(lines=[], cursor=cursors.get(r.run_dir), error=reason(error))
         else:

@@ -41,6 +41,12 @@ WITHDRAW_WAIT_S = 15.0  # how long withdraw() waits for the controller to report
 class SlurmBackend(Backend):
     name = "slurm"
 
+    def gpu_pool(self, workload: Any) -> Any:
+        from flexorch_provider.inventory.pools import SlurmPool
+
+        s = workload.slurm
+        return SlurmPool(name="slurm", source="slurm", connection=s.connection, partition=s.partition)
+
     def render(self, job: ResolvedJob) -> str:
         """The batch script exactly as submit sends it to sbatch (its comments say how and where)."""
         return render_script(job)
@@ -55,8 +61,12 @@ class SlurmBackend(Backend):
     def where(self, handle: JobHandle) -> dict[str, Any]:
         data = job_data(handle)
         cluster = f"the cluster of connection {data['conn']}" if data.get("conn") else "the local cluster"
-        return {"summary": f"Slurm job {handle.job_id} ({data['name']}) on {cluster}", "slurm_job_id": handle.job_id,
-                "job_name": data["name"], "conn": data.get("conn") or ""}  # fmt: skip
+        return {
+            "summary": f"Slurm job {handle.job_id} ({data['name']}) on {cluster}",
+            "slurm_job_id": handle.job_id,
+            "job_name": data["name"],
+            "conn": data.get("conn") or "",
+        }
 
     def _live(self, cluster: Cluster, name: str) -> str | None:
         out = cluster.check(["squeue", "-h", "-n", name, "-o", "%i|%T"])
@@ -92,11 +102,15 @@ class SlurmBackend(Backend):
             if ended_code == "0":
                 return replace(
                     self._handle(job, cluster, ended_id),
-                    notes=[f"Slurm job {ended_id} had already succeeded, but no earlier try recorded it (its worker "
-                           "died): taking its result and log instead of running it again"],
-                )  # fmt: skip
-            notes.append(f"the previous try's Slurm job {ended_id} ended with exit code {ended_code} without its outcome "
-                         "reaching Airflow: running it again")  # fmt: skip
+                    notes=[
+                        f"Slurm job {ended_id} had already succeeded, but no earlier try recorded it (its worker "
+                        "died): taking its result and log instead of running it again"
+                    ],
+                )
+            notes.append(
+                f"the previous try's Slurm job {ended_id} ended with exit code {ended_code} without its outcome "
+                "reaching Airflow: running it again"
+            )
         if has_secrets_file(job):
             cluster.check(
                 ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)

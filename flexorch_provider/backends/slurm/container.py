@@ -43,8 +43,11 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
     inner = ["/bin/sh", wrapper, setup or '""', script]
     srun = "srun --kill-on-bad-exit=1 --export=ALL " if multi else ""
     if runtime == "pyxis":
-        return [*out, f"srun{' --kill-on-bad-exit=1' if multi else ''} --export=ALL --container-image={w.image} "
-                      f"--container-mounts={','.join(bind_words)} --container-workdir=\"$PWD\" " + " ".join(inner)]  # fmt: skip
+        return [
+            *out,
+            f"srun{' --kill-on-bad-exit=1' if multi else ''} --export=ALL --container-image={w.image} "
+            f'--container-mounts={",".join(bind_words)} --container-workdir="$PWD" ' + " ".join(inner),
+        ]
     if runtime == "apptainer":
         argv = ["apptainer", "exec", "--cleanenv", *(["--nv"] if gpus else [])]
         for b in bind_words:
@@ -53,8 +56,19 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
         for name in names:
             argv += ["--env", f'{name}="${{{name}}}"']
         return [*out, srun + " ".join([*argv, f"docker://{w.image}", *inner])]
-    argv = ["podman", "--log-level", "error", "run", "--rm", "--name", ctr, "--network", "host",
-            "--pull", w.container.pull]  # fmt: skip
+    argv = [
+        "podman",
+        "--log-level",
+        "error",
+        "run",
+        "--rm",
+        "--name",
+        ctr,
+        "--network",
+        "host",
+        "--pull",
+        w.container.pull,
+    ]
     login = bool(w.container.registry_connection)
     auth = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"'
     if login:

@@ -181,7 +181,9 @@ def secrets_file(job: ResolvedJob) -> bytes:
     values = dict(job.secrets)
     if job.registry and job.workload.image:
         if job.workload.slurm.container == "apptainer":
-            values.update(APPTAINER_DOCKER_USERNAME=job.registry["login"], APPTAINER_DOCKER_PASSWORD=job.registry["password"])  # fmt: skip
+            values.update(
+                APPTAINER_DOCKER_USERNAME=job.registry["login"], APPTAINER_DOCKER_PASSWORD=job.registry["password"]
+            )
         else:
             values[REGISTRY_AUTH_VAR] = auth_json(job.registry)
     return "".join(f"export {k}={shell_word(v)}\n" for k, v in values.items()).encode()

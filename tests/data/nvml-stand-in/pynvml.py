@@ -1,6 +1,6 @@
 """Test stand-in for pynvml (NVML itself needs a GPU and its driver): serves the devices
 recorded in the JSON file $FLEXORCH_TEST_NVML (default ~/nvml.json). Only the calls
-flexorch_provider.nvml makes exist. Without the file, nvmlInit fails as it does on a
+flexorch_provider.inventory.nvml makes exist. Without the file, nvmlInit fails as it does on a
 machine without the driver."""
 
 import json

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import flexorch_provider.testbed.fleet
+import flexorch_provider.dev.testbed.fleet
 from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.exceptions import SubmitError
@@ -20,7 +20,7 @@ from flexorch_provider.runner.gpus import GpuError, claim_gpus, gpu_model
 from tests.integration.follow import all_lines, wait_finished
 
 DATA = Path(__file__).parents[2] / "data"
-STAND_IN = Path(flexorch_provider.testbed.fleet.__file__).with_name("nvidia-smi-stand-in.sh")
+STAND_IN = Path(flexorch_provider.dev.testbed.fleet.__file__).with_name("nvidia-smi-stand-in.sh")
 
 
 @pytest.fixture

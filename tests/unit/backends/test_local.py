@@ -60,6 +60,24 @@ def test_a_cancel_right_after_submit_is_handled_by_the_supervisor(tmp_path):
         assert "[flexorch] cancelled (cancelled)" in (Path(handle.data["run_dir"]) / "log").read_text()
 
 
+def test_submit_goes_through_the_runners_command_and_answers_with_the_status(tmp_path):
+    """Local submits as an ssh host does (``jobrunner submit`` with the job on stdin): the answer
+    carries the job's first status, so following it needs no second look."""
+    handle = LocalBackend().submit(make_job(tmp_path, "sleep 1"))
+    assert handle.first_status is not None and handle.first_status.state in (JobState.PENDING, JobState.RUNNING)
+    LocalBackend().cancel(handle)
+
+
+def test_a_run_directory_that_cannot_be_made_refuses_the_submit_and_says_where(tmp_path):
+    import pytest
+
+    from flexorch_provider.exceptions import SubmitError
+
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    with pytest.raises(SubmitError, match="cannot create the run directory under .*runs/"):
+        LocalBackend().submit(make_job(tmp_path, "true"))
+
+
 def test_finished_job_is_not_reattached(tmp_path):
     backend = LocalBackend()
     job = make_job(tmp_path, "exit 3")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from flexorch_provider.client.follow import new_lines as _new_lines
+from flexorch_provider.client.progress import new_lines as _new_lines
 
 
 def header(*sources: str) -> list[dict]:

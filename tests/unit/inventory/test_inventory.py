@@ -102,19 +102,23 @@ def test_nvml_boundary_reads_devices_and_says_when_there_is_no_driver(monkeypatc
 
 
 def test_nvml_module_prints_json_for_remote_probes_and_exits_3_without_a_driver(tmp_path):
-    """`python -m flexorch_provider.nvml` is what an ssh host with flexorch-provider runs."""
+    """`python -m flexorch_provider.inventory.nvml` is what an ssh host with flexorch-provider runs."""
     env = {
         **os.environ,
         "PYTHONPATH": str(DATA / "nvml-stand-in"),
         "FLEXORCH_TEST_NVML": str(DATA / "nvml-h100-l4.json"),
     }
-    done = subprocess.run([sys.executable, "-m", "flexorch_provider.nvml"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "flexorch_provider.inventory.nvml"], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0, done.stderr
     gpus = parse_probe(done.stdout)
     assert [(g.model, g.busy, g.memory_free) for g in gpus] == [("H100", True, 41346), ("H100", False, 81555),
                                                                 ("L4", False, 23034)]  # fmt: skip
     env["FLEXORCH_TEST_NVML"] = str(tmp_path / "absent.json")
-    done = subprocess.run([sys.executable, "-m", "flexorch_provider.nvml"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "flexorch_provider.inventory.nvml"], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 3 and done.stdout == "" and "no NVIDIA driver (NVML: Driver Not Loaded)" in done.stderr
 
 
@@ -156,7 +160,7 @@ def test_a_spec_with_a_gpu_pool_takes_one_airflow_pool_slot_per_gpu():
 
 
 def test_placement_from_a_rendered_xcom_is_parsed_and_checked():
-    from flexorch_provider.operators.flex import _placement
+    from flexorch_provider.operators.flex import parse_placement as _placement
 
     wanted = {"pool": "lab", "host": "gpu-1", "gpus": [0, 1]}
     assert _placement(str(wanted)) == wanted and _placement('{"host": "h", "gpus": [2]}')["gpus"] == [2]

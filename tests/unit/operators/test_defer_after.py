@@ -100,11 +100,7 @@ def test_a_backend_failure_before_deferring_defers_instead_of_failing_the_task(t
     assert backend.polls == 1
     # not deferrable: the worker is as patient as the trigger, then gives up with the error event
     event, _ = op(tmp_path, "true")._follow(_handle())
-    assert (
-        event is not None
-        and event["status"] == "error"
-        and "after 5 failed polls: connection reset" in event["message"]
-    )
+    assert event is not None and event.status == "error" and "after 5 failed polls: connection reset" in event.message
     assert backend.polls == 1 + 5
 
 
@@ -129,7 +125,7 @@ def test_a_job_that_ends_as_defer_after_runs_out_is_finished_in_the_worker(tmp_p
     backend = EndsWhileItsLogIsRead()
     monkeypatch.setattr("flexorch_provider.operators.flex.get_backend", lambda target: backend)
     event, cursor = op(tmp_path, "true")._follow(_handle(), until=time.monotonic())
-    assert event is not None and event["status"] == "success" and event["log_tail"] == ["done"]
+    assert event is not None and event.status == "success" and event.log_tail == ["done"]
     assert cursor == 1 and backend.polls == 2
 
 

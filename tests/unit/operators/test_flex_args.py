@@ -1,4 +1,5 @@
-"""FlexOperator's own argument logic: service actions and the date macros of manual runs."""
+"""The operators' own argument logic: service actions, jobs and services kept to their own operator,
+and the date macros of manual runs."""
 
 from __future__ import annotations
 
@@ -11,25 +12,30 @@ import pytest
 from flexorch_provider.backends.base import Backend
 from flexorch_provider.backends.local import LocalBackend
 from flexorch_provider.exceptions import ConfigurationError, SubmitError
-from flexorch_provider.operators.flex import FlexOperator, _date_macros_from_run_after
+from flexorch_provider.operators.base import date_macros_from_run_after
+from flexorch_provider.operators.flex import FlexOperator
+from flexorch_provider.operators.service import FlexServiceOperator
 
 JOB = {"name": "j", "kind": "batch", "run": "echo hi"}
 SERVICE = {"name": "svc", "kind": "service", "run": "python serve.py", "replicas": 2}
 
 
 def test_a_service_deploys_by_default_and_checks_its_action():
-    assert FlexOperator(task_id="d", spec=SERVICE).action == "deploy"
-    assert FlexOperator(task_id="u", spec=SERVICE, action="undeploy").action == "undeploy"
+    assert FlexServiceOperator(task_id="d", spec=SERVICE).action == "deploy"
+    assert FlexServiceOperator(task_id="u", spec=SERVICE, action="undeploy").action == "undeploy"
     with pytest.raises(ConfigurationError, match="deploy, undeploy, reconcile"):
-        FlexOperator(task_id="x", spec=SERVICE, action="redeploy")
+        FlexServiceOperator(task_id="x", spec=SERVICE, action="redeploy")
     # a template is checked once rendered, not at parse time
-    assert FlexOperator(task_id="t", spec=SERVICE, action="{{ params.action }}").action == "{{ params.action }}"
+    t = FlexServiceOperator(task_id="t", spec=SERVICE, action="{{ params.action }}")
+    assert t.action == "{{ params.action }}"
 
 
-def test_a_job_takes_no_action():
-    assert FlexOperator(task_id="j", spec=JOB).action is None
-    with pytest.raises(ConfigurationError, match="services only"):
-        FlexOperator(task_id="j2", spec=JOB, action="deploy")
+def test_jobs_and_services_each_have_their_operator_and_the_error_says_which():
+    with pytest.raises(ConfigurationError, match="svc is a service: run its actions with FlexServiceOperator"):
+        FlexOperator(task_id="s", spec=SERVICE)
+    with pytest.raises(ConfigurationError, match="j is a batch job, not a service: run it with FlexOperator"):
+        FlexServiceOperator(task_id="j", spec=JOB)
+    assert "action" not in FlexOperator.template_fields and "placement" not in FlexServiceOperator.template_fields
 
 
 def test_a_target_without_service_support_refuses_the_deploy():
@@ -46,7 +52,7 @@ def test_manual_run_without_logical_date_gets_dates_from_run_after(caplog):
     run_after = pendulum.datetime(2026, 11, 24, 13, 5, 9, tz="UTC")
     context = {"dag_run": SimpleNamespace(run_after=run_after, logical_date=None)}
     with caplog.at_level(logging.INFO):
-        _date_macros_from_run_after(context, logging.getLogger("t"))
+        date_macros_from_run_after(context, logging.getLogger("t"))
     assert context["ds"] == "2026-11-24"
     assert context["ds_nodash"] == "20261124"
     assert context["ts"] == "2026-11-24T13:05:09+00:00"

@@ -9,11 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 from flexorch_provider.client.api import Api
+from flexorch_provider.records import JobRecord
 
 FINISHED = ("success", "failed")
 SOURCES_GROUP = "::group::Log message source details"
-SHOWN_STATES = ("running", "deferred", "success", "failed", "up_for_retry", "up_for_reschedule", "skipped",
-                "upstream_failed")  # fmt: skip
+SHOWN_STATES = (
+    "running",
+    "deferred",
+    "success",
+    "failed",
+    "up_for_retry",
+    "up_for_reschedule",
+    "skipped",
+    "upstream_failed",
+)
 
 
 # whose records a submitter sees: the operators' and triggers' (the job's lines, flexorch's
@@ -27,7 +36,10 @@ def worth_showing(entry: dict[str, Any]) -> bool:
         return True  # a plain text log line
     level = str(entry.get("level", "")).lower()
     return (str(logger).startswith(OWN_LOGGERS) and "dag_factory" not in str(logger)) or level in (
-        "warning", "error", "critical")  # fmt: skip
+        "warning",
+        "error",
+        "critical",
+    )
 
 
 def shown_text(entry: dict[str, Any]) -> str:
@@ -102,7 +114,7 @@ class RunFollower:
         self.say = say
         self.tail = tail
         self.printed: dict[tuple[str, int, int], collections.Counter[tuple[str, str]]] = {}
-        self.jobs: dict[tuple[str, int], dict[str, Any]] = {}
+        self.jobs: dict[tuple[str, int], JobRecord] = {}
         self.first_line_at: float | None = None
         self.labels: list[str] | None = None
 
@@ -122,10 +134,10 @@ class RunFollower:
             return
         label = label_of(ti, self.labels)
         if task_id == "run" and (task_id, index) not in self.jobs:
-            job = self.api.xcom(self.run_id, task_id, "job", index)
-            if isinstance(job, dict) and job.get("job_id"):
+            job = JobRecord.from_dict(self.api.xcom(self.run_id, task_id, "job", index))
+            if job is not None:
                 self.jobs[(task_id, index)] = job
-                self.say(f"==> {label}: job {job['job_id']} on {job.get('target')}")
+                self.say(f"==> {label}: job {job.job_id} on {job.target}")
         tries = int(ti.get("try_number") or 0)
         for attempt in range(1, tries + 1):
             done = self.printed.setdefault((task_id, index, attempt), collections.Counter())

@@ -1,5 +1,5 @@
 """The embedded Airflow stack: api-server, scheduler, dag-processor and triggerer on a private
-PostgreSQL (SQLite where none is installed; see :mod:`flexorch_provider.devstack_db`).
+PostgreSQL (SQLite where none is installed; see :mod:`flexorch_provider.dev.stack_db`).
 
 Used by ``flexorch up`` (the demo) and by the end-to-end tests. Every component runs in
 its own session (``setsid``) so that stopping it — SIGTERM to its process group, SIGKILL
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flexorch_provider.devstack_db import Database, choose
+from flexorch_provider.dev.stack_db import Database, choose
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 LOADER_FILE = "flexorch_dags.py"
-REQUEST_TIMEOUT_S = 60  # longer than SQLite's lock wait (devstack_db): a busy server answers late, not never
+REQUEST_TIMEOUT_S = 60  # longer than SQLite's lock wait (stack_db): a busy server answers late, not never
 
 
 def free_port(preferred: int | None = None) -> int:

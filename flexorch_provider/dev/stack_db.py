@@ -129,8 +129,8 @@ def sqlite(home: Path) -> Database:
         "sqlite",
         {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "flexorch_provider.devstack_db.SQLITE_CONNECT_ARGS",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "flexorch_provider.devstack_db.SQLITE_CONNECT_ARGS_ASYNC",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "flexorch_provider.dev.stack_db.SQLITE_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "flexorch_provider.dev.stack_db.SQLITE_CONNECT_ARGS_ASYNC",
         },
     )
 
@@ -211,9 +211,16 @@ class Postgres:
             shutil.rmtree(self.data, ignore_errors=True)  # a half-made folder from an interrupted initdb
             self._own(self.data)
             done = self._run(
-                str(self.bindir / "initdb"), "-D", str(self.data), "-U", ROLE, "--auth=trust", "-E", "UTF8",
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "-E",
+                "UTF8",
                 "--no-instructions",
-            )  # fmt: skip
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"initdb failed in {self.data}: {done.stderr.strip()[-1500:]}")
             (self.data / HOME_MARK).write_text(f"{self.home.resolve()}\n", encoding="utf-8")
@@ -222,9 +229,18 @@ class Postgres:
         self._stop_stale()
         options = f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off -c max_connections=200"
         done = self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "server.log"), "-w", "-t", "60",
-            "-o", options, "start",
-        )  # fmt: skip
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.data / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         if done.returncode != 0:
             log = self.data / "server.log"
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""

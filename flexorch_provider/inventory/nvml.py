@@ -2,7 +2,7 @@
 
 It imports nothing but pynvml and the standard library, so one piece of code serves two
 places: the worker (``source: local`` pools) and SSH hosts where flexorch-provider is
-installed, where the inventory runs ``python3 -m flexorch_provider.nvml``: it prints one
+installed, where the inventory runs ``python3 -m flexorch_provider.inventory.nvml``: it prints one
 JSON object and exits 0, or says on stderr why NVML cannot be read and exits 3 (the
 inventory then asks ``nvidia-smi``).
 
@@ -54,9 +54,17 @@ def read() -> list[dict[str, Any]]:
                 procs = len(pynvml.nvmlDeviceGetComputeRunningProcesses(h))
             except Exception:
                 procs = 0
-            gpus.append({"index": i, "uuid": uuid, "name": _text(pynvml.nvmlDeviceGetName(h)),
-                         "memory_total": int(mem.total // 2**20), "memory_used": int(mem.used // 2**20),
-                         "utilization": util, "processes": procs})  # fmt: skip
+            gpus.append(
+                {
+                    "index": i,
+                    "uuid": uuid,
+                    "name": _text(pynvml.nvmlDeviceGetName(h)),
+                    "memory_total": int(mem.total // 2**20),
+                    "memory_used": int(mem.used // 2**20),
+                    "utilization": util,
+                    "processes": procs,
+                }
+            )
         return gpus
     finally:
         try:

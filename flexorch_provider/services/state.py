@@ -1,15 +1,14 @@
-"""The service watcher's memory and its eyes.
+"""A service's state as flexorch keeps it: the one place that says whether it is deployed, where
+it landed, and which replica slots it has.
 
-A service's watcher (the ``<name>-watch`` DAG: one deferrable task, its trigger follows the
-replicas from the triggerer) fires only when something must change: a replica that is not
-running, one unhealthy past its grace, a host that went away with its replica, or an autoscale
-decision. The task then converges once, records what it did here, and ends; the DAG is
-``@continuous``, so the next watcher starts at once.
+Deploy and undeploy write it (:mod:`~flexorch_provider.services.actions`); the watcher reads it
+and records each change it makes (restarts per slot, so a replica that crashes in a loop is
+restarted at growing intervals, and the last decisions); the operator reads the current slots
+from it (:meth:`ServiceState.current_slots`).
 
-The memory is one JSON file per service, ``$FLEXORCH_STATE_DIR/services/<slug>.json`` (the folder
-the policy ledger uses; with several Airflow machines it must be shared): whether the service is
-deployed, its replica slots when autoscaled, the autoscale state, recent restarts per slot (a
-replica that crashes in a loop is restarted at growing intervals), and the last decisions.
+It is one JSON file per service, ``$FLEXORCH_STATE_DIR/services/<slug>.json`` (the folder the
+policy ledger uses; with several Airflow machines it must be shared), and the autoscale window
+beside it (``<slug>.scale.json``, written by the watcher's trigger only).
 """
 
 from __future__ import annotations
@@ -34,11 +33,18 @@ def services_dir() -> Path:
     return state_dir() / "services"
 
 
+def initial_slots(w: Any) -> list[int]:
+    """The replica slots of a service just deployed: its ``replicas`` (within autoscale's range)."""
+    a = w.autoscale
+    return list(range(max(a.min, min(a.max, w.replicas)))) if a else list(range(w.replicas))
+
+
 @dataclass
-class WatchState:
+class ServiceState:
     name: str
     deployed: bool = False
     slots: list[int] | None = None  # autoscaled: the replicas' slot numbers
+    target: str | None = None  # the target its deploy landed on (the first of its list that accepted it)
     restarts: dict[str, list[float]] = field(default_factory=dict)  # slot → when it was restarted
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -47,22 +53,34 @@ class WatchState:
         return services_dir() / f"{service_slug(name)}.json"
 
     @classmethod
-    def load(cls, name: str) -> WatchState:
+    def load(cls, name: str) -> ServiceState:
         try:
             data = json.loads(cls.path_for(name).read_text())
         except (OSError, ValueError):
             return cls(name)
-        return cls(name, bool(data.get("deployed")), data.get("slots"),
-                   {str(k): list(v) for k, v in (data.get("restarts") or {}).items()},
-                   list(data.get("history") or []))  # fmt: skip
+        target = data.get("target")
+        return cls(
+            name,
+            bool(data.get("deployed")),
+            data.get("slots"),
+            target if isinstance(target, str) else None,
+            {str(k): list(v) for k, v in (data.get("restarts") or {}).items()},
+            list(data.get("history") or []),
+        )
 
     def save(self) -> None:
         path = self.path_for(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"name": self.name, "deployed": self.deployed, "slots": self.slots,
-                                   "restarts": self.restarts,
-                                   "history": self.history[-HISTORY:]}))  # fmt: skip
+        data = {
+            "name": self.name,
+            "deployed": self.deployed,
+            "slots": self.slots,
+            "target": self.target,
+            "restarts": self.restarts,
+            "history": self.history[-HISTORY:],
+        }
+        tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
 
     @classmethod
@@ -82,6 +100,21 @@ class WatchState:
         tmp.write_text(json.dumps(scale))
         os.replace(tmp, path)
 
+    def current_slots(self, w: Any) -> list[int]:
+        """The replica slots service ``w`` runs now: the autoscaled ones recorded here, else those of
+        its spec (:func:`initial_slots`)."""
+        return list(self.slots) if (w.autoscale and self.slots is not None) else initial_slots(w)
+
+    def landed_on(self, w: Any) -> str:
+        """The target the service runs on: where its deploy landed, else the first of its list."""
+        return self.target if self.target is not None and self.target in w.target else str(w.target[0])
+
+    def mark(self, deployed: bool, slots: list[int] | None, target: str | None) -> None:
+        """What a deploy (or undeploy) decided; the watcher restores and scales from it."""
+        self.deployed = deployed
+        self.slots = slots if deployed else None
+        self.target = target if deployed else self.target
+
     def note(self, entry: dict[str, Any]) -> None:
         self.history = [*self.history, {"at": time.time(), **entry}][-HISTORY:]
 
@@ -97,22 +130,3 @@ class WatchState:
         if not recent:
             return now, 0
         return recent[-1] + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (len(recent) - 1)), len(recent)
-
-
-def problems(status: dict[str, Any], slots: list[int], grace_s: float) -> dict[int, str]:
-    """slot → what is wrong with it (not running, unhealthy past its grace, its host unreachable)."""
-    by_slot: dict[int, list[dict[str, Any]]] = {}
-    for r in status.get("replicas", []):
-        by_slot.setdefault(int(r["slot"]), []).append(r)
-    out: dict[int, str] = {}
-    gone = "; ".join(f"{h} unreachable: {why}" for h, why in (status.get("unreachable") or {}).items())
-    for slot in slots:
-        rows = by_slot.get(slot, [])
-        if not rows:
-            out[slot] = "not running" + (f" ({gone})" if gone else "")
-        elif not any(r.get("healthy") for r in rows) and all(float(r.get("age_s") or 0) > grace_s for r in rows):
-            out[slot] = f"unhealthy past its {grace_s:.0f}s grace: {rows[0].get('detail')}"
-    for slot in sorted(by_slot):
-        if slot not in slots:
-            out[slot] = "not wanted any more"
-    return out

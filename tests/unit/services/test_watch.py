@@ -3,9 +3,10 @@ replicas a step down removes, and the watch DAG each plain-host service gets."""
 
 from __future__ import annotations
 
-from flexorch_provider.backends.services.watch import WatchState, problems
 from flexorch_provider.dag_factory.plan import plan_dags
-from flexorch_provider.operators.flex import scaled_slots
+from flexorch_provider.services.scaling import scaled_slots
+from flexorch_provider.services.state import ServiceState
+from flexorch_provider.services.watch import problems
 from flexorch_provider.spec.loader import load_spec_text
 
 
@@ -23,7 +24,7 @@ def test_problems_are_missing_unhealthy_past_grace_and_unwanted_replicas():
 
 def test_a_crash_looping_replica_is_restarted_at_growing_intervals(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path))
-    s = WatchState("web", deployed=True)
+    s = ServiceState("web", deployed=True)
     assert s.next_restart(1, 1000) == (1000, 0)
     s.restarted(1, 1000)
     assert s.next_restart(1, 1001) == (1005, 1)  # it died again: 5 s after its last restart
@@ -36,7 +37,7 @@ def test_a_crash_looping_replica_is_restarted_at_growing_intervals(tmp_path, mon
     assert s.next_restart(1, 1050)[0] == 1049 + 300
     assert s.next_restart(1, 1049 + 601) == (1650, 0)  # quiet for 10 min: forgiven
     s.save()
-    again = WatchState.load("web")
+    again = ServiceState.load("web")
     assert again.deployed and again.restarts == s.restarts
 
 

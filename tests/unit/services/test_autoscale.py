@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from flexorch_provider.backends.services.scale import ScaleState, decide
 from flexorch_provider.exceptions import SpecError
 from flexorch_provider.resolve import load_workload
 from flexorch_provider.runner.metrics import MetricError, parse
+from flexorch_provider.services.scaling import ScaleState, decide
 
 METRIC = {"source": "http", "path": "/metrics", "format": "prometheus", "name": "inflight"}
 

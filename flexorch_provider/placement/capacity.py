@@ -1,9 +1,9 @@
 """Choosing among a spec's targets by what they have free now (``target_policy: first-free``).
 
 Each listed target's GPUs are read from the same inventory sources as ``flexorch gpus``
-(:mod:`flexorch_provider.inventory`), with the pool taken from the spec's own section for that
-target: the ssh hosts and connection, the Slurm connection and partition, the Kubernetes
-connection and node selector, or this machine. A target *fits* when enough of its nodes each
+(:mod:`flexorch_provider.inventory`), with the pool its backend builds from the spec's own section
+(``Backend.gpu_pool``: the ssh hosts and connection, the Slurm connection and partition, the
+Kubernetes connection and node selector, or this machine). A target *fits* when enough of its nodes each
 have the GPUs one node of the job asks for (count, type, memory) free now::
 
     seen = survey(workload, ["slurm", "ssh"])   # in parallel; an unreadable target is "unknown"
@@ -16,46 +16,10 @@ chosen may be full by the time the job arrives, and its scheduler then queues it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from flexorch_provider.fanout import parallel, reason
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What one target's inventory said about a request. ``fits`` is None when it is not known."""
-
-    target: str
-    fits: bool | None
-    free: int = 0  # GPUs of the requested type free on usable nodes
-    total: int = 0  # GPUs of the requested type
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def line(self) -> str:
-        """One line for the task log: ``slurm full: 0 of 4 A100s free (A100 ×4); needs 2 per node on 1 node``."""
-        verdict = "fits" if self.fits else "unknown" if self.fits is None else "full"
-        return f"{self.target} {verdict}: {self.detail}"
-
-
-def _pool(workload: Any, target: str) -> Any:
-    """The inventory pool of ``target`` as the spec describes it."""
-    from flexorch_provider.inventory.pools import KubernetesPool, LocalPool, SlurmPool, SshPool
-
-    if target == "ssh":
-        return SshPool(name="ssh", source="ssh", connection=workload.ssh.connection, hosts=list(workload.ssh.hosts))
-    if target == "slurm":
-        return SlurmPool(name="slurm", source="slurm", connection=workload.slurm.connection,
-                         partition=workload.slurm.partition)  # fmt: skip
-    if target == "kubernetes":
-        k = workload.kubernetes
-        return KubernetesPool(name="kubernetes", source="kubernetes", connection=k.connection, gpu_label=k.gpu_label,
-                              node_selector=dict(k.node_selector))  # fmt: skip
-    return LocalPool(name="local", source="local")
+from flexorch_provider.placement.choice import Seen
 
 
 def request(workload: Any) -> tuple[int, str | None, int | None, int] | None:
@@ -95,13 +59,18 @@ def capacity(workload: Any, target: str) -> Seen:
     want = request(workload)
     if want is None:
         return Seen(target, None, detail="the job asks for no GPUs")
+    from flexorch_provider.backends.registry import get_backend
     from flexorch_provider.inventory import sources
 
+    backend = get_backend(target)
+    pool = backend.gpu_pool(workload)
+    if pool is None:
+        return Seen(target, None, detail="this target does not report its free GPUs")
     try:
-        inv = sources.probe(_pool(workload, target))
+        inv = sources.probe(pool)
     except Exception as e:  # an unreadable target is not known to be full: it keeps its place in the list
         return Seen(target, None, detail=f"cannot read its GPUs: {reason(e)}")
-    return judge(target, inv, want, every_node=target == "ssh" and workload.ssh.placement == "all")
+    return judge(target, inv, want, every_node=backend.spans_every_node(workload))
 
 
 def survey(workload: Any, targets: list[str]) -> list[Seen]:
@@ -116,25 +85,3 @@ def order(targets: list[str], seen: list[Seen]) -> list[str]:
     """The targets that fit now first, then the others; each group keeps the spec's order."""
     fits = {s.target for s in seen if s.fits}
     return [t for t in targets if t in fits] + [t for t in targets if t not in fits]
-
-
-def summary(choice: dict[str, Any] | None) -> str | None:
-    """The target choice of a job's XCom in one line (the flexorch page), or None for a job whose
-    spec has one target and no policy: ``first-free: slurm full, ssh fits → ssh; moved ...``."""
-    if not choice or len(choice.get("targets") or []) < 2:
-        return None
-    parts = []
-    seen = choice.get("seen") or []
-    if seen:
-        verdicts = ", ".join(
-            f"{s['target']} {'fits' if s['fits'] else 'unknown' if s['fits'] is None else 'full'}" for s in seen
-        )
-        parts.append(f"{choice.get('policy')}: {verdicts}")
-    for m in choice.get("moves") or []:
-        parts.append(f"moved from {m['from']} after {m.get('waited', '?')} ({m.get('reason', 'pending')})")
-    stays = choice.get("stays") or []
-    if stays and not choice.get("moves"):
-        parts.append(f"waits on {stays[-1]['on']}: no other target has room")
-    if not parts:
-        return None
-    return "; ".join(parts) + f" → {choice.get('chosen')}"

@@ -1,4 +1,5 @@
-"""The autoscale decision: target-value math with separate up and down delays.
+"""Autoscaling a service: the decision (target-value math with separate up and down delays) and
+which replica slots go or come (:func:`scaled_slots`).
 
 ``desired = ceil(metric / target)`` (the same as ``current × (metric per replica) / target``),
 clamped to ``min``..``max``. A step up waits ``up_delay`` after the last change; a step down
@@ -123,3 +124,14 @@ def prometheus_value(conn_id: str, query: str, timeout: float = 5.0) -> float:
     if not result:
         raise MetricError("the Prometheus query returned no samples")
     return sum(_number(sample["value"][1], "a Prometheus sample") for sample in result)
+
+
+def scaled_slots(slots: list[int], desired: int, loads: dict[int, float]) -> list[int]:
+    """The replica slots after a step to ``desired``: up adds the lowest free numbers; down drops the
+    replicas with the least load first (a replica whose load is unknown counts as busy)."""
+    slots = sorted(slots)
+    if desired > len(slots):
+        free = (n for n in range(desired + len(slots)) if n not in slots)
+        return sorted([*slots, *(next(free) for _ in range(desired - len(slots)))])
+    keep = sorted(slots, key=lambda s: (loads.get(s, float("inf")), s), reverse=True)[:desired]
+    return sorted(keep)

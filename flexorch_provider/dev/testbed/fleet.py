@@ -161,16 +161,23 @@ class SshFleet:
 
     def connection_json(self) -> str:
         return json.dumps(
-            {"conn_type": "ssh", "host": "127.0.0.1",
-             "extra": {"key_file": str(self.key_file), "no_host_key_check": True}}
-        )  # fmt: skip
+            {
+                "conn_type": "ssh",
+                "host": "127.0.0.1",
+                "extra": {"key_file": str(self.key_file), "no_host_key_check": True},
+            }
+        )
 
     def login_connection_json(self, host: SshHost) -> str:
         """A connection to one host (a Slurm login node): host and login in the connection itself."""
         return json.dumps(
-            {"conn_type": "ssh", "host": host.address, "login": host.user,
-             "extra": {"key_file": str(self.key_file), "no_host_key_check": True}}
-        )  # fmt: skip
+            {
+                "conn_type": "ssh",
+                "host": host.address,
+                "login": host.user,
+                "extra": {"key_file": str(self.key_file), "no_host_key_check": True},
+            }
+        )
 
     def entries(self, n: int | None = None) -> list[str]:
         return [h.entry for h in self.hosts[: n or len(self.hosts)]]
@@ -188,8 +195,13 @@ def _remove_job_containers(user: str) -> None:
         return
     env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME=/home/{user}"]
     podman = ["runuser", "-u", user, "--", *env, "podman", "--log-level", "error"]
-    found = subprocess.run([*podman, "ps", "-aq", "--filter", "label=io.flexorch.run-key"], capture_output=True,
-                           text=True, cwd="/tmp", timeout=60).stdout.split()  # fmt: skip
+    found = subprocess.run(
+        [*podman, "ps", "-aq", "--filter", "label=io.flexorch.run-key"],
+        capture_output=True,
+        text=True,
+        cwd="/tmp",
+        timeout=60,
+    ).stdout.split()
     if found:
         subprocess.run([*podman, "rm", "-f", "-t", "0", *found], capture_output=True, cwd="/tmp", timeout=120)
 
@@ -233,14 +245,26 @@ def start_fleet(base: Path, count: int, account_prefix: str = "flexorch-h") -> S
         config.write_text(
             "\n".join(
                 [
-                    "Port 22", "ListenAddress 0.0.0.0", f"HostKey {host_key}", f"PidFile {base}/sshd-{i}.pid",
-                    f"AuthorizedKeysFile {keys}/%u", "UsePAM no", "StrictModes no", "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", f"AllowUsers {user}",
-                    "Subsystem sftp internal-sftp", "LogLevel ERROR", "MaxStartups 100", "MaxSessions 100",
-                    f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin", "",
+                    "Port 22",
+                    "ListenAddress 0.0.0.0",
+                    f"HostKey {host_key}",
+                    f"PidFile {base}/sshd-{i}.pid",
+                    f"AuthorizedKeysFile {keys}/%u",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    f"AllowUsers {user}",
+                    "Subsystem sftp internal-sftp",
+                    "LogLevel ERROR",
+                    "MaxStartups 100",
+                    "MaxSessions 100",
+                    f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                    "",
                 ]
             )
-        )  # fmt: skip
+        )
         host = SshHost(i, user, home, address, namespace, config, bin_dir)
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)  # leftovers of an earlier run
         shutil.rmtree(home / ".flexorch", ignore_errors=True)  # a fresh host: no runner, no runs

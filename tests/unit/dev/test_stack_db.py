@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from flexorch_provider import devstack_db
+from flexorch_provider.dev import stack_db
 from flexorch_provider.exceptions import ConfigurationError
 
 
 def test_sqlite_on_request_with_the_lock_wait(tmp_path):
-    db = devstack_db.choose(tmp_path, "sqlite")
+    db = stack_db.choose(tmp_path, "sqlite")
     assert db.kind == "sqlite" and db.server is None
     assert db.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'airflow.db'}"
     assert db.fallback_reason is None
@@ -19,27 +19,27 @@ def test_sqlite_on_request_with_the_lock_wait(tmp_path):
 
 def test_an_unknown_kind_names_the_choices(tmp_path):
     with pytest.raises(ConfigurationError, match="use one of auto, postgres, sqlite"):
-        devstack_db.choose(tmp_path, "mysql")
+        stack_db.choose(tmp_path, "mysql")
 
 
 def test_env_chooses_when_no_argument(tmp_path, monkeypatch):
-    monkeypatch.setenv(devstack_db.DB_ENV, "SQLite")
-    assert devstack_db.choose(tmp_path).kind == "sqlite"
+    monkeypatch.setenv(stack_db.DB_ENV, "SQLite")
+    assert stack_db.choose(tmp_path).kind == "sqlite"
 
 
 def test_without_a_server_postgres_is_refused_and_auto_falls_back_saying_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(devstack_db, "postgres_bindir", lambda: None)
+    monkeypatch.setattr(stack_db, "postgres_bindir", lambda: None)
     with pytest.raises(ConfigurationError, match=r"apt-get install postgresql.*or choose sqlite"):
-        devstack_db.choose(tmp_path, "postgres")
-    db = devstack_db.choose(tmp_path, "auto")
+        stack_db.choose(tmp_path, "postgres")
+    db = stack_db.choose(tmp_path, "auto")
     assert db.kind == "sqlite"
     assert "no PostgreSQL server is installed" in db.describe()
 
 
 def test_without_drivers_the_extra_is_named(tmp_path, monkeypatch):
-    monkeypatch.setattr(devstack_db, "postgres_bindir", lambda: Path("/usr/lib/postgresql/15/bin"))
-    monkeypatch.setattr(devstack_db, "_drivers_missing", lambda: ["asyncpg"])
-    assert "flexorch-provider[postgres]" in (devstack_db.why_not_postgres() or "")
+    monkeypatch.setattr(stack_db, "postgres_bindir", lambda: Path("/usr/lib/postgresql/15/bin"))
+    monkeypatch.setattr(stack_db, "_drivers_missing", lambda: ["asyncpg"])
+    assert "flexorch-provider[postgres]" in (stack_db.why_not_postgres() or "")
 
 
 def test_the_newest_debian_server_is_taken(tmp_path, monkeypatch):
@@ -54,14 +54,14 @@ def test_the_newest_debian_server_is_taken(tmp_path, monkeypatch):
             real_glob(tmp_path, pattern) if str(self) == "/usr/lib/postgresql" else real_glob(self, pattern)
         ),
     )
-    assert devstack_db.postgres_bindir() == tmp_path / "15" / "bin"
+    assert stack_db.postgres_bindir() == tmp_path / "15" / "bin"
 
 
 def test_a_private_server_starts_answers_on_its_socket_only_and_is_removed(tmp_path):
     """A real server (scripts/system-deps.sh installs Debian's postgresql): no TCP listener, a 0700 socket folder, the airflow database, gone after remove()."""
     import psycopg2
 
-    server = devstack_db.Postgres(tmp_path / "home")
+    server = stack_db.Postgres(tmp_path / "home")
     server.start()
     try:
         assert (server.socket_dir.stat().st_mode & 0o777) == 0o700

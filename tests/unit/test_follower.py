@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogChunk
-from flexorch_provider.follow import MAX_CONSECUTIVE_ERRORS, Follower
+from flexorch_provider.follower import MAX_CONSECUTIVE_ERRORS, Follower
 from flexorch_provider.operators.flex import FlexOperator
 from flexorch_provider.triggers.job import FlexJobTrigger
 
@@ -54,7 +54,7 @@ def _worker_event(backend: Backend, monkeypatch) -> dict:
     op = FlexOperator(task_id="t", spec={"name": "x", "kind": "batch", "run": "true"}, poll_interval=0.01)
     event, _ = op._follow(HANDLE)
     assert event is not None
-    return event
+    return event.to_dict()
 
 
 def _trigger_event(backend: Backend, monkeypatch) -> dict:
@@ -114,7 +114,7 @@ def test_a_failed_read_after_the_end_still_reports_the_outcome():
             raise OSError("log file removed")
 
     step = Follower(LogGone(JobStatus(JobState.SUCCEEDED)), HANDLE).observe(JobStatus(JobState.SUCCEEDED, 0))
-    assert step.event is not None and step.event["status"] == "success"
+    assert step.event is not None and step.event.status == "success"
     with pytest.raises(OSError):  # while it runs, a failed read counts as a failure to follow
         Follower(LogGone(JobStatus(JobState.SUCCEEDED)), HANDLE).observe(JobStatus(JobState.RUNNING))
 
@@ -130,7 +130,7 @@ def test_a_job_that_ended_holding_its_resources_is_cancelled_by_its_follower():
 
     stuck = JobStatus(JobState.FAILED, message="ErrImagePull", release=True)
     step = Follower(Stuck(stuck), HANDLE).observe(stuck)
-    assert cancelled == ["j/1"] and step.event is not None and step.event["status"] == "failed"
+    assert cancelled == ["j/1"] and step.event is not None and step.event.status == "failed"
     assert any("removed it" in note for note in step.notes)
     assert Follower(Stuck(stuck), HANDLE).observe(JobStatus(JobState.FAILED, 1)).event and cancelled == ["j/1"]
 

@@ -26,8 +26,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flexorch_provider.testbed.fleet import SUBNET, SshFleet, start_fleet
-from flexorch_provider.testbed.slurm import CONF, MARK, SlurmCluster, start_cluster
+from flexorch_provider.dev.testbed.fleet import SUBNET, SshFleet, start_fleet
+from flexorch_provider.dev.testbed.slurm import CONF, MARK, SlurmCluster, start_cluster
 
 FLEET_CONN = "demo_fleet"
 SLURM_CONN = "demo_slurm"

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogCursor
 from flexorch_provider.masking import Masker
+from flexorch_provider.records import JobEvent
 
 DRAIN_S = 2.0  # longest a running job's log backlog is read before its status is asked again
 FINAL_DRAIN_S = 30.0  # longest a finished job's remaining log is read before its event is built
@@ -42,7 +43,7 @@ class Step:
 
     lines: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    event: dict[str, Any] | None = None
+    event: JobEvent | None = None
     wrote: bool = False  # the log grew during this look
 
     def log_to(self, log: Log) -> None:
@@ -133,39 +134,37 @@ class Follower:
             return f"job {self.handle.job_id} ended but could not be removed: {e}"
         return f"job {self.handle.job_id} has ended but still held something on its target: removed it"
 
-    def failed(self, error: BaseException) -> dict[str, Any] | None:
+    def failed(self, error: BaseException) -> JobEvent | None:
         """A poll or read failed: None while it may be passing, else the error event."""
         self.errors += 1
         if self.errors < MAX_CONSECUTIVE_ERRORS:
             return None
         return self.error_event(f"lost contact with job {self.handle.job_id} after {self.errors} failed polls: {error}")
 
-    def final_event(self, status: JobStatus) -> dict[str, Any]:
-        return {
-            "status": "success" if status.state == JobState.SUCCEEDED else "failed",
-            "handle": self.handle.to_dict(),
-            "state": status.state.value,
-            "exit_code": status.exit_code,
-            "message": status.message,
-            "log_tail": list(self.tail),
-            "log_cursor": self.cursor,
-        }
+    def final_event(self, status: JobStatus) -> JobEvent:
+        return JobEvent(
+            status="success" if status.state == JobState.SUCCEEDED else "failed",
+            handle=self.handle.to_dict(),
+            state=status.state.value,
+            exit_code=status.exit_code,
+            message=status.message,
+            log_tail=list(self.tail),
+            log_cursor=self.cursor,
+        )
 
-    def pending_event(self, said: str) -> dict[str, Any]:
+    def pending_event(self, said: str) -> JobEvent:
         """The job has waited ``max_pending`` without starting: its task decides where it goes."""
-        return {"status": "pending", "handle": self.handle.to_dict(), "message": said, "log_tail": list(self.tail),
-                "log_cursor": self.cursor}  # fmt: skip
+        return JobEvent("pending", self.handle.to_dict(), said, log_tail=list(self.tail), log_cursor=self.cursor)
 
-    def error_event(self, message: str) -> dict[str, Any]:
+    def error_event(self, message: str) -> JobEvent:
         return error_event(self.handle.to_dict(), message, list(self.tail), self.cursor)
 
 
 def error_event(
     handle: dict[str, Any], message: str, log_tail: list[str] | None = None, cursor: LogCursor = 0
-) -> dict[str, Any]:
+) -> JobEvent:
     """The event of a job that could not be followed to its end (its outcome is unknown)."""
-    return {"status": "error", "handle": handle, "message": message, "log_tail": list(log_tail or []),
-            "log_cursor": cursor}  # fmt: skip
+    return JobEvent("error", handle, message, log_tail=list(log_tail or []), log_cursor=cursor)
 
 
 def _describe(status: JobStatus) -> str:

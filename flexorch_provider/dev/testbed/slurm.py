@@ -117,6 +117,6 @@ def start_cluster(base: Path, controller_addr: str) -> SlurmCluster:
     raise RuntimeError(f"the test Slurm node did not become idle in 30 s: {out.stdout} {out.stderr}\n{log}")
 
 
-if __name__ == "__main__":  # a manual check: python -m flexorch_provider.testbed.slurm
+if __name__ == "__main__":  # a manual check: python -m flexorch_provider.dev.testbed.slurm
     c = start_cluster(Path("/tmp/flexorch-slurm-manual"), os.environ.get("ADDR", "127.0.0.1"))
     print(c.run("sinfo", "-N", "-O", "NodeList:20,Gres:30,GresUsed:40,StateLong:12"))

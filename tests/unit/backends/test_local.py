@@ -74,7 +74,7 @@ def test_a_run_directory_that_cannot_be_made_refuses_the_submit_and_says_where(t
     from flexorch_provider.exceptions import SubmitError
 
     (tmp_path / "runs").write_text("a file where the runs folder should be")
-    with pytest.raises(SubmitError, match="cannot create the run directory under .*runs/"):
+    with pytest.raises(SubmitError, match=r"cannot create the run directory under .*runs/"):
         LocalBackend().submit(make_job(tmp_path, "true"))
 
 

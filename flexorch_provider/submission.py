@@ -3,8 +3,9 @@
 
 The conf is ``{"spec": TEXT, "step": NAME|null, "set": ["key=value", ...]}``. ``--set`` keys are
 dotted paths into the spec (``resources.gpus=4``); values are YAML scalars (``4`` is a number,
-``"4"`` text). Templates in a submitted spec may use the run's dates and id only: a Variable or
-Connection reaches a job through ``secrets:``, where the team policy can see it.
+``"4"`` text). Templates in a submitted spec see plain values only (the run's dates and id, its
+params, two date helpers: :mod:`flexorch_provider.plain_templates`): a Variable or Connection
+reaches a job through ``secrets:``, where the team policy can see it.
 """
 
 from __future__ import annotations
@@ -24,22 +25,6 @@ SUBMIT_DAG_ID = "flexorch-submit"
 SUBMITTED_FILE = "<submitted spec>"
 MAX_SPEC_CHARS = 256 * 1024  # the spec text in a run's conf
 MAX_SETS = 100
-TEMPLATE_NAMES = frozenset(
-    {
-        "ds",
-        "ds_nodash",
-        "ts",
-        "ts_nodash",
-        "ts_nodash_with_tz",
-        "logical_date",
-        "data_interval_start",
-        "data_interval_end",
-        "run_id",
-        "params",
-        "macros",
-    }
-)
-TEMPLATE_MARKS = ("{{", "{%", "{#")
 
 
 @dataclass
@@ -127,8 +112,10 @@ def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
                 SpecProblem(file, None, "step", f"--step applies to pipelines; this spec is a {model.kind}")
             )
         sub.jobs.append((None, _load(sub, None, file)))
+    index = {s.name: i for i, s in enumerate(model.steps)} if isinstance(model, PipelineSpec) else {}
     for step_name, job in sub.jobs:
-        _check_templates(job, step_name, file)
+        base = ("steps", index[step_name]) if step_name in index else ()
+        _check_templates(job, step_name, base, file, lines)
     return sub
 
 
@@ -152,34 +139,30 @@ def _ordered(model: PipelineSpec) -> list[str]:
     return done
 
 
-def _check_templates(job: Job, step: str | None, file: str) -> None:
-    """Templates may name only the run's dates and id (:data:`TEMPLATE_NAMES`)."""
-    from jinja2 import TemplateSyntaxError, meta
-    from jinja2.sandbox import SandboxedEnvironment
+def _check_templates(job: Job, step: str | None, base: tuple[Any, ...], file: str, lines: dict[Any, int]) -> None:
+    """Templates may use plain values only (:mod:`flexorch_provider.plain_templates`): the first
+    one that reaches further is refused with its field and the spec's line."""
+    from flexorch_provider.plain_templates import TemplateRefused, check, has_template
 
-    env = SandboxedEnvironment()
-    texts: list[tuple[str, str]] = []
+    texts: list[tuple[tuple[Any, ...], str]] = []
     run = job.run if isinstance(job.run, list) else [job.run]
-    texts += [("run", t) for t in run]
-    texts += [("setup", job.setup)] if job.setup else []
-    texts += [(f"env.{k}", v) for k, v in job.env.items()]
-    texts += [("workdir", job.workdir)] if job.workdir else []
-    prefix = f"steps.{step}." if step else ""
-    for where, text in texts:
-        if not any(mark in text for mark in TEMPLATE_MARKS):
+    texts += [(("run", i) if isinstance(job.run, list) else ("run",), t) for i, t in enumerate(run)]
+    texts += [(("setup",), job.setup)] if job.setup else []
+    texts += [(("env", k), v) for k, v in job.env.items()]
+    texts += [(("workdir",), job.workdir)] if job.workdir else []
+    for path, text in texts:
+        if not has_template(text):
             continue
         try:
-            names = meta.find_undeclared_variables(env.parse(text))
-        except TemplateSyntaxError as e:
-            raise SpecError(SpecProblem(file, None, prefix + where, f"template syntax: {e.message}")) from None
-        bad = sorted(names - TEMPLATE_NAMES)
-        if bad:
-            raise SpecError(
-                SpecProblem(
-                    file,
-                    None,
-                    prefix + where,
-                    f"a submitted spec's templates may use {', '.join(sorted(TEMPLATE_NAMES))}; not {', '.join(bad)} "
-                    "(pass Variables and Connections through secrets:)",
-                )
-            )
+            check(text)
+        except TemplateRefused as e:
+            field = ".".join(str(p) for p in (("steps", step) if step else ()) + path if not isinstance(p, int))
+            raise SpecError(SpecProblem(file, _line(lines, (*base, *path)), field, str(e))) from None
+
+
+def _line(lines: dict[Any, int], path: tuple[Any, ...]) -> int | None:
+    """The spec line of ``path`` (a pipeline step's field: the step's own line, else the pipeline's)."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None

@@ -13,10 +13,8 @@ from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
 from flexorch_provider.backends.base import ResolvedJob, run_key
+from flexorch_provider.plain_templates import CR_STAND_IN, has_template
 from flexorch_provider.resolve import load_workload, resolve_registry, resolve_secrets
-from flexorch_provider.submission import TEMPLATE_MARKS
-
-CR_STAND_IN = "\ue000"  # a private-use character carries \r through Jinja, which turns \r\n into \n
 
 
 class SpecOperator(BaseOperator):
@@ -75,7 +73,7 @@ class SpecOperator(BaseOperator):
             date_macros_from_run_after(context, self.log)
         if not isinstance(content, str):
             return super().render_template(content, context, jinja_env, seen_oids)
-        if not any(mark in content for mark in TEMPLATE_MARKS):
+        if not has_template(content):
             return content
         env = (jinja_env or self.get_template_env()).overlay(keep_trailing_newline=True)
         keep_cr = "\r" in content and CR_STAND_IN not in content

@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 
 from flexorch_provider.backends.base import JobHandle, ResolvedJob
 from flexorch_provider.exceptions import JobFailedError, PolicyError, SpecError
+from flexorch_provider.operators.base import date_macros_from_run_after
 from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
 from flexorch_provider.policy import (
     Ledger,
@@ -156,6 +157,23 @@ class SubmittedStepOperator(FlexOperator):
         self.step_label = step_label or self.workload.name
         self._try = 0
         self._retried = 0
+
+    def render_template(
+        self, content: Any, context: Any, jinja_env: Any = None, seen_oids: set[int] | None = None
+    ) -> Any:
+        """A submitted spec's templates are rendered by flexorch's own sandbox with plain values only,
+        never by Airflow's environment (its context reaches ``os``, Variables, Connections and files):
+        whatever reached this task is held to the rules ``check`` applied
+        (:mod:`flexorch_provider.plain_templates`)."""
+        from flexorch_provider.plain_templates import TemplateRefused, plain_values, render_all
+
+        if "ds" not in context and context.get("dag_run") is not None:
+            date_macros_from_run_after(context, self.log)
+        try:
+            return render_all(content, plain_values(context))
+        except TemplateRefused as e:
+            self.log.error("refused: %s", e)
+            raise
 
     def execute(self, context: Any) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)

@@ -15,9 +15,47 @@ from flexorch_provider.spec.models import Job, PipelineSpec, SpecModel
 
 
 def gpus_of(job: Job) -> int:
-    """GPUs a job holds: per node × nodes."""
+    """The most GPUs a job can hold at once, however it asks: per node (``resources.gpus``, or
+    ``gpus-per-node`` / ``gpus-per-task`` × ``ntasks-per-node`` in ``slurm.options``) × nodes, on
+    every host for ssh ``placement: all``, × replicas for a service (its autoscale maximum). With
+    several targets, the target where it would hold the most."""
     g = job.resources.gpus
-    return (g.count if g else 0) * job.resources.nodes
+    per_node = g.count if g else 0
+    most = 0
+    for target in job.target:
+        here = per_node * job.resources.nodes
+        if target == "slurm":
+            opts = job.slurm.options
+            tasks = max(1, _count(opts.get("ntasks-per-node")))
+            slurm_node = max(per_node, _count(opts.get("gpus-per-node")), _count(opts.get("gpus-per-task")) * tasks)
+            here = slurm_node * job.resources.nodes
+        elif target == "ssh" and job.ssh.placement == "all":
+            here = per_node * max(1, len(job.ssh.hosts))
+        most = max(most, here)
+    if job.is_service:
+        most *= _replicas(job)
+    return most
+
+
+def tries_of(job: Job) -> int:
+    """How many times a job may run: once, and once per retry."""
+    return 1 + job.retries.count
+
+
+def _count(value: object) -> int:
+    """The GPU count of an sbatch value: ``2``, ``"2"``, ``"a100:2"``; 0 for anything else."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(0, value)
+    text = str(value or "").rsplit(":", 1)[-1]
+    return int(text) if text.isdigit() else 0
+
+
+def _replicas(job: Job) -> int:
+    service = job  # a service spec or step: replicas, and at most autoscale.max of them
+    autoscale = getattr(service, "autoscale", None)
+    return max(int(getattr(service, "replicas", 1)), int(autoscale.max) if autoscale is not None else 0)
 
 
 def _any(value: str, globs: Sequence[str]) -> bool:
@@ -88,11 +126,15 @@ def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> s
     budget = team.gpu_hours
     if budget is None:
         return None
-    asked = sum(gpus_of(j) * hours(j.timeout) for j in jobs)
+    asked = sum(gpus_of(j) * hours(j.timeout) * tries_of(j) for j in jobs)
     if used + asked <= budget.limit + 1e-9:
         return None
     period = "today" if budget.per == "day" else "this week"
-    ask = " + ".join(f"{gpus_of(j)} GPUs × {_h(j.timeout)}" for j in jobs if gpus_of(j))
+    ask = " + ".join(
+        f"{gpus_of(j)} GPUs × {_h(j.timeout)}" + (f" × {tries_of(j)} tries" if tries_of(j) > 1 else "")
+        for j in jobs
+        if gpus_of(j)
+    )
     return (
         f"team {name}: {used:.2f} of {budget.limit:g} GPU-hours used {period}; this submission asks up to "
         f"{ask} = {asked:.2f} GPU-hours"

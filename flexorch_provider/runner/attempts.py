@@ -132,6 +132,8 @@ def prepare(key_dir, job, secrets, registry=None):
             doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen), CUDA_DEVICE_ORDER="PCI_BUS_ID"
         )
         doc["gpu_indices"] = chosen
+    else:  # a job that asked for no GPUs sees none (CUDA, and the NVIDIA container runtime)
+        doc["env"] = dict(doc.get("env") or {}, CUDA_VISIBLE_DEVICES="", NVIDIA_VISIBLE_DEVICES="void")
     write_private(os.path.join(run_dir, "job.json"), json.dumps(doc))
     if secrets:
         write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))

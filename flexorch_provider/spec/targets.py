@@ -25,6 +25,7 @@ SLURM_ALLOWED_OPTIONS = (
     "signal", "switches", "threads-per-core", "tmp", "wckey",
 )  # fmt: skip
 # Options flexorch sets itself (job name, output, environment...) are not allowed here.
+SBATCH_VALUE_RE = re.compile(r"^(?!-)[A-Za-z0-9_.,:=@+/%&|\[\]*-]{1,200}$")
 
 
 class SlurmOptions(FlexModel):
@@ -63,8 +64,11 @@ class SlurmOptions(FlexModel):
                     f"sbatch option {key!r} is not allowed here{extra} (flexorch sets job name, output, "
                     f"resources and environment itself; allowed: {', '.join(SLURM_ALLOWED_OPTIONS)})"
                 )
-            if isinstance(val, str) and ("\n" in val or "\x00" in val):
-                raise ValueError(f"sbatch option {key!r} must be a single line")
+            if isinstance(val, str) and not SBATCH_VALUE_RE.match(val):
+                raise ValueError(
+                    f"sbatch option {key!r} must be one word ({val!r}): sbatch reads every word of an #SBATCH line, so "
+                    "a space would add options; letters, digits and _ . , : = @ + / % & | [ ] * - only, not starting with -"
+                )
         return {k.removeprefix("--"): v for k, v in value.items()}
 
 

@@ -29,6 +29,18 @@ from flexorch_provider.spec.fields import (
 from flexorch_provider.spec.service import ServiceFields
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
 
+# which GPUs a job sees: set from resources.gpus on every target, never by the spec
+GPU_ENV = frozenset(
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "ROCR_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+    }
+)
+
 
 def _targets(value: Any) -> Any:
     if isinstance(value, str):
@@ -143,6 +155,11 @@ class Workload(FlexModel):
             if not ENV_NAME_RE.match(key):
                 raise ValueError(
                     f"{key!r} is not a valid environment variable name (letters, digits, '_'; not starting with a digit)"
+                )
+            if key in GPU_ENV:
+                raise ValueError(
+                    f"{key} is set by flexorch from resources.gpus (a job that asks for none sees no GPU); "
+                    "ask for GPUs there instead"
                 )
         return value
 

@@ -50,6 +50,23 @@ def test_a_pipeline_runs_its_steps_after_what_they_need():
         ({"spec": JOB.replace("{{ ds }}", "{{ conn.db.password }}")}, "run: a submitted spec's templates may use"),
         ({"spec": JOB + "env: {A: '{{ ti.xcom_pull() }}'}\n"}, "env.A: a submitted spec's templates"),
         ({"spec": JOB.replace("{{ ds }}", "{{ ds ")}, "template syntax"),
+        # the review's attacks: each refused with the field, the spec's line and the reason
+        (
+            {"spec": JOB.replace("{{ ds }}", "{{ macros.uuid.os.popen('id -un').read() }}")},
+            "<submitted spec>:3: run: macros.uuid is not available in a submitted spec",
+        ),
+        (
+            {"spec": JOB + "env: {K: \"{{ macros.uuid.os.environ['AIRFLOW__CORE__FERNET_KEY'] }}\"}\n"},
+            "<submitted spec>:6: env.K: macros.uuid is not available",
+        ),
+        (
+            {"spec": JOB.replace("{{ ds }}", "{% include 'flexorch_policy.yaml' %}")},
+            "run: {% include %} is not allowed in a submitted spec",
+        ),
+        (
+            {"spec": PIPELINE.replace("run: echo prep", 'run: "{{ ds.__class__ }}"')},
+            "<submitted spec>:5: steps.prep.run: attributes starting with _ are not allowed",
+        ),
     ],
 )
 def test_what_is_refused_says_where_and_what_to_do(conf, message):

@@ -112,6 +112,8 @@ def _container(job: ResolvedJob, extra_env: dict[str, str] | None = None) -> dic
         requests["memory"] = limits["memory"] = _quantity_memory(res.memory)
     if res.gpus and res.gpus.count:
         limits["nvidia.com/gpu"] = int(res.gpus.count)
+    else:  # a CUDA image on a GPU node sees every GPU through the NVIDIA runtime unless told none
+        extra_env = {**(extra_env or {}), "NVIDIA_VISIBLE_DEVICES": "void"}
     container: dict[str, Any] = {"name": CONTAINER, "image": w.image, "command": _command(job),
                                  "env": _env(job, extra_env)}  # fmt: skip
     if "pull" in w.container.model_fields_set:  # the spec's pull policy, as on every other target

@@ -141,3 +141,26 @@ def test_complete_lines_wait_for_a_newline_and_split_a_huge_line():
     assert complete_lines(b"partial", 3).cursor == 3
     huge = complete_lines(b"x" * 100, 0, limit=40)
     assert huge.lines == ["x" * 40] and huge.cursor == 40
+
+
+def test_a_job_that_asks_for_no_gpus_sees_none(tmp_path):
+    backend = LocalBackend()
+    handle = backend.submit(
+        make_job(tmp_path, 'echo "[${CUDA_VISIBLE_DEVICES-unset}][${NVIDIA_VISIBLE_DEVICES-unset}]"')
+    )
+    assert wait(backend, handle) == JobState.SUCCEEDED
+    assert backend.read_logs(handle, 0).lines[0] == "[][void]"
+
+
+def test_a_kubernetes_pod_without_gpus_is_told_none_and_one_with_gpus_is_left_to_the_device_plugin():
+    from flexorch_provider.backends.kubernetes.manifests import job_manifests
+    from flexorch_provider.resolve import load_workload
+
+    def env_of(resources):
+        w = load_workload({"name": "k", "kind": "batch", "target": "kubernetes", "image": "cuda:12", "run": "x",
+                           "resources": resources})  # fmt: skip
+        job = next(d for d in job_manifests(ResolvedJob.for_run(w, "d/t/r/-1")) if d["kind"] == "Job")
+        return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env_of({})["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env_of({"gpus": 1})

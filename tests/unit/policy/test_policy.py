@@ -142,3 +142,43 @@ def test_periods_start_at_utc_midnight_and_monday():
     monday_noon = 1796644800.0  # 2026-12-07 (a Monday) 12:00 UTC
     assert period_start("day", monday_noon) == monday_noon - 12 * 3600
     assert period_start("week", monday_noon + 2 * 86400) == monday_noon - 12 * 3600
+
+
+def test_every_way_of_asking_for_gpus_counts_against_the_limit_and_the_budget(tmp_path):
+    """GPUs asked through slurm.options, ssh placement all on many hosts, a service's replicas and a
+    job's retries are what the job may hold or use, and the limits see them (issue 28's review)."""
+    from flexorch_provider.policy import gpus_of
+
+    team = _policy(tmp_path).teams["nlp"]
+    sneaky = _job(resources={}, slurm={"partition": "gpu", "options": {"gpus-per-node": "a100:8"}})
+    assert gpus_of(sneaky) == 8
+    per_task = _job(resources={"nodes": 2}, slurm={"partition": "gpu", "options": {"gpus-per-task": 2,
+                                                                                  "ntasks-per-node": 4}})  # fmt: skip
+    assert (
+        gpus_of(per_task) == 16
+        and "at most 8 GPUs per job; this job asks 16" in static_refusals("nlp", team, per_task)[0]
+    )
+    fleet = load_workload({"name": "f", "kind": "batch", "run": "x", "target": "ssh", "resources": {"gpus": 1},
+                           "ssh": {"placement": "all", "hosts": [f"gpu-{i}" for i in range(20)]}})  # fmt: skip
+    assert gpus_of(fleet) == 20
+    svc = load_workload({"name": "s", "kind": "service", "target": "ssh", "run": "serve", "port": 8000,
+                         "replicas": 50, "resources": {"gpus": 1}, "ssh": {"hosts": ["gpu-1"]}})  # fmt: skip
+    assert gpus_of(svc) == 50
+    retried = _job(resources={"gpus": 4}, timeout="2h", retries={"count": 2})
+    refusal = budget_refusal("nlp", team, [retried], used=40.0)  # 40 + 4 GPUs × 2 h × 3 tries = 64: just fits
+    assert refusal is None
+    refusal = budget_refusal("nlp", team, [_job(resources={"gpus": 4}, timeout="2h", retries={"count": 3})], used=40.0)
+    assert refusal is not None and "4 GPUs × 2h × 4 tries = 32.00 GPU-hours" in refusal
+
+
+def test_an_sbatch_option_value_is_one_word_and_gpu_variables_are_flexorchs(tmp_path):
+    with pytest.raises(SpecError, match="sbatch option 'nice' must be one word"):
+        _job(slurm={"partition": "gpu", "options": {"nice": "0 --partition=x --account=y --gres=gpu:8"}})
+    with pytest.raises(SpecError, match="must be one word"):
+        _job(slurm={"partition": "gpu", "options": {"begin": "--partition=x"}})
+    assert _job(slurm={"partition": "gpu", "options": {"constraint": "a100&nvlink", "signal": "B:USR1@60"}})
+    for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+        with pytest.raises(SpecError, match=f"{name} is set by flexorch from resources.gpus"):
+            _job(env={name: "all"})
+        with pytest.raises(SpecError, match=f"{name} is set by flexorch"):
+            _job(secrets={name: "variable:x"})

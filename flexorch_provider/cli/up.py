@@ -14,6 +14,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,7 @@ from flexorch_provider.client.progress import new_lines
 from flexorch_provider.dag_factory.folder import SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
 from flexorch_provider.exceptions import FlexorchError
+from flexorch_provider.policy.model import FILE_NAME, POLICY_ENV
 
 FINISHED = {"success", "failed"}
 GATE_INTERVAL_S = 5  # how often a new or edited spec's DAG is checked for what it needs
@@ -145,6 +147,30 @@ def _start_demo_targets(home: Path) -> Any:
     return targets
 
 
+DEV_POLICY = """\
+# Written by `flexorch up` for this embedded stack, whose one user is admin: without a policy every
+# `flexorch submit` is refused. Edit it, or put your own flexorch_policy.yaml beside the specs.
+teams:
+  dev:
+    members: [admin]
+    targets: [local, ssh, slurm, kubernetes]
+    secrets: ["*"]
+    services: true
+default_team: dev
+"""
+
+
+def _dev_policy(home: Path, specs: Path) -> Path | None:
+    """The policy this stack's submissions use when the specs folder has none (and $FLEXORCH_POLICY
+    names none): written to ``<home>/flexorch_policy.yaml`` once, then left as the user edits it."""
+    if os.environ.get(POLICY_ENV) or (specs / FILE_NAME).exists():
+        return None
+    path = home / FILE_NAME
+    if not path.exists():
+        path.write_text(DEV_POLICY, encoding="utf-8")
+    return path
+
+
 def run_up(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     specs = Path(args.specs).resolve()
@@ -160,6 +186,9 @@ def run_up(args: argparse.Namespace) -> int:
         # every DAG starts paused; the gate unpauses those whose connections exist
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     }
+    dev_policy = _dev_policy(home, specs)
+    if dev_policy is not None:
+        env[POLICY_ENV] = str(dev_policy)
     try:
         stack = AirflowStack(home, dags, env, port=args.port, all_admins=False, db=args.db)
     except FlexorchError as e:
@@ -179,6 +208,10 @@ def run_up(args: argparse.Namespace) -> int:
             targets = _start_demo_targets(home)
             stack.env.update(targets.env)
         _say(f"==> starting Airflow in {home} (LocalExecutor, {stack.db.describe()}); specs from {specs}")
+        if dev_policy is not None:
+            _say(
+                f"==> submissions follow {dev_policy} (written for this stack: edit it, or add {FILE_NAME} to the specs)"
+            )
         stack.start()
         _say(f"==> Airflow is up at {stack.url}")
         gate = Gate(stack, specs)

@@ -31,13 +31,20 @@ from flexorch_provider.services import actions
 from flexorch_provider.submission import SUBMIT_DAG_ID, Submission, parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
 
+NO_POLICY = (
+    "no policy file at {where}: submissions are refused until the platform team writes one. "
+    "flexorch_policy.yaml beside the specs (or $FLEXORCH_POLICY), e.g. "
+    "'teams: {{ml: {{members: [alice], targets: [slurm], max_gpus: 8, max_timeout: 6h}}}}'; "
+    "`flexorch validate SPECS_DIR` checks it"
+)
 RETRIES_KEY = "flexorch_retries"  # XCom: how many times this task instance submitted its job again
 
 
 class SubmitCheckOperator(BaseOperator):
     """Validate a submission and apply the policy; returns the ``run`` task's mapped arguments.
 
-    :param policy_file: the policy (``flexorch_policy.yaml``); none there: everything is allowed.
+    :param policy_file: the policy (``flexorch_policy.yaml``); none there (or unreadable): every
+        submission is refused, saying how to write one.
     """
 
     ui_color = "#fff3cd"
@@ -77,8 +84,7 @@ class SubmitCheckOperator(BaseOperator):
     def _apply_policy(self, sub: Submission, user: str | None, run_id: str) -> dict[str, Any] | None:
         policy = load_policy(self.policy_file)
         if policy is None:
-            self.log.info("no policy file at %s: every submission is allowed", self.policy_file or "(none configured)")
-            return None
+            raise PolicyError([NO_POLICY.format(where=self.policy_file or "(none configured)")])
         found = policy.team_of(user)
         if found is None:
             raise PolicyError([f"user {user or '(unknown)'} is in no team of {policy.file} and it has no default_team"])

@@ -13,10 +13,18 @@ how much, so a submission needs no approval ticket::
         gpu_hours: {limit: 64, per: day}   # GPUs × wall time, running jobs included
         max_concurrent: 4                  # submitted runs live at once
         secrets: ["variable:hf_*", "connection:wandb"]   # references the team may use
+                                           # (kubernetes: "kubernetes:NAMESPACE/SECRET/KEY")
         services: false                    # may a submission deploy a service
+        connections: [nlp_fleet, nlp_slurm]  # Airflow connections its jobs run through
+        slurm_accounts: [nlp]              # and qos: slurm_qos
+        kubernetes_namespaces: [nlp]       # and service accounts, tolerations: true
+        mount_paths: ["/data/nlp/*"]       # host paths a container may mount
     default_team: null                     # users in no team (and specs whose owner is no team)
 
-No policy file: everything is allowed, as without this feature.
+No policy file: specs in the dags folder run as without this feature, and every submission is
+refused (a submitted spec is untrusted input; the platform team says what it may do). For
+submissions, a team without ``targets`` may not use ``local`` and one without ``secrets`` may use
+no secret: both only when a rule names them.
 """
 
 from __future__ import annotations
@@ -75,6 +83,38 @@ class Team(FlexModel):
         Field(description="Secret references the team may use (globs like 'variable:hf_*', 'connection:wandb')."),
     ] = None
     services: Annotated[bool, Field(strict=True, description="May a submission deploy a service.")] = False
+    # who a job runs as, and where: for submissions, an unset rule allows none of what it covers
+    connections: Annotated[
+        list[Glob] | None,
+        Field(
+            description="Airflow connections a job may run through (ssh.connection, slurm.connection, "
+            "kubernetes.connection; globs). Unset: a submission may use none (Slurm: the local sbatch only)."
+        ),
+    ] = None
+    slurm_accounts: Annotated[
+        list[Glob] | None, Field(description="Slurm accounts (globs). Unset: a submission may not set slurm.account.")
+    ] = None
+    slurm_qos: Annotated[
+        list[Glob] | None, Field(description="Slurm QoS (globs). Unset: a submission may not set slurm.qos.")
+    ] = None
+    kubernetes_namespaces: Annotated[
+        list[Glob] | None,
+        Field(description="Kubernetes namespaces (globs). Unset: a submission may not use the kubernetes target."),
+    ] = None
+    kubernetes_service_accounts: Annotated[
+        list[Glob] | None,
+        Field(description="Kubernetes service accounts (globs). Unset: a submission may not set service_account."),
+    ] = None
+    kubernetes_tolerations: Annotated[
+        bool, Field(strict=True, description="May a submission set kubernetes.tolerations (tainted nodes).")
+    ] = False
+    mount_paths: Annotated[
+        list[Glob] | None,
+        Field(
+            description="Host paths a container may mount (globs over container.mounts[].host). "
+            "Unset: a submission may mount none."
+        ),
+    ] = None
 
 
 class Policy(FlexModel):
@@ -119,8 +159,9 @@ def policy_file(specs_dir: str | Path | None) -> Path | None:
 
 
 def load_policy(path: str | Path | None) -> Policy | None:
-    """The policy at ``path``; None when there is no such file (everything allowed). A file that is
-    not valid is a SpecError with file, line and field: an invalid policy never means "allow all"."""
+    """The policy at ``path``; None when there is no such file (dags-folder specs are then checked
+    against nothing, and every submission is refused). A file that is not valid is a SpecError
+    with file, line and field: an invalid policy never means "allow all"."""
     from flexorch_provider.spec.loader import parse_yaml, validation_problems
 
     if path is None:

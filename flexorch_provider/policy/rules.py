@@ -7,6 +7,7 @@ ledger of what ran (:mod:`.ledger`) and apply to submissions."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 
 from flexorch_provider.exceptions import SpecProblem
@@ -62,6 +63,60 @@ def _any(value: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, g) for g in globs)
 
 
+def _host_matches(host: str, globs: Sequence[str]) -> bool:
+    """A host against host globs where ``*`` and ``?`` stay inside one name label: ``gpu-*`` is
+    ``gpu-1``, not ``gpu-1.attacker.example``, ``gpu-2:2222`` or ``root@gpu-3``."""
+    for glob in globs:
+        pattern = "".join("[^.:@/]*" if c == "*" else "[^.:@/]" if c == "?" else re.escape(c) for c in glob)
+        if re.fullmatch(pattern, host):
+            return True
+    return False
+
+
+def _secret_name(job: Job, ref: object) -> str:
+    """What a secrets rule matches: the reference, with the namespace for a Kubernetes secret
+    (``kubernetes:NAMESPACE/SECRET/KEY``), so a rule for one namespace allows no other."""
+    text = str(ref)
+    if text.startswith("kubernetes:"):
+        return f"kubernetes:{job.kubernetes.namespace}/{text.removeprefix('kubernetes:')}"
+    return text
+
+
+def place_refusals(where: str, team: Team, job: Job, submitted: bool) -> list[str]:
+    """Who a job runs as and where: the connections, Slurm account and QoS, Kubernetes namespace,
+    service account and tolerations, and the host paths its container mounts. For a submission an
+    unset rule allows none of it; for a dags-folder spec an unset rule allows everything."""
+    out: list[str] = []
+
+    def check(what: str, value: str | None, globs: list[str] | None, rule: str, needed: bool = True) -> None:
+        if value is None:
+            return
+        if globs is None:
+            if submitted and needed:
+                out.append(f"{where}: {what} {value}: the team has no {rule} rule, so a submission may not use it")
+        elif not _any(value, globs):
+            out.append(f"{where}: {what} {value} is not allowed (allowed: {', '.join(globs) or 'none'})")
+
+    if "ssh" in job.target:
+        check("ssh.connection", job.ssh.connection, team.connections, "connections")
+    if "slurm" in job.target:
+        check("slurm.connection", job.slurm.connection, team.connections, "connections")
+        check("slurm.account", job.slurm.account, team.slurm_accounts, "slurm_accounts")
+        check("slurm.qos", job.slurm.qos, team.slurm_qos, "slurm_qos")
+    if "kubernetes" in job.target:
+        k = job.kubernetes
+        check("kubernetes.connection", k.connection, team.connections, "connections")
+        check("kubernetes.namespace", k.namespace, team.kubernetes_namespaces, "kubernetes_namespaces")
+        check("kubernetes.service_account", k.service_account, team.kubernetes_service_accounts,
+              "kubernetes_service_accounts")  # fmt: skip
+        if k.tolerations and submitted and not team.kubernetes_tolerations:
+            out.append(f"{where}: kubernetes.tolerations: the team may not tolerate taints (kubernetes_tolerations)")
+    if job.image:
+        for mount in job.container.mounts:
+            check("container.mounts host path", mount.host, team.mount_paths, "mount_paths")
+    return out
+
+
 def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) -> list[str]:
     """Every rule of ``team`` the job breaks (``name``: the team's name, for the messages)."""
     out: list[str] = []
@@ -72,6 +127,11 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
             out.append(
                 f"{where}: target {', '.join(targets)} is not allowed (allowed: {', '.join(team.targets) or 'none'})"
             )
+    elif submitted and "local" in job.target:
+        out.append(
+            f"{where}: target local runs a submitted job on the Airflow worker itself, as its account; it is allowed "
+            "only when the team's targets name it (targets: [local, ...])"
+        )
     if team.slurm_partitions is not None and "slurm" in job.target:
         part = job.slurm.partition
         if part is None or not _any(part, team.slurm_partitions):
@@ -81,7 +141,7 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
             )
     if team.ssh_hosts is not None and "ssh" in job.target:
         hosts = job.ssh.hosts
-        bad = [h for h in hosts if not _any(h, team.ssh_hosts)]
+        bad = [h for h in hosts if not _host_matches(h, team.ssh_hosts)]
         if not hosts:
             out.append(f"{where}: ssh.hosts must list the hosts (allowed: {', '.join(team.ssh_hosts)})")
         elif bad:
@@ -103,9 +163,18 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
             out.append(f"{where}: timeout {_h(job.timeout)} is longer than the team's {_h(team.max_timeout)}")
     if team.gpu_hours is not None and gpus and job.timeout is None:
         out.append(f"{where}: a GPU job needs a timeout (the team has a GPU-hour budget); add timeout:")
+    if team.secrets is None and submitted:
+        asked = [f"secrets.{key}: {ref}" for key, ref in job.secrets.items()]
+        if job.image and job.container.registry_connection:
+            asked.append(f"container.registry_connection {job.container.registry_connection}")
+        if asked:
+            out.append(
+                f"{where}: {'; '.join(asked)}: the team has no secrets rule, so a submission may use none; "
+                "the platform team lists what it may use (secrets: ['variable:hf_*', 'connection:wandb'])"
+            )
     if team.secrets is not None:
         for key, ref in job.secrets.items():
-            if not _any(str(ref), team.secrets):
+            if not _any(_secret_name(job, ref), team.secrets):
                 out.append(
                     f"{where}: secrets.{key}: {ref} is not a reference the team may use "
                     f"(allowed: {', '.join(team.secrets) or 'none'})"
@@ -118,7 +187,7 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
             )
     if job.is_service and not team.services and submitted:
         out.append(f"{where}: may not deploy services by submission (services: false in the policy)")
-    return out
+    return out + place_refusals(where, team, job, submitted)
 
 
 def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> str | None:

@@ -34,6 +34,7 @@ teams:
   guests:
     members: [eve]
     ssh_hosts: ["gpu-*"]
+    connections: [ssh_default]
 default_team: guests
 """
 
@@ -182,3 +183,100 @@ def test_an_sbatch_option_value_is_one_word_and_gpu_variables_are_flexorchs(tmp_
             _job(env={name: "all"})
         with pytest.raises(SpecError, match=f"{name} is set by flexorch"):
             _job(secrets={name: "variable:x"})
+
+
+def test_submissions_are_denied_by_default(tmp_path, monkeypatch):
+    """No policy file refuses every submission with how to write one; a team without targets may not
+    submit to local, one without secrets may use none (dags-folder specs keep today's behaviour)."""
+    from flexorch_provider.exceptions import PolicyError
+    from flexorch_provider.operators.submit import SubmitCheckOperator
+    from flexorch_provider.submission import parse_submission
+
+    sub = parse_submission({"spec": "name: j\nkind: batch\nrun: echo hi\n"})
+    check = SubmitCheckOperator(task_id="check", policy_file=str(tmp_path / "flexorch_policy.yaml"))
+    with pytest.raises(PolicyError, match=r"no policy file at .*flexorch_policy\.yaml: submissions are refused"):
+        check._apply_policy(sub, "alice", "run-1")
+
+    team = _policy(tmp_path).teams["guests"]  # no targets rule, no secrets rule
+    local = load_workload({"name": "l", "kind": "batch", "run": "x", "target": "local", "secrets": {"T": "variable:t"}})
+    refusals = static_refusals("guests", team, local)
+    assert any("target local runs a submitted job on the Airflow worker itself" in r for r in refusals)
+    assert any(
+        "secrets.T: variable:t: the team has no secrets rule, so a submission may use none" in r for r in refusals
+    )
+    assert static_refusals("guests", team, local, submitted=False) == []  # the platform's own specs
+
+
+def test_flexorch_up_writes_a_policy_for_its_one_user_only_where_there_is_none(tmp_path, monkeypatch):
+    from flexorch_provider.cli.up import _dev_policy
+
+    monkeypatch.delenv("FLEXORCH_POLICY", raising=False)
+    home, specs = tmp_path / "home", tmp_path / "specs"
+    home.mkdir()
+    specs.mkdir()
+    path = _dev_policy(home, specs)
+    assert path == home / "flexorch_policy.yaml" and load_policy(path).team_of("admin")[0] == "dev"
+    path.write_text(path.read_text() + "# edited\n")
+    assert _dev_policy(home, specs).read_text().endswith("# edited\n")  # written once, then the user's
+    (specs / "flexorch_policy.yaml").write_text("teams: {}\n")
+    assert _dev_policy(home, specs) is None  # the folder's own policy wins
+    monkeypatch.setenv("FLEXORCH_POLICY", "/etc/flexorch/policy.yaml")
+    assert _dev_policy(tmp_path / "other", tmp_path) is None
+
+
+def test_the_policy_says_who_a_job_runs_as_and_where(tmp_path):
+    """Another team's connection, account, QoS, namespace, service account, tolerations, a host
+    mount, a look-alike host and a secret in another namespace: each refused by its rule."""
+    text = (
+        POLICY.replace("default_team: guests\n", "")
+        + """\
+  ml:
+    members: [mallory]
+    targets: [ssh, slurm, kubernetes]
+    ssh_hosts: ["gpu-*"]
+    connections: [ml_*]
+    slurm_accounts: [ml]
+    kubernetes_namespaces: [ml]
+    mount_paths: ["/data/ml/*"]
+    secrets: ["kubernetes:ml/*"]
+"""
+    )
+    team = _policy(tmp_path, text).teams["ml"]
+
+    def refusals(**fields):
+        base = {"name": "x", "kind": "batch", "run": "r", "target": "ssh", "ssh": {"connection": "ml_fleet",
+                "hosts": ["gpu-1"]}}  # fmt: skip
+        return static_refusals("ml", team, load_workload({**base, **fields}))
+
+    assert refusals() == []
+    assert refusals(ssh={"connection": "nlp_fleet", "hosts": ["gpu-1"]}) == [
+        "team ml: ssh.connection nlp_fleet is not allowed (allowed: ml_*)"
+    ]
+    for host in ("gpu-1.attacker.example", "gpu-2:2222", "root@gpu-3"):
+        assert f"ssh host {host} is not allowed" in refusals(ssh={"connection": "ml_fleet", "hosts": [host]})[0]
+    slurm = {"target": "slurm", "slurm": {"connection": "ml_login", "account": "nlp", "qos": "high"}}
+    assert refusals(**slurm) == [
+        "team ml: slurm.account nlp is not allowed (allowed: ml)",
+        "team ml: slurm.qos high: the team has no slurm_qos rule, so a submission may not use it",
+    ]
+    k8s = {"target": "kubernetes", "image": "i:1", "kubernetes": {"connection": "ml_k8s", "namespace": "prod",
+           "service_account": "admin", "tolerations": [{"operator": "Exists"}]},
+           "secrets": {"DB": "kubernetes:db/password"}}  # fmt: skip
+    assert refusals(**k8s) == [
+        "team ml: secrets.DB: kubernetes:db/password is not a reference the team may use (allowed: kubernetes:ml/*)",
+        "team ml: kubernetes.namespace prod is not allowed (allowed: ml)",
+        "team ml: kubernetes.service_account admin: the team has no kubernetes_service_accounts rule, so a "
+        "submission may not use it",
+        "team ml: kubernetes.tolerations: the team may not tolerate taints (kubernetes_tolerations)",
+    ]
+    k8s["kubernetes"] = {"connection": "ml_k8s", "namespace": "ml"}
+    assert refusals(**k8s) == []  # the same secret name, in the team's namespace
+    mounts = {"image": "i:1", "container": {"mounts": [{"host": "/var/run/docker.sock", "path": "/s"}]}}
+    assert refusals(**mounts) == [
+        "team ml: container.mounts host path /var/run/docker.sock is not allowed (allowed: /data/ml/*)"
+    ]
+    # a dags-folder spec (the platform's own) is held only to the rules that are set
+    nlp = _policy(tmp_path, text).teams["nlp"]
+    folder = load_workload({"name": "x", "kind": "batch", "run": "r", "target": "slurm", "image": "ghcr.io/acme/t:1",
+                            "timeout": "1h", "slurm": {"partition": "gpu", "account": "any"}})  # fmt: skip
+    assert static_refusals("nlp", nlp, folder, submitted=False) == []

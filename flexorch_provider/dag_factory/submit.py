@@ -50,6 +50,9 @@ def build_submit_dag(policy_file: Path | None) -> Any:
     ) as dag:
         check = SubmitCheckOperator(task_id="check", policy_file=str(policy_file) if policy_file else None)
         SubmittedStepOperator.partial(
-            task_id="run", map_index_template="{{ task.step_label }}", retries=0
+            task_id="run",
+            map_index_template="{{ task.step_label }}",
+            retries=0,
+            policy_file=str(policy_file) if policy_file else None,
         ).expand_kwargs(check.output)
     return dag

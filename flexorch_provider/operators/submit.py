@@ -18,26 +18,18 @@ from flexorch_provider.backends.base import JobHandle, ResolvedJob
 from flexorch_provider.exceptions import JobFailedError, PolicyError, SpecError
 from flexorch_provider.operators.base import date_macros_from_run_after
 from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
-from flexorch_provider.policy import (
-    Ledger,
-    budget_refusal,
-    concurrency_refusal,
-    gpus_of,
-    load_policy,
-    period_start,
-    static_refusals,
-)
+from flexorch_provider.policy import Ledger, gpus_of
+from flexorch_provider.policy.admission import admit, plan
 from flexorch_provider.services import actions
-from flexorch_provider.submission import SUBMIT_DAG_ID, Submission, parse_submission
+from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
 
-NO_POLICY = (
-    "no policy file at {where}: submissions are refused until the platform team writes one. "
-    "flexorch_policy.yaml beside the specs (or $FLEXORCH_POLICY), e.g. "
-    "'teams: {{ml: {{members: [alice], targets: [slurm], max_gpus: 8, max_timeout: 6h}}}}'; "
-    "`flexorch validate SPECS_DIR` checks it"
-)
 RETRIES_KEY = "flexorch_retries"  # XCom: how many times this task instance submitted its job again
+# FlexOperator and BaseOperator arguments that neither the check's plan nor the DAG's partial()
+# sets: in the run task's arguments they can only come from an edited XCom (one the partial sets
+# cannot come twice: Airflow refuses a duplicate argument)
+NOT_FROM_XCOM = ("target", "placement", "deferrable", "poll_interval", "defer_after", "pool", "pool_slots", "queue",
+                 "executor_config", "run_as_user", "priority_weight", "execution_timeout", "retry_delay")  # fmt: skip
 
 
 class SubmitCheckOperator(BaseOperator):
@@ -67,54 +59,8 @@ class SubmitCheckOperator(BaseOperator):
             f"{s} ({j.kind} on {'/'.join(j.target)})" if s else f"{j.kind} on {'/'.join(j.target)}" for s, j in sub.jobs
         )
         self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
-        account = self._apply_policy(sub, user, dag_run.run_id)
-        index = {step: i for i, (step, _) in enumerate(sub.jobs)}
-        return [
-            {
-                "spec": sub.data,
-                "step": step,
-                "overrides": sub.overrides or None,
-                "step_label": step or sub.name,
-                "after": [index[a] for a in sub.after.get(step or "", []) if a in index],
-                "account": account,
-            }
-            for step, _ in sub.jobs
-        ]
-
-    def _apply_policy(self, sub: Submission, user: str | None, run_id: str) -> dict[str, Any] | None:
-        policy = load_policy(self.policy_file)
-        if policy is None:
-            raise PolicyError([NO_POLICY.format(where=self.policy_file or "(none configured)")])
-        found = policy.team_of(user)
-        if found is None:
-            raise PolicyError([f"user {user or '(unknown)'} is in no team of {policy.file} and it has no default_team"])
-        name, team = found
-        refusals = [r for _, job in sub.jobs for r in static_refusals(name, team, job)]
-        jobs = [job for _, job in sub.jobs]
-        ledger = Ledger()
-        with ledger.locked():  # no other check between reading the ledger and recording this one
-            now = time.time()
-            ledger.compact(now)
-            self._close_ended(ledger, name, now)
-            used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
-            for refusal in (
-                budget_refusal(name, team, jobs, used),
-                concurrency_refusal(name, team, len(ledger.live_runs(name, now))),
-            ):
-                if refusal:
-                    refusals.append(refusal)
-            if refusals:
-                for r in refusals:
-                    self.log.error("refused: %s", r)
-                raise PolicyError(refusals)
-            ledger.append({"t": "check", "run": run_id, "team": name, "user": user})
-        budget = (
-            f"; {used:.1f} of {team.gpu_hours.limit:g} GPU-hours used this {team.gpu_hours.per}"
-            if team.gpu_hours
-            else ""
-        )
-        self.log.info("policy %s: team %s allows it%s", policy.file, name, budget)
-        return {"team": name, "user": user, "run": run_id}
+        account = admit(sub, user, dag_run.run_id, self.policy_file, self._close_ended, self.log)
+        return plan(sub, account)
 
     def _close_ended(self, ledger: Ledger, team: str, now: float) -> None:
         """A job whose task ended without recording it (cancelled while deferred, its worker died) is
@@ -143,8 +89,13 @@ class SubmittedStepOperator(FlexOperator):
     (a service step is deployed, as FlexServiceOperator would).
 
     :param after: map indexes of this task (steps of the same run) that must succeed first.
-    :param account: ``{team, user, run}`` when a policy applies: the job's GPU time goes to the ledger.
+    :param account: ``{team, user, run}``: the team the job's GPU time goes to in the ledger.
     :param step_label: the step's (or spec's) name, shown as the map index in the UI.
+    :param policy_file: the policy the check applied (set by the DAG, not by the check's XCom).
+
+    Everything but ``policy_file`` comes from ``check``'s XCom; before it runs anything the task
+    rebuilds those arguments from the run's conf and its triggering user and refuses any that
+    differ (:func:`flexorch_provider.policy.admission.verify`).
     """
 
     accepts_services = True
@@ -155,9 +106,21 @@ class SubmittedStepOperator(FlexOperator):
         after: list[int] | None = None,
         account: dict[str, Any] | None = None,
         step_label: str = "",
+        policy_file: str | None = None,
         **kwargs: Any,
     ) -> None:
+        # what check's plan gave, as given (verified against the conf before anything runs)
+        self._given = {
+            "spec": kwargs.get("spec"),
+            "step": kwargs.get("step"),
+            "overrides": kwargs.get("overrides"),
+            "step_label": step_label,
+            "after": after,
+            "account": account,
+        }
+        self._not_for_xcom = sorted(k for k in NOT_FROM_XCOM if k in kwargs)
         super().__init__(**kwargs)
+        self.policy_file = policy_file
         self.after = [int(i) for i in after or []]
         self.account = dict(account) if account else None
         self.step_label = step_label or self.workload.name
@@ -181,8 +144,42 @@ class SubmittedStepOperator(FlexOperator):
             self.log.error("refused: %s", e)
             raise
 
+    def _verify(self, context: Any) -> None:
+        """Refuse to run anything but what the run's conf, its triggering user and the policy give."""
+        from flexorch_provider.policy.admission import verify
+
+        dag_run, ti = context["dag_run"], context["ti"]
+        try:
+            if self._not_for_xcom:
+                raise PolicyError(
+                    [
+                        f"the run task was given {', '.join(self._not_for_xcom)}, which no check sets "
+                        "(an edited XCom?): refused"
+                    ]
+                )
+            try:
+                sub = parse_submission(dict(dag_run.conf or {}))
+            except SpecError as e:
+                raise PolicyError([f"the run's conf no longer validates: {e}"]) from None
+            self.account = verify(
+                self._given,
+                sub,
+                int(ti.map_index),
+                getattr(dag_run, "triggering_user_name", None),
+                dag_run.run_id,
+                self.policy_file,
+                again=self._try > 1,
+            )
+        except PolicyError as e:
+            for problem in e.refusals:
+                self.log.error("refused: %s", problem)
+            raise
+        self._verified = True
+
     def execute(self, context: Any) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        if not getattr(self, "_verified", False):
+            self._verify(context)
         if self.after:
             ti = context["ti"]
             states = ended_states(ti.dag_id, ti.run_id, ti.task_id, self.after)

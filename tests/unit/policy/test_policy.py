@@ -188,14 +188,16 @@ def test_an_sbatch_option_value_is_one_word_and_gpu_variables_are_flexorchs(tmp_
 def test_submissions_are_denied_by_default(tmp_path, monkeypatch):
     """No policy file refuses every submission with how to write one; a team without targets may not
     submit to local, one without secrets may use none (dags-folder specs keep today's behaviour)."""
+    import logging
+
     from flexorch_provider.exceptions import PolicyError
-    from flexorch_provider.operators.submit import SubmitCheckOperator
+    from flexorch_provider.policy.admission import admit
     from flexorch_provider.submission import parse_submission
 
     sub = parse_submission({"spec": "name: j\nkind: batch\nrun: echo hi\n"})
-    check = SubmitCheckOperator(task_id="check", policy_file=str(tmp_path / "flexorch_policy.yaml"))
+    missing = str(tmp_path / "flexorch_policy.yaml")
     with pytest.raises(PolicyError, match=r"no policy file at .*flexorch_policy\.yaml: submissions are refused"):
-        check._apply_policy(sub, "alice", "run-1")
+        admit(sub, "alice", "run-1", missing, lambda *a: None, logging.getLogger("t"))
 
     team = _policy(tmp_path).teams["guests"]  # no targets rule, no secrets rule
     local = load_workload({"name": "l", "kind": "batch", "run": "x", "target": "local", "secrets": {"T": "variable:t"}})

@@ -1,0 +1,137 @@
+"""Admitting a submission, and checking again what the ``run`` task is about to run.
+
+``check`` (:func:`admit`) turns the run's conf and the user Airflow authenticated into the plan of
+the ``run`` task: one argument set per job, with the team the GPU time is charged to. The ``run``
+task gets that plan through XCom, which a ``user``-role account can edit over the REST API, and
+a cleared ``run`` runs without ``check``. So each job verifies itself (:func:`verify`): it rebuilds
+the plan from the conf and the triggering user, refuses arguments that differ, applies the team's
+static rules again, and, on a try after the first (a cleared task), the budget and the
+concurrency limit too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flexorch_provider.exceptions import PolicyError
+from flexorch_provider.policy.ledger import Ledger, period_start
+from flexorch_provider.policy.model import Policy, Team, load_policy
+from flexorch_provider.policy.rules import budget_refusal, concurrency_refusal, static_refusals
+from flexorch_provider.submission import Submission
+
+NO_POLICY = (
+    "no policy file at {where}: submissions are refused until the platform team writes one. "
+    "flexorch_policy.yaml beside the specs (or $FLEXORCH_POLICY), e.g. "
+    "'teams: {{ml: {{members: [alice], targets: [slurm], max_gpus: 8, max_timeout: 6h}}}}'; "
+    "`flexorch validate SPECS_DIR` checks it"
+)
+PLAN_KEYS = ("spec", "step", "overrides", "step_label", "after", "account")
+
+
+def team_of(policy_file: str | None, user: str | None) -> tuple[Policy, str, Team]:
+    """The policy and the user's team; PolicyError when there is no policy or no team for the user."""
+    policy = load_policy(policy_file)
+    if policy is None:
+        raise PolicyError([NO_POLICY.format(where=policy_file or "(none configured)")])
+    found = policy.team_of(user)
+    if found is None:
+        raise PolicyError([f"user {user or '(unknown)'} is in no team of {policy.file} and it has no default_team"])
+    return policy, found[0], found[1]
+
+
+def plan(sub: Submission, account: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``run`` task's arguments, one set per job in the order they run."""
+    index = {step: i for i, (step, _) in enumerate(sub.jobs)}
+    return [
+        {
+            "spec": sub.data,
+            "step": step,
+            "overrides": sub.overrides or None,
+            "step_label": step or sub.name,
+            "after": [index[a] for a in sub.after.get(step or "", []) if a in index],
+            "account": account,
+        }
+        for step, _ in sub.jobs
+    ]
+
+
+def admit(
+    sub: Submission,
+    user: str | None,
+    run_id: str,
+    policy_file: str | None,
+    close_ended: Callable[[Ledger, str, float], None],
+    log: Any,
+) -> dict[str, Any]:
+    """Apply the team's rules, budget and concurrency limit to a submission and record the check;
+    the account (``{team, user, run}``) its jobs are charged to. PolicyError lists every refusal."""
+    policy, name, team = team_of(policy_file, user)
+    refusals = [r for _, job in sub.jobs for r in static_refusals(name, team, job)]
+    jobs = [job for _, job in sub.jobs]
+    ledger = Ledger()
+    with ledger.locked():  # no other check between reading the ledger and recording this one
+        now = time.time()
+        ledger.compact(now)
+        close_ended(ledger, name, now)
+        used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
+        for refusal in (
+            budget_refusal(name, team, jobs, used),
+            concurrency_refusal(name, team, len(ledger.live_runs(name, now))),
+        ):
+            if refusal:
+                refusals.append(refusal)
+        if refusals:
+            for r in refusals:
+                log.error("refused: %s", r)
+            raise PolicyError(refusals)
+        ledger.append({"t": "check", "run": run_id, "team": name, "user": user})
+    budget = (
+        f"; {used:.1f} of {team.gpu_hours.limit:g} GPU-hours used this {team.gpu_hours.per}" if team.gpu_hours else ""
+    )
+    log.info("policy %s: team %s allows it%s", policy.file, name, budget)
+    return {"team": name, "user": user, "run": run_id}
+
+
+def verify(
+    given: dict[str, Any],
+    sub: Submission,
+    index: int,
+    user: str | None,
+    run_id: str,
+    policy_file: str | None,
+    again: bool,
+) -> dict[str, Any]:
+    """What the ``run`` task at map ``index`` was given against what the conf and the policy give
+    now; the account to charge. ``again``: a try after the first (a cleared task), whose budget
+    and concurrency are checked again (this run's own jobs aside)."""
+    _, name, team = team_of(policy_file, user)
+    account = {"team": name, "user": user, "run": run_id}
+    expected = plan(sub, account)
+    if not 0 <= index < len(expected) or {k: given.get(k) for k in PLAN_KEYS} != expected[index]:
+        differ = (
+            sorted(k for k in PLAN_KEYS if given.get(k) != expected[index][k])
+            if 0 <= index < len(expected)
+            else ["map index"]
+        )
+        raise PolicyError(
+            [
+                f"the run task's {', '.join(differ)} differ from what the run's conf and the policy give "
+                f"(an edited XCom?): refused; submit the spec again"
+            ]
+        )
+    job = sub.jobs[index][1]
+    refusals = static_refusals(name, team, job)
+    if again:
+        ledger = Ledger()
+        with ledger.locked():
+            now = time.time()
+            used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
+            live = ledger.live_runs(name, now) - {run_id}
+            for refusal in (budget_refusal(name, team, [job], used), concurrency_refusal(name, team, len(live))):
+                if refusal:
+                    refusals.append(refusal + " (a cleared run task is checked again)")
+    if refusals:
+        raise PolicyError(refusals)
+    return account

@@ -1,0 +1,101 @@
+"""The run task does not trust check's XCom: it rebuilds its arguments from the run's conf, the
+triggering user and the policy, and a cleared run task meets the budget and concurrency again."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from flexorch_provider.exceptions import PolicyError
+from flexorch_provider.policy import Ledger
+from flexorch_provider.policy.admission import admit, plan, verify
+from flexorch_provider.submission import parse_submission
+
+POLICY = """\
+teams:
+  nlp:
+    members: [alice]
+    targets: [local, slurm]
+    max_gpus: 2
+    max_timeout: 1h
+    gpu_hours: {limit: 1, per: day}
+    max_concurrent: 1
+  ops:
+    members: [bob]
+    targets: [local]
+"""
+SPEC = "name: j\nkind: training\ntarget: slurm\nrun: echo hi\nresources: {gpus: 1}\ntimeout: 20m\n"
+LOG = logging.getLogger("test")
+
+
+@pytest.fixture
+def policy(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path / "state"))
+    path = tmp_path / "flexorch_policy.yaml"
+    path.write_text(POLICY)
+    return str(path)
+
+
+def _admitted(policy: str, run: str = "r1", spec: str = SPEC):
+    sub = parse_submission({"spec": spec})
+    account = admit(sub, "alice", run, policy, lambda *a: None, LOG)
+    return sub, plan(sub, account)[0]
+
+
+def test_the_plan_the_check_gave_verifies_and_names_the_account(policy):
+    sub, given = _admitted(policy)
+    assert verify(given, sub, 0, "alice", "r1", policy, again=False) == {"team": "nlp", "user": "alice", "run": "r1"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "differ"),
+    [
+        (lambda g: {**g, "spec": {**g["spec"], "resources": {"gpus": 8}}}, "spec"),
+        (lambda g: {**g, "overrides": {"target": "local"}}, "overrides"),
+        (lambda g: {**g, "account": {**g["account"], "team": "ops"}}, "account"),
+        (lambda g: {**g, "account": None}, "account"),
+        (lambda g: {**g, "after": [0]}, "after"),
+    ],
+)
+def test_an_edited_xcom_is_refused_naming_what_differs(policy, edit, differ):
+    sub, given = _admitted(policy)
+    with pytest.raises(PolicyError, match=f"the run task's {differ} differ from what the run's conf"):
+        verify(edit(given), sub, 0, "alice", "r1", policy, again=False)
+    with pytest.raises(PolicyError, match="map index"):
+        verify(given, sub, 3, "alice", "r1", policy, again=False)
+
+
+def test_another_user_or_a_removed_policy_is_refused(policy, tmp_path):
+    sub, given = _admitted(policy)
+    with pytest.raises(PolicyError, match="account differ"):  # bob is in another team
+        verify(given, sub, 0, "bob", "r1", policy, again=False)
+    with pytest.raises(PolicyError, match="no policy file"):
+        verify(given, sub, 0, "alice", "r1", str(tmp_path / "gone.yaml"), again=False)
+
+
+def test_a_cleared_run_task_meets_the_budget_and_the_concurrency_limit_again(policy):
+    sub, given = _admitted(policy)
+    assert verify(given, sub, 0, "alice", "r1", policy, again=True)  # nothing used yet
+    ledger = Ledger()
+    ledger.append({"t": "start", "run": "r0", "job": "other", "try": "1.0", "team": "nlp", "gpus": 2, "cap": 3600})
+    with pytest.raises(PolicyError) as refused:
+        verify(given, sub, 0, "alice", "r1", policy, again=True)
+    text = str(refused.value)
+    assert "1 of 1 concurrent runs are live" in text and "(a cleared run task is checked again)" in text
+    assert verify(given, sub, 0, "alice", "r1", policy, again=False)  # the first try: the check counted it
+
+
+def test_the_run_task_refuses_arguments_no_check_sets(policy):
+    from flexorch_provider.operators.submit import SubmittedStepOperator
+
+    _, given = _admitted(policy)
+    op = SubmittedStepOperator(task_id="run", policy_file=policy, target="local", **given)
+    run = SimpleNamespace(conf={"spec": SPEC}, triggering_user_name="alice", run_id="r1")
+    context = {"dag_run": run, "ti": SimpleNamespace(map_index=0, try_number=1)}
+    with pytest.raises(PolicyError, match="the run task was given target, which no check sets"):
+        op._verify(context)
+    ok = SubmittedStepOperator(task_id="run", policy_file=policy, **given)
+    ok._verify(context)
+    assert ok.account == {"team": "nlp", "user": "alice", "run": "r1"}

@@ -23,9 +23,11 @@ def container_lines(doc: dict[str, Any], secret_names: list[str], run_dir: str, 
     gpus = doc.get("gpus") or {}
     indices = gpus.get("indices") or list(range(int(gpus.get("count") or 0)))
     job = dict(doc, container=dict(spec, runtime_path=runtime), gpu_indices=indices)
-    env = dict.fromkeys([*(doc.get("env") or {}), *secret_names, *RUNNER_ENV])
-    if indices:
-        env.update(CUDA_VISIBLE_DEVICES=None, CUDA_DEVICE_ORDER=None)
+    # the runner's GPU variables follow the job's env (a job without GPUs is told it has none)
+    gpu_env = (
+        ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER") if indices else ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+    )
+    env = dict.fromkeys([*(doc.get("env") or {}), *gpu_env, *secret_names, *RUNNER_ENV])
     names = [k for k in containers.container_env(job, env) if k not in BASE_ENV_KEYS]
     login = bool(spec.get("registry_connection"))
     name = containers.container_name(job)

@@ -65,6 +65,21 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from flexorch_provider.policy import FILE_NAME, load_policy
+    from flexorch_provider.policy.audit import audit, report
+
+    path = Path(args.path)
+    path = path / FILE_NAME if path.is_dir() else path
+    policy = load_policy(path)
+    if policy is None:
+        print(f"no policy at {path}: every submission is refused (write {FILE_NAME} to allow some)")
+        return 0
+    for line in report(policy):
+        print(line)
+    return 1 if args.strict and audit(policy) else 0
+
+
 def _jobs(spec: Any) -> list[tuple[str | None, Any]]:
     """The runnable workloads of a spec: itself, or a pipeline's steps (with its defaults)."""
     from flexorch_provider.spec.models import PipelineSpec
@@ -187,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the DAG files go (e.g. your dags folder)")
     p.add_argument("-q", "--quiet", action="store_true", help="do not list unchanged files")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("policy", help="the team policy: `flexorch policy audit` lists the rules left open")
+    p.add_argument("action", choices=("audit",))
+    p.add_argument(
+        "path", nargs="?", default=".", metavar="PATH", help="flexorch_policy.yaml, or the specs folder it is in"
+    )
+    p.add_argument("--strict", action="store_true", help="exit 1 when any rule is open")
+    p.set_defaults(func=_policy)
 
     from flexorch_provider.cli import gpus, selfservice, up
 

@@ -51,10 +51,16 @@ def resolve_login(url: str | None = None, user: str | None = None, password: str
     url = url or env.get("FLEXORCH_API_URL") or saved.get("url")
     if not url:
         raise ClientError("no Airflow API URL: pass --url, set FLEXORCH_API_URL, or run `flexorch login --url URL`")
-    user = user or env.get("FLEXORCH_USER") or saved.get("user")
-    password = password if password is not None else env.get("FLEXORCH_PASSWORD", saved.get("password"))
-    token = env.get("FLEXORCH_TOKEN") or (saved.get("token") if saved.get("url") == url else None)
+    # what the login file holds belongs to the server it was saved for: another --url gets none of it
+    mine = saved if _same_server(saved.get("url"), url) else {}
+    user = user or env.get("FLEXORCH_USER") or mine.get("user")
+    password = password if password is not None else env.get("FLEXORCH_PASSWORD", mine.get("password"))
+    token = env.get("FLEXORCH_TOKEN") or mine.get("token")
     return Login(url=url, user=user, password=password, token=token)
+
+
+def _same_server(saved: Any, url: str) -> bool:
+    return isinstance(saved, str) and saved.rstrip("/") == url.rstrip("/")
 
 
 def save_token(login: Login, remember_password: bool) -> Path:

@@ -25,11 +25,10 @@ from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
 
 RETRIES_KEY = "flexorch_retries"  # XCom: how many times this task instance submitted its job again
-# FlexOperator and BaseOperator arguments that neither the check's plan nor the DAG's partial()
-# sets: in the run task's arguments they can only come from an edited XCom (one the partial sets
-# cannot come twice: Airflow refuses a duplicate argument)
-NOT_FROM_XCOM = ("target", "placement", "deferrable", "poll_interval", "defer_after", "pool", "pool_slots", "queue",
-                 "executor_config", "run_as_user", "priority_weight", "execution_timeout", "retry_delay")  # fmt: skip
+# FlexOperator's own arguments, which the check's plan never sets: in the run task's arguments
+# they can only come from an edited XCom. (BaseOperator's arguments cannot come from it at all:
+# partial() holds them, and expand_kwargs refuses a key partial() already has.)
+NOT_FROM_XCOM = ("target", "placement", "deferrable", "poll_interval", "defer_after")
 
 
 class SubmitCheckOperator(BaseOperator):

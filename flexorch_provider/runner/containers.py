@@ -19,6 +19,35 @@ CREATE_TIMEOUT_S = 600  # a pull of a large image
 REGISTRY_DIR = "registry"  # in a run dir: config.json with the registry login, only until the container exists
 
 
+# names that steer the container runtime or the dynamic loader of the process that runs it: a job's
+# env must not reach the runtime with them (``LD_PRELOAD`` would run the job's code on the host,
+# outside its image). Inside the container the job still gets them, exported by container.sh.
+STEERING_PREFIXES = ("LD_", "DYLD_", "CONTAINERS_", "CONTAINER_", "DOCKER_", "PODMAN_", "BUILDAH_", "XDG_")
+STEERING_NAMES = (
+    "REGISTRY_AUTH_FILE",
+    "GODEBUG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+def steers_runtime(name):
+    return name in STEERING_NAMES or name.startswith(STEERING_PREFIXES)
+
+
+def sh_quote(value):
+    """One POSIX shell word that is ``value`` exactly (newlines and all)."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
 class NoRuntime(Exception):
     """No container runtime here (or not the one the spec names)."""
 
@@ -40,10 +69,13 @@ def container_name(job):
     return "flexorch-" + job.get("job_id", "job").replace("/", "-")
 
 
-def wrapper(job, run_dir):
-    """The script the container runs: setup (a failure skips run), then run, with bash where the
-    image has it. Written into the (mounted) run directory."""
-    lines = ["#!/bin/sh", 'sh_="sh"; command -v bash >/dev/null 2>&1 && sh_="bash"']
+def wrapper(job, run_dir, steering=None):
+    """The script the container runs: the job's variables that must not reach the runtime process
+    (``steering``, name → value: they are exported here, inside the image), then setup (a failure
+    skips run), then run, with bash where the image has it. Written into the (mounted) run directory."""
+    lines = ["#!/bin/sh"]
+    lines += ["export %s=%s" % (name, sh_quote(value)) for name, value in sorted((steering or {}).items())]
+    lines.append('sh_="sh"; command -v bash >/dev/null 2>&1 && sh_="bash"')
     if job.get("setup"):
         with open(os.path.join(run_dir, "setup.sh"), "w") as f:
             f.write(job["setup"])

@@ -175,12 +175,18 @@ class Supervisor(object):
             )
             return 1
         env = ctr.container_env(self.job, self.environment())
-        names = [k for k in env if k not in BASE_ENV_KEYS]
-        process_env = dict(env)  # the runtime reads the values of ``-e NAME`` from here
+        # what steers the runtime (or its loader) never comes from the job: the runtime runs with this
+        # runner's own values of those names; the job gets its values inside the image, from container.sh
+        # (a secret is never written to a file: one named so is not passed at all; spec validation refuses it)
+        held = {k for k in env if ctr.steers_runtime(k) and k not in BASE_ENV_KEYS}
+        steering = {k: env[k] for k in held if k not in self.secrets}
+        names = [k for k in env if k not in BASE_ENV_KEYS and k not in held]
+        process_env = {k: v for k, v in env.items() if k not in held}  # the runtime reads ``-e NAME`` here
         for key in BASE_ENV_KEYS + RUNTIME_ENV_KEYS:
+            process_env.pop(key, None)
             if key in os.environ:
                 process_env[key] = os.environ[key]
-        ctr.wrapper(self.job, self.run_dir)
+        ctr.wrapper(self.job, self.run_dir, steering)
         name = ctr.container_name(self.job)
         runtime = os.path.basename(spec["runtime_path"])
         self.note("container %s: %s, image %s (pull %s)" % (name, runtime, spec["image"], spec.get("pull")))

@@ -29,6 +29,22 @@ from flexorch_provider.spec.fields import (
 from flexorch_provider.spec.service import ServiceFields
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
 
+# the names runner/containers.py keeps away from a container runtime (a test keeps them equal)
+RUNTIME_STEERING_PREFIXES = ("LD_", "DYLD_", "CONTAINERS_", "CONTAINER_", "DOCKER_", "PODMAN_", "BUILDAH_", "XDG_")
+RUNTIME_STEERING_NAMES = (
+    "REGISTRY_AUTH_FILE",
+    "GODEBUG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
 # which GPUs a job sees: set from resources.gpus on every target, never by the spec
 GPU_ENV = frozenset(
     {
@@ -160,6 +176,17 @@ class Workload(FlexModel):
                 raise ValueError(
                     f"{key} is set by flexorch from resources.gpus (a job that asks for none sees no GPU); "
                     "ask for GPUs there instead"
+                )
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in RUNTIME_STEERING_NAMES or key.startswith(RUNTIME_STEERING_PREFIXES):
+                raise ValueError(
+                    f"secret {key}: a secret may not have the name of a variable that steers a container runtime or "
+                    "the dynamic loader (LD_*, DOCKER_*, CONTAINERS_*, proxies...); pick another name"
                 )
         return value
 

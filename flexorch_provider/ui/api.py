@@ -15,6 +15,10 @@ JSON (``/flexorch/api``):
   (``cursor``: the JSON object this returned as ``cursors``, to get only newer lines)
 - ``GET /api/usage``: each team's GPU-hours and live runs (the policy's ledger)
 
+A submitted job (the ``flexorch-submit`` DAG) belongs to the team that submitted it: a user who is
+not an admin (one who may not change Variables) sees only their own team's submitted jobs, their
+logs and their team's usage.
+
 Each reading carries ``reading: {age_s, error?, slow?}``: how old it is, why it failed, or that
 its source has not answered yet (the page shows it and goes on).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -35,7 +40,42 @@ from fastapi.responses import HTMLResponse
 from flexorch_provider.ui import overview
 
 
-def usage(now: float | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Viewer:
+    """Who asks: the Airflow user, the team the policy puts them in, and whether they operate the
+    platform (may change Variables, so they can read every secret anyway): they see every team."""
+
+    name: str | None
+    team: str | None
+    admin: bool
+
+    def sees(self, row: dict[str, Any]) -> bool:
+        """A submitted job is its team's: another team's user does not see it (or its log)."""
+        from flexorch_provider.submission import SUBMIT_DAG_ID
+
+        return (
+            self.admin or row.get("dag_id") != SUBMIT_DAG_ID or (self.team is not None and row.get("team") == self.team)
+        )
+
+
+def viewer(request: Request) -> Viewer:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    from flexorch_provider.policy import load_policy, policy_file
+
+    user = request.state.flexorch_user
+    name = user.get_name() if hasattr(user, "get_name") else None
+    admin = bool(get_auth_manager().is_authorized_variable(method="PUT", user=user))
+    try:
+        policy = load_policy(policy_file(overview.specs_dir()))
+    except Exception:  # an invalid policy: nobody's team is known, admins still see all
+        policy = None
+    found = policy.team_of(name) if policy is not None else None
+    return Viewer(name, found[0] if found else None, admin)
+
+
+def usage(now: float | None = None, who: Viewer | None = None) -> dict[str, Any]:
+    """Each team's GPU-hours and live runs; a user who is not an admin sees their own team only."""
     from flexorch_provider.policy import Ledger, load_policy, period_start, policy_file
 
     now = time.time() if now is None else now
@@ -46,6 +86,8 @@ def usage(now: float | None = None) -> dict[str, Any]:
     ledger = Ledger()
     teams = []
     for name, team in policy.teams.items():
+        if who is not None and not who.admin and name != who.team:
+            continue
         per = team.gpu_hours.per if team.gpu_hours else "day"
         since = period_start(per, now)
         teams.append(
@@ -84,8 +126,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="flexorch", dependencies=[Depends(logged_in)], docs_url=None, redoc_url=None)
 
     @app.get("/api/usage")
-    def _usage() -> dict[str, Any]:
-        return usage()
+    def _usage(request: Request) -> dict[str, Any]:
+        return usage(who=viewer(request))
 
     @app.get("/api/pools")
     def _pools(pool: str | None = None) -> dict[str, Any]:
@@ -95,12 +137,13 @@ def create_app() -> FastAPI:
     def _jobs(
         request: Request, target: str | None = None, pool: str | None = None, team: str | None = None
     ) -> dict[str, Any]:
-        return {"jobs": overview.jobs(readable_dags(request), target, pool, team)}
+        who = viewer(request)
+        return {"jobs": [r for r in overview.jobs(readable_dags(request), target, pool, team) if who.sees(r)]}
 
     @app.get("/api/jobs/{dag_id}/{run_id}/{task_id}")
     def _job(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
         found = overview.job(dag_id, run_id, task_id, map_index, readable_dags(request))
-        if found is None:
+        if found is None or not viewer(request).sees(found):
             raise HTTPException(
                 404, f"no flexorch task {dag_id}/{run_id}/{task_id} (map index {map_index}) you may read"
             )
@@ -146,9 +189,10 @@ def create_app() -> FastAPI:
         request: Request, target: str | None = None, pool: str | None = None, team: str | None = None
     ) -> dict[str, Any]:
         dags = readable_dags(request)
+        who = viewer(request)
         parts = {
             "pools": lambda: overview.pools(pool),
-            "jobs": lambda: overview.jobs(dags, target, pool, team),
+            "jobs": lambda: [r for r in overview.jobs(dags, target, pool, team) if who.sees(r)],
             "services": lambda: overview.services(dags, target),
         }
         out: dict[str, Any] = {"generated_at": time.time()}

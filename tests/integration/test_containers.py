@@ -68,6 +68,24 @@ def test_a_job_runs_in_its_image_with_its_env_and_exit_code(tmp_path, image):
     assert containers(name_part=h.job_id.replace("/", "-")) == []  # removed when it ended
 
 
+def test_the_jobs_env_never_steers_the_runtime_and_still_reaches_the_image(tmp_path, image):
+    """LD_PRELOAD or DOCKER_HOST in a spec's env would run the job's code on the host, outside its
+    image (the runtime process would load or obey them). The runtime gets none of them; inside the
+    image the job still sees its values, byte for byte."""
+    marker = tmp_path / "preloaded-on-the-host"
+    hostile = {"LD_PRELOAD": "/nonexistent/evil.so", "CONTAINERS_CONF": str(tmp_path / "nope.conf"),
+               "DOCKER_HOST": "tcp://203.0.113.1:2375", "XDG_RUNTIME_DIR": str(tmp_path),
+               "HTTP_PROXY": "http://203.0.113.1:3128", "LD_LIBRARY_PATH": f"{marker}\nx y 'q'"}  # fmt: skip
+    run = 'for v in LD_PRELOAD CONTAINERS_CONF DOCKER_HOST HTTP_PROXY; do eval "echo $v=\\$$v"; done; printf "%s|" "$LD_LIBRARY_PATH"'
+    h = LOCAL.submit(job(tmp_path, run, env=hostile))
+    status = wait_finished(LOCAL, h, 60)
+    lines = all_lines(LOCAL, h)
+    assert status.state == JobState.SUCCEEDED, lines  # podman started: none of them reached it
+    for name in ("LD_PRELOAD", "CONTAINERS_CONF", "DOCKER_HOST", "HTTP_PROXY"):
+        assert f"{name}={hostile[name]}" in lines, lines
+    assert f"{marker}" in lines and "x y 'q'|" in lines  # a newline and quotes arrive as they are
+
+
 def test_secret_values_are_never_on_a_command_line(tmp_path, image):
     h = LOCAL.submit(job(tmp_path, "sleep 20"))
     try:

@@ -35,7 +35,9 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
     ctr = '"flexorch-$SLURM_JOB_NAME-$SLURM_JOB_ID"'
     wrapper = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.container.sh"'
     out = [f"cat > {wrapper} <<'FLEXORCH_WRAPPER_END'", WRAPPER.rstrip("\n"), "FLEXORCH_WRAPPER_END"]
-    bind_words = ['"$flexorch_dir":"$flexorch_dir"', '"$PWD":"$PWD"']
+    # the job's own files only (read-only), never the folder where other jobs' secrets wait for their start
+    own = [wrapper, script, *([setup] if setup else [])]
+    bind_words = [*(f"{f}:{f}:ro" for f in own), '"$PWD":"$PWD"']
     for m in w.container.mounts:
         host = _q(m.host) if m.host.startswith("/") else '"$HOME"/' + _q(m.host)
         bind_words.append(f"{host}:{_q(m.path)}" + (":ro" if m.read_only else ""))
@@ -71,8 +73,8 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
     ]
     login = bool(w.container.registry_connection)
     auth = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"'
-    if login:
-        argv += ["--authfile", auth]
+    if login:  # pulled with the login first; the login is gone before the job's own code runs
+        argv[argv.index("--pull") + 1] = "never"
     if gpus:
         argv.append("$flexorch_gpus")  # unquoted on purpose: one word per device
     for b in bind_words:
@@ -84,11 +86,19 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
         f'trap \'code=$?; podman rm -f -t 0 {ctr} >/dev/null 2>&1; echo "$code" > "$flexorch_rc"; '
         f'rm -f "$flexorch_secrets"{" " + auth if login else ""}\' EXIT'
     )  # the container goes with the job, however it ends
-    if login:  # the login as an auth file, this account's only, gone with the job
+    if login:  # the login as an auth file, this account's only, for the pull alone
         out.append(
             f'if [ -n "${{{REGISTRY_AUTH_VAR}:-}}" ]; then (umask 077 && printf %s "${REGISTRY_AUTH_VAR}" > {auth}); '
             f"fi; unset {REGISTRY_AUTH_VAR}"
         )
+        pull = f"podman --log-level error pull --authfile {auth} {w.image} >/dev/null"
+        if w.container.pull == "missing":
+            pull = f"podman image exists {w.image} || {pull}"
+        if w.container.pull != "never":
+            out.append(
+                f'{pull}; flexorch_pulled=$?; rm -f {auth}; [ "$flexorch_pulled" = 0 ] || exit "$flexorch_pulled"'
+            )
+        out.append(f"rm -f {auth}")
     if gpus:  # the GPUs Slurm gave the job, as CDI devices; inside the container they count from 0
         out += [
             'flexorch_gpus=""; n=0',

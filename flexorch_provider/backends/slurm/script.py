@@ -133,14 +133,14 @@ def render_script(job: ResolvedJob) -> str:
         "# written by flexorch: the run key, environment, setup and run of one task",
         f"# submitted {where}, from the account's home, as: sbatch --parsable < this script",
         f"# secrets ({secret_names}) are not in it: they go to {OUT_DIR}/{job_name(job)}.secrets (0600),",
-        "# sourced below and deleted when the job ends (or by cancel, or the next submit's sweep)",
+        "# sourced below and deleted at once (a job that never starts: by cancel, or the next submit's sweep)",
         f"export FLEXORCH_RUN_KEY={shlex.quote(job.run_key)}",
         'export PATH="${PATH:-/usr/local/bin:/usr/bin:/bin}"',
         *(f"export {k}={shell_word(v)}" for k, v in job.env.items()),
         f'flexorch_dir="$SLURM_SUBMIT_DIR/{OUT_DIR}"',
         'flexorch_rc="$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.rc"',
         'flexorch_secrets="$flexorch_dir/$SLURM_JOB_NAME.secrets"',
-        'if [ -f "$flexorch_secrets" ]; then . "$flexorch_secrets"; fi',
+        'if [ -f "$flexorch_secrets" ]; then . "$flexorch_secrets"; rm -f "$flexorch_secrets"; fi',
         'trap \'code=$?; echo "$code" > "$flexorch_rc"; rm -f "$flexorch_secrets"\' EXIT',
     ]
     if w.resources.nodes > 1:

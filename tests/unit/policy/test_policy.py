@@ -282,3 +282,28 @@ def test_the_policy_says_who_a_job_runs_as_and_where(tmp_path):
     folder = load_workload({"name": "x", "kind": "batch", "run": "r", "target": "slurm", "image": "ghcr.io/acme/t:1",
                             "timeout": "1h", "slurm": {"partition": "gpu", "account": "any"}})  # fmt: skip
     assert static_refusals("nlp", nlp, folder, submitted=False) == []
+
+
+def test_policy_audit_names_each_open_rule_and_strict_fails_on_them(tmp_path, capsys):
+    from flexorch_provider.cli.main import main
+
+    (tmp_path / "flexorch_policy.yaml").write_text(
+        "teams:\n"
+        "  tight: {members: [a], targets: [slurm], slurm_partitions: [gpu], max_gpus: 4, max_timeout: 2h,\n"
+        "          gpu_hours: {limit: 10}, max_concurrent: 2, images: [ghcr.io/acme/]}\n"
+        "  loose: {members: [b], secrets: ['*'], connections: ['*']}\n"
+    )
+    assert main(["policy", "audit", str(tmp_path), "--strict"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("team tight:") for line in out)
+    assert "team loose: max_gpus: a job may ask for any number of GPUs" in out
+    assert "team loose: secrets: '*' allows every secret of its kind" in out
+    assert "team loose: connections: '*' allows every connection of its kind" in out
+    assert out[-1].startswith("10 open rule(s) in ")
+    (tmp_path / "flexorch_policy.yaml").write_text(
+        "teams:\n  tight: {members: [a], targets: [slurm], slurm_partitions: [gpu], max_gpus: 4, max_timeout: 2h,\n"
+        "          gpu_hours: {limit: 10}, max_concurrent: 2, images: [ghcr.io/acme/]}\n"
+    )
+    assert main(["policy", "audit", str(tmp_path / "flexorch_policy.yaml"), "--strict"]) == 0
+    assert main(["policy", "audit", str(tmp_path / "none"), "--strict"]) == 0
+    assert "every submission is refused" in capsys.readouterr().out

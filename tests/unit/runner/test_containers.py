@@ -54,3 +54,24 @@ def test_the_login_file_is_private_reads_back_and_goes(tmp_path):
 def test_inside_the_container_the_claimed_gpus_count_from_zero():
     env = containers.container_env({"gpu_indices": [5, 7]}, {"CUDA_VISIBLE_DEVICES": "5,7", "PATH": "/host", "X": "1"})
     assert env == {"CUDA_VISIBLE_DEVICES": "0,1", "X": "1"}  # the image's own PATH, not the host's
+
+
+def test_spec_validation_and_the_runner_keep_the_same_names_from_the_runtime():
+    """The runner keeps these names away from a container runtime; the spec refuses them as secret
+    names (a secret is never written into the container's script): one list, kept equal."""
+    from flexorch_provider.runner.containers import STEERING_NAMES, STEERING_PREFIXES, sh_quote, steers_runtime
+    from flexorch_provider.spec.workload import RUNTIME_STEERING_NAMES, RUNTIME_STEERING_PREFIXES
+
+    assert (STEERING_NAMES, STEERING_PREFIXES) == (RUNTIME_STEERING_NAMES, RUNTIME_STEERING_PREFIXES)
+    assert steers_runtime("LD_PRELOAD") and steers_runtime("DOCKER_HOST") and not steers_runtime("MODEL_DIR")
+    assert sh_quote("it's\na\r\n") == "'it'\\''s\na\r\n'"
+
+
+def test_a_secret_may_not_be_named_like_a_runtime_variable():
+    import pytest
+
+    from flexorch_provider.exceptions import SpecError
+    from flexorch_provider.resolve import load_workload
+
+    with pytest.raises(SpecError, match="secret LD_PRELOAD: a secret may not have the name of a variable that steers"):
+        load_workload({"name": "j", "kind": "batch", "run": "x", "secrets": {"LD_PRELOAD": "variable:x"}})

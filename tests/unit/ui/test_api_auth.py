@@ -23,6 +23,9 @@ def client(monkeypatch):
             asked.append((user.name, method))
             return {"mine"}
 
+        def is_authorized_variable(self, *, method, user, details=None):
+            return False  # not an admin: sees the platform's DAGs and its own team's submissions
+
     monkeypatch.setattr(airflow_app, "get_auth_manager", lambda: AuthManager())
     seen: dict[str, object] = {}
     monkeypatch.setattr(overview, "jobs", lambda dags, *a: seen.setdefault("jobs", set(dags)) and [])

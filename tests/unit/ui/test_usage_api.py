@@ -38,3 +38,25 @@ def test_no_policy_no_teams(tmp_path, monkeypatch):
 def test_the_route_needs_a_login():
     client = TestClient(create_app())
     assert client.get("/api/usage").status_code in (401, 403)
+
+
+def test_teams_are_separate_after_submit(tmp_path, monkeypatch):
+    """A user who is not an admin sees their own team's usage and submitted jobs only; an admin
+    (who may change Variables) sees every team; jobs of the platform's own DAGs stay visible."""
+    from flexorch_provider.submission import SUBMIT_DAG_ID
+    from flexorch_provider.ui.api import Viewer
+
+    policy = tmp_path / "flexorch_policy.yaml"
+    policy.write_text("teams:\n  nlp: {members: [alice]}\n  cv: {members: [bo]}\n")
+    monkeypatch.setenv("FLEXORCH_POLICY", str(policy))
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path / "state"))
+    alice, ops = Viewer("alice", "nlp", admin=False), Viewer("root", None, admin=True)
+    assert [t["team"] for t in usage(who=alice)["teams"]] == ["nlp"]
+    assert [t["team"] for t in usage(who=ops)["teams"]] == ["nlp", "cv"]
+    ours = {"dag_id": SUBMIT_DAG_ID, "team": "nlp"}
+    theirs = {"dag_id": SUBMIT_DAG_ID, "team": "cv"}
+    unknown = {"dag_id": SUBMIT_DAG_ID, "team": None}
+    platform = {"dag_id": "hello-local", "team": None}
+    assert [alice.sees(r) for r in (ours, theirs, unknown, platform)] == [True, False, False, True]
+    assert all(ops.sees(r) for r in (ours, theirs, unknown, platform))
+    assert not Viewer("nobody", None, admin=False).sees(unknown)

@@ -94,7 +94,12 @@ def test_podman_pulls_with_an_auth_file_the_script_writes_from_the_secrets_file(
     job = _private("podman")
     script = render_script(job)
     assert LOGIN["password"] not in script and has_secrets_file(job)
-    assert '--authfile "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"' in script.splitlines()[-1]
+    lines = script.splitlines()
+    auth_file = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"'
+    pull = next(i for i, ln in enumerate(lines) if "podman --log-level error pull --authfile" in ln)
+    assert f"--authfile {auth_file}" in lines[pull] and f"rm -f {auth_file}" in lines[pull]
+    # the login is used for the pull and gone before the job's own code runs, from the pulled image
+    assert "--authfile" not in lines[-1] and "--pull never" in lines[-1] and pull < len(lines) - 1
     trap = next(ln for ln in script.splitlines() if ln.startswith("trap ") and "podman rm" in ln)
     assert trap.endswith('rm -f "$flexorch_secrets" "$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"\' EXIT')
     # the secrets file and the script's own line make the auth file, byte for byte, 0600

@@ -336,3 +336,107 @@ def test_a_token_that_expires_while_following_is_renewed(stack, tmp_path):
     gate.touch()
     assert follower.follow(timeout=120) == "success"
     assert api.renewed >= 1 and "[renewal] last line" in lines
+
+
+# --- attacks: a user-role account with a laptop, against the server's own checks -----------------
+def _as(stack: AirflowStack, user: str) -> Api:
+    return Api(Login(stack.url, user, password(stack, user)))
+
+
+def _ended(stack: AirflowStack, run_id: str, timeout: float = 120) -> str:
+    def state() -> str | None:
+        s = stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}")["state"]
+        return s if s in ("success", "failed") else None
+
+    return str(stack.wait_for(state, timeout, f"run {run_id} to end"))
+
+
+def _log(stack: AirflowStack, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+    events = _as(stack, "admin").log(run_id, task_id, try_number, map_index)
+    return "\n".join(str(e.get("event", "")) for e in events)
+
+
+ATTACKS = {  # the spec a user sends straight to the REST API (no laptop check), and how the server refuses it
+    "code-on-the-worker": (
+        "name: a1\nkind: batch\ntarget: local\ntimeout: 5m\nrun: \"echo {{ macros.uuid.os.popen('id -un').read() }}\"\n",
+        "<submitted spec>:5: run: macros.uuid is not available in a submitted spec",
+    ),
+    "read-the-policy": (
+        "name: a2\nkind: batch\ntarget: local\ntimeout: 5m\nrun: \"{% include 'flexorch_policy.yaml' %}\"\n",
+        "<submitted spec>:5: run: {% include %} is not allowed in a submitted spec",
+    ),
+    "worker-environment": (
+        'name: a3\nkind: batch\ntarget: local\ntimeout: 5m\nrun: echo x\nenv: {K: "{{ macros.uuid.os.environ }}"}\n',
+        "env.K: macros.uuid is not available",
+    ),
+    "sbatch-option-smuggling": (
+        "name: a4\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\n"
+        "slurm: {options: {nice: '0 --partition=debug --gres=gpu:8'}}\n",
+        "sbatch option 'nice' must be one word",
+    ),
+    "gpus-through-sbatch-options": (
+        "name: a5\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\nslurm: {options: {gpus-per-node: 8}}\n",
+        "team nlp: at most 2 GPUs per job; this job asks 8",
+    ),
+    "another-teams-login-node": (
+        "name: a6\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\nslurm: {connection: budget_login}\n",
+        "team nlp: slurm.connection budget_login: the team has no connections rule",
+    ),
+    "the-gpu-variables": (
+        "name: a7\nkind: batch\ntarget: local\ntimeout: 5m\nrun: echo x\nenv: {NVIDIA_VISIBLE_DEVICES: all}\n",
+        "NVIDIA_VISIBLE_DEVICES is set by flexorch from resources.gpus",
+    ),
+}
+
+
+def test_attacks_sent_straight_to_the_api_are_refused_by_the_servers_check(stack):
+    alice = _as(stack, "alice")
+    runs = {}
+    for name, (text, _) in ATTACKS.items():
+        runs[name] = alice.trigger(f"attack__{name}__{time.time_ns()}", {"spec": text, "step": None, "set": []})
+    for name, (_, refusal) in ATTACKS.items():
+        run_id = runs[name]["dag_run_id"]
+        assert _ended(stack, run_id) == "failed", name
+        assert refusal in _log(stack, run_id, "check"), name
+        tis = {t["task_id"]: t.get("state") for t in alice.task_instances(run_id)}
+        assert tis.get("check") == "failed" and tis.get("run") in (None, "upstream_failed"), (name, tis)
+
+
+def test_an_edited_plan_and_a_cleared_run_task_are_checked_again(stack, tmp_path):
+    """The plan in check's XCom is editable by the user who triggered the run; a cleared run task runs
+    without check. Both are held to the conf and the policy: nothing of the edit runs."""
+    marker = tmp_path / "ran-the-edited-plan"
+    honest = cli(stack, "alice", "submit", str(spec(tmp_path, "honest", "name: honest\nkind: batch\ntimeout: 5m\n"
+                                                     "run: echo honest\n")))  # fmt: skip
+    assert honest.returncode == 0, honest.stdout + honest.stderr
+    run_id = (
+        next(ln for ln in honest.stdout.splitlines() if ln.startswith("==> submitted ")).split(" as run ")[1].split()[0]
+    )
+    alice = _as(stack, "alice")
+    plan = alice.xcom(run_id, "check", "return_value")
+    edited = [dict(plan[0], spec={**plan[0]["spec"], "run": f"touch {marker}"})]
+    alice.call("PATCH", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}/taskInstances/check/xcomEntries/return_value",
+               {"value": edited, "map_index": -1})  # fmt: skip
+    alice.call("POST", f"/api/v2/dags/{SUBMIT_DAG_ID}/clearTaskInstances",
+               {"dry_run": False, "dag_run_id": run_id, "task_ids": ["run"], "only_failed": False})  # fmt: skip
+    assert _ended(stack, run_id) == "failed"
+    assert not marker.exists()
+    assert "the run task's spec differ from what the run's conf and the policy give" in _log(stack, run_id, "run", 2, 0)
+
+
+def test_another_teams_submitted_job_is_not_listed_to_it(stack, tmp_path):
+    gate = tmp_path / "go"
+    live = Live(stack, "alice", "submit", str(spec(tmp_path, "private-job", gated("private-job", gate))))
+    try:
+        live.wait_for("[private-job] first line")
+
+        def listed(user: str) -> bool:
+            jobs = _as(stack, user).flexorch("jobs")["jobs"]
+            return any(j["dag_id"] == SUBMIT_DAG_ID and j["run_id"] == live.run_id for j in jobs)
+
+        assert listed("alice") and listed("admin") and not listed("bob")
+        usage = _as(stack, "bob").usage()
+        assert [t["team"] for t in usage["teams"]] == ["budget"]  # bob's team only: no other team's members
+    finally:
+        gate.touch()
+        assert live.finish() == 0, "\n".join(live.lines)

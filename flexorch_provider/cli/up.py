@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -147,28 +149,74 @@ def _start_demo_targets(home: Path) -> Any:
     return targets
 
 
+DEV_POLICY_HEADER = "# Written by `flexorch up` for this embedded stack"
 DEV_POLICY = """\
-# Written by `flexorch up` for this embedded stack, whose one user is admin: without a policy every
-# `flexorch submit` is refused. Edit it, or put your own flexorch_policy.yaml beside the specs.
+{header}: without a policy every `flexorch submit` is
+# refused. Edit it (then it is yours: it is not written again), or put your own flexorch_policy.yaml
+# beside the specs. admin may do anything; teams given with --user NAME:ROLE:TEAM get tight limits
+# to try the policy with (flexorch policy audit lists what is open).
 teams:
   dev:
     members: [admin]
     targets: [local, ssh, slurm, kubernetes]
     secrets: ["*"]
     services: true
-default_team: dev
+{teams}default_team: dev
 """
+TEAM_RULES = "targets: [local, ssh, slurm], max_gpus: 2, max_timeout: 1h, max_concurrent: 2, gpu_hours: {limit: 4}"
+ROLES = ("viewer", "user", "op", "admin")
 
 
-def _dev_policy(home: Path, specs: Path) -> Path | None:
+def parse_users(values: list[str]) -> list[tuple[str, str, str | None]]:
+    """``NAME:ROLE[:TEAM]`` → (name, role, team); ValueError says what is wrong."""
+    out = []
+    for value in values:
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"--user {value!r}: write NAME:ROLE or NAME:ROLE:TEAM (roles: {', '.join(ROLES)})")
+        name, role = parts[0], parts[1].lower()
+        if role not in ROLES:
+            raise ValueError(f"--user {value!r}: role {parts[1]!r} is not one of {', '.join(ROLES)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name) or (
+            len(parts) == 3 and not re.fullmatch(r"[a-z0-9-]{1,63}", parts[2])
+        ):
+            raise ValueError(
+                f"--user {value!r}: names are letters, digits and _.@- ; teams lowercase letters, digits, -"
+            )
+        if name == "admin":
+            raise ValueError("--user admin: the stack has its admin already")
+        out.append((name, role, parts[2] if len(parts) == 3 else None))
+    return out
+
+
+def _dev_policy(home: Path, specs: Path, users: list[tuple[str, str, str | None]] | None = None) -> Path | None:
     """The policy this stack's submissions use when the specs folder has none (and $FLEXORCH_POLICY
-    names none): written to ``<home>/flexorch_policy.yaml`` once, then left as the user edits it."""
+    names none): ``<home>/flexorch_policy.yaml``, written again while it is flexorch's own text (so
+    ``--user`` teams follow the command line), left alone once someone has edited it."""
     if os.environ.get(POLICY_ENV) or (specs / FILE_NAME).exists():
         return None
+    teams: dict[str, list[str]] = {}
+    for name, _, team in users or []:
+        if team is not None:
+            teams.setdefault(team, []).append(name)
+    body = DEV_POLICY.format(
+        header=DEV_POLICY_HEADER,
+        teams="".join(f"  {t}: {{members: [{', '.join(m)}], {TEAM_RULES}}}\n" for t, m in sorted(teams.items())),
+    )
     path = home / FILE_NAME
-    if not path.exists():
-        path.write_text(DEV_POLICY, encoding="utf-8")
+    if not path.exists() or _unedited(path.read_text(encoding="utf-8")):
+        path.write_text(body + _seal(body), encoding="utf-8")
     return path
+
+
+def _seal(body: str) -> str:
+    return f"# flexorch up {hashlib.sha256(body.encode()).hexdigest()[:16]}\n"
+
+
+def _unedited(text: str) -> bool:
+    """The file is still what `flexorch up` wrote (its last line seals the rest)."""
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    return bool(body) and _seal(body + "\n") == last + "\n"
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -186,11 +234,19 @@ def run_up(args: argparse.Namespace) -> int:
         # every DAG starts paused; the gate unpauses those whose connections exist
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     }
-    dev_policy = _dev_policy(home, specs)
+    try:
+        users = parse_users(args.user or [])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dev_policy = _dev_policy(home, specs, users)
     if dev_policy is not None:
         env[POLICY_ENV] = str(dev_policy)
     try:
         stack = AirflowStack(home, dags, env, port=args.port, all_admins=False, db=args.db)
+        stack.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = ",".join(
+            ["admin:admin", *(f"{name}:{role}" for name, role, _ in users)]
+        )
     except FlexorchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -230,6 +286,9 @@ def run_up(args: argparse.Namespace) -> int:
             _say("")
             _say(f"    Airflow UI:  {stack.url}")
             _say(f"    log in as:   admin / {password}")
+            for name, role, team in users:
+                said = stack.password(name) or "(see the passwords file in the home folder)"
+                _say(f"                 {name} / {said}  ({role}{f', team {team}' if team else ''})")
             _say(f"    DAGs from:   {specs} (edit or add a spec; it shows up within seconds)")
             _say(f"    logs:        {home}/*.log")
             _say(f"    airflow CLI: . {home}/airflow.env && airflow dags list")
@@ -260,6 +319,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--specs", default="specs", help="folder of spec files (default: ./specs)")
     p.add_argument("--home", default=".flexorch-up", help="AIRFLOW_HOME for the embedded stack")
     p.add_argument("--port", type=int, default=8080, help="UI/API port (another free port if taken)")
+    p.add_argument(
+        "--user",
+        action="append",
+        metavar="NAME:ROLE[:TEAM]",
+        help="another login (role viewer, user, op or admin; repeatable); with TEAM, the stack's policy gets "
+        "that team with tight limits, to try submissions and the policy as that user",
+    )
     p.add_argument(
         "--db",
         choices=("auto", "postgres", "sqlite"),

@@ -195,11 +195,11 @@ class AirflowStack:
         if server is not None and (server.data / "server.log").exists():
             shutil.copy(server.data / "server.log", dest / "postgres.log")
 
-    def password(self) -> str | None:
-        """The ``admin`` password the api-server generated (None with all_admins or before start)."""
+    def password(self, user: str = "admin") -> str | None:
+        """The password the api-server generated for ``user`` (None with all_admins or before start)."""
         path = self.home / "simple_auth_manager_passwords.json.generated"
         try:
-            return str(json.loads(path.read_text())["admin"])
+            return str(json.loads(path.read_text())[user])
         except (OSError, ValueError, KeyError):
             return None
 

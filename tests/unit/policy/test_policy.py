@@ -209,8 +209,8 @@ def test_submissions_are_denied_by_default(tmp_path, monkeypatch):
     assert static_refusals("guests", team, local, submitted=False) == []  # the platform's own specs
 
 
-def test_flexorch_up_writes_a_policy_for_its_one_user_only_where_there_is_none(tmp_path, monkeypatch):
-    from flexorch_provider.cli.up import _dev_policy
+def test_flexorch_up_writes_a_policy_for_its_users_only_where_there_is_none(tmp_path, monkeypatch):
+    from flexorch_provider.cli.up import _dev_policy, parse_users
 
     monkeypatch.delenv("FLEXORCH_POLICY", raising=False)
     home, specs = tmp_path / "home", tmp_path / "specs"
@@ -218,12 +218,20 @@ def test_flexorch_up_writes_a_policy_for_its_one_user_only_where_there_is_none(t
     specs.mkdir()
     path = _dev_policy(home, specs)
     assert path == home / "flexorch_policy.yaml" and load_policy(path).team_of("admin")[0] == "dev"
+    users = parse_users(["alice:user:nlp", "bob:user:cv", "eve:viewer"])
+    policy = load_policy(_dev_policy(home, specs, users))  # still flexorch's own text: written again
+    assert policy.team_of("alice")[0] == "nlp" and policy.teams["nlp"].max_gpus == 2
+    assert policy.team_of("bob")[0] == "cv" and policy.team_of("eve")[0] == "dev"  # no team: the default
     path.write_text(path.read_text() + "# edited\n")
-    assert _dev_policy(home, specs).read_text().endswith("# edited\n")  # written once, then the user's
+    assert _dev_policy(home, specs).read_text().endswith("# edited\n")  # edited: the user's from now on
     (specs / "flexorch_policy.yaml").write_text("teams: {}\n")
     assert _dev_policy(home, specs) is None  # the folder's own policy wins
     monkeypatch.setenv("FLEXORCH_POLICY", "/etc/flexorch/policy.yaml")
     assert _dev_policy(tmp_path / "other", tmp_path) is None
+    for bad, why in (("alice", "NAME:ROLE"), ("alice:root", "not one of viewer"), ("admin:user", "its admin"),
+                     ("a b:user", "names are letters")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            parse_users([bad])
 
 
 def test_the_policy_says_who_a_job_runs_as_and_where(tmp_path):

@@ -57,6 +57,33 @@ def plan(sub: Submission, account: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def host_refusals(team: str, job: Any) -> list[str]:
+    """A submitted ssh job dials only hosts the platform named: its connection's own host, or a name
+    in the connection's ``host_aliases``, written as that name (no ``user@`` or ``:port`` of the
+    submitter's choosing). The worker dials them with the fleet's credentials and sends them the
+    job's secrets, so a look-alike or an address of the user's own is refused."""
+    if "ssh" not in job.target or not job.ssh.hosts:
+        return []
+    from airflow.sdk import BaseHook
+
+    from flexorch_provider.backends.sshpool import ALIASES_EXTRA
+
+    conn_id = job.ssh.connection
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except Exception as e:
+        return [f"team {team}: ssh.connection {conn_id} cannot be read here ({type(e).__name__}); create it"]
+    aliases = conn.extra_dejson.get(ALIASES_EXTRA) or {}
+    known = {conn.host, *(aliases if isinstance(aliases, dict) else {})} - {None, ""}
+    bad = [h for h in job.ssh.hosts if h not in known]
+    if not bad:
+        return []
+    return [
+        f"team {team}: ssh host {', '.join(bad)} is not a host the connection {conn_id} names (its host or its "
+        f"host_aliases: {', '.join(sorted(map(str, known))) or 'none'}); a submission may dial only those"
+    ]
+
+
 def admit(
     sub: Submission,
     user: str | None,
@@ -68,7 +95,7 @@ def admit(
     """Apply the team's rules, budget and concurrency limit to a submission and record the check;
     the account (``{team, user, run}``) its jobs are charged to. PolicyError lists every refusal."""
     policy, name, team = team_of(policy_file, user)
-    refusals = [r for _, job in sub.jobs for r in static_refusals(name, team, job)]
+    refusals = [r for _, job in sub.jobs for r in [*static_refusals(name, team, job), *host_refusals(name, job)]]
     jobs = [job for _, job in sub.jobs]
     ledger = Ledger()
     with ledger.locked():  # no other check between reading the ledger and recording this one
@@ -122,7 +149,7 @@ def verify(
             ]
         )
     job = sub.jobs[index][1]
-    refusals = static_refusals(name, team, job)
+    refusals = [*static_refusals(name, team, job), *host_refusals(name, job)]
     if again:
         ledger = Ledger()
         with ledger.locked():

@@ -107,6 +107,13 @@ def usage(now: float | None = None, who: Viewer | None = None) -> dict[str, Any]
     return {"policy": str(path), "teams": teams}
 
 
+def map_index_of(value: str | None) -> int:
+    """A task's map index from a query: the UI's task tab leaves ``{MAP_INDEX}`` unfilled for an
+    unmapped task, which means -1 (as does no value)."""
+    text = (value or "").strip()
+    return int(text) if text.lstrip("-").isdigit() else -1
+
+
 def readable_dags(request: Request) -> Collection[str]:
     """The DAG ids the logged-in user may read (the auth manager decides)."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -123,7 +130,8 @@ def create_app() -> FastAPI:
         request.state.flexorch_user = user
         return user
 
-    app = FastAPI(title="flexorch", dependencies=[Depends(logged_in)], docs_url=None, redoc_url=None)
+    # no schema route either: every route of this app needs a login, and so does the list of them
+    app = FastAPI(title="flexorch", dependencies=[Depends(logged_in)], docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/api/usage")
     def _usage(request: Request) -> dict[str, Any]:
@@ -141,12 +149,11 @@ def create_app() -> FastAPI:
         return {"jobs": [r for r in overview.jobs(readable_dags(request), target, pool, team) if who.sees(r)]}
 
     @app.get("/api/jobs/{dag_id}/{run_id}/{task_id}")
-    def _job(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
-        found = overview.job(dag_id, run_id, task_id, map_index, readable_dags(request))
+    def _job(request: Request, dag_id: str, run_id: str, task_id: str, map_index: str | None = None) -> dict[str, Any]:
+        index = map_index_of(map_index)
+        found = overview.job(dag_id, run_id, task_id, index, readable_dags(request))
         if found is None or not viewer(request).sees(found):
-            raise HTTPException(
-                404, f"no flexorch task {dag_id}/{run_id}/{task_id} (map index {map_index}) you may read"
-            )
+            raise HTTPException(404, f"no flexorch task {dag_id}/{run_id}/{task_id} (map index {index}) you may read")
         return found
 
     @app.get("/api/services")

@@ -99,3 +99,28 @@ def test_the_run_task_refuses_arguments_no_check_sets(policy):
     ok = SubmittedStepOperator(task_id="run", policy_file=policy, **given)
     ok._verify(context)
     assert ok.account == {"team": "nlp", "user": "alice", "run": "r1"}
+
+
+def test_a_submitted_ssh_job_dials_only_hosts_its_connection_names(policy, monkeypatch):
+    """The worker dials a submitted job's hosts with the fleet's credentials and sends them its
+    secrets: a host the connection does not name (its host, its host_aliases) is refused, and so is
+    a user@ or :port of the submitter's choosing."""
+    import json
+
+    from flexorch_provider.policy.admission import host_refusals
+    from flexorch_provider.resolve import load_workload
+
+    monkeypatch.setenv("AIRFLOW_CONN_FLEET", json.dumps({"conn_type": "ssh", "host": "gpu-0", "login": "svc",
+                                                         "extra": {"host_aliases": {"gpu-1": "10.0.0.11"}}}))  # fmt: skip
+
+    def job(*hosts):
+        return load_workload({"name": "s", "kind": "batch", "target": "ssh", "run": "x",
+                              "ssh": {"connection": "fleet", "hosts": list(hosts)}})  # fmt: skip
+
+    assert host_refusals("nlp", job("gpu-0", "gpu-1")) == []
+    for bad in ("gpu-2", "gpu-1.attacker.example", "gpu-1:2222", "root@gpu-1", "203.0.113.9"):
+        (refusal,) = host_refusals("nlp", job("gpu-0", bad))
+        assert refusal.startswith(f"team nlp: ssh host {bad} is not a host the connection fleet names"), refusal
+    missing = load_workload({"name": "s", "kind": "batch", "target": "ssh", "run": "x",
+                             "ssh": {"connection": "nowhere", "hosts": ["gpu-0"]}})  # fmt: skip
+    assert "ssh.connection nowhere cannot be read here" in host_refusals("nlp", missing)[0]

@@ -60,3 +60,19 @@ def test_a_bad_log_cursor_is_a_clear_422(client, monkeypatch):
     monkeypatch.setattr(overview, "service", lambda name, dags: ("mine", object()))
     r = c.get("/api/services/web/logs", params={"cursor": "[1, 2]"})
     assert r.status_code == 422 and "cursors" in r.json()["detail"]
+
+
+def test_the_route_list_needs_a_login_too():
+    """/flexorch/openapi.json listed every route and parameter without a login; there is none now."""
+    r = TestClient(api.create_app()).get("/openapi.json")
+    assert r.status_code in (401, 403, 404) and "/api/jobs" not in r.text
+
+
+def test_the_task_tab_of_an_unmapped_task_finds_its_job(client, monkeypatch):
+    """The UI fills {MAP_INDEX} only for mapped tasks; an unfilled one means the unmapped task."""
+    c, _, _ = client
+    asked = []
+    monkeypatch.setattr(overview, "job", lambda d, r, t, m, dags: asked.append(m) or {"dag_id": d})
+    for query, index in (("{MAP_INDEX}", -1), ("3", 3), ("", -1), ("-1", -1)):
+        assert c.get("/api/jobs/mine/r1/train", params={"map_index": query}).status_code == 200
+        assert asked[-1] == index

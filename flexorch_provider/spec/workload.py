@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from flexorch_provider.capabilities import SERVICE_TARGETS, TARGETS
+from flexorch_provider.runner.containers import STEERING_NAMES, STEERING_PREFIXES
 from flexorch_provider.spec.container import ContainerOptions, check_image
 from flexorch_provider.spec.fields import (
     ENV_NAME_RE,
@@ -29,22 +30,6 @@ from flexorch_provider.spec.fields import (
 from flexorch_provider.spec.service import ServiceFields
 from flexorch_provider.spec.targets import KubernetesOptions, LocalOptions, SlurmOptions, SshOptions
 
-# the names runner/containers.py keeps away from a container runtime (a test keeps them equal)
-RUNTIME_STEERING_PREFIXES = ("LD_", "DYLD_", "CONTAINERS_", "CONTAINER_", "DOCKER_", "PODMAN_", "BUILDAH_", "XDG_")
-RUNTIME_STEERING_NAMES = (
-    "REGISTRY_AUTH_FILE",
-    "GODEBUG",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-)
 # which GPUs a job sees: set from resources.gpus on every target, never by the spec
 GPU_ENV = frozenset(
     {
@@ -183,7 +168,7 @@ class Workload(FlexModel):
     @classmethod
     def _secret_names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for key in value:
-            if key in RUNTIME_STEERING_NAMES or key.startswith(RUNTIME_STEERING_PREFIXES):
+            if key in STEERING_NAMES or key.startswith(STEERING_PREFIXES):  # what the runner keeps from a runtime
                 raise ValueError(
                     f"secret {key}: a secret may not have the name of a variable that steers a container runtime or "
                     "the dynamic loader (LD_*, DOCKER_*, CONTAINERS_*, proxies...); pick another name"

@@ -13,7 +13,7 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from flexorch_provider.placement.choice import Choice
+from flexorch_provider.placement.choice import Choice, number
 
 
 class JobState(str, enum.Enum):
@@ -163,10 +163,6 @@ class JobEvent:
         return self.status in ("success", "failed")
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
 # --- the ``job`` XCom: what the flexorch page, the links and the CLI read ---------------------
 @dataclass(frozen=True)
 class JobRecord:
@@ -219,7 +215,7 @@ class JobRecord:
             gpu_pool=data.get("gpu_pool"),
             owner=data.get("owner"),
             team=data.get("team"),
-            submitted_at=_number(data.get("submitted_at")),
+            submitted_at=number(data.get("submitted_at")),
             choice=Choice.from_dict(data.get("choice")),
             handle=dict(data.get("handle") or {}),
         )

@@ -155,8 +155,8 @@ class Choice:
             targets=tuple(map(str, data.get("targets") or [])),
             max_pending_s=float(mp) if mp is not None else None,
             chosen=data.get("chosen"),
-            since=_number(data.get("since")),
-            submitted_at=_number(data.get("submitted_at")),
+            since=number(data.get("since")),
+            submitted_at=number(data.get("submitted_at")),
             seen=tuple(Seen.from_dict(s) for s in data.get("seen") or []),
             moves=tuple(Move.from_dict(m) for m in data.get("moves") or []),
             stays=tuple(Stay.from_dict(s) for s in data.get("stays") or []),
@@ -184,5 +184,6 @@ class Choice:
         return "; ".join(parts) + f" → {self.chosen}" if parts else None
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A timestamp read back from a dict: a number, or None for anything else."""
     return float(value) if isinstance(value, int | float) else None

@@ -4,7 +4,8 @@ against triggering the same DAG and polling the REST API by hand (the same run, 
 Starts the embedded stack with a real login (the simple auth manager's users), submits a local
 job that prints a line, sleeps 3 s and ends, and times each path from the moment it starts:
 
-- flexorch: the CLI's own code (validate, trigger ``flexorch-submit``, follow with RunFollower);
+- flexorch: the CLI's own code (validate, trigger the team's ``flexorch-submit-bench``, follow with
+  RunFollower);
 - by hand: POST the run, then every second GET the task instances and their logs until the
   line shows, and the run's state until it is success.
 
@@ -29,7 +30,7 @@ from flexorch_provider.client.api import Api, Login
 from flexorch_provider.client.progress import RunFollower
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, AirflowStack, loader_source
-from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
+from flexorch_provider.submission import parse_submission, submit_dag_id
 
 MARK = "bench-first-line"
 SPEC = f"name: latency\nkind: batch\ntarget: local\ntimeout: 5m\nrun: |\n  echo {MARK}\n  sleep 3\n  echo bench-done\n"
@@ -83,13 +84,17 @@ def main() -> int:
     for d in (dags, specs):
         d.mkdir(parents=True)
     (dags / LOADER_FILE).write_text(loader_source())
+    # submissions are refused without a policy: one team, the bench's user, the local target
+    (specs / "flexorch_policy.yaml").write_text(
+        "teams:\n  bench: {members: [ana], targets: [local], max_timeout: 10m}\n"
+    )
     env = {SPECS_DIR_ENV: str(specs), CACHE_DIR_ENV: str(work / "cache"), "FLEXORCH_RUN_DIR": str(runs),
            "FLEXORCH_STATE_DIR": str(work / "state"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,ana:user"}  # fmt: skip
     stack = AirflowStack(work / "home", dags, env, all_admins=False, scratch=True)
     results: dict[str, dict[str, list[float]]] = {name: {"first": [], "exit": []} for name in ("flexorch", "by hand")}
     try:
         stack.start()
-        stack.wait_dag(SUBMIT_DAG_ID, timeout=120)
+        stack.wait_dag(submit_dag_id("bench"), timeout=120)
         passwords = json.loads((stack.home / "simple_auth_manager_passwords.json.generated").read_text())
         api = Api(Login(stack.url, "ana", passwords["ana"]))
         with_flexorch(api, -1)  # warm-up: the first run of a fresh stack pays one-time costs

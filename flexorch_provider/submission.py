@@ -21,10 +21,20 @@ from flexorch_provider.resolve import load_workload
 from flexorch_provider.spec.loader import parse_spec, parse_yaml
 from flexorch_provider.spec.models import Job, PipelineSpec
 
-SUBMIT_DAG_ID = "flexorch-submit"
+SUBMIT_DAG_ID = "flexorch-submit"  # with a team policy: one DAG per team, ``flexorch-submit-<team>``
 SUBMITTED_FILE = "<submitted spec>"
 MAX_SPEC_CHARS = 256 * 1024  # the spec text in a run's conf
 MAX_SETS = 100
+
+
+def submit_dag_id(team: str | None) -> str:
+    """The submit DAG of a team (``flexorch-submit-<team>``), or the one DAG when there are no teams."""
+    return f"{SUBMIT_DAG_ID}-{team}" if team else SUBMIT_DAG_ID
+
+
+def is_submit_dag(dag_id: str | None) -> bool:
+    """Whether a DAG id is a submit DAG (the generic one or a team's)."""
+    return dag_id == SUBMIT_DAG_ID or str(dag_id or "").startswith(SUBMIT_DAG_ID + "-")
 
 
 @dataclass

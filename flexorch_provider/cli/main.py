@@ -75,6 +75,11 @@ def _policy(args: argparse.Namespace) -> int:
     if policy is None:
         print(f"no policy at {path}: every submission is refused (write {FILE_NAME} to allow some)")
         return 0
+    if args.action == "roles":
+        from flexorch_provider.policy.grants import role_commands
+
+        print("\n".join(role_commands(policy)))
+        return 0
     for line in report(policy):
         print(line)
     return 1 if args.strict and audit(policy) else 0
@@ -203,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="do not list unchanged files")
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("policy", help="the team policy: `flexorch policy audit` lists the rules left open")
-    p.add_argument("action", choices=("audit",))
+    p = sub.add_parser(
+        "policy",
+        help="the team policy: `flexorch policy audit` lists the rules left open; `flexorch policy roles` "
+        "prints the airflow commands that create each team's roles (FAB auth manager)",
+    )
+    p.add_argument("action", choices=("audit", "roles"))
     p.add_argument(
         "path", nargs="?", default=".", metavar="PATH", help="flexorch_policy.yaml, or the specs folder it is in"
     )

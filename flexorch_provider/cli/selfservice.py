@@ -23,7 +23,7 @@ from flexorch_provider.client.config import resolve_login, save_token
 from flexorch_provider.client.progress import RunFollower, label_of, plan_labels
 from flexorch_provider.exceptions import ClientError, SpecError, SpecProblem
 from flexorch_provider.records import JobRecord
-from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
+from flexorch_provider.submission import parse_submission, submit_dag_id
 
 
 def _say(line: str) -> None:
@@ -31,7 +31,8 @@ def _say(line: str) -> None:
 
 
 def _api(args: argparse.Namespace) -> Api:
-    return Api(resolve_login(args.url, args.user))
+    team = getattr(args, "of_team", None)
+    return Api(resolve_login(args.url, args.user), dag_id=submit_dag_id(team) if team else None)
 
 
 def _login(args: argparse.Namespace) -> int:
@@ -78,13 +79,13 @@ def _submit(args: argparse.Namespace) -> int:
     except ClientError as e:
         if e.status == 403:
             raise ClientError(
-                f"user {api.login.user!r} may not trigger the {SUBMIT_DAG_ID} DAG on {api.base}: ask an "
+                f"user {api.login.user!r} may not trigger the {api.dag_id} DAG on {api.base}: ask an "
                 "Airflow admin for permission to run it",
                 status=403,
             ) from None
         if e.status == 404:
             raise ClientError(
-                f"{api.base} has no {SUBMIT_DAG_ID} DAG: install flexorch-provider there and put its "
+                f"{api.base} has no {api.dag_id} DAG: install flexorch-provider there and put its "
                 "loader (dags/flexorch_dags.py) in the dags folder",
                 status=404,
             ) from None
@@ -98,7 +99,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         dag = api.dag()
         if dag.get("is_paused"):
-            _say(f"==> warning: the {SUBMIT_DAG_ID} DAG is paused on the server: the run waits until it is unpaused")
+            _say(f"==> warning: the {api.dag_id} DAG is paused on the server: the run waits until it is unpaused")
         state = RunFollower(api, run_id, _say).follow(interval=args.interval)
     except KeyboardInterrupt:
         return _detached(run_id)
@@ -306,6 +307,12 @@ def add_parsers(sub: Any) -> None:
     def server(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="the Airflow API (default: $FLEXORCH_API_URL, else `flexorch login`'s)")
         p.add_argument("--user", help="Airflow user (default: $FLEXORCH_USER, else `flexorch login`'s)")
+        p.add_argument(
+            "--of-team",
+            metavar="TEAM",
+            help="act on TEAM's submissions (its DAG flexorch-submit-TEAM; default: your own team's), "
+            "for an admin or a member of several teams' roles",
+        )
 
     p = sub.add_parser("login", help="log in to an Airflow API and save the token (0600) for the other commands")
     server(p)

@@ -27,13 +27,34 @@ class Login:
 
 
 class Api:
-    """One server, one user. ``on_token`` is told each new token (``flexorch login`` saves it)."""
+    """One server, one user, one submit DAG (``dag_id``; default: the user's team's). ``on_token`` is
+    told each new token (``flexorch login`` saves it)."""
 
-    def __init__(self, login: Login, on_token: Any = None) -> None:
+    def __init__(self, login: Login, on_token: Any = None, dag_id: str | None = None) -> None:
         self.login = login
         self.base = login.url.rstrip("/")
         self.on_token = on_token
         self.renewed = 0
+        self._dag_id = dag_id  # the submit DAG; None: the user's team's, as the server says
+
+    @property
+    def dag_id(self) -> str:
+        """The submit DAG of this user (their team's), as the server's flexorch app says."""
+        if self._dag_id is None:
+            try:
+                me = self.call("GET", "/flexorch/api/me")
+            except ClientError as e:
+                if e.status != 404:
+                    raise
+                me = {"submit_dag": SUBMIT_DAG_ID}  # a server without the flexorch app: the one DAG
+            dag = (me or {}).get("submit_dag") if isinstance(me, dict) else None
+            if not dag:
+                raise ClientError(
+                    f"user {self.login.user!r} is in no team of the policy on {self.base}, so has no submit DAG: "
+                    "ask the platform team to add you to a team (flexorch_policy.yaml)"
+                )
+            self._dag_id = str(dag)
+        return self._dag_id
 
     # --- auth ----------------------------------------------------------------------------
     def authenticate(self) -> str:
@@ -110,7 +131,7 @@ class Api:
 
     # --- the calls flexorch makes -----------------------------------------------------------
     def runs_path(self, run_id: str | None = None) -> str:
-        base = f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns"
+        base = f"/api/v2/dags/{urllib.parse.quote(self.dag_id, safe='')}/dagRuns"
         return base if run_id is None else f"{base}/{urllib.parse.quote(run_id, safe='')}"
 
     def trigger(self, run_id: str, conf: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +199,7 @@ class Api:
         return self.flexorch(f"services/{quote(name, safe='')}/logs", query)
 
     def dag(self) -> dict[str, Any]:
-        return dict(self.call("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}"))
+        return dict(self.call("GET", f"/api/v2/dags/{urllib.parse.quote(self.dag_id, safe='')}"))
 
 
 def _detail(e: urllib.error.HTTPError) -> str:

@@ -29,12 +29,12 @@ import pydantic
 from flexorch_provider import __version__
 from flexorch_provider.dag_factory.build import build_dag, build_invalid_dag, invalid_dag_id, problems_of
 from flexorch_provider.dag_factory.plan import plan_dags
-from flexorch_provider.dag_factory.submit import build_submit_dag
+from flexorch_provider.dag_factory.submit import build_submit_dags
 from flexorch_provider.exceptions import SpecError, SpecProblem
 from flexorch_provider.policy import load_policy, policy_file, policy_problems
 from flexorch_provider.spec.loader import iter_spec_files, load_spec_bytes
 from flexorch_provider.spec.models import SpecModel
-from flexorch_provider.submission import SUBMIT_DAG_ID
+from flexorch_provider.submission import is_submit_dag
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,10 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
             continue
         try:
             plans = plan_dags(entry.spec, shown, entry.text)
+            reserved = [p.dag_id for p in plans if is_submit_dag(p.dag_id)]
+            if reserved:
+                message = f"DAG id {reserved[0]!r} is reserved for the DAGs of `flexorch submit`; rename the spec"
+                raise SpecError(SpecProblem(shown, None, "name", message))
             taken = [p.dag_id for p in plans if p.dag_id in owners]
             if taken:
                 message = f"DAG id {taken[0]!r} is already used by {label}/{owners[taken[0]]}; rename one of the specs"
@@ -227,13 +231,10 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
             dags[dag.dag_id] = dag
             owners[dag.dag_id] = rel
     if os.environ.get(SUBMIT_ENV, "1").lower() not in ("0", "false", "no", "off"):
-        if SUBMIT_DAG_ID in dags:
-            log.error("flexorch: a spec is named %s, the DAG of `flexorch submit`; rename it", SUBMIT_DAG_ID)
-        else:
-            try:
-                dags[SUBMIT_DAG_ID] = build_submit_dag(policy_path)
-            except Exception:  # never let it take the spec DAGs down
-                log.exception("flexorch: could not build the %s DAG", SUBMIT_DAG_ID)
+        try:
+            dags.update(build_submit_dags(policy_path, policy))  # spec names cannot take their ids
+        except Exception:  # never let them take the spec DAGs down
+            log.exception("flexorch: could not build the DAGs of `flexorch submit`")
     log.info(
         "flexorch: %d spec files in %s → %d DAGs (%d cached, %d parsed, %d invalid) in %.2fs",
         len(entries),

@@ -82,6 +82,7 @@ class AirflowStack:
         self.all_admins = all_admins
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._token: str | None = None
+        self.passwords: dict[str, str] = {}  # users made outside the simple auth manager (FAB's `airflow users`)
         airflow_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         self.env = {
             **airflow_env,
@@ -197,6 +198,8 @@ class AirflowStack:
 
     def password(self, user: str = "admin") -> str | None:
         """The password the api-server generated for ``user`` (None with all_admins or before start)."""
+        if user in self.passwords:
+            return self.passwords[user]
         path = self.home / "simple_auth_manager_passwords.json.generated"
         try:
             return str(json.loads(path.read_text())[user])

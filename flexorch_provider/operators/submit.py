@@ -21,7 +21,7 @@ from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
 from flexorch_provider.policy import Ledger, gpus_of
 from flexorch_provider.policy.admission import admit, plan
 from flexorch_provider.services import actions
-from flexorch_provider.submission import SUBMIT_DAG_ID, parse_submission
+from flexorch_provider.submission import parse_submission
 from flexorch_provider.triggers.steps import StepsDoneTrigger, ended_states
 
 RETRIES_KEY = "flexorch_retries"  # XCom: how many times this task instance submitted its job again
@@ -36,14 +36,17 @@ class SubmitCheckOperator(BaseOperator):
 
     :param policy_file: the policy (``flexorch_policy.yaml``); none there (or unreadable): every
         submission is refused, saying how to write one.
+    :param submit_team: the team whose submit DAG this is: a user of another team is refused (None:
+        the one submit DAG of a server without teams).
     """
 
     ui_color = "#fff3cd"
 
-    def __init__(self, *, policy_file: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, policy_file: str | None = None, submit_team: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("retries", 0)
         super().__init__(**kwargs)
         self.policy_file = policy_file
+        self.submit_team = submit_team
 
     def execute(self, context: Any) -> list[dict[str, Any]]:
         dag_run = context["dag_run"]
@@ -58,29 +61,15 @@ class SubmitCheckOperator(BaseOperator):
             f"{s} ({j.kind} on {'/'.join(j.target)})" if s else f"{j.kind} on {'/'.join(j.target)}" for s, j in sub.jobs
         )
         self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
-        account = admit(sub, user, dag_run.run_id, self.policy_file, self._close_ended, self.log)
+        account = admit(sub, user, dag_run.run_id, (self.policy_file, self.submit_team), run_task_states, self.log)
         return plan(sub, account)
 
-    def _close_ended(self, ledger: Ledger, team: str, now: float) -> None:
-        """A job whose task ended without recording it (cancelled while deferred, its worker died) is
-        recorded as ended now, so it stops counting as running."""
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-        from flexorch_provider.triggers.steps import ENDED
+def run_task_states(dag_id: str, runs: list[str]) -> dict[str, dict[str, Any]]:
+    """The states of the ``run`` tasks of ``runs`` (keys ``run_<map index>``), through the Task SDK."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-        open_jobs = ledger.open_jobs(team, now)
-        if not open_jobs:
-            return
-        runs = sorted({str(j["run"]) for j in open_jobs})
-        try:
-            states = RuntimeTaskInstance.get_task_states(dag_id=SUBMIT_DAG_ID, task_ids=["run"], run_ids=runs) or {}
-        except Exception as e:  # the count stays conservative: those jobs keep counting until their timeout
-            self.log.warning("cannot read the states of running submissions (%s)", e)
-            return
-        for j in open_jobs:
-            index = str(j["job"]).rsplit("/", 1)[-1]
-            if (states.get(str(j["run"])) or {}).get(f"run_{index}") in ENDED:
-                ledger.append({"t": "end", "run": j["run"], "job": j["job"], "try": j["try"], "at": now, "by": "check"})
+    return dict(RuntimeTaskInstance.get_task_states(dag_id=dag_id, task_ids=["run"], run_ids=runs) or {})
 
 
 class SubmittedStepOperator(FlexOperator):
@@ -91,8 +80,9 @@ class SubmittedStepOperator(FlexOperator):
     :param account: ``{team, user, run}``: the team the job's GPU time goes to in the ledger.
     :param step_label: the step's (or spec's) name, shown as the map index in the UI.
     :param policy_file: the policy the check applied (set by the DAG, not by the check's XCom).
+    :param submit_team: the team whose submit DAG this is (set by the DAG, as ``policy_file``).
 
-    Everything but ``policy_file`` comes from ``check``'s XCom; before it runs anything the task
+    Everything but ``policy_file`` and ``submit_team`` comes from ``check``'s XCom; before it runs anything the task
     rebuilds those arguments from the run's conf and its triggering user and refuses any that
     differ (:func:`flexorch_provider.policy.admission.verify`).
     """
@@ -106,6 +96,7 @@ class SubmittedStepOperator(FlexOperator):
         account: dict[str, Any] | None = None,
         step_label: str = "",
         policy_file: str | None = None,
+        submit_team: str | None = None,
         **kwargs: Any,
     ) -> None:
         # what check's plan gave, as given (verified against the conf before anything runs)
@@ -120,6 +111,7 @@ class SubmittedStepOperator(FlexOperator):
         self._not_for_xcom = sorted(k for k in NOT_FROM_XCOM if k in kwargs)
         super().__init__(**kwargs)
         self.policy_file = policy_file
+        self.submit_team = submit_team
         self.after = [int(i) for i in after or []]
         self.account = dict(account) if account else None
         self.step_label = step_label or self.workload.name
@@ -166,8 +158,9 @@ class SubmittedStepOperator(FlexOperator):
                 int(ti.map_index),
                 getattr(dag_run, "triggering_user_name", None),
                 dag_run.run_id,
-                self.policy_file,
+                (self.policy_file, self.submit_team),
                 again=self._try > 1,
+                states_of=run_task_states,
             )
         except PolicyError as e:
             for problem in e.refusals:
@@ -198,15 +191,50 @@ class SubmittedStepOperator(FlexOperator):
     # --- retries: a mapped task's retries are fixed when the DAG is parsed, so the spec's are done here
     def _run(self, context: Any) -> Any:
         self._retried = self._retries_done(context)
-        if self.workload.is_service:  # a submitted service (the team's policy allows services): deploy it
-            job = self.resolve_for_run(context["ti"], action="deploy")
-            job.slots = actions.slots_for(self.workload)
-            return actions.converge(job, context["ti"], self.log)
+        if self.workload.is_service:  # a submitted service (the team's policy allows services)
+            return self._deploy_for_its_lifetime(context)
         try:
             return super().execute(context)
         except JobFailedError as e:
             self._retry_or_raise(context, e)
             raise
+
+    # --- a submitted service lives as long as its run task ------------------------------------
+    def _deploy_for_its_lifetime(self, context: Any) -> Any:
+        """Deploy, then hold the service (deferred) for its lifetime, its ``timeout`` (none: until
+        the run is cancelled): the run counts as live and the service's GPUs are in the ledger all
+        that time. The lifetime's end undeploys it here; a cancel, in the trigger's ``on_kill``."""
+        from flexorch_provider.triggers.service_lease import ServiceLeaseTrigger
+
+        ti = context["ti"]
+        job = self.resolve_for_run(ti, action="deploy")
+        job.slots = actions.slots_for(self.workload)
+        summary = actions.converge(job, ti, self.log)
+        self._ledger_start(job.run_key, job.timeout_s)
+        lifetime = job.timeout_s
+        until = time.time() + lifetime if lifetime else None
+        self.log.info(
+            "service %s deployed on %s; it runs %s, or until the run is cancelled (`flexorch cancel`), then is undeployed",
+            self.workload.name,
+            summary.get("target"),
+            f"for its timeout, {int(lifetime)}s" if lifetime else "with no timeout",
+        )
+        given: dict[str, Any] = dict(self._given)
+        trigger = ServiceLeaseTrigger(
+            given["spec"], given["step"], given["overrides"], job.run_key, until, not_before=time.time() + RESUME_HOLD_S
+        )
+        self.defer(trigger=trigger, method_name="execute_lifetime_end")
+
+    def execute_lifetime_end(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        ti = context["ti"]
+        self._try = int(getattr(ti, "try_number", 0) or 0)
+        self._retried = self._retries_done(context)
+        job = self.resolve_for_run(ti, action="undeploy")
+        job.slots = actions.slots_for(self.workload)
+        self.log.info("service %s: its lifetime (timeout) has ended: undeploying it", self.workload.name)
+        summary = actions.converge(job, ti, self.log)
+        self.on_end(job.run_key)
+        return summary
 
     def execute_retry(self, context: Any, event: Any = None) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
@@ -253,17 +281,22 @@ class SubmittedStepOperator(FlexOperator):
 
     # --- the ledger: GPU time of each try of each job ---------------------------------------
     def on_submit(self, job: ResolvedJob, handle: JobHandle) -> None:
+        self._ledger_start(handle.run_key, job.timeout_s)
+
+    def _ledger_start(self, run_key: str, cap: float | None) -> None:
+        """One try of a job (or a service's lifetime) starts: its GPUs (every node, host and replica)
+        count from now, up to ``cap`` seconds."""
         if self.account:
             Ledger().append(
                 {
                     "t": "start",
                     "run": self.account["run"],
-                    "job": handle.run_key,
+                    "job": run_key,
                     "try": self._ledger_try,
                     "team": self.account["team"],
                     "user": self.account.get("user"),
                     "gpus": gpus_of(self.workload),
-                    "cap": job.timeout_s,
+                    "cap": cap,
                 }
             )
 

@@ -19,7 +19,7 @@ from flexorch_provider.exceptions import PolicyError
 from flexorch_provider.policy.ledger import Ledger, period_start
 from flexorch_provider.policy.model import Policy, Team, load_policy
 from flexorch_provider.policy.rules import budget_refusal, concurrency_refusal, static_refusals
-from flexorch_provider.submission import Submission
+from flexorch_provider.submission import Submission, submit_dag_id
 
 NO_POLICY = (
     "no policy file at {where}: submissions are refused until the platform team writes one. "
@@ -30,14 +30,67 @@ NO_POLICY = (
 PLAN_KEYS = ("spec", "step", "overrides", "step_label", "after", "account")
 
 
-def team_of(policy_file: str | None, user: str | None) -> tuple[Policy, str, Team]:
-    """The policy and the user's team; PolicyError when there is no policy or no team for the user."""
+# (dag id, run ids) → run id → {task instance key: state} of those runs' ``run`` tasks (None: unreadable)
+StatesOf = Callable[[str, list[str]], dict[str, dict[str, Any]] | None]
+
+
+def close_ended(ledger: Ledger, team: str, now: float, states_of: StatesOf, log: Any) -> None:
+    """Record what ended without saying so (call under the ledger's lock): a job whose task ended
+    (cancelled while deferred, its worker died) and a checked run whose ``run`` tasks have all
+    ended (or that has none long after its check: deleted). Until then they count: a job up to its
+    timeout, a run against ``max_concurrent``."""
+    from flexorch_provider.policy.ledger import QUEUED_S
+    from flexorch_provider.triggers.steps import ENDED
+
+    open_jobs = ledger.open_jobs(team, now)
+    pending = ledger.pending_runs(team, now)
+    runs = sorted({str(j["run"]) for j in open_jobs} | set(pending))
+    if not runs:
+        return
+    try:
+        states = states_of(submit_dag_id(team), runs)
+    except Exception as e:  # the count stays conservative
+        log.warning("cannot read the states of team %s's submissions (%s); they keep counting", team, e)
+        return
+    if states is None:
+        return
+    for j in open_jobs:
+        index = str(j["job"]).rsplit("/", 1)[-1]
+        if (states.get(str(j["run"])) or {}).get(f"run_{index}") in ENDED:
+            ledger.append({"t": "end", "run": j["run"], "job": j["job"], "try": j["try"], "at": now, "by": "check"})
+    for run, check in pending.items():
+        tasks = states.get(run) or {}
+        if (tasks and all(state in ENDED for state in tasks.values())) or (
+            not tasks and now - float(check.get("at", now)) > QUEUED_S
+        ):
+            ledger.append({"t": "done", "run": run, "team": team, "at": now})
+
+
+# where a submission was made: the policy file and the team whose submit DAG ran it (None: the one
+# submit DAG of a server without teams)
+Place = tuple[str | None, str | None]
+
+
+def team_of(place: Place, user: str | None) -> tuple[Policy, str, Team]:
+    """The policy and the user's team; PolicyError when there is no policy, no team for the user, or
+    the user's team is not the one whose submit DAG this is."""
+    policy_file, dag_team = place
     policy = load_policy(policy_file)
     if policy is None:
         raise PolicyError([NO_POLICY.format(where=policy_file or "(none configured)")])
     found = policy.team_of(user)
     if found is None:
         raise PolicyError([f"user {user or '(unknown)'} is in no team of {policy.file} and it has no default_team"])
+    if dag_team != found[0] and (dag_team is not None or policy.teams):
+        mine = submit_dag_id(found[0])
+        this = submit_dag_id(dag_team)
+        raise PolicyError(
+            [
+                f"user {user or '(unknown)'} is in team {found[0]}, and {this} runs "
+                + (f"team {dag_team}'s submissions" if dag_team else "no team's submissions on a server with teams")
+                + f": submit through {mine} (`flexorch submit` picks it)"
+            ]
+        )
     return policy, found[0], found[1]
 
 
@@ -58,8 +111,9 @@ def plan(sub: Submission, account: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def host_refusals(team: str, job: Any) -> list[str]:
-    """A submitted ssh job dials only hosts the platform named: its connection's own host, or a name
-    in the connection's ``host_aliases``, written as that name (no ``user@`` or ``:port`` of the
+    """A submitted ssh job dials only hosts the platform named: its connection's own host, a name in
+    the connection's ``host_aliases``, or a host of an ssh GPU pool on that connection (the GPU
+    pools file), written as that name (no ``user@`` or ``:port`` of the
     submitter's choosing). The worker dials them with the fleet's credentials and sends them the
     job's secrets, so a look-alike or an address of the user's own is refused."""
     if "ssh" not in job.target or not job.ssh.hosts:
@@ -74,34 +128,52 @@ def host_refusals(team: str, job: Any) -> list[str]:
     except Exception as e:
         return [f"team {team}: ssh.connection {conn_id} cannot be read here ({type(e).__name__}); create it"]
     aliases = conn.extra_dejson.get(ALIASES_EXTRA) or {}
-    known = {conn.host, *(aliases if isinstance(aliases, dict) else {})} - {None, ""}
+    known = {conn.host, *(aliases if isinstance(aliases, dict) else {}), *inventory_hosts(conn_id)} - {None, ""}
     bad = [h for h in job.ssh.hosts if h not in known]
     if not bad:
         return []
     return [
-        f"team {team}: ssh host {', '.join(bad)} is not a host the connection {conn_id} names (its host or its "
-        f"host_aliases: {', '.join(sorted(map(str, known))) or 'none'}); a submission may dial only those"
+        f"team {team}: ssh host {', '.join(bad)} is not a host the connection {conn_id} names (its host, its "
+        f"host_aliases, or a GPU pool's hosts on it: {', '.join(sorted(map(str, known))) or 'none'}); "
+        "a submission may dial only those"
     ]
+
+
+def inventory_hosts(conn_id: str) -> set[str]:
+    """The hosts the platform's GPU pools file lists for ssh pools on this connection (none when there
+    is no such file, or it is invalid: then only the connection's own names count)."""
+    from flexorch_provider.inventory.pools import SshPool, load_pools
+
+    try:
+        pools = load_pools()
+    except Exception:
+        return set()
+    return {h for p in pools.values() if isinstance(p, SshPool) and p.connection == conn_id for h in p.hosts}
 
 
 def admit(
     sub: Submission,
     user: str | None,
     run_id: str,
-    policy_file: str | None,
-    close_ended: Callable[[Ledger, str, float], None],
+    place: Place,
+    states_of: StatesOf,
     log: Any,
 ) -> dict[str, Any]:
     """Apply the team's rules, budget and concurrency limit to a submission and record the check;
     the account (``{team, user, run}``) its jobs are charged to. PolicyError lists every refusal."""
-    policy, name, team = team_of(policy_file, user)
+    try:
+        policy, name, team = team_of(place, user)
+    except PolicyError as e:
+        for r in e.refusals:
+            log.error("refused: %s", r)
+        raise
     refusals = [r for _, job in sub.jobs for r in [*static_refusals(name, team, job), *host_refusals(name, job)]]
     jobs = [job for _, job in sub.jobs]
     ledger = Ledger()
     with ledger.locked():  # no other check between reading the ledger and recording this one
         now = time.time()
         ledger.compact(now)
-        close_ended(ledger, name, now)
+        close_ended(ledger, name, now, states_of, log)
         used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
         for refusal in (
             budget_refusal(name, team, jobs, used),
@@ -121,19 +193,25 @@ def admit(
     return {"team": name, "user": user, "run": run_id}
 
 
+class _QuietLog:
+    def warning(self, *args: Any) -> None:
+        pass
+
+
 def verify(
     given: dict[str, Any],
     sub: Submission,
     index: int,
     user: str | None,
     run_id: str,
-    policy_file: str | None,
+    place: Place,
     again: bool,
+    states_of: StatesOf | None = None,
 ) -> dict[str, Any]:
     """What the ``run`` task at map ``index`` was given against what the conf and the policy give
     now; the account to charge. ``again``: a try after the first (a cleared task), whose budget
     and concurrency are checked again (this run's own jobs aside)."""
-    _, name, team = team_of(policy_file, user)
+    _, name, team = team_of(place, user)
     account = {"team": name, "user": user, "run": run_id}
     expected = plan(sub, account)
     if not 0 <= index < len(expected) or {k: given.get(k) for k in PLAN_KEYS} != expected[index]:
@@ -154,6 +232,8 @@ def verify(
         ledger = Ledger()
         with ledger.locked():
             now = time.time()
+            if states_of is not None:
+                close_ended(ledger, name, now, states_of, _QuietLog())
             used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
             live = ledger.live_runs(name, now) - {run_id}
             for refusal in (budget_refusal(name, team, [job], used), concurrency_refusal(name, team, len(live))):

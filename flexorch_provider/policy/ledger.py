@@ -1,9 +1,12 @@
 """What submitted runs used, kept where the tasks run (``$FLEXORCH_STATE_DIR/usage.jsonl``,
 default ``$AIRFLOW_HOME/flexorch``): one JSON line per event, appended under a file lock.
 
-- ``check``: a submission passed its team's rules (it counts as live until a job of it starts, for
-  at most :data:`QUEUED_S`);
-- ``start``/``end``: one try of one job (GPUs, and its timeout as the most it can run).
+- ``check``: a submission passed its team's rules; the run counts as live from here until a
+  ``done`` event (its ``run`` tasks have all ended: between retries, between pipeline steps and
+  while queued it still counts);
+- ``start``/``end``: one try of one job (GPUs, and its timeout as the most it can run);
+- ``done``: every job of a checked run has ended (recorded by the next check, or the usage page,
+  that finds its tasks ended: :func:`flexorch_provider.policy.admission.close_ended`).
 
 GPU-hours are GPUs × wall time from these events: a running job counts up to now, one whose
 worker died before recording its end counts up to its timeout. The file survives restarts of
@@ -24,7 +27,7 @@ from typing import Any
 
 from flexorch_provider.paths import state_dir
 
-QUEUED_S = 120.0  # a checked run with no job started yet is live this long
+QUEUED_S = 120.0  # a checked run with no run task at all this long after its check has ended (deleted)
 KEEP_S = 8 * 86400  # events older than this are dropped when the file is compacted
 COMPACT_BYTES = 4 << 20
 
@@ -127,15 +130,21 @@ class Ledger:
                 total += j["gpus"] * overlap / 3600
         return total
 
+    def pending_runs(self, team: str, now: float) -> dict[str, dict[str, Any]]:
+        """``team``'s checked runs with no ``done`` event yet: run id → its check event."""
+        events = self.events()
+        done = {str(e.get("run")) for e in events if e.get("t") == "done" and e.get("team") == team}
+        return {
+            str(e.get("run")): e
+            for e in events
+            if e.get("t") == "check" and e.get("team") == team and str(e.get("run")) not in done
+            and now - float(e.get("at", 0)) < KEEP_S
+        }  # fmt: skip
+
     def live_runs(self, team: str, now: float) -> set[str]:
-        """Runs of ``team`` with a job running, or checked lately and not started yet."""
-        live = {str(j["run"]) for j in self.jobs(team, now) if j["live"]}
-        started = {str(e.get("run")) for e in self.events() if e.get("t") == "start"}
-        for e in self.events():
-            if e.get("t") == "check" and e.get("team") == team and now - float(e["at"]) < QUEUED_S:
-                if str(e.get("run")) not in started:
-                    live.add(str(e.get("run")))
-        return live
+        """Runs of ``team`` from their check until every job of theirs has ended (a ``done`` event),
+        and any run with a job running."""
+        return {str(j["run"]) for j in self.jobs(team, now) if j["live"]} | set(self.pending_runs(team, now))
 
     def compact(self, now: float) -> None:
         """Drop events older than KEEP_S once the file is large (call under :meth:`locked`)."""

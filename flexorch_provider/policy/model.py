@@ -19,7 +19,12 @@ how much, so a submission needs no approval ticket::
         slurm_accounts: [nlp]              # and qos: slurm_qos
         kubernetes_namespaces: [nlp]       # and service accounts, tolerations: true
         mount_paths: ["/data/nlp/*"]       # host paths a container may mount
+        airflow_roles: [nlp-users]         # auth-manager roles granted flexorch-submit-nlp
     default_team: null                     # users in no team (and specs whose owner is no team)
+
+Each team submits through its own DAG, ``flexorch-submit-<team>`` (its runs, logs and XComs are
+the team's: an auth manager with per-DAG permissions, such as FAB's, lets only the team's roles read
+or change them; ``airflow_roles`` grants them through the DAG's ``access_control``).
 
 No policy file: specs in the dags folder run as without this feature, and every submission is
 refused (a submitted spec is untrusted input; the platform team says what it may do). For
@@ -44,6 +49,7 @@ FILE_NAME = "flexorch_policy.yaml"
 POLICY_ENV = "FLEXORCH_POLICY"
 
 Glob = Annotated[str, Field(min_length=1, max_length=250)]
+RoleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")]
 
 
 class Budget(FlexModel):
@@ -113,6 +119,13 @@ class Team(FlexModel):
         Field(
             description="Host paths a container may mount (globs over container.mounts[].host). "
             "Unset: a submission may mount none."
+        ),
+    ] = None
+    airflow_roles: Annotated[
+        list[RoleName] | None,
+        Field(
+            description="Auth-manager roles that may read and run the team's submit DAG (flexorch-submit-TEAM), "
+            "set as its access_control (FAB: the roles must exist before the DAG is parsed)."
         ),
     ] = None
 

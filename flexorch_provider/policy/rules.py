@@ -185,8 +185,22 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
                 f"{where}: container.registry_connection {registry} is not a connection the team may use "
                 f"(allowed: {', '.join(team.secrets) or 'none'})"
             )
+    if job.gpu_pool and submitted:
+        # a submitted job is a map index of the run task, whose pool Airflow fixes when the DAG is parsed
+        out.append(
+            f"{where}: gpu_pool {job.gpu_pool}: a submitted job cannot hold Airflow pool slots (a mapped task's "
+            "pool is fixed when the DAG is parsed); drop gpu_pool: the target still refuses GPUs that are taken "
+            "(the runner's claims on a host, Slurm's GRES, Kubernetes' allocatable) and max_gpus bounds the job"
+        )
     if job.is_service and not team.services and submitted:
         out.append(f"{where}: may not deploy services by submission (services: false in the policy)")
+    elif job.is_service and submitted and not job.name.startswith(f"{name}-"):
+        # one name is one service on every target (its state, its replicas): a team owns the names
+        # that begin with its own, so no submission replaces or scales another team's service
+        out.append(
+            f"{where}: a submitted service is named after its team: call it {name}-{job.name} "
+            f"(the team owns the service names that begin with '{name}-')"
+        )
     return out + place_refusals(where, team, job, submitted)
 
 

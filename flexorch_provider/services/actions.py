@@ -68,6 +68,14 @@ def converge(job: ResolvedJob, ti: Any, log: Log) -> dict[str, Any]:
     return {**summary, "target": target, "action": job.action}
 
 
+def stop(job: ResolvedJob, log: Log) -> dict[str, Any]:
+    """Undeploy a service where no task instance is at hand (a killed task's trigger): unmark it,
+    then stop its replicas on the target that takes the undeploy."""
+    _mark(job, deployed=False, target=None)
+    target, summary = first_that_accepts(order(job.service), lambda b: b.service(job, _lines(log)), log)
+    return {**summary, "target": target, "action": "undeploy"}
+
+
 def _mark(job: ResolvedJob, deployed: bool, target: str | None) -> None:
     state = ServiceState.load(job.name)
     state.mark(deployed, job.slots, target)

@@ -14,8 +14,9 @@ JSON (``/flexorch/api``):
 - ``GET /api/services/{name}/logs?replica=&tail=&cursor=``: its replicas' recent log lines
   (``cursor``: the JSON object this returned as ``cursors``, to get only newer lines)
 - ``GET /api/usage``: each team's GPU-hours and live runs (the policy's ledger)
+- ``GET /api/me``: the user, their team, whether they are an admin, and their submit DAG
 
-A submitted job (the ``flexorch-submit`` DAG) belongs to the team that submitted it: a user who is
+A submitted job (a ``flexorch-submit[-<team>]`` DAG) belongs to the team that submitted it: a user who is
 not an admin (one who may not change Variables) sees only their own team's submitted jobs, their
 logs and their team's usage.
 
@@ -48,14 +49,26 @@ class Viewer:
     name: str | None
     team: str | None
     admin: bool
+    has_teams: bool = False  # the policy has teams: each submits through its own DAG
 
     def sees(self, row: dict[str, Any]) -> bool:
         """A submitted job is its team's: another team's user does not see it (or its log)."""
-        from flexorch_provider.submission import SUBMIT_DAG_ID
+        from flexorch_provider.submission import is_submit_dag
 
         return (
-            self.admin or row.get("dag_id") != SUBMIT_DAG_ID or (self.team is not None and row.get("team") == self.team)
+            self.admin
+            or not is_submit_dag(row.get("dag_id"))
+            or (self.team is not None and row.get("team") == self.team)
         )
+
+
+def me(who: Viewer) -> dict[str, Any]:
+    """The user as flexorch sees them, and the submit DAG ``flexorch submit`` uses for them: their
+    team's when the policy has teams, else the one DAG."""
+    from flexorch_provider.submission import submit_dag_id
+
+    dag = submit_dag_id(who.team) if who.team or not who.has_teams else None  # None: in no team, may not submit
+    return {"user": who.name, "team": who.team, "admin": who.admin, "submit_dag": dag}
 
 
 def viewer(request: Request) -> Viewer:
@@ -71,12 +84,35 @@ def viewer(request: Request) -> Viewer:
     except Exception:  # an invalid policy: nobody's team is known, admins still see all
         policy = None
     found = policy.team_of(name) if policy is not None else None
-    return Viewer(name, found[0] if found else None, admin)
+    return Viewer(name, found[0] if found else None, admin, bool(policy and policy.teams))
 
 
-def usage(now: float | None = None, who: Viewer | None = None) -> dict[str, Any]:
-    """Each team's GPU-hours and live runs; a user who is not an admin sees their own team only."""
+def run_task_states(dag_id: str, runs: list[str]) -> dict[str, dict[str, Any]]:
+    """The states of the ``run`` tasks of ``runs`` (keys ``run_<map index>``), from Airflow's database
+    (the api-server has it; tasks ask through the Task SDK instead)."""
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    out: dict[str, dict[str, Any]] = {}
+    with create_session() as session:
+        rows = session.execute(
+            select(TI.run_id, TI.map_index, TI.state).where(
+                TI.dag_id == dag_id, TI.task_id == "run", TI.run_id.in_(runs)
+            )
+        )
+        for run_id, index, state in rows:
+            out.setdefault(run_id, {})["run" if index < 0 else f"run_{index}"] = state
+    return out
+
+
+def usage(now: float | None = None, who: Viewer | None = None, states_of: Any = run_task_states) -> dict[str, Any]:
+    """Each team's GPU-hours and live runs; a user who is not an admin sees their own team only.
+    Runs and jobs whose tasks have ended without recording it are recorded as ended first."""
+    import logging
+
     from flexorch_provider.policy import Ledger, load_policy, period_start, policy_file
+    from flexorch_provider.policy.admission import close_ended
 
     now = time.time() if now is None else now
     path = policy_file(overview.specs_dir())
@@ -88,6 +124,9 @@ def usage(now: float | None = None, who: Viewer | None = None) -> dict[str, Any]
     for name, team in policy.teams.items():
         if who is not None and not who.admin and name != who.team:
             continue
+        if states_of is not None:
+            with ledger.locked():
+                close_ended(ledger, name, now, states_of, logging.getLogger(__name__))
         per = team.gpu_hours.per if team.gpu_hours else "day"
         since = period_start(per, now)
         teams.append(
@@ -132,6 +171,10 @@ def create_app() -> FastAPI:
 
     # no schema route either: every route of this app needs a login, and so does the list of them
     app = FastAPI(title="flexorch", dependencies=[Depends(logged_in)], docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/api/me")
+    def _me(request: Request) -> dict[str, Any]:
+        return me(viewer(request))
 
     @app.get("/api/usage")
     def _usage(request: Request) -> dict[str, Any]:

@@ -21,22 +21,24 @@ from flexorch_provider.client.api import Api, Login
 from flexorch_provider.client.progress import RunFollower
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, loader_source
-from flexorch_provider.submission import SUBMIT_DAG_ID
+from flexorch_provider.submission import submit_dag_id
 from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e-submit"
+NLP, BUDGET = submit_dag_id("nlp"), submit_dag_id("budget")  # each team submits through its own DAG
 FLEXORCH = str(Path(sys.executable).parent / "flexorch")
 
 POLICY = """\
 teams:
   nlp:
-    members: [alice]
+    members: [alice, eve]
     targets: [local, slurm]
     max_gpus: 2
     max_timeout: 1h
     secrets: ["variable:flex_*"]
+    services: true
   budget:
     members: [bob]
     targets: [slurm]
@@ -68,7 +70,8 @@ def stack(tmp_path_factory, slurm_cluster):
     )
     s.start()
     try:
-        s.wait_dag(SUBMIT_DAG_ID, timeout=90)
+        s.wait_dag(NLP, timeout=90)
+        s.wait_dag(BUDGET, timeout=30)
         s.base = base  # type: ignore[attr-defined]
         yield s
     finally:
@@ -151,7 +154,7 @@ def test_submit_streams_a_local_jobs_log_while_it_runs_and_exits_with_its_outcom
     out = "\n".join(live.lines)
     assert "[streamed] last line" in out and "==> streamed: job " in out and " on local" in out
     assert live.lines[-1].startswith("==> streamed: success")
-    run = stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{live.run_id}")
+    run = stack.api("GET", f"/api/v2/dags/{NLP}/dagRuns/{live.run_id}")
     assert run["triggering_user_name"] == "alice"  # the user the API authenticated
     assert "submission by alice" in out
 
@@ -190,7 +193,7 @@ def test_detach_reattach_and_cancel_leave_no_job(stack, tmp_path):
     out = "\n".join(live.lines)
     run_id = live.run_id
     assert f"flexorch logs {run_id} --follow" in out and f"flexorch cancel {run_id}" in out
-    assert stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}")["state"] == "running"  # still runs
+    assert stack.api("GET", f"/api/v2/dags/{NLP}/dagRuns/{run_id}")["state"] == "running"  # still runs
 
     logs = cli(stack, "alice", "logs", run_id, "--tail", "5")
     assert "[detached] first line" in logs.stdout
@@ -238,13 +241,13 @@ def test_a_pipeline_runs_its_steps_in_order_and_skips_after_a_failure(stack, tmp
 
 
 def test_spec_errors_are_caught_here_and_again_on_the_server(stack, tmp_path):
-    before = len(stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns?limit=1000")["dag_runs"])
+    before = len(stack.api("GET", f"/api/v2/dags/{NLP}/dagRuns?limit=1000")["dag_runs"])
     bad = spec(tmp_path, "bad", "name: bad\nkind: batch\nrun: echo\nresorces: {gpus: 1}\n")
     local = cli(stack, "alice", "submit", str(bad))
     assert (
         local.returncode == 1 and local.stderr.strip() == f"{bad}:4: resorces: unknown key; did you mean 'resources'?"
     )
-    assert len(stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns?limit=1000")["dag_runs"]) == before
+    assert len(stack.api("GET", f"/api/v2/dags/{NLP}/dagRuns?limit=1000")["dag_runs"]) == before
 
     api = Api(Login(stack.url, "alice", password(stack, "alice")))
     raw = api.trigger("raw-bad", {"spec": bad.read_text(), "step": None, "set": []})  # a client that skips the check
@@ -277,7 +280,7 @@ def test_the_policy_refuses_with_each_rule_and_the_numbers(stack, tmp_path):
     ):
         assert f"[check] refused: team nlp: {rule}" in out, out  # fmt: skip
     nobody = cli(stack, "admin", "submit", str(spec(tmp_path, "ok", "name: ok\nkind: batch\nrun: echo\n")))
-    assert "user admin is in no team" in nobody.stdout
+    assert nobody.returncode == 1 and "user 'admin' is in no team of the policy" in nobody.stderr
 
 
 def test_the_gpu_hour_budget_counts_real_runs_and_concurrency_is_limited(stack, tmp_path):
@@ -310,12 +313,12 @@ def test_logins_and_permissions_are_refused_in_one_line(stack, tmp_path):
         "refused the login of 'alice': wrong user or password"
     )
     viewer = cli(stack, "eve", "submit", job)
-    assert viewer.returncode == 1 and "may not trigger the flexorch-submit DAG" in viewer.stderr
+    assert viewer.returncode == 1 and "may not trigger the flexorch-submit-nlp DAG" in viewer.stderr
     gone = cli(stack, "alice", "submit", job, FLEXORCH_API_URL="http://127.0.0.1:9")
     assert gone.returncode == 1 and "cannot reach the Airflow API at http://127.0.0.1:9" in gone.stderr
     for r in (wrong, viewer, gone):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    req = urllib.request.Request(f"{stack.url}/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns", method="POST",
+    req = urllib.request.Request(f"{stack.url}/api/v2/dags/{NLP}/dagRuns", method="POST",
                                  data=json.dumps({"logical_date": None, "conf": {}}).encode(),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as anonymous:
@@ -345,14 +348,16 @@ def _as(stack: AirflowStack, user: str) -> Api:
 
 def _ended(stack: AirflowStack, run_id: str, timeout: float = 120) -> str:
     def state() -> str | None:
-        s = stack.api("GET", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}")["state"]
+        s = stack.api("GET", f"/api/v2/dags/{NLP}/dagRuns/{run_id}")["state"]
         return s if s in ("success", "failed") else None
 
     return str(stack.wait_for(state, timeout, f"run {run_id} to end"))
 
 
 def _log(stack: AirflowStack, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
-    events = _as(stack, "admin").log(run_id, task_id, try_number, map_index)
+    events = Api(Login(stack.url, "admin", password(stack, "admin")), dag_id=NLP).log(
+        run_id, task_id, try_number, map_index
+    )
     return "\n".join(str(e.get("event", "")) for e in events)
 
 
@@ -415,9 +420,9 @@ def test_an_edited_plan_and_a_cleared_run_task_are_checked_again(stack, tmp_path
     alice = _as(stack, "alice")
     plan = alice.xcom(run_id, "check", "return_value")
     edited = [dict(plan[0], spec={**plan[0]["spec"], "run": f"touch {marker}"})]
-    alice.call("PATCH", f"/api/v2/dags/{SUBMIT_DAG_ID}/dagRuns/{run_id}/taskInstances/check/xcomEntries/return_value",
+    alice.call("PATCH", f"/api/v2/dags/{NLP}/dagRuns/{run_id}/taskInstances/check/xcomEntries/return_value",
                {"value": edited, "map_index": -1})  # fmt: skip
-    alice.call("POST", f"/api/v2/dags/{SUBMIT_DAG_ID}/clearTaskInstances",
+    alice.call("POST", f"/api/v2/dags/{NLP}/clearTaskInstances",
                {"dry_run": False, "dag_run_id": run_id, "task_ids": ["run"], "only_failed": False})  # fmt: skip
     assert _ended(stack, run_id) == "failed"
     assert not marker.exists()
@@ -432,7 +437,7 @@ def test_another_teams_submitted_job_is_not_listed_to_it(stack, tmp_path):
 
         def listed(user: str) -> bool:
             jobs = _as(stack, user).flexorch("jobs")["jobs"]
-            return any(j["dag_id"] == SUBMIT_DAG_ID and j["run_id"] == live.run_id for j in jobs)
+            return any(j["dag_id"] == NLP and j["run_id"] == live.run_id for j in jobs)
 
         assert listed("alice") and listed("admin") and not listed("bob")
         usage = _as(stack, "bob").usage()
@@ -440,3 +445,66 @@ def test_another_teams_submitted_job_is_not_listed_to_it(stack, tmp_path):
     finally:
         gate.touch()
         assert live.finish() == 0, "\n".join(live.lines)
+
+
+def test_a_user_of_another_team_triggering_a_teams_submit_dag_is_refused_by_its_check(stack):
+    """The simple auth manager lets every user trigger every DAG: a team's own submit DAG still runs
+    only its team's submissions (with per-DAG permissions, Airflow refuses the trigger already:
+    tests/e2e/test_team_dags.py)."""
+    alice = _as(stack, "alice")
+    assert alice.dag_id == NLP and _as(stack, "bob").dag_id == BUDGET  # what `flexorch submit` picks
+    text = "name: sneaky\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\n"
+    run = alice.call("POST", f"/api/v2/dags/{BUDGET}/dagRuns",
+                     {"dag_run_id": f"sneaky-{time.time_ns()}", "logical_date": None,
+                      "conf": {"spec": text, "step": None, "set": []}})  # fmt: skip
+    run_id = run["dag_run_id"]
+
+    def ended() -> str | None:
+        s = stack.api("GET", f"/api/v2/dags/{BUDGET}/dagRuns/{run_id}")["state"]
+        return s if s in ("success", "failed") else None
+
+    assert stack.wait_for(ended, 120, "the run to end") == "failed"
+    events = stack.task_log_entries(BUDGET, run_id, "check", 1)
+    log = "\n".join(str(e.get("event", "")) for e in events)
+    assert "user alice is in team nlp, and flexorch-submit-budget runs team budget's submissions" in log, log
+
+
+def _pid_alive(pid: int) -> bool:
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+def _service(name: str, marker: Path, timeout: str) -> str:
+    return (f"name: {name}\nkind: service\ntarget: local\nreplicas: 1\ntimeout: {timeout}\n"
+            f"run: 'echo $$ > {marker}; exec sleep 900'\n")  # fmt: skip
+
+
+def test_a_submitted_service_lives_for_its_timeout_or_until_its_run_is_cancelled(stack, tmp_path):
+    """A submitted service is named after its team, holds its run (live, in the ledger) for its
+    lifetime, its timeout, and is undeployed when that ends or when the run is cancelled."""
+    wrong = cli(stack, "alice", "submit", str(spec(tmp_path, "svc", _service("web", tmp_path / "x", "20s"))))
+    assert "a submitted service is named after its team: call it nlp-web" in wrong.stdout, wrong.stdout
+
+    marker = tmp_path / "brief.pid"
+    brief = Live(stack, "alice", "submit", str(spec(tmp_path, "brief", _service("nlp-brief", marker, "25s"))))
+    brief.wait_for("deployed on local; it runs for its timeout, 25s")
+    pid = int(marker.read_text())
+    assert _pid_alive(pid)
+    usage = _as(stack, "alice").usage()["teams"][0]
+    assert usage["team"] == "nlp" and usage["live_runs"] >= 1  # the service's run is live while it runs
+    assert brief.finish(timeout=180) == 0, "\n".join(brief.lines)
+    assert "its lifetime (timeout) has ended: undeploying it" in "\n".join(brief.lines)
+    stack.wait_for(lambda: not _pid_alive(pid), 30, "the replica to stop")
+
+    marker = tmp_path / "long.pid"
+    long = Live(stack, "alice", "submit", str(spec(tmp_path, "long", _service("nlp-long", marker, "30m"))))
+    long.wait_for("deployed on local; it runs for its timeout, 1800s")
+    pid = int(marker.read_text())
+    api = _as(stack, "alice")
+    stack.wait_for(  # the lease trigger runs in the triggerer: a cancel reaches it through its on_kill
+        lambda: any(str(e.get("event", "")).startswith("trigger ") for e in api.log(long.run_id, "run", 1, 0)),
+        60, "the lease trigger to start")  # fmt: skip
+    cancelled = cli(stack, "alice", "cancel", long.run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    stack.wait_for(lambda: not _pid_alive(pid), 60, "the cancelled service's replica to stop")
+    long.finish(timeout=60)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flexorch_provider.dag_factory import folder
-from flexorch_provider.dag_factory.build import INVALID_TAG
+from flexorch_provider.dag_factory.build import INVALID_TAG, invalid_dag_id
 from flexorch_provider.dag_factory.codegen import HEADER, generate
 from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 from flexorch_provider.exceptions import SpecError
@@ -280,6 +280,35 @@ def test_a_spec_that_breaks_its_owners_policy_becomes_a_placeholder_naming_the_r
     invalid = bag.dags["flexorch-invalid-policy"]
     assert "flexorch_policy.yaml:6: teams.platform.memebers: unknown key; did you mean 'members'?" in invalid.doc_md
     assert INVALID_TAG not in bag.dags["hello-local"].tags  # an invalid policy hides no spec
+
+
+def test_each_team_of_the_policy_gets_its_own_submit_dag_with_its_roles(dags_dir, tmp_path):
+    """Airflow shows a DAG's runs to whoever may read it: each team submits through its own DAG, its
+    roles (airflow_roles) granted it by access_control; a spec cannot take a submit DAG's id."""
+    (dags_dir / "specs" / "flexorch_policy.yaml").write_text(
+        POLICY.replace("members: [rita]", "members: [rita]\n    airflow_roles: [risk-users]")
+    )
+    (dags_dir / "specs" / "taker.yaml").write_text("name: flexorch-submit-risk\nkind: batch\nrun: echo\n")
+    bag = dagbag(dags_dir)
+    assert bag.import_errors == {}
+    assert {d for d in bag.dag_ids if d.startswith("flexorch-submit")} == {
+        "flexorch-submit-risk",
+        "flexorch-submit-platform",
+    }
+    risk = bag.dags["flexorch-submit-risk"]
+    assert risk.get_task("check").submit_team == "risk" and risk.get_task("run").partial_kwargs["submit_team"] == "risk"
+    assert risk.access_control == {
+        "risk-users": {"DAGs": {"can_read", "can_edit"}, "DAG Runs": {"can_read", "can_create"}}
+    }
+    assert bag.dags["flexorch-submit-platform"].access_control is None  # no roles: grants are set by hand
+    assert "reserved for the DAGs of `flexorch submit`" in bag.dags[invalid_dag_id(None, "taker.yaml")].doc_md
+
+    generated = generate(dags_dir / "specs", tmp_path / "generated")  # the generated file reads the policy too
+    assert {d for d in dagbag(tmp_path / "generated").dag_ids if d.startswith("flexorch-submit")} == {
+        "flexorch-submit-risk",
+        "flexorch-submit-platform",
+    }
+    assert any("reserved for the DAGs" in str(p) for p in generated.problems)
 
 
 def test_the_submit_dag_maps_its_run_task_over_the_checks_plan(dags_dir):

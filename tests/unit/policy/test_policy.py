@@ -4,6 +4,7 @@ ledger counts GPU-hours from the events of real runs (running jobs included)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
@@ -106,6 +107,29 @@ def test_services_are_refused_unless_the_team_allows_them(tmp_path):
     )
 
 
+def test_a_submitted_job_may_not_name_a_gpu_pool_it_could_not_hold(tmp_path):
+    """A submitted job runs as a map index of the run task, whose Airflow pool is fixed at parse time:
+    its gpu_pool slots would never be taken, so the pool's limit would not hold; refused, saying why."""
+    team = _policy(tmp_path).teams["nlp"]
+    (refusal,) = static_refusals("nlp", team, _job(gpu_pool="lab"))
+    assert refusal.startswith("team nlp: gpu_pool lab: a submitted job cannot hold Airflow pool slots"), refusal
+    assert static_refusals("nlp", team, _job(gpu_pool="lab"), submitted=False) == []  # a dags-folder spec holds them
+
+
+def test_a_submitted_service_is_named_after_its_team(tmp_path):
+    """One service name is one service on every target: a team owns the names that begin with its
+    own, so a submission cannot replace or scale another team's service."""
+    team = _policy(tmp_path).teams["guests"].model_copy(update={"services": True})
+    svc = load_workload({"name": "nlp-embed", "kind": "service", "target": "ssh", "run": "serve", "port": 8000,
+                         "ssh": {"hosts": ["gpu-1"]}})  # fmt: skip
+    assert static_refusals("guests", team, svc) == [
+        "team guests: a submitted service is named after its team: call it guests-nlp-embed "
+        "(the team owns the service names that begin with 'guests-')"
+    ]
+    assert static_refusals("guests", team, svc.model_copy(update={"name": "guests-embed"})) == []
+    assert static_refusals("guests", team, svc, submitted=False) == []  # the dags folder names its own
+
+
 def test_the_budget_counts_used_hours_and_the_most_the_job_may_use(tmp_path):
     team = _policy(tmp_path).teams["nlp"]
     assert budget_refusal("nlp", team, [_job()], used=56.0) is None  # 56 + 4 GPUs × 2 h = 64
@@ -136,7 +160,38 @@ def test_the_ledger_counts_gpu_hours_of_ended_running_and_orphaned_jobs(tmp_path
     assert ledger.live_runs("nlp", now) == {"r2", "r5"}  # running, and checked but not started yet
     ledger.append({"t": "end", "run": "r2", "job": "b", "try": 1, "at": now})
     assert ledger.live_runs("nlp", now + 1) == {"r5"}
-    assert ledger.live_runs("nlp", now + 200) == set()  # a checked run that never started stops counting
+    assert ledger.live_runs("nlp", now + 200) == {"r5"}  # from its check until its tasks have ended
+
+
+def test_a_run_counts_against_max_concurrent_from_check_to_end(tmp_path):
+    """Between retries, between pipeline steps and while queued no job of a run is open, yet the run
+    is live: it stops counting only once every run task of it has ended (as Airflow says), or when
+    it has no run task long after its check (deleted)."""
+    from flexorch_provider.policy.admission import close_ended
+
+    ledger = Ledger(tmp_path / "usage.jsonl")
+    now = time.time()
+    for run, age in (("waiting", 600), ("finished", 600), ("deleted", 600), ("fresh", 5)):
+        ledger.append({"t": "check", "run": run, "team": "nlp", "at": now - age})
+    ledger.append({"t": "start", "run": "gone", "job": "s/run/gone/0", "try": 1, "team": "nlp", "gpus": 1,
+                   "cap": None, "at": now - 60})  # fmt: skip
+    states = {
+        "waiting": {"run_0": "success", "run_1": "deferred"},  # step 2 waits for its retry
+        "finished": {"run_0": "success", "run_1": "upstream_failed"},
+        "gone": {"run_0": "failed"},  # its worker died before recording the end
+    }
+    asked = []
+
+    def states_of(dag_id, runs):
+        asked.append((dag_id, sorted(runs)))
+        return {r: states[r] for r in runs if r in states}
+
+    assert ledger.live_runs("nlp", now) == {"waiting", "finished", "deleted", "fresh", "gone"}
+    close_ended(ledger, "nlp", now, states_of, logging.getLogger("t"))
+    assert asked == [("flexorch-submit-nlp", ["deleted", "finished", "fresh", "gone", "waiting"])]
+    assert ledger.live_runs("nlp", now) == {"waiting", "fresh"}
+    close_ended(ledger, "nlp", now, lambda d, r: 1 / 0, logging.getLogger("t"))  # unreadable: nothing closed
+    assert ledger.live_runs("nlp", now) == {"waiting", "fresh"}
 
 
 def test_periods_start_at_utc_midnight_and_monday():
@@ -197,7 +252,7 @@ def test_submissions_are_denied_by_default(tmp_path, monkeypatch):
     sub = parse_submission({"spec": "name: j\nkind: batch\nrun: echo hi\n"})
     missing = str(tmp_path / "flexorch_policy.yaml")
     with pytest.raises(PolicyError, match=r"no policy file at .*flexorch_policy\.yaml: submissions are refused"):
-        admit(sub, "alice", "run-1", missing, lambda *a: None, logging.getLogger("t"))
+        admit(sub, "alice", "run-1", (missing, None), lambda *a: None, logging.getLogger("t"))
 
     team = _policy(tmp_path).teams["guests"]  # no targets rule, no secrets rule
     local = load_workload({"name": "l", "kind": "batch", "run": "x", "target": "local", "secrets": {"T": "variable:t"}})

@@ -22,7 +22,7 @@ def test_usage_per_team_from_the_ledger(tmp_path, monkeypatch):
     ledger = Ledger()
     ledger.append({"t": "start", "run": "r1", "job": "a/run/r1/0", "try": 1, "team": "nlp", "gpus": 2, "cap": None,
                    "at": now - 1800})  # fmt: skip
-    out = usage(now)
+    out = usage(now, states_of=lambda dag, runs: {})  # Airflow says nothing has ended
     nlp, cv = out["teams"]
     assert out["policy"] == str(policy)
     assert nlp["team"] == "nlp" and nlp["gpu_hours"]["used"] == 1.0 and nlp["gpu_hours"]["limit"] == 10
@@ -43,8 +43,8 @@ def test_the_route_needs_a_login():
 def test_teams_are_separate_after_submit(tmp_path, monkeypatch):
     """A user who is not an admin sees their own team's usage and submitted jobs only; an admin
     (who may change Variables) sees every team; jobs of the platform's own DAGs stay visible."""
-    from flexorch_provider.submission import SUBMIT_DAG_ID
-    from flexorch_provider.ui.api import Viewer
+    from flexorch_provider.submission import SUBMIT_DAG_ID, submit_dag_id
+    from flexorch_provider.ui.api import Viewer, me
 
     policy = tmp_path / "flexorch_policy.yaml"
     policy.write_text("teams:\n  nlp: {members: [alice]}\n  cv: {members: [bo]}\n")
@@ -53,10 +53,15 @@ def test_teams_are_separate_after_submit(tmp_path, monkeypatch):
     alice, ops = Viewer("alice", "nlp", admin=False), Viewer("root", None, admin=True)
     assert [t["team"] for t in usage(who=alice)["teams"]] == ["nlp"]
     assert [t["team"] for t in usage(who=ops)["teams"]] == ["nlp", "cv"]
-    ours = {"dag_id": SUBMIT_DAG_ID, "team": "nlp"}
-    theirs = {"dag_id": SUBMIT_DAG_ID, "team": "cv"}
+    ours = {"dag_id": submit_dag_id("nlp"), "team": "nlp"}
+    theirs = {"dag_id": submit_dag_id("cv"), "team": "cv"}
     unknown = {"dag_id": SUBMIT_DAG_ID, "team": None}
     platform = {"dag_id": "hello-local", "team": None}
     assert [alice.sees(r) for r in (ours, theirs, unknown, platform)] == [True, False, False, True]
     assert all(ops.sees(r) for r in (ours, theirs, unknown, platform))
     assert not Viewer("nobody", None, admin=False).sees(unknown)
+
+    # the submit DAG `flexorch submit` picks: the team's own; none for a user in no team of a policy with teams
+    assert me(Viewer("alice", "nlp", False, has_teams=True))["submit_dag"] == "flexorch-submit-nlp"
+    assert me(Viewer("nobody", None, False, has_teams=True))["submit_dag"] is None
+    assert me(Viewer("solo", None, False, has_teams=False))["submit_dag"] == "flexorch-submit"

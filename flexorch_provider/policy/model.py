@@ -17,6 +17,7 @@ how much, so a submission needs no approval ticket::
         services: false                    # may a submission deploy a service
         connections: [nlp_fleet, nlp_slurm]  # Airflow connections its jobs run through
         slurm_accounts: [nlp]              # and qos: slurm_qos
+        slurm_options: [constraint, reservation]  # sbatch options (unset: the usual ones)
         kubernetes_namespaces: [nlp]       # and service accounts, tolerations: true
         mount_paths: ["/data/nlp/*"]       # host paths a container may mount
         airflow_roles: [nlp-users]         # auth-manager roles granted flexorch-submit-nlp
@@ -43,12 +44,14 @@ from pydantic import Field, ValidationError, model_validator
 
 from flexorch_provider.exceptions import SpecError, SpecProblem
 from flexorch_provider.spec.fields import Duration, FlexModel, Name
+from flexorch_provider.spec.targets import SLURM_ALLOWED_OPTIONS
 from flexorch_provider.spec.workload import TargetName
 
 FILE_NAME = "flexorch_policy.yaml"
 POLICY_ENV = "FLEXORCH_POLICY"
 
 Glob = Annotated[str, Field(min_length=1, max_length=250)]
+SbatchOption = Literal[SLURM_ALLOWED_OPTIONS]  # type: ignore[valid-type]
 RoleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")]
 
 
@@ -102,6 +105,13 @@ class Team(FlexModel):
     ] = None
     slurm_qos: Annotated[
         list[Glob] | None, Field(description="Slurm QoS (globs). Unset: a submission may not set slurm.qos.")
+    ] = None
+    slurm_options: Annotated[
+        list[SbatchOption] | None,
+        Field(
+            description="slurm.options names the team's jobs may set. Unset: a submission may set the usual ones "
+            "(not reservation, wckey, licenses, priority, mail-user, mail-type)."
+        ),
     ] = None
     kubernetes_namespaces: Annotated[
         list[Glob] | None,

@@ -82,6 +82,16 @@ def _secret_name(job: Job, ref: object) -> str:
     return text
 
 
+# sbatch options a submission may set unless the team's slurm_options says otherwise: not those that
+# pick who pays or what is reserved (reservation, wckey, licenses), reorder the queue (priority) or
+# mail anyone (mail-user, mail-type)
+SUBMITTED_SBATCH_OPTIONS = (
+    "begin", "constraint", "cpus-per-gpu", "exclude", "exclusive", "gpus-per-node", "gpus-per-task", "hint",
+    "mem-per-gpu", "nice", "nodelist", "ntasks-per-node", "requeue", "no-requeue", "signal", "switches",
+    "threads-per-core", "tmp",
+)  # fmt: skip
+
+
 def place_refusals(where: str, team: Team, job: Job, submitted: bool) -> list[str]:
     """Who a job runs as and where: the connections, Slurm account and QoS, Kubernetes namespace,
     service account and tolerations, and the host paths its container mounts. For a submission an
@@ -103,6 +113,13 @@ def place_refusals(where: str, team: Team, job: Job, submitted: bool) -> list[st
         check("slurm.connection", job.slurm.connection, team.connections, "connections")
         check("slurm.account", job.slurm.account, team.slurm_accounts, "slurm_accounts")
         check("slurm.qos", job.slurm.qos, team.slurm_qos, "slurm_qos")
+        allowed = SUBMITTED_SBATCH_OPTIONS if team.slurm_options is None else tuple(team.slurm_options)
+        for option in job.slurm.options:
+            if option not in allowed and (submitted or team.slurm_options is not None):
+                out.append(
+                    f"{where}: slurm.options {option} is not an option the team's submissions may set "
+                    f"(allowed: {', '.join(allowed) or 'none'}; the policy's slurm_options widens it)"
+                )
     if "kubernetes" in job.target:
         k = job.kubernetes
         check("kubernetes.connection", k.connection, team.connections, "connections")

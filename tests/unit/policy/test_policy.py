@@ -116,6 +116,22 @@ def test_a_submitted_job_may_not_name_a_gpu_pool_it_could_not_hold(tmp_path):
     assert static_refusals("nlp", team, _job(gpu_pool="lab"), submitted=False) == []  # a dags-folder spec holds them
 
 
+def test_submissions_set_only_the_usual_sbatch_options_unless_the_policy_widens_them(tmp_path):
+    """An sbatch option that picks who pays or what is reserved, reorders the queue or mails anyone is
+    not a submission's to set, unless the team's slurm_options names it (then exactly that list)."""
+    team = _policy(tmp_path).teams["nlp"]
+    for option, value in (("reservation", "maint"), ("wckey", "other-team"), ("mail-user", "x@example.org")):
+        (refusal,) = static_refusals("nlp", team, _job(slurm={"partition": "gpu", "options": {option: value}}))
+        assert refusal.startswith(f"team nlp: slurm.options {option} is not an option the team's submissions"), refusal
+    usual = _job(slurm={"partition": "gpu", "options": {"constraint": "a100", "exclusive": "user"}})
+    assert static_refusals("nlp", team, usual) == []
+    reserved = _job(slurm={"partition": "gpu", "options": {"reservation": "maint"}})
+    assert static_refusals("nlp", team, reserved, submitted=False) == []  # the dags folder is the platform's
+    widened = team.model_copy(update={"slurm_options": ["reservation"]})
+    assert static_refusals("nlp", widened, reserved) == []
+    assert "slurm.options constraint is not an option" in static_refusals("nlp", widened, usual)[0]
+
+
 def test_a_submitted_service_is_named_after_its_team(tmp_path):
     """One service name is one service on every target: a team owns the names that begin with its
     own, so a submission cannot replace or scale another team's service."""

@@ -387,6 +387,23 @@ ATTACKS = {  # the spec a user sends straight to the REST API (no laptop check),
         "name: a6\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\nslurm: {connection: budget_login}\n",
         "team nlp: slurm.connection budget_login: the team has no connections rule",
     ),
+    "mount-the-host": (
+        "name: a8\nkind: batch\ntarget: local\ntimeout: 5m\nrun: ls /host\nimage: busybox:1\n"
+        "container: {mounts: [{host: /, path: /host}]}\n",
+        "team nlp: container.mounts host path /: the team has no mount_paths rule",
+    ),
+    "gpus-through-replicas": (
+        "name: nlp-a9\nkind: service\ntarget: local\ntimeout: 5m\nrun: sleep 1\nreplicas: 50\nresources: {gpus: 1}\n",
+        "team nlp: at most 2 GPUs per job; this job asks 50",
+    ),
+    "an-unheld-gpu-pool": (
+        "name: a10\nkind: batch\ntarget: local\ntimeout: 5m\nrun: echo x\ngpu_pool: lab\nresources: {gpus: 1}\n",
+        "team nlp: gpu_pool lab: a submitted job cannot hold Airflow pool slots",
+    ),
+    "a-reservation-of-its-own": (
+        "name: a11\nkind: batch\ntarget: slurm\ntimeout: 5m\nrun: echo x\nslurm: {options: {reservation: maint}}\n",
+        "team nlp: slurm.options reservation is not an option the team's submissions may set",
+    ),
     "the-gpu-variables": (
         "name: a7\nkind: batch\ntarget: local\ntimeout: 5m\nrun: echo x\nenv: {NVIDIA_VISIBLE_DEVICES: all}\n",
         "NVIDIA_VISIBLE_DEVICES is set by flexorch from resources.gpus",

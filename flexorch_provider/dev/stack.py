@@ -148,11 +148,21 @@ class AirflowStack:
         )
         path.chmod(0o600)
 
-    def _launch(self, name: str) -> None:
+    def _launch(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
         with open(self.home / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen(
-                [self.airflow, name], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [self.airflow, *(command or (name,))],
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+
+    def add(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
+        """Start one more component, ``airflow <command>``, known as ``name`` (e.g. a second
+        triggerer: ``add("triggerer-2", "triggerer")``), with ``env`` on top of the stack's;
+        :meth:`kill` and :meth:`stop` reach it."""
+        self._launch(name, *command, env=env)
 
     def kill(self, name: str) -> None:
         """SIGKILL one component and all its processes, as when its machine dies."""

@@ -135,7 +135,12 @@ class FlexJobTrigger(BaseTrigger):
                     return
 
     async def on_kill(self) -> None:
-        """The user marked the task failed/success or cleared it: stop the job."""
+        """The user marked the task failed/success or cleared it: stop the job. (Not when the task is
+        still deferred: the trigger only moved to another triggerer, which follows the job.)"""
+        from flexorch_provider.triggers.moved import task_still_deferred
+
+        if await task_still_deferred(self):
+            return
         try:
             handle = JobHandle.from_dict(self.handle)
             self.log.info("task killed: cancelling job %s on %s", handle.job_id, handle.target)

@@ -67,7 +67,12 @@ class ServiceLeaseTrigger(BaseTrigger):
         yield TriggerEvent({"ended": "lifetime", "at": time.time()})
 
     async def on_kill(self) -> None:
-        """The run was cancelled (its task killed): undeploy the service."""
+        """The run was cancelled (its task killed): undeploy the service. (Not when the task is still
+        deferred: the trigger only moved to another triggerer.)"""
+        from flexorch_provider.triggers.moved import task_still_deferred
+
+        if await task_still_deferred(self):
+            return
         try:
             await asyncio.to_thread(self._undeploy)
         except Exception:

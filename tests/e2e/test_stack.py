@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FLEET_CONN
-from tests.e2e.stack import AirflowStack
+from tests.e2e.stack import AirflowStack, free_port
 
 pytestmark = pytest.mark.e2e
 SECRET = "hf_e2eSecretValue42"
@@ -95,6 +95,11 @@ with DAG("flex_e2e_ssh_triggerer", schedule=None, start_date=START):
     FlexOperator(task_id="remote_once", poll_interval=1,
                  spec={{"name": "remote-once", "kind": "batch", "target": "ssh", "ssh": SSH,
                        "run": "echo start >> starts.txt; for i in $(seq 1 25); do echo tick $i; sleep 1; done"}})
+
+with DAG("flex_e2e_ssh_moved", schedule=None, start_date=START):
+    FlexOperator(task_id="moved", poll_interval=1,
+                 spec={{"name": "moved", "kind": "batch", "target": "ssh", "ssh": SSH,
+                       "run": "echo start >> starts.txt; for i in $(seq 1 40); do echo tick $i; sleep 1; done"}})
 """
 
 
@@ -311,6 +316,39 @@ def test_triggerer_killed_mid_ssh_job_a_new_one_follows_the_same_job(stack, ssh_
     assert_each_tick_once_give_or_take_a_poll(text, 25)
     starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-triggerer-remote-once-*/*/starts.txt"))
     assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"
+
+
+def test_a_trigger_that_moves_to_another_triggerer_leaves_its_job_running(stack, ssh_fleet):
+    """Two triggerers; the one following the job stalls past the health threshold (SIGSTOP): Airflow
+    hands the trigger to the other and, once the first wakes, cancels its copy "by user action",
+    calling on_kill. The task is still deferred, so the job is not cancelled: the new triggerer
+    follows it to the end, in the same try, started once."""
+    host = ssh_fleet.hosts[0]
+    dag = "flex_e2e_ssh_moved"
+    stack.wait_dag(dag)
+    run_id = stack.trigger(dag)
+    log = lambda: stack.task_log(dag, run_id, "moved", 1)  # noqa: E731
+    stack.wait_for(lambda: len(ticks(log(), after_trigger_start=True)) >= 3, 120, "the trigger to stream ticks")
+    # the first one holds the trigger; now a second is there (its own log server port)
+    stack.add("triggerer-2", "triggerer", env={"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())})
+    try:
+        time.sleep(3)
+        first = stack.procs["triggerer"].pid
+        os.killpg(first, signal.SIGSTOP)
+        time.sleep(12)  # heartbeats stop: past the 5 s threshold, the trigger is handed over
+        os.killpg(first, signal.SIGCONT)
+        ti = stack.wait_ti_state(dag, run_id, "moved", {"success", "failed"}, 180)
+        text = stack.task_log(dag, run_id, "moved", ti["try_number"])
+        assert ti["state"] == "success" and ti["try_number"] == 1, text[-3000:]
+        assert "tick 40" in text
+        # the handover happened (the stall was long enough), on_kill was called, and left the job alone
+        assert "Trigger cancelled by user action, invoking on_kill" in text, text[-3000:]
+        assert "cancelled while the task is still deferred: this trigger moved to another triggerer" in text
+        assert_each_tick_once_give_or_take_a_poll(text, 40)  # the new triggerer resumed from the cursor
+        starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-moved-moved-*/*/starts.txt"))
+        assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"
+    finally:
+        stack.kill("triggerer-2")
 
 
 def _slurm_jobs_named(cluster, dag_id: str, task_id: str) -> list[list[str]]:

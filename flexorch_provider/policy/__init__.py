@@ -1,7 +1,7 @@
 """Team policy for self-service runs: the file's model (:mod:`.model`), its rules
 (:mod:`.rules`) and the ledger of what submitted runs used (:mod:`.ledger`)."""
 
-from flexorch_provider.policy.ledger import Ledger, ledger_path, period_start
+from flexorch_provider.policy.ledger import Ledger, period_start
 from flexorch_provider.policy.model import FILE_NAME, POLICY_ENV, Budget, Policy, Team, load_policy, policy_file
 from flexorch_provider.policy.rules import (
     budget_refusal,
@@ -21,7 +21,6 @@ __all__ = [
     "budget_refusal",
     "concurrency_refusal",
     "gpus_of",
-    "ledger_path",
     "load_policy",
     "period_start",
     "policy_file",

@@ -1,5 +1,5 @@
-"""What submitted runs used, kept where the tasks run (``$FLEXORCH_STATE_DIR/usage.jsonl``,
-default ``$AIRFLOW_HOME/flexorch``): one JSON line per event, appended under a file lock.
+"""What submitted runs used: one record per event in the flexorch store (``usage``; the default
+store's file is ``$FLEXORCH_STATE_DIR/usage.jsonl``), checks serialized by the store's lock.
 
 - ``check``: a submission passed its team's rules; the run counts as live from here until a
   ``done`` event (its ``run`` tasks have all ended: between retries, between pipeline steps and
@@ -9,31 +9,22 @@ default ``$AIRFLOW_HOME/flexorch``): one JSON line per event, appended under a f
   that finds its tasks ended: :func:`flexorch_provider.policy.admission.close_ended`).
 
 GPU-hours are GPUs × wall time from these events: a running job counts up to now, one whose
-worker died before recording its end counts up to its timeout. The file survives restarts of
-every Airflow component; with several worker machines it must be on storage they share.
+worker died before recording its end counts up to its timeout. The ledger survives restarts of
+every Airflow component, and is one for all machines with a shared store.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from flexorch_provider.paths import state_dir
+from flexorch_provider.store import Store, get_store
 
 QUEUED_S = 120.0  # a checked run with no run task at all this long after its check has ended (deleted)
-KEEP_S = 8 * 86400  # events older than this are dropped when the file is compacted
-COMPACT_BYTES = 4 << 20
-
-
-def ledger_path() -> Path:
-    return state_dir() / "usage.jsonl"
+KEEP_S = 8 * 86400  # events older than this are dropped when the ledger is compacted
+SPACE = "usage"  # the store's records and lock of the ledger
 
 
 def period_start(per: str, now: float) -> float:
@@ -45,45 +36,22 @@ def period_start(per: str, now: float) -> float:
 
 
 class Ledger:
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or ledger_path()
+    """The ledger in the flexorch store (:func:`flexorch_provider.store.get_store`): the same on
+    every Airflow machine when the store is shared."""
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the ledger's lock: a check reads and appends without another check in between."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store if store is not None else get_store()
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Hold the ledger's lock: a check reads and appends without another check in between (on
+        any machine, with a shared store)."""
+        return self.store.locked(SPACE)
 
     def append(self, event: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # one write per event (appends do not interleave); the newline first: a line torn by a writer that
-        # crashed mid-write costs that line only, not the next event too
-        line = "\n" + json.dumps({"at": time.time(), **event}, sort_keys=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        self.store.append(SPACE, {"at": time.time(), **event})
 
     def events(self) -> list[dict[str, Any]]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in text.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of a crashed writer
-            if isinstance(event, dict):
-                out.append(event)
-        return out
+        return self.store.records(SPACE)
 
     def jobs(self, team: str, now: float) -> list[dict[str, Any]]:
         """Each try of each job of ``team``: {run, job, gpus, start, end, live} (end: recorded, else
@@ -147,15 +115,5 @@ class Ledger:
         return {str(j["run"]) for j in self.jobs(team, now) if j["live"]} | set(self.pending_runs(team, now))
 
     def compact(self, now: float) -> None:
-        """Drop events older than KEEP_S once the file is large (call under :meth:`locked`)."""
-        try:
-            if self.path.stat().st_size < COMPACT_BYTES:
-                return
-        except FileNotFoundError:
-            return
-        keep = [e for e in self.events() if now - float(e.get("at", 0)) < KEEP_S]
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.writelines("\n" + json.dumps(e, sort_keys=True) for e in keep)
-        os.replace(tmp, self.path)
+        """Drop events older than KEEP_S (call under :meth:`locked`)."""
+        self.store.prune(SPACE, now - KEEP_S)

@@ -16,7 +16,7 @@ from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.backends.registry import get_backend
 from flexorch_provider.links import ServiceLink
 from flexorch_provider.placement.placer import Log, first_that_accepts
-from flexorch_provider.services.state import ServiceState
+from flexorch_provider.services.state import ServiceState, changing
 from flexorch_provider.services.watch import Change
 
 MARK_KEY = "service"  # the XCom that marks a task as a service's (the flexorch page lists it as one)
@@ -77,9 +77,8 @@ def stop(job: ResolvedJob, log: Log) -> dict[str, Any]:
 
 
 def _mark(job: ResolvedJob, deployed: bool, target: str | None) -> None:
-    state = ServiceState.load(job.name)
-    state.mark(deployed, job.slots, target)
-    state.save()
+    with changing(job.name) as state:
+        state.mark(deployed, job.slots, target)
 
 
 def apply_change(
@@ -87,19 +86,18 @@ def apply_change(
 ) -> dict[str, Any]:
     """One watcher event: restore the replicas that need it and take an autoscale step, in one
     converge on the service's target. ``resolve``: the service resolved for a reconcile of slots."""
-    state = ServiceState.load(w.name)
-    if not state.deployed:
-        log.info("service %s was undeployed meanwhile: nothing to restore or scale", w.name)
-        return {"service": w.name, "action": "watch", "changes": [], "history": state.history[-HISTORY_SHOWN:]}
-    change = Change.of(w, state, event, now)
-    for line in change.lines():
-        log.info("%s", line)
-    target = state.landed_on(w)
-    try:
-        summary = get_backend(target).service(resolve(change.slots), _lines(log))
-    finally:
-        state.note(change.history_entry())
-        state.save()
+    with changing(w.name) as state:  # an undeploy meanwhile waits, then wins: never restored after it
+        if not state.deployed:
+            log.info("service %s was undeployed meanwhile: nothing to restore or scale", w.name)
+            return {"service": w.name, "action": "watch", "changes": [], "history": state.history[-HISTORY_SHOWN:]}
+        change = Change.of(w, state, event, now)
+        for line in change.lines():
+            log.info("%s", line)
+        target = state.landed_on(w)
+        try:
+            summary = get_backend(target).service(resolve(change.slots), _lines(log))
+        finally:
+            state.note(change.history_entry())
     return {**summary, "target": target, "action": "watch", "history": state.history[-HISTORY_SHOWN:]}
 
 

@@ -6,22 +6,24 @@ and records each change it makes (restarts per slot, so a replica that crashes i
 restarted at growing intervals, and the last decisions); the operator reads the current slots
 from it (:meth:`ServiceState.current_slots`).
 
-It is one JSON file per service, ``$FLEXORCH_STATE_DIR/services/<slug>.json`` (the folder the
-policy ledger uses; with several Airflow machines it must be shared), and the autoscale window
-beside it (``<slug>.scale.json``, written by the watcher's trigger only).
+It is one key per service in the flexorch store (:func:`flexorch_provider.store.get_store`, the
+same on every Airflow machine when shared; the default store's file is
+``$FLEXORCH_STATE_DIR/services/<slug>.json``), and the autoscale window beside it
+(``<slug>.scale``, written by the watcher's trigger only). A change of what a deploy or undeploy
+decided is made under the service's lock (:func:`changing`), so deploy, reconcile and the
+watcher, on any machine, never write over each other's decision.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flexorch_provider.backends.services.state import service_slug
-from flexorch_provider.paths import state_dir
+from flexorch_provider.store import get_store
 
 HISTORY = 50
 BACKOFF_FIRST_S = 5.0
@@ -29,8 +31,7 @@ BACKOFF_MAX_S = 300.0
 RESTART_WINDOW_S = 600.0  # restarts older than this no longer count for the back-off
 
 
-def services_dir() -> Path:
-    return state_dir() / "services"
+SPACE = "services"
 
 
 def initial_slots(w: Any) -> list[int]:
@@ -49,14 +50,9 @@ class ServiceState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def path_for(cls, name: str) -> Path:
-        return services_dir() / f"{service_slug(name)}.json"
-
-    @classmethod
     def load(cls, name: str) -> ServiceState:
-        try:
-            data = json.loads(cls.path_for(name).read_text())
-        except (OSError, ValueError):
+        data = get_store().get(SPACE, service_slug(name))
+        if not isinstance(data, dict):
             return cls(name)
         target = data.get("target")
         return cls(
@@ -69,9 +65,6 @@ class ServiceState:
         )
 
     def save(self) -> None:
-        path = self.path_for(self.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         data = {
             "name": self.name,
             "deployed": self.deployed,
@@ -80,25 +73,18 @@ class ServiceState:
             "restarts": self.restarts,
             "history": self.history[-HISTORY:],
         }
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        get_store().put(SPACE, service_slug(self.name), data)
 
     @classmethod
     def load_scale(cls, name: str) -> dict[str, Any]:
         """The autoscale window, kept apart: the trigger writes it, and only it (no lost updates of
         what the tasks write, ``deployed`` above all)."""
-        try:
-            return dict(json.loads(cls.path_for(name).with_suffix(".scale.json").read_text()))
-        except (OSError, ValueError):
-            return {}
+        data = get_store().get(SPACE, f"{service_slug(name)}.scale")
+        return dict(data) if isinstance(data, dict) else {}
 
     @classmethod
     def save_scale(cls, name: str, scale: dict[str, Any]) -> None:
-        path = cls.path_for(name).with_suffix(".scale.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(scale))
-        os.replace(tmp, path)
+        get_store().put(SPACE, f"{service_slug(name)}.scale", scale)
 
     def current_slots(self, w: Any) -> list[int]:
         """The replica slots service ``w`` runs now: the autoscaled ones recorded here, else those of
@@ -130,3 +116,17 @@ class ServiceState:
         if not recent:
             return now, 0
         return recent[-1] + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (len(recent) - 1)), len(recent)
+
+
+@contextmanager
+def changing(name: str) -> Iterator[ServiceState]:
+    """The service's state, read and written back under its lock (on every machine with a shared
+    store): one decision at a time. Written back even when the body fails: what it recorded
+    before failing (a restart, a history entry) stands."""
+    store = get_store()
+    with store.locked(f"service-{service_slug(name)}"):
+        state = ServiceState.load(name)
+        try:
+            yield state
+        finally:
+            state.save()

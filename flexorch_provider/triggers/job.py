@@ -90,7 +90,7 @@ class FlexJobTrigger(BaseTrigger):
     async def _fire(self, event: JobEvent, checkpoint: LogCheckpoint | None = None) -> TriggerEvent:
         await self._hold()
         if checkpoint is not None:
-            checkpoint.drop()  # after the hold: a restart during it resumes, not replays
+            await asyncio.to_thread(checkpoint.drop)  # after the hold: a restart during it resumes, not replays
         if self.carry is not None:
             event = replace(event, carry=self.carry)
         return TriggerEvent(event.to_dict())
@@ -108,7 +108,7 @@ class FlexJobTrigger(BaseTrigger):
             yield await self._fire(error_event(self.handle, f"cannot read the job's secrets to mask its output: {e}"))
             return
         checkpoint = LogCheckpoint(self.handle)
-        cursor = checkpoint.load(self.log_cursor, backend.furthest)
+        cursor = await asyncio.to_thread(checkpoint.load, self.log_cursor, backend.furthest)  # the store may be remote
         if cursor != self.log_cursor:
             self.log.info("resuming job %s's log where this task's previous trigger left it", handle.job_id)
         follower = Follower(
@@ -118,7 +118,8 @@ class FlexJobTrigger(BaseTrigger):
             while True:
                 try:
                     status = await watch.next()
-                    checkpoint.save(follower.cursor)  # lines read before this wait reached the task log by now
+                    # lines read before this wait reached the task log by now
+                    await asyncio.to_thread(checkpoint.save, follower.cursor)
                     step = await asyncio.to_thread(follower.observe, status)
                 except asyncio.CancelledError:
                     raise
@@ -145,6 +146,6 @@ class FlexJobTrigger(BaseTrigger):
             handle = JobHandle.from_dict(self.handle)
             self.log.info("task killed: cancelling job %s on %s", handle.job_id, handle.target)
             await asyncio.to_thread(self._backend().cancel, handle)
-            LogCheckpoint(self.handle).drop()
+            await asyncio.to_thread(LogCheckpoint(self.handle).drop)
         except Exception:
             self.log.exception("could not cancel job %s", self.handle.get("job_id"))

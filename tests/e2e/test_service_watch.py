@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from flexorch_provider.backends.services.state import service_slug
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, loader_source
-from flexorch_provider.services.state import ServiceState
 from tests.conftest import FLEET_CONN
 from tests.e2e.stack import AirflowStack
 
@@ -217,7 +217,7 @@ def test_a_lost_host_moves_its_replica(stack, ssh_fleet, restart_host):
 def test_a_crash_looping_replica_backs_off(stack):
     deploy_run = stack.trigger("crashy")
     stack.wait_for(lambda: stack.dag_run("crashy", deploy_run)["state"] in ("success", "failed"), 180, "deploy")
-    path = Path(stack.state) / "services" / ServiceState.path_for("crashy").name  # type: ignore[attr-defined]
+    path = Path(stack.state) / "services" / f"{service_slug('crashy')}.json"  # type: ignore[attr-defined]
 
     def restarts() -> list[float]:
         try:

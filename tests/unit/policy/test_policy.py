@@ -19,6 +19,7 @@ from flexorch_provider.policy import (
     static_refusals,
 )
 from flexorch_provider.resolve import load_workload
+from flexorch_provider.store.files import FileStore
 
 POLICY = """\
 teams:
@@ -158,7 +159,7 @@ def test_the_budget_counts_used_hours_and_the_most_the_job_may_use(tmp_path):
 
 
 def test_the_ledger_counts_gpu_hours_of_ended_running_and_orphaned_jobs(tmp_path):
-    ledger = Ledger(tmp_path / "usage.jsonl")
+    ledger = Ledger(FileStore(tmp_path))
     day = period_start("day", time.time())
     now = day + 12 * 3600  # noon: every event below is today
     events = [
@@ -169,7 +170,7 @@ def test_the_ledger_counts_gpu_hours_of_ended_running_and_orphaned_jobs(tmp_path
         {"t": "start", "run": "r4", "job": "d", "try": 1, "team": "cv", "gpus": 8, "cap": None, "at": now - 900},
         {"t": "check", "run": "r5", "team": "nlp", "at": now - 10},
     ]
-    ledger.path.write_text("".join(json.dumps(e) + "\n" for e in events) + '{"torn": ')
+    (tmp_path / "usage.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"torn": ')
     used = ledger.gpu_hours("nlp", day, now)
     expected = 1.0 + 4 * 0.25 + 1 * (600 / 3600)  # ended + running till now + orphaned till its timeout
     assert abs(used - expected) < 0.001, used
@@ -185,7 +186,7 @@ def test_a_run_counts_against_max_concurrent_from_check_to_end(tmp_path):
     it has no run task long after its check (deleted)."""
     from flexorch_provider.policy.admission import close_ended
 
-    ledger = Ledger(tmp_path / "usage.jsonl")
+    ledger = Ledger(FileStore(tmp_path))
     now = time.time()
     for run, age in (("waiting", 600), ("finished", 600), ("deleted", 600), ("fresh", 5)):
         ledger.append({"t": "check", "run": run, "team": "nlp", "at": now - age})

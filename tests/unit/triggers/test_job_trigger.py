@@ -152,7 +152,7 @@ def test_a_restarted_trigger_resumes_the_log_where_the_previous_one_left_it(tmp_
         .submit(_job(tmp_path, f"echo one; echo two; while [ ! -f {go} ]; do sleep 0.05; done; echo three"))
         .to_dict()
     )
-    checkpoint = LogCheckpoint(handle).path
+    checkpoint = tmp_path / "state" / "log-cursors" / f"{LogCheckpoint(handle).key}.json"  # the default store's file
     caplog.set_level(logging.INFO)
 
     def trigger():

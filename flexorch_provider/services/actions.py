@@ -58,6 +58,8 @@ def converge(job: ResolvedJob, ti: Any, log: Log) -> dict[str, Any]:
     w = job.service
     targets = announce(w, str(job.action), ti)
     log.info("service %s: %s", job.name, job.action)
+    if job.action == "reconcile":
+        return _reconcile(job, targets, ti, log)
     if job.action == "undeploy":  # first: the watcher must not restore what is being stopped
         _mark(job, deployed=False, target=None)
     target, summary = first_that_accepts(targets, lambda backend: backend.service(job, _lines(log)), log)
@@ -66,6 +68,25 @@ def converge(job: ResolvedJob, ti: Any, log: Log) -> dict[str, Any]:
     if job.action != "undeploy":
         _mark(job, deployed=True, target=target)
     return {**summary, "target": target, "action": job.action}
+
+
+def _reconcile(job: ResolvedJob, targets: list[str], ti: Any, log: Log) -> dict[str, Any]:
+    """Bring a deployed service back to what its deploy decided, under its lock (an undeploy that
+    comes meanwhile waits, then wins); a service nobody deployed, or one undeployed, is left down."""
+    w = job.service
+    with changing(job.name) as state:
+        if not state.deployed:
+            log.info(
+                "service %s is not deployed (never deployed here, or undeployed since): nothing to reconcile; "
+                "run its DAG (action deploy) to start it",
+                w.name,
+            )
+            return {"service": w.name, "target": None, "action": "reconcile", "deployed": False}
+        target, summary = first_that_accepts(targets, lambda backend: backend.service(job, _lines(log)), log)
+        state.mark(True, job.slots, target)
+    if target != targets[0]:
+        links.push(ti, ServiceLink, links.service_url(ti, w.name, target, connection_of(w, target)))
+    return {**summary, "target": target, "action": "reconcile"}
 
 
 def stop(job: ResolvedJob, log: Log) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class FlexOperator(SpecOperator):
         self._handle = handle
         self._announce(context["ti"], handle, choice, say=new)
         pending_until = Placer(self.workload, self.log).pending_until(handle, choice)
-        if not self.deferrable:
+        if not self.deferrable or not self._may_defer(handle):
             event, _ = self._follow(handle, pending_until=pending_until)
             assert event is not None  # without a deadline, following ends only with the job
             return self._outcome(context, event, choice)
@@ -132,6 +132,23 @@ class FlexOperator(SpecOperator):
             ),
             method_name="execute_complete",
         )
+
+    def _may_defer(self, handle: JobHandle) -> bool:
+        """A local job is followed by a triggerer only where that triggerer sees this machine: its
+        ``local.defer``, by default whether Airflow runs every task on one machine."""
+        if handle.target != "local":
+            return True
+        from flexorch_provider.store import distributed_executors
+
+        chosen = self.workload.local.defer
+        if chosen is None and distributed_executors():
+            self.log.info(
+                "following the local job from this worker, not the triggerer: Airflow runs tasks with %s, "
+                "so a triggerer may be on another machine (local.defer: true if it is not)",
+                ", ".join(distributed_executors()),
+            )
+            return False
+        return chosen is not False
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         received = JobEvent.from_dict(event)

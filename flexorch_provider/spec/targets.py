@@ -177,3 +177,12 @@ class LocalOptions(FlexModel):
             description="Where per-run directories (pid, log, exit code) go; default $FLEXORCH_RUN_DIR or ~/.flexorch/runs."
         ),
     ] = None
+    defer: Annotated[
+        bool | None,
+        Field(
+            strict=True,
+            description="Follow the job from the triggerer (true) or from the worker that started it (false). "
+            "Default: from the triggerer only when Airflow runs every task on one machine (LocalExecutor): a "
+            "triggerer on another machine cannot see a local job.",
+        ),
+    ] = None

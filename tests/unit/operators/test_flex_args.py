@@ -65,3 +65,23 @@ def test_runs_with_a_logical_date_keep_theirs():
     context = {"ds": "2025-01-02", "dag_run": SimpleNamespace(run_after=pendulum.now("UTC")), "params": {}}
     op.render_template_fields(context)
     assert op.run == "echo 2025-01-02"
+
+
+@pytest.mark.parametrize(
+    ("executor", "defer", "target", "expected"),
+    [
+        ("LocalExecutor", None, "local", True),  # one machine: the triggerer sees the job
+        ("CeleryExecutor", None, "local", False),  # a triggerer may be elsewhere: the worker follows it
+        ("LocalExecutor,CeleryExecutor", None, "local", False),
+        ("CeleryExecutor", True, "local", True),  # the platform says its triggerer is on the workers' machine
+        ("LocalExecutor", False, "local", False),
+        ("CeleryExecutor", None, "ssh", True),  # remote jobs are seen from anywhere
+    ],
+)
+def test_a_local_job_defers_only_where_a_triggerer_can_see_it(monkeypatch, executor, defer, target, expected):
+    from flexorch_provider.backends.base import JobHandle
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+    spec = {**JOB, "local": {"defer": defer}} if defer is not None else JOB
+    op = FlexOperator(task_id="t", spec=spec)
+    assert op._may_defer(JobHandle(target, "j1", "d/t/r/-1")) is expected

@@ -154,14 +154,17 @@ class LocalBackend(FleetServices, Backend):
         per run key, never a finished one run twice), else a new one starts; the runner answers with
         its status, the follower's first look."""
         key_dir = run_root(job) / job.key_slug
+        _refuse_if_started_elsewhere(job)
         payload = submit_payload(job_document(job), job.secrets, job.registry)
         attempt = json.loads(call_runner(["submit", str(key_dir)], payload))
         first = attempt.get("status")
-        return replace(
+        handle = replace(
             self._handle(job, Path(attempt["run_dir"])),
             notes=attempt_notes(attempt),
             first_status=JobStatus.from_dict(first) if isinstance(first, dict) else None,
         )
+        _record_started(job, handle)
+        return handle
 
     def find(self, job: ResolvedJob) -> JobHandle | None:
         out = found(str(run_root(job) / job.key_slug))
@@ -186,6 +189,8 @@ class LocalBackend(FleetServices, Backend):
             out[handle.job_id] = JobStatus(
                 JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""), release=bool(raw.get("release"))
             )
+            if out[handle.job_id].state.finished:
+                _forget_started(handle)
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
@@ -204,3 +209,52 @@ def read_log_file(run_dir: Path, cursor: int) -> LogChunk:
     """Complete lines of ``run_dir/log`` after byte ``cursor``; the cursor moves past the last newline read."""
     lines, new_cursor = read_log(str(run_dir), cursor)
     return LogChunk(lines, new_cursor)
+
+
+# --- a local job and the machine it runs on --------------------------------------------------------
+# Which worker started each run key's local job, in the flexorch store: a retry that Airflow runs on
+# another worker cannot see or stop that job, so it refuses instead of starting a second copy, until
+# the job is seen to end (its follower removes the record) or could no longer be running.
+STARTED = "local-jobs"
+NO_TIMEOUT_HOLD_S = 24 * 3600  # a job without a timeout is taken to be running this long at most
+GRACE_S = 120.0
+
+
+def _record_started(job: ResolvedJob, handle: JobHandle) -> None:
+    import time
+
+    from flexorch_provider.store import get_store
+
+    hold = float(job.timeout_s) + GRACE_S if job.timeout_s else NO_TIMEOUT_HOLD_S
+    record = {"host": socket.gethostname(), "job_id": handle.job_id, "at": time.time(), "until": time.time() + hold}
+    get_store().put(STARTED, job.key_slug, record)
+
+
+def _refuse_if_started_elsewhere(job: ResolvedJob) -> None:
+    import time
+
+    from flexorch_provider.store import get_store
+
+    record = get_store().get(STARTED, job.key_slug)
+    here = socket.gethostname()
+    if not isinstance(record, dict) or record.get("host") in (None, here):
+        return
+    until = float(record.get("until") or 0)
+    if until <= time.time():
+        return
+    raise BackendError(
+        f"this task's local job {record.get('job_id')} was started on the worker {record['host']} and may still run "
+        f"there; this try runs on {here}, which can neither see nor stop it, so it does not start a second copy. "
+        f"Stop it on {record['host']} (its run directory under $FLEXORCH_RUN_DIR) or let it end, then clear the task; "
+        f"after {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(until))} (its timeout) it is not waited for"
+    )
+
+
+def _forget_started(handle: JobHandle) -> None:
+    from flexorch_provider.store import get_store
+
+    slug = Path(job_data(handle)["run_dir"]).parent.name
+    store = get_store()
+    record = store.get(STARTED, slug)
+    if isinstance(record, dict) and record.get("job_id") == handle.job_id:
+        store.delete(STARTED, slug)

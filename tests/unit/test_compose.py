@@ -22,9 +22,27 @@ AIRFLOW_SERVICES = {
 
 def test_every_airflow_component_runs_from_our_image():
     commands = {svc["command"][0] for svc in AIRFLOW_SERVICES.values()}
-    assert commands == {*COMPONENTS, "db"}
+    assert commands == {*COMPONENTS, "db", "celery"}
     assert all(svc["build"] == "." for svc in AIRFLOW_SERVICES.values())
-    assert COMPOSE["services"]["triggerer"]["pid"] == "service:scheduler"
+
+
+def test_it_runs_the_celery_executor_on_two_workers_with_a_shared_flexorch_store():
+    """The deployment users have: tasks on several machines, so flexorch's state is in the database
+    every component reaches, not on one container's disk."""
+    from airflow.models.connection import Connection
+
+    env = AIRFLOW_SERVICES["scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and env["AIRFLOW__CELERY__BROKER_URL"].startswith(
+        "redis://redis:"
+    )
+    workers = [s for s in AIRFLOW_SERVICES.values() if s["command"] == ["celery", "worker"]]
+    assert len(workers) == 2 and len({w["hostname"] for w in workers}) == 2
+    assert "redis" in COMPOSE["services"] and "redis" in AIRFLOW_SERVICES["scheduler"]["depends_on"]
+    store = Connection(uri=env[f"AIRFLOW_CONN_{env['FLEXORCH_STORE_CONN'].upper()}"])
+    assert store.conn_type in ("postgres", "postgresql") and store.host == "postgres" and store.schema == "airflow"
+    assert all(
+        not str(v).startswith("flexorch-runs") for svc in AIRFLOW_SERVICES.values() for v in svc.get("volumes", [])
+    )
 
 
 def test_airflow_options_in_the_environment_exist():

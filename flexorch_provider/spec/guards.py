@@ -1,5 +1,6 @@
-"""What a spec's YAML is refused for before anything walks it: alias bombs, self-references,
-characters YAML cannot hold. Each becomes a SpecError with the file and line."""
+"""What a spec's YAML is refused for before anything walks it: nesting deeper than a spec needs,
+alias bombs, self-references, characters YAML cannot hold. Each becomes a SpecError with the
+file and line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,39 @@ import yaml
 from flexorch_provider.exceptions import SpecError, SpecProblem
 
 MAX_VALUES = 100_000  # values in the spec once aliases are expanded (a real spec has hundreds)
+MAX_DEPTH = 100  # nested collections (a real spec has under ten)
+_NESTERS = ("[", "{", "- ", "-\n")  # what a deep nesting would show (block mappings nest by indentation: bounded by the size)
+_STARTS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+           yaml.FlowSequenceStartToken)  # fmt: skip
+_ENDS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def check_depth(text: str, file: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH before it is composed: libyaml composes a node
+    tree recursively, and 30,000 nested ``[`` crash the process (no exception to catch) —
+    ``flexorch validate`` died with no message and the dag-processor on every parse. Only the
+    scanner's tokens are read here (it does not recurse); a text too small to nest that deep is
+    not scanned at all."""
+    if sum(text.count(n) for n in _NESTERS) <= MAX_DEPTH:
+        return
+    depth = 0
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, _STARTS):
+                depth += 1
+            elif isinstance(token, _ENDS):
+                depth -= 1
+            if depth > MAX_DEPTH:
+                raise SpecError(
+                    SpecProblem(
+                        file,
+                        token.start_mark.line + 1,
+                        "",
+                        f"the YAML is nested more than {MAX_DEPTH} levels deep; a spec needs a few",
+                    )
+                )
+    except yaml.YAMLError:
+        return  # invalid YAML: the parser says where, with its own message
 
 
 def check_expansion(root: yaml.Node, file: str) -> None:

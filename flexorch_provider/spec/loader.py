@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from flexorch_provider.exceptions import SpecError, SpecProblem
-from flexorch_provider.spec.guards import check_expansion, unprintable
+from flexorch_provider.spec.guards import check_depth, check_expansion, unprintable
 from flexorch_provider.spec.models import KINDS, SPEC_CLASSES, STEP_CLASSES, Spec, SpecModel
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -108,6 +108,7 @@ def parse_yaml(text: str, file: str = "<string>") -> tuple[Any, dict[Path_, int]
     if bad:
         e = yaml.reader.ReaderError(file, bad.start(), ord(bad.group()), "unicode", "special characters")
         raise SpecError(SpecProblem(file, text.count("\n", 0, bad.start()) + 1, "", unprintable(e)))
+    check_depth(text, file)  # before libyaml composes it: a deep nesting crashes the process
     loader = _SpecYamlLoader(text)
     try:
         node = loader.get_single_node()

@@ -130,6 +130,24 @@ def test_deep_nesting_is_a_spec_error():
             raise AssertionError("accepted")
 
 
+def test_nesting_deep_enough_to_crash_libyaml_is_refused_with_a_message(tmp_path):
+    """30,000 nested brackets used to crash the parsing process (libyaml composes recursively: no
+    exception, exit 139): `flexorch validate` died silently and the dag-processor on every parse.
+    In a subprocess, so a crash is a failure here, not of the test run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for name, body in (("flow", "[" * 30000 + "x" + "]" * 30000), ("mapping", "{a: " * 30000 + "x" + "}" * 30000),
+                       ("sequence", "\n  " + "- " * 30000 + "x")):  # fmt: skip
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(f"name: deep\nkind: batch\nrun: {body}\n")
+        done = subprocess.run([str(Path(sys.executable).parent / "flexorch"), "validate", str(spec)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1, (name, done.returncode, done.stderr[-500:])
+        assert "nested more than 100 levels deep" in done.stdout + done.stderr, name
+
+
 GOOD = "name: fine\nkind: batch\nrun: echo hi\nenv:\n  A: x\n"
 
 

@@ -20,7 +20,7 @@ import os
 import pickle
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SPECS_DIR_ENV = "FLEXORCH_SPECS_DIR"
 SUBMIT_ENV = "FLEXORCH_SUBMIT_DAG"  # 0: no flexorch-submit DAG
 CACHE_DIR_ENV = "FLEXORCH_CACHE_DIR"
-_CACHE_FORMAT = f"flexorch {__version__} pydantic {pydantic.VERSION} 1"
+_CACHE_FORMAT = f"flexorch {__version__} pydantic {pydantic.VERSION} 2"
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class Entry:
     problems: tuple[SpecProblem, ...] = ()
     name: str | None = None
     text: str | None = None
+    first_seen: float = 0.0  # when this file was first loaded: of two specs with one name, the older keeps it
 
 
 def specs_dir_for(anchor: str | Path | None = None) -> Path:
@@ -139,13 +140,15 @@ def load_entries(specs_dir: Path) -> tuple[dict[str, Entry], dict[str, int]]:
     entries: dict[str, Entry] = {}
     stats = {"cached": 0, "parsed": 0}
     label = specs_dir.name
+    now = time.time()
     for path in iter_spec_files([specs_dir]):
         rel = path.relative_to(specs_dir).as_posix()
         shown = f"{label}/{rel}"
         try:
             raw = path.read_bytes()
         except OSError as e:
-            entries[rel] = Entry(b"", None, (SpecProblem(shown, None, "", f"cannot read the file: {e.strerror or e}"),))
+            problem = SpecProblem(shown, None, "", f"cannot read the file: {e.strerror or e}")
+            entries[rel] = Entry(b"", None, (problem,), first_seen=cached[rel].first_seen if rel in cached else now)
             continue
         digest = hashlib.sha256(raw).digest()
         hit = cached.get(rel)
@@ -153,7 +156,8 @@ def load_entries(specs_dir: Path) -> tuple[dict[str, Entry], dict[str, int]]:
             entries[rel] = hit
             stats["cached"] += 1
             continue
-        entries[rel] = _load_entry(raw, digest, shown)
+        # an edited file keeps when it was first seen: it still owns its name
+        entries[rel] = replace(_load_entry(raw, digest, shown), first_seen=hit.first_seen if hit else now)
         stats["parsed"] += 1
     if stats["parsed"] or set(cached) != set(entries):
         _write_cache(cache_path, {k: v for k, v in entries.items() if v.digest})
@@ -199,7 +203,9 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
     except SpecError as e:  # an invalid policy never means "allow all": submissions are refused, this DAG says why
         policy = None
         placeholder(policy_path.name if policy_path else "policy", "flexorch-invalid-policy", list(e.problems))
-    for rel, entry in entries.items():
+    # the file that had a name first keeps it: a new file with a taken name cannot take its DAG over,
+    # whatever their paths sort like
+    for rel, entry in sorted(entries.items(), key=lambda item: (item[1].first_seen, item[0])):
         shown = f"{label}/{rel}"
         if entry.spec is not None and policy is not None:
             broken = policy_problems(policy, entry.spec, shown)

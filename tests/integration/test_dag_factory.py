@@ -134,8 +134,6 @@ def test_invalid_specs_hide_nothing_and_show_their_errors(dags_dir):
     placeholders = {d for d in bag.dag_ids if INVALID_TAG in bag.dags[d].tags}
     assert good - placeholders <= set(bag.dag_ids)
     for name, (_, dag_id, words) in BAD_SPECS.items():
-        if name == "dupe.yaml":
-            continue  # checked below: which of the two is the duplicate depends on file order
         assert dag_id in bag.dags, f"no placeholder for {name}: {sorted(bag.dag_ids)}"
         dag = bag.dags[dag_id]
         assert INVALID_TAG in dag.tags
@@ -144,10 +142,10 @@ def test_invalid_specs_hide_nothing_and_show_their_errors(dags_dir):
         assert dag.dag_display_name.startswith("invalid spec: ")
         with pytest.raises(SpecError, match="does not validate"):
             dag.get_task("spec_error").execute({})
-    # of the two files named hello-local, the first in file order (dupe.yaml) builds the DAG
-    # and the second becomes the placeholder saying the name is taken
+    # of the two files named hello-local, the one that had the name first keeps its DAG (dupe.yaml
+    # sorts first, and used to take it over) and the new one becomes the placeholder saying so
     assert INVALID_TAG not in bag.dags["hello-local"].tags
-    assert "echo dupe" in bag.dags["hello-local"].doc_md
+    assert "echo dupe" not in bag.dags["hello-local"].doc_md
     dupes = [d for d in placeholders if "already used" in bag.dags[d].doc_md]
     assert len(dupes) == 1
     assert len(placeholders) == len(BAD_SPECS)
@@ -190,6 +188,24 @@ def test_a_corrupt_or_foreign_cache_is_ignored(dags_dir, caplog):
     os.chmod(cache, 0o666)  # anyone could have written it: not trusted
     _, stats = folder.load_entries(specs)
     assert stats["cached"] == 0
+
+
+def test_a_new_spec_with_a_taken_name_does_not_take_the_dag_over(tmp_path, monkeypatch):
+    """The file that had a name first keeps its DAG: a new file reusing the name becomes a
+    placeholder, even when its path sorts first (it used to win), and still after the old file
+    is edited."""
+    monkeypatch.setenv(folder.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "hello.yaml").write_text("name: hello\nkind: batch\nrun: echo original\n")
+    assert folder.load_folder(specs_dir=specs)["hello"].get_task("batch").run == "echo original"
+    (specs / "a-dup.yaml").write_text("name: hello\nkind: batch\nrun: echo dup\n")
+    dags = folder.load_folder(specs_dir=specs)
+    assert dags["hello"].get_task("batch").run == "echo original"
+    (placeholder,) = [d for d in dags.values() if INVALID_TAG in d.tags]
+    assert "is already used by specs/hello.yaml" in placeholder.doc_md
+    (specs / "hello.yaml").write_text("name: hello\nkind: batch\nrun: echo edited\n")
+    assert folder.load_folder(specs_dir=specs)["hello"].get_task("batch").run == "echo edited"
 
 
 def test_specs_dir_from_the_environment(tmp_path, monkeypatch, caplog):

@@ -10,7 +10,12 @@ from flexorch_provider.exceptions import SpecError, SpecProblem
 
 MAX_VALUES = 100_000  # values in the spec once aliases are expanded (a real spec has hundreds)
 MAX_DEPTH = 100  # nested collections (a real spec has under ten)
-_NESTERS = ("[", "{", "- ", "-\n")  # what a deep nesting would show (block mappings nest by indentation: bounded by the size)
+_NESTERS = (
+    "[",
+    "{",
+    "- ",
+    "-\n",
+)  # what a deep nesting would show (block mappings nest by indentation: bounded by the size)
 _STARTS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
            yaml.FlowSequenceStartToken)  # fmt: skip
 _ENDS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)

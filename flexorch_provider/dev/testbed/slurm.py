@@ -13,8 +13,10 @@ never touched: the fixture refuses to start instead. Needs root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -44,8 +46,7 @@ class SlurmCluster:
         return [x for x in self.jobs() if x.split("|")[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING")]
 
     def stop(self) -> None:
-        for name in ("slurmd", "slurmctld"):
-            subprocess.run(["pkill", "-KILL", "-x", name], capture_output=True)
+        _kill_ours(self.base)
         if CONF.exists() and CONF.read_text().startswith(MARK):
             CONF.unlink()
             (CONF.parent / "gres.conf").unlink(missing_ok=True)
@@ -84,11 +85,49 @@ def _config(base: Path, addr: str) -> str:
     )
 
 
+def _kill_ours(base: Path) -> None:
+    """SIGKILL the slurmctld and slurmd this cluster started: the pids in its own pid files, and only
+    while that pid is still the daemon named (a real Slurm on the machine is never touched)."""
+    for name in ("slurmd", "slurmctld"):
+        try:
+            pid = int((base / f"{name}.pid").read_text().strip())
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if comm == name:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.time() + 5
+            while _alive(pid) and time.time() < deadline:
+                time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has let go of its ports already
+
+
+def _folders_of_our_conf() -> list[Path]:
+    """The folders an existing slurm.conf of ours keeps its pid files in."""
+    if not CONF.exists() or not CONF.read_text().startswith(MARK):
+        return []
+    return [
+        Path(line.split("=", 1)[1].strip()).parent
+        for line in CONF.read_text().splitlines()
+        if line.startswith(("SlurmctldPidFile=", "SlurmdPidFile="))
+    ]
+
+
 def start_cluster(base: Path, controller_addr: str) -> SlurmCluster:
     if CONF.exists() and not CONF.read_text().startswith(MARK):
         raise RuntimeError(f"{CONF} exists and is not the test cluster's: refusing to replace a real configuration")
-    for name in ("slurmd", "slurmctld"):
-        subprocess.run(["pkill", "-KILL", "-x", name], capture_output=True)
+    # an earlier run's daemons (a crashed run's too: the folder our slurm.conf names), by their pid
+    # files: never another Slurm on this machine
+    for earlier in {base, *_folders_of_our_conf()}:
+        _kill_ours(earlier)
     shutil.rmtree(base, ignore_errors=True)
     for sub in ("state", "spool", "dev"):
         (base / sub).mkdir(parents=True)

@@ -58,7 +58,9 @@ RoleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 class Budget(FlexModel):
     """GPU-hours a team may use per calendar day or ISO week (UTC)."""
 
-    limit: Annotated[float, Field(gt=0, description="GPU-hours (GPUs × wall time) in each period.")]
+    limit: Annotated[
+        float, Field(strict=True, gt=0, allow_inf_nan=False, description="GPU-hours (GPUs × wall time) in each period.")
+    ]
     per: Annotated[Literal["day", "week"], Field(description="day (UTC midnight) or week (Monday, UTC).")] = "day"
 
 

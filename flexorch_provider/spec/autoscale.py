@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from flexorch_provider.spec.fields import ConnId, Duration, FlexModel, Text
+from flexorch_provider.spec.fields import ConnId, Duration, FlexModel, Period, Text
 
 
 class HttpMetric(FlexModel):
@@ -86,12 +86,16 @@ class Autoscale(FlexModel):
     min: Annotated[int, Field(strict=True, ge=0, le=1000, description="Fewest replicas.")] = 1
     max: Annotated[int, Field(strict=True, ge=1, le=1000, description="Most replicas.")]
     metric: Annotated[Metric, Field(description="Where the load is read: http, prometheus or command.")]
-    target: Annotated[float, Field(gt=0, description="The metric's value one replica is sized for.")]
+    target: Annotated[
+        float, Field(strict=True, gt=0, allow_inf_nan=False, description="The metric's value one replica is sized for.")
+    ]
     up_delay: Annotated[Duration, Field(description="At most one step up per this long.")] = timedelta(seconds=30)
     down_delay: Annotated[
         Duration, Field(description="Scale down only after the load was lower for this long (no flapping).")
     ] = timedelta(minutes=5)
-    interval: Annotated[Duration, Field(description="How often the metric is read.")] = timedelta(seconds=15)
+    interval: Annotated[Period, Field(description="How often the metric is read (at least 1s).")] = timedelta(
+        seconds=15
+    )
 
     @model_validator(mode="after")
     def _range(self) -> Autoscale:

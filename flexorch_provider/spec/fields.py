@@ -11,6 +11,7 @@ from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -85,6 +86,22 @@ Duration = Annotated[
         }
     ),
 ]
+
+
+def _at_least_a_second(value: timedelta) -> timedelta:
+    if value < timedelta(seconds=1):
+        raise ValueError("must be at least 1s (0s would repeat it as fast as the machine can, without pause)")
+    return value
+
+
+def _a_real_timeout(value: timedelta) -> timedelta:
+    if value < timedelta(seconds=1):
+        raise ValueError("must be at least 1s; 0 is not 'no limit': leave timeout out for no limit")
+    return value
+
+
+Period = Annotated[Duration, AfterValidator(_at_least_a_second)]  # between checks, reads: 0 would spin
+Timeout = Annotated[Duration, AfterValidator(_a_real_timeout)]
 MemorySize = Annotated[
     int,
     BeforeValidator(parse_memory),

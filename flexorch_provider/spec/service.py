@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from flexorch_provider.spec.autoscale import Autoscale
-from flexorch_provider.spec.fields import Duration, FlexModel, Text
+from flexorch_provider.spec.fields import Duration, FlexModel, Period, Text, Timeout
 
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
 
@@ -22,8 +22,8 @@ class Health(FlexModel):
     command: Annotated[
         Text | list[Text] | None, Field(description="A command that exits 0 when healthy (string or argv).")
     ] = None
-    interval: Annotated[Duration, Field(description="Time between checks.")] = timedelta(seconds=10)
-    timeout: Annotated[Duration, Field(description="How long one check may take.")] = timedelta(seconds=5)
+    interval: Annotated[Period, Field(description="Time between checks (at least 1s).")] = timedelta(seconds=10)
+    timeout: Annotated[Timeout, Field(description="How long one check may take (at least 1s).")] = timedelta(seconds=5)
     grace: Annotated[Duration, Field(description="Start-up time before failures count.")] = timedelta(seconds=30)
 
     @model_validator(mode="after")

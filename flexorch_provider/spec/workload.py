@@ -24,6 +24,7 @@ from flexorch_provider.spec.fields import (
     Secret,
     SecretRef,
     Text,
+    Timeout,
     retries_shorthand,
     scalar_to_str,
 )
@@ -118,7 +119,9 @@ class Workload(FlexModel):
             description="Environment variables filled at run time from Airflow Variables/Connections or Kubernetes secrets."
         ),
     ] = Field(default_factory=dict)
-    timeout: Annotated[Duration | None, Field(description="Kill the job after this long: '6h', '30m'.")] = None
+    timeout: Annotated[
+        Timeout | None, Field(description="Kill the job after this long: '6h', '30m' (leave it out for no limit).")
+    ] = None
     retries: Annotated[
         Retries,
         BeforeValidator(retries_shorthand),

@@ -130,10 +130,22 @@ def problems(status: dict[str, Any], slots: list[int], grace_s: float) -> dict[i
             out[slot] = "not running" + (f" ({gone})" if gone else "")
         elif not any(r.get("healthy") for r in rows) and all(float(r.get("age_s") or 0) > grace_s for r in rows):
             out[slot] = f"unhealthy past its {grace_s:.0f}s grace: {rows[0].get('detail')}"
+        elif twice := _twice(rows):
+            out[slot] = f"running twice, on {twice}: a host that came back still ran the copy moved away from it"
     for slot in sorted(by_slot):
         if slot not in slots:
             out[slot] = "not wanted any more"
     return out
+
+
+def _twice(rows: list[dict[str, Any]]) -> str | None:
+    """The hosts one slot runs on at the same revision, when more than one (not a rolling update,
+    whose copies differ in revision)."""
+    hosts: dict[str, set[str]] = {}
+    for r in rows:
+        hosts.setdefault(str(r.get("revision")), set()).add(str(r.get("host")))
+    doubled = next((sorted(h) for h in hosts.values() if len(h) > 1), None)
+    return " and ".join(doubled) if doubled else None
 
 
 def _loads(status: dict[str, Any]) -> dict[str, float]:

@@ -22,6 +22,20 @@ def test_problems_are_missing_unhealthy_past_grace_and_unwanted_replicas():
                      7: "not wanted any more"}  # fmt: skip
 
 
+def test_a_slot_running_twice_at_one_revision_is_a_problem_but_a_rolling_update_is_not():
+    """A host that came back still runs the copy the watcher moved away from it: two copies of one
+    slot, same revision, on two hosts; the watcher's converge removes one at once (it used to wait
+    for the 5-minute reconcile). A rolling update's two copies differ in revision."""
+
+    def on(host, revision):
+        return {**replica(0), "host": host, "revision": revision}
+
+    doubled = problems({"replicas": [on("gpu-2", "r1"), on("gpu-1", "r1")]}, [0], grace_s=30)
+    assert doubled == {0: "running twice, on gpu-1 and gpu-2: a host that came back still ran the copy moved "
+                          "away from it"}  # fmt: skip
+    assert problems({"replicas": [on("gpu-1", "r1"), on("gpu-2", "r2")]}, [0], grace_s=30) == {}
+
+
 def test_a_crash_looping_replica_is_restarted_at_growing_intervals(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path))
     s = ServiceState("web", deployed=True)

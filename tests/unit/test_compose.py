@@ -35,6 +35,8 @@ def test_it_runs_the_celery_executor_on_two_workers_with_a_shared_flexorch_store
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor" and env["AIRFLOW__CELERY__BROKER_URL"].startswith(
         "redis://redis:"
     )
+    # plain postgresql:// would mean psycopg 3 to SQLAlchemy 2.1, which the image does not have
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     workers = [s for s in AIRFLOW_SERVICES.values() if s["command"] == ["celery", "worker"]]
     assert len(workers) == 2 and len({w["hostname"] for w in workers}) == 2
     assert "redis" in COMPOSE["services"] and "redis" in AIRFLOW_SERVICES["scheduler"]["depends_on"]

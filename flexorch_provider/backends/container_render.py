@@ -42,6 +42,12 @@ def container_lines(doc: dict[str, Any], secret_names: list[str], run_dir: str, 
         "# environment by name only (-e NAME): the runtime reads each value from its own environment, so no value "
         "is on a command line" + (f"; secrets: {', '.join(secret_names)}" if secret_names else ""),
     ]
+    if secret_names and containers.uses_runtime_secrets(runtime):
+        lines.append(
+            "# secrets through podman's secret store (podman secret create NAME - reads the value from stdin; "
+            f"--secret mounts it under {containers.SECRETS_IN}, container.sh exports it), so podman inspect shows "
+            "none; removed with the container"
+        )
     if indices:
         lines.append(
             f"# GPUs: the {len(indices)} the runner claims on the host (shown as {', '.join(map(str, indices))}); "
@@ -53,7 +59,7 @@ def container_lines(doc: dict[str, Any], secret_names: list[str], run_dir: str, 
             f"{containers.REGISTRY_DIR}/config.json (0600) for the create, deleted right after it"
         )
     lines += [
-        shlex.join(containers.create_argv(job, run_dir, workdir, names, login=login)),
+        shlex.join(containers.create_argv(job, run_dir, workdir, names, login=login, secret_names=secret_names)),
         "# the supervised step (its output is the job's log, its exit code the job's):",
         shlex.join([runtime, *quiet, "start", "--attach", name]),
         "# however it ends (and on cancel): "

@@ -2,10 +2,12 @@
 
 ``create`` makes the container (named after the job, host network, the run directory and
 workdir mounted, GPUs passed as devices, pull policy applied) and ``start --attach`` is the
-supervised step: its output is the job's log, its exit code the job's. Env and secret values
-reach the container by name only (``-e NAME``: the runtime reads the value from its own
-environment), so no value is ever on a command line. When the step ends, however it ends,
-the container is removed.
+supervised step: its output is the job's log, its exit code the job's. Env values reach the
+container by name only (``-e NAME``: the runtime reads the value from its own environment), so no
+value is ever on a command line; with podman the secrets go through its secret store, mounted as
+files that ``container.sh`` reads into their variables, so ``podman inspect`` does not show them
+either. When the step ends, however it
+ends, the container and its secrets are removed.
 """
 
 import json
@@ -69,12 +71,20 @@ def container_name(job):
     return "flexorch-" + job.get("job_id", "job").replace("/", "-")
 
 
-def wrapper(job, run_dir, steering=None):
+SECRETS_IN = "/run/secrets/flexorch"  # where podman mounts the job's secrets inside the container
+
+
+def wrapper(job, run_dir, steering=None, secret_files=()):
     """The script the container runs: the job's variables that must not reach the runtime process
-    (``steering``, name → value: they are exported here, inside the image), then setup (a failure
+    (``steering``, name → value: they are exported here, inside the image), the secrets podman
+    mounted (``secret_files``: read into their variables byte for byte), then setup (a failure
     skips run), then run, with bash where the image has it. Written into the (mounted) run directory."""
     lines = ["#!/bin/sh"]
     lines += ["export %s=%s" % (name, sh_quote(value)) for name, value in sorted((steering or {}).items())]
+    for name in sorted(secret_files):  # the x keeps trailing newlines, which $(...) would strip
+        lines.append(
+            '%s="$(cat %s/%s; printf x)"; %s="${%s%%x}"; export %s' % (name, SECRETS_IN, name, name, name, name)
+        )
     lines.append('sh_="sh"; command -v bash >/dev/null 2>&1 && sh_="bash"')
     if job.get("setup"):
         with open(os.path.join(run_dir, "setup.sh"), "w") as f:
@@ -152,8 +162,68 @@ def login_flags(runtime, run_dir, login=None):
     return [], ["--authfile", os.path.join(folder, "config.json")]
 
 
-def create_argv(job, run_dir, workdir, env_names, login=None):
-    """``<runtime> create ...``: names only for the environment, every user value a separate word."""
+def secret_name(job, name):
+    """The runtime secret that holds the job's secret ``name`` (podman): per attempt, so the next
+    attempt's never meets this one's."""
+    return "%s.%s" % (container_name(job), name)
+
+
+def uses_runtime_secrets(runtime):
+    """podman keeps a secret's value out of ``inspect`` when it is mounted as a file (``--secret
+    NAME,type=mount``; as ``type=env`` a running container's Config.Env shows it); docker has no
+    such store outside swarm, so there a secret is an ``-e NAME`` like any variable."""
+    return os.path.basename(runtime) == "podman"
+
+
+def create_secrets(runtime, job, secrets, env):
+    """Put each secret value in podman's secret store (read from stdin: never on a command line);
+    the container gets them as files (``--secret``) that its wrapper reads into the environment."""
+    import subprocess
+
+    for name, value in sorted(secrets.items()):
+        stored = secret_name(job, name)
+        subprocess.run(
+            [runtime, "secret", "rm", stored], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60
+        )
+        done = subprocess.run(
+            [runtime, "secret", "create", stored, "-"],
+            input=value.encode(),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise OSError("podman secret create failed: %s" % done.stderr.decode("utf-8", "replace").strip()[-300:])
+
+
+def remove_secrets(runtime, job, env=None):
+    """Remove the attempt's secrets from podman's store (idempotent)."""
+    import subprocess
+
+    if not uses_runtime_secrets(runtime):
+        return
+    prefix = container_name(job) + "."
+    try:
+        listed = subprocess.run(
+            [runtime, "secret", "ls", "--format", "{{.Name}}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        ).stdout.decode("utf-8", "replace")
+        mine = [n for n in listed.split() if n.startswith(prefix)]
+        if mine:
+            subprocess.run(
+                [runtime, "secret", "rm", *mine], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60
+            )
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def create_argv(job, run_dir, workdir, env_names, login=None, secret_names=()):
+    """``<runtime> create ...``: names only for the environment, every user value a separate word;
+    with podman the secrets (``secret_names``) come from its secret store, not the environment."""
     spec = job["container"]
     runtime = spec["runtime_path"]
     docker = os.path.basename(runtime) == "docker"
@@ -189,8 +259,12 @@ def create_argv(job, run_dir, workdir, env_names, login=None):
         else:
             for g in gpus:
                 argv += ["--device", "nvidia.com/gpu=%d" % g]
+    stored = set(secret_names) if uses_runtime_secrets(runtime) else set()
     for name in sorted(env_names):
-        argv += ["-e", name]
+        if name in stored:
+            argv += ["--secret", "%s,type=mount,target=%s/%s" % (secret_name(job, name), SECRETS_IN, name)]
+        else:
+            argv += ["-e", name]
     argv += [spec["image"], "/bin/sh", os.path.join(run_dir, "container.sh")]
     return argv + list(job.get("argv") or [])
 
@@ -211,13 +285,15 @@ def container_env(job, env):
 
 
 def remove(job):
-    """Remove the job's container, running or not (idempotent); True when none is left."""
+    """Remove the job's container, running or not, and its secrets (idempotent); True when no
+    container is left."""
     spec = job.get("container") or {}
     runtime = spec.get("runtime_path")
     if not runtime:
         return True
     import subprocess
 
+    remove_secrets(runtime, job)
     try:
         subprocess.run(
             [runtime, "rm", "-f", "-t", "0", container_name(job)]

@@ -186,13 +186,17 @@ class Supervisor(object):
             process_env.pop(key, None)
             if key in os.environ:
                 process_env[key] = os.environ[key]
-        ctr.wrapper(self.job, self.run_dir, steering)
+        stored = [k for k in names if k in self.secrets] if ctr.uses_runtime_secrets(spec["runtime_path"]) else []
+        ctr.wrapper(self.job, self.run_dir, steering, secret_files=stored)
         name = ctr.container_name(self.job)
         runtime = os.path.basename(spec["runtime_path"])
         self.note("container %s: %s, image %s (pull %s)" % (name, runtime, spec["image"], spec.get("pull")))
         try:
+            ctr.create_secrets(spec["runtime_path"], self.job, {k: env[k] for k in stored}, process_env)
+            for k in stored:  # from the secret store now: not in the runtime's environment
+                process_env.pop(k, None)
             done = subprocess.run(
-                ctr.create_argv(self.job, self.run_dir, workdir, names),
+                ctr.create_argv(self.job, self.run_dir, workdir, names, secret_names=stored),
                 env=process_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -102,6 +102,32 @@ def test_secret_values_are_never_on_a_command_line(tmp_path, image):
         LOCAL.cancel(h)
 
 
+def test_secret_values_are_not_in_the_containers_inspect_and_leave_with_it(tmp_path, image):
+    """`-e NAME` keeps values off command lines, but the runtime then holds them in the container's
+    Config.Env for anyone who may inspect it on that host: secrets go through podman's secret
+    store instead (the job still reads them), and are removed with the container."""
+    h = LOCAL.submit(job(tmp_path, 'echo "token=$TOKEN"; sleep 20'))
+    name = "flexorch-" + h.job_id.replace("/", "-")
+    try:
+        deadline = time.time() + 30
+        while name not in containers() and time.time() < deadline:
+            time.sleep(0.2)
+        config = subprocess.run(["podman", "inspect", "--format", "{{json .Config}}", name],
+                                capture_output=True, text=True).stdout  # fmt: skip
+        assert '"Env"' in config and SECRET not in config
+        stored = subprocess.run(["podman", "secret", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
+        assert f"{name}.TOKEN" in stored.stdout.split()
+        stack_deadline = time.time() + 30
+        while "token=***" not in all_lines(LOCAL, h) and time.time() < stack_deadline:
+            time.sleep(0.2)
+        assert "token=***" in all_lines(LOCAL, h)  # the job read the value (masked in its log)
+    finally:
+        LOCAL.cancel(h)
+    wait_finished(LOCAL, h, 60)
+    left = subprocess.run(["podman", "secret", "ls", "--format", "{{.Name}}"], capture_output=True, text=True)
+    assert not [n for n in left.stdout.split() if n.startswith(name)]
+
+
 def test_cancel_and_timeout_leave_no_container(tmp_path, image):
     h = LOCAL.submit(job(tmp_path, "echo started; sleep 300"))
     name = "flexorch-" + h.job_id.replace("/", "-")

@@ -173,6 +173,11 @@ class AirflowStack:
             pass
         proc.wait()
 
+    def remove(self, name: str) -> None:
+        """SIGKILL a component started with :meth:`add` and forget it (the stack no longer counts it)."""
+        self.kill(name)
+        del self.procs[name]
+
     def restart(self, name: str) -> None:
         """Start a killed component again."""
         self._launch(name)

@@ -348,7 +348,7 @@ def test_a_trigger_that_moves_to_another_triggerer_leaves_its_job_running(stack,
         starts = list((host.home / ".flexorch" / "runs").glob("flex-e2e-ssh-moved-moved-*/*/starts.txt"))
         assert len(starts) == 1 and starts[0].read_text() == "start\n", "the remote job was started more than once"
     finally:
-        stack.kill("triggerer-2")
+        stack.remove("triggerer-2")  # gone for good: the tests after this one wait on the stack's components
 
 
 def _slurm_jobs_named(cluster, dag_id: str, task_id: str) -> list[list[str]]:

@@ -179,11 +179,7 @@ class LocalBackend(FleetServices, Backend):
             data = job_data(handle)
             run_dir = data["run_dir"]
             if not os.path.isdir(run_dir) and data.get("host") not in (None, socket.gethostname()):
-                out[handle.job_id] = JobStatus(
-                    JobState.LOST,
-                    message=f"the local job ran on host {data['host']}, not on {socket.gethostname()}: "
-                    "run local jobs with deferrable=False when workers and triggerer are on different hosts",
-                )
+                out[handle.job_id] = _seen_from_elsewhere(handle, str(data["host"]))
                 continue
             raw = status(run_dir)
             out[handle.job_id] = JobStatus(
@@ -247,6 +243,31 @@ def _refuse_if_started_elsewhere(job: ResolvedJob) -> None:
         f"there; this try runs on {here}, which can neither see nor stop it, so it does not start a second copy. "
         f"Stop it on {record['host']} (its run directory under $FLEXORCH_RUN_DIR) or let it end, then clear the task; "
         f"after {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(until))} (its timeout) it is not waited for"
+    )
+
+
+def _seen_from_elsewhere(handle: JobHandle, host: str) -> JobStatus:
+    """A local job asked about from another machine (the flexorch page on the api-server, a
+    triggerer elsewhere): running on its worker while the store says it started there and has not
+    been seen to end, else lost to this machine."""
+    import time
+
+    from flexorch_provider.store import get_store
+
+    here = socket.gethostname()
+    record = get_store().get(STARTED, Path(job_data(handle)["run_dir"]).parent.name)
+    if (
+        isinstance(record, dict)
+        and record.get("job_id") == handle.job_id
+        and float(record.get("until") or 0) > time.time()
+    ):
+        return JobStatus(
+            JobState.RUNNING, message=f"runs on the worker {host}, which follows it (not visible from {here})"
+        )
+    return JobStatus(
+        JobState.LOST,
+        message=f"the local job ran on host {host}, not on {here}: a triggerer or api-server elsewhere cannot see it "
+        "(local.defer: false keeps it with its worker)",
     )
 
 

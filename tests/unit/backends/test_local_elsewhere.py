@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,26 @@ def test_a_job_past_its_timeout_is_not_waited_for(tmp_path, here):
         assert backend.submit(job).job_id  # not refused
     finally:
         backend.cancel(first)
+
+
+def test_asked_from_another_machine_a_running_local_job_says_where_it_runs(tmp_path, here):
+    """The flexorch page on the api-server polls a local job it cannot see: "runs on the worker X"
+    while it has not been seen to end, not "lost"."""
+    backend = LocalBackend()
+    here["host"] = "worker-b"
+    gate = tmp_path / "go"
+    handle = backend.submit(_job(tmp_path, f"while [ ! -e {gate} ]; do sleep 0.1; done"))
+    # as the api-server sees it: the attempt's folder is on the worker's disk, not here
+    unseen = str(Path(handle.data["run_dir"]).parent / "on-the-worker-only")
+    moved = handle.__class__(**{**handle.__dict__, "data": {**handle.data, "run_dir": unseen}})
+    try:
+        here["host"] = "api-server"
+        seen = backend.poll([moved])[moved.job_id]
+        assert seen.state == JobState.RUNNING and "runs on the worker worker-b" in seen.message
+        here["host"] = "worker-b"
+        gate.touch()
+        assert _wait_final(backend, handle) == JobState.SUCCEEDED  # its worker saw it end
+        here["host"] = "api-server"
+        assert backend.poll([moved])[moved.job_id].state == JobState.LOST
+    finally:
+        backend.cancel(handle)

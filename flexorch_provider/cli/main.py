@@ -143,7 +143,9 @@ def _render_target(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    workload = load_workload(args.spec, step=args.step, target=args.target)
+    workload = load_workload(args.spec, step=args.step)
+    if args.target not in workload.target:  # what another target would run: the spec as if it named only that one
+        workload = load_workload(args.spec, step=args.step, target=args.target, overrides={"max_pending": None})
     job = ResolvedJob.for_run(
         workload,
         run_key(spec.name, args.step or workload.kind, args.run_id),

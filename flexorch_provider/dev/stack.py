@@ -142,6 +142,7 @@ class AirflowStack:
         lines = [
             f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k.startswith(("AIRFLOW", "FLEXORCH"))
         ]
+        lines.append(f"export FLEXORCH_API_URL={shlex.quote(self.url)}  # for flexorch login/status/submit")
         path = self.home / "airflow.env"
         path.write_text(
             "# written by flexorch's embedded stack; source it to use the airflow CLI on it\n" + "\n".join(lines) + "\n"

@@ -96,6 +96,21 @@ def test_render_target_ssh_prints_the_commands_each_host_runs(capsys):
     assert "/bin/sh -c './make_thumbnails.sh --date {{ ds }} --size 256'" in out
 
 
+def test_render_target_works_for_every_example_and_every_target_it_names(capsys):
+    """A first-day stumble: `render --target slurm` of a spec with max_pending and one target failed
+    ("target lists only slurm") although the spec is valid as written."""
+    from flexorch_provider.spec.loader import load_spec
+
+    for path in iter_spec_files([EXAMPLES]):
+        spec = load_spec(path)
+        steps = [s.name for s in getattr(spec, "steps", None) or []]
+        targets = spec.target if not steps else spec.effective_steps()[0].target
+        for target in targets:
+            argv = ["render", str(path), "--target", str(target), *(["--step", steps[0]] if steps else [])]
+            assert main(argv) == 0, (path.name, target, capsys.readouterr().err)
+        capsys.readouterr()
+
+
 def test_render_target_ssh_for_a_service_shows_replicas_health_and_the_runner_calls(capsys):
     assert main(["render", str(EXAMPLES / "embeddings-ssh-service.yaml"), "--target", "ssh"]) == 0
     out = capsys.readouterr().out

@@ -74,3 +74,17 @@ def test_a_private_server_starts_answers_on_its_socket_only_and_is_removed(tmp_p
         server.remove()
     assert not server.data.exists()
     assert (tmp_path / "home" / "postgres.log").exists()
+
+
+def test_the_stacks_env_file_gives_the_cli_its_api_url(tmp_path):
+    """`. .demo/airflow.env && flexorch status` used to say "no Airflow API URL"."""
+    import subprocess
+
+    from flexorch_provider.dev.stack import AirflowStack
+
+    stack = AirflowStack(tmp_path / "home", tmp_path / "dags", db="sqlite", port=18765)
+    stack.home.mkdir(parents=True)
+    stack._write_env_file()
+    env = tmp_path / "home" / "airflow.env"
+    shown = subprocess.run(["bash", "-c", f". {env} && echo $FLEXORCH_API_URL"], capture_output=True, text=True)
+    assert shown.stdout.strip() == stack.url and stack.url.startswith("http://127.0.0.1:")

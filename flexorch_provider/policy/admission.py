@@ -187,7 +187,7 @@ def admit(
             raise PolicyError(refusals)
         ledger.append({"t": "check", "run": run_id, "team": name, "user": user})
     budget = (
-        f"; {used:.1f} of {team.gpu_hours.limit:g} GPU-hours used this {team.gpu_hours.per}" if team.gpu_hours else ""
+        f"; {used:.2f} of {team.gpu_hours.limit:g} GPU-hours used this {team.gpu_hours.per}" if team.gpu_hours else ""
     )
     log.info("policy %s: team %s allows it%s", policy.file, name, budget)
     return {"team": name, "user": user, "run": run_id}

@@ -167,3 +167,16 @@ def test_a_team_submits_only_through_its_own_dag(policy):
     with pytest.raises(PolicyError, match="flexorch-submit runs no team's submissions on a server with teams"):
         admit(sub, "alice", "r1", (policy, None), lambda *a: None, LOG)
     assert admit(sub, "alice", "r1", (policy, "nlp"), lambda *a: None, LOG)["team"] == "nlp"
+
+
+def test_the_check_line_shows_the_budget_as_status_does(policy, caplog):
+    """The check said "0.0 of 1" where `flexorch status --team` said "0.02": one rounding for both."""
+    import logging
+    import time
+
+    Ledger().append({"t": "start", "run": "r0", "job": "x/run/r0/0", "try": "1.0", "team": "nlp", "gpus": 1,
+                     "cap": None, "at": time.time() - 72})  # fmt: skip
+    Ledger().append({"t": "end", "run": "r0", "job": "x/run/r0/0", "try": "1.0"})  # 1 GPU × 72 s = 0.02 h
+    with caplog.at_level(logging.INFO, logger="test"):
+        _admitted(policy, run="r9")
+    assert "0.02 of 1 GPU-hours used this day" in caplog.text

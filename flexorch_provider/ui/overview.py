@@ -176,6 +176,10 @@ def _job_row(ti: Any, record: JobRecord | None, now: float) -> dict[str, Any]:
                    owner=None, gpu_pool=None, elapsed_s=None)  # fmt: skip
         return row
     started = record.submitted_at
+    ended = (
+        getattr(ti, "end_date", None) if str(ti.state) not in ("running", "deferred", "queued", "scheduled") else None
+    )
+    until = ended.timestamp() if ended is not None else now  # an ended task's job stops counting
     row.update(
         target=record.target,
         job_id=record.job_id,
@@ -186,7 +190,7 @@ def _job_row(ti: Any, record: JobRecord | None, now: float) -> dict[str, Any]:
         team=record.team,
         owner=record.owner,
         choice=record.choice.summary() if record.choice else None,
-        elapsed_s=round(now - started, 1) if started is not None else None,
+        elapsed_s=round(until - started, 1) if started is not None else None,
     )
     return row
 

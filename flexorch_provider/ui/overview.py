@@ -359,10 +359,15 @@ def services(dag_ids: Collection[str] | None, target: str | None = None) -> list
     chosen = [(d, w) for d, w in _service_jobs(dag_ids) if target in (None, "", _landed_on(w))]
 
     def read(item: tuple[str, Any]) -> dict[str, Any]:
+        from flexorch_provider.services.state import ServiceState
+
         dag_id, w = item
         r = _service_reading(w)
         value = r.value or {}
-        return {"service": w.name, "dag_id": dag_id, "target": _landed_on(w), "desired": w.replicas,
+        state = ServiceState.load(w.name)  # undeployed: nothing is desired (not its spec's replicas)
+        desired = len(state.current_slots(w)) if state.deployed else 0
+        return {"service": w.name, "dag_id": dag_id, "target": _landed_on(w), "desired": desired,
+                "deployed": state.deployed,
                 "running": value.get("running"), "healthy": value.get("healthy"),
                 "revisions": value.get("revisions", []), "replicas": value.get("replicas", []),
                 "unreachable": value.get("unreachable", {}), "reading": r.public(),

@@ -128,7 +128,8 @@ function servicesSection(services) {
   if (services.error) return [...out, el("p", {class: "bad"}, services.error)];
   out.push(table(["service", "target", "replicas (healthy / running / desired)", "revision", "replicas on", "read"], services.map(s => [
     el("a", {href: s.view_url}, s.service), s.target,
-    el("span", {class: s.healthy === s.desired ? "ok" : "warn"}, (s.healthy ?? "?") + " / " + (s.running ?? "?") + " / " + s.desired),
+    el("span", {class: !s.deployed && !s.running ? "muted" : s.healthy === s.desired ? "ok" : "warn"},
+       (s.healthy ?? "?") + " / " + (s.running ?? "?") + " / " + s.desired + (s.deployed ? "" : " (not deployed)")),
     (s.revisions || []).join(", "),
     (s.replicas || []).map(r => r.slot + ": " + r.host + (r.healthy ? "" : " (" + (r.detail || r.state) + ")")).join("; ")
       + Object.entries(s.unreachable || {}).map(([h, why]) => "; " + h + " unreachable: " + why).join(""),

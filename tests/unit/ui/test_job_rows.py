@@ -20,3 +20,24 @@ def test_an_ended_jobs_elapsed_time_stops_at_its_end():
     ended = Ti("success", dt.datetime.fromtimestamp(130.0, dt.UTC))
     assert _job_row(ended, record, 1000.0)["elapsed_s"] == 30.0
     assert _job_row(Ti("running", None), record, 1000.0)["elapsed_s"] == 900.0
+
+
+def test_an_undeployed_service_desires_nothing(tmp_path, monkeypatch):
+    """An undeployed service was shown "0 / 0 / 2" in warning colours: its spec's replicas, as if
+    two were missing. Undeployed, it desires none (and says so)."""
+    from flexorch_provider.resolve import load_workload
+    from flexorch_provider.services.state import ServiceState
+    from flexorch_provider.ui import overview
+    from flexorch_provider.ui.cache import Reading
+
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path))
+    w = load_workload({"name": "web", "kind": "service", "target": "local", "run": "x", "replicas": 2})
+    monkeypatch.setattr(overview, "_service_jobs", lambda dag_ids: [("web", w)])
+    monkeypatch.setattr(overview, "_service_reading", lambda w: Reading({"running": 0, "healthy": 0}, at=0.0))
+    (row,) = overview.services(None)
+    assert (row["deployed"], row["desired"]) == (False, 0)
+    state = ServiceState.load("web")
+    state.mark(True, None, "local")
+    state.save()
+    (row,) = overview.services(None)
+    assert (row["deployed"], row["desired"]) == (True, 2)

@@ -181,7 +181,7 @@ class SubmittedStepOperator(FlexOperator):
                 trigger = StepsDoneTrigger(ti.dag_id, ti.run_id, ti.task_id, self.after, not_before=hold)
                 self.defer(trigger=trigger, method_name="execute_after_wait")
             self._go_or_skip(states)
-        return self._run(context)
+        return self._run(context, fresh=True)
 
     def execute_after_wait(self, context: Any, event: dict[str, Any]) -> Any:
         self._go_or_skip({int(k): v for k, v in (event.get("states") or {}).items()})
@@ -189,8 +189,14 @@ class SubmittedStepOperator(FlexOperator):
         return self.execute(context)
 
     # --- retries: a mapped task's retries are fixed when the DAG is parsed, so the spec's are done here
-    def _run(self, context: Any) -> Any:
-        self._retried = self._retries_done(context)
+    def _run(self, context: Any, fresh: bool = False) -> Any:
+        """``fresh``: the try's first run of the job (no retry done yet: the count starts at 0, written
+        now, so that every later read finds it instead of a missing XCom the API logs as an error)."""
+        if fresh:
+            self._retried = 0
+            context["ti"].xcom_push(key=RETRIES_KEY, value=0)
+        else:
+            self._retried = self._retries_done(context)
         if self.workload.is_service:  # a submitted service (the team's policy allows services)
             return self._deploy_for_its_lifetime(context)
         try:

@@ -162,6 +162,8 @@ def test_submit_streams_a_local_jobs_log_while_it_runs_and_exits_with_its_outcom
                                                       "before; exit 3\ntimeout: 5m\n")))  # fmt: skip
     assert failing.returncode == 1, failing.stdout
     assert "[failing] before" in failing.stdout and "failed: exit code 3" in failing.stdout
+    # the retry count is written before it is read: no "XCom not found" error per submitted job
+    assert "key='flexorch_retries'" not in (stack.home / "scheduler.log").read_text(errors="replace")
 
 
 def test_a_slurm_gpu_job_streams_before_it_ends(stack, tmp_path):

@@ -11,6 +11,7 @@ concurrency limit too.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -193,11 +194,6 @@ def admit(
     return {"team": name, "user": user, "run": run_id}
 
 
-class _QuietLog:
-    def warning(self, *args: Any) -> None:
-        pass
-
-
 def verify(
     given: dict[str, Any],
     sub: Submission,
@@ -233,7 +229,7 @@ def verify(
         with ledger.locked():
             now = time.time()
             if states_of is not None:
-                close_ended(ledger, name, now, states_of, _QuietLog())
+                close_ended(ledger, name, now, states_of, logging.getLogger(__name__))
             used = ledger.gpu_hours(name, period_start(team.gpu_hours.per, now), now) if team.gpu_hours else 0.0
             live = ledger.live_runs(name, now) - {run_id}
             for refusal in (budget_refusal(name, team, [job], used), concurrency_refusal(name, team, len(live))):

@@ -60,13 +60,14 @@ def converge(job: ResolvedJob, ti: Any, log: Log) -> dict[str, Any]:
     log.info("service %s: %s", job.name, job.action)
     if job.action == "reconcile":
         return _reconcile(job, targets, ti, log)
-    if job.action == "undeploy":  # first: the watcher must not restore what is being stopped
-        _mark(job, deployed=False, target=None)
-    target, summary = first_that_accepts(targets, lambda backend: backend.service(job, _lines(log)), log)
+    if job.action == "undeploy":
+        summary = stop(job, log)
+        target = summary["target"]
+    else:
+        target, summary = first_that_accepts(targets, lambda backend: backend.service(job, _lines(log)), log)
+        _mark(job, deployed=True, target=target)
     if target != targets[0]:
         links.push(ti, ServiceLink, links.service_url(ti, w.name, target, connection_of(w, target)))
-    if job.action != "undeploy":
-        _mark(job, deployed=True, target=target)
     return {**summary, "target": target, "action": job.action}
 
 
@@ -90,8 +91,9 @@ def _reconcile(job: ResolvedJob, targets: list[str], ti: Any, log: Log) -> dict[
 
 
 def stop(job: ResolvedJob, log: Log) -> dict[str, Any]:
-    """Undeploy a service where no task instance is at hand (a killed task's trigger): unmark it,
-    then stop its replicas on the target that takes the undeploy."""
+    """Undeploy a service (also where no task instance is at hand: a killed task's trigger): unmark
+    it first, so the watcher does not restore what is being stopped, then stop its replicas on the
+    target that takes the undeploy."""
     _mark(job, deployed=False, target=None)
     target, summary = first_that_accepts(order(job.service), lambda b: b.service(job, _lines(log)), log)
     return {**summary, "target": target, "action": "undeploy"}

@@ -18,6 +18,7 @@ class _Group:
     backend: Backend
     interval: float
     members: dict[str, JobHandle] = field(default_factory=dict)
+    watchers: dict[str, int] = field(default_factory=dict)  # job id → how many watch it (a moved trigger's two copies)
     waiters: dict[str, list[asyncio.Future[JobStatus]]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
     polls: int = 0
@@ -40,14 +41,24 @@ class StatusBatcher:
             group = self._groups[gkey] = _Group(backend=backend, interval=interval)
         group.interval = min(group.interval, interval)
         group.members[handle.job_id] = handle
+        group.watchers[handle.job_id] = group.watchers.get(handle.job_id, 0) + 1
         if group.task is None or group.task.done():
             group.task = asyncio.get_running_loop().create_task(self._loop(gkey, group))
+        watch = _Watch(group, handle.job_id)
         try:
-            yield _Watch(group, handle.job_id)
+            yield watch
         finally:
-            group.members.pop(handle.job_id, None)
-            for fut in group.waiters.pop(handle.job_id, []):
-                fut.cancel()
+            left = group.watchers.get(handle.job_id, 1) - 1
+            if left > 0:
+                group.watchers[handle.job_id] = left
+            else:
+                group.watchers.pop(handle.job_id, None)
+                group.members.pop(handle.job_id, None)
+            mine = watch.pending
+            if mine is not None and not mine.done():
+                mine.cancel()
+                with contextlib.suppress(ValueError):
+                    group.waiters.get(handle.job_id, []).remove(mine)
 
     async def _loop(self, gkey: tuple[int, str], group: _Group) -> None:
         try:
@@ -80,9 +91,11 @@ class StatusBatcher:
 class _Watch:
     group: _Group
     job_id: str
+    pending: asyncio.Future[JobStatus] | None = None
 
     async def next(self) -> JobStatus:
         fut: asyncio.Future[JobStatus] = asyncio.get_running_loop().create_future()
+        self.pending = fut
         self.group.waiters.setdefault(self.job_id, []).append(fut)
         return await fut
 

@@ -119,7 +119,8 @@ class FlexJobTrigger(BaseTrigger):
                 try:
                     status = await watch.next()
                     # lines read before this wait reached the task log by now
-                    await asyncio.to_thread(checkpoint.save, follower.cursor)
+                    if not await asyncio.to_thread(checkpoint.save, follower.cursor):
+                        break  # another copy follows the job now
                     step = await asyncio.to_thread(follower.observe, status)
                 except asyncio.CancelledError:
                     raise
@@ -134,6 +135,15 @@ class FlexJobTrigger(BaseTrigger):
                 if step.event is not None:
                     yield await self._fire(step.event, checkpoint)
                     return
+        # This triggerer stalled past Airflow's health threshold: the trigger runs on another one
+        # (which claimed the log cursor) and Airflow is about to cancel this copy. Streaming on
+        # would log the new copy's lines twice; firing would race it. Wait for the cancel.
+        self.log.info(
+            "job %s is followed by this trigger's copy on another triggerer (this one stalled): this copy stops "
+            "streaming and waits for Airflow to cancel it",
+            handle.job_id,
+        )
+        await asyncio.Event().wait()
 
     async def on_kill(self) -> None:
         """The user marked the task failed/success or cleared it: stop the job. (Not when the task is

@@ -181,6 +181,55 @@ def test_a_restarted_trigger_resumes_the_log_where_the_previous_one_left_it(tmp_
     assert not checkpoint.exists()
 
 
+def test_a_stalled_copy_stops_streaming_once_the_trigger_runs_elsewhere(tmp_path, monkeypatch, caplog):
+    """A triggerer stalls past the health threshold: Airflow runs the trigger on another triggerer
+    and cancels the first copy only once that one wakes. The new copy claims the log cursor; the old
+    one, awake again, streams nothing more (it would log the new copy's lines twice) and fires
+    nothing: it waits for its cancel."""
+    import logging
+
+    monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path / "state"))
+    go = tmp_path / "go"
+    handle = (
+        LocalBackend()
+        .submit(_job(tmp_path, f"echo one; while [ ! -f {go} ]; do sleep 0.05; done; echo two; echo three"))
+        .to_dict()
+    )
+    caplog.set_level(logging.INFO)
+
+    def copy(name: str) -> FlexJobTrigger:
+        t = FlexJobTrigger(handle, poll_interval=0.05)
+        t._log = logging.getLogger(f"flexorch-test-{name}")
+        return t
+
+    def said(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == f"flexorch-test-{name}"]
+
+    async def moved() -> None:
+        old = asyncio.create_task(_events(copy("old")))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if "one" in said("old"):
+                break
+        await asyncio.sleep(0.2)  # the old copy's checkpoint is past "one"
+        new = asyncio.create_task(_events(copy("new")))
+        await asyncio.sleep(0.5)  # both run; the old one finds the cursor claimed at its next poll
+        go.touch()
+        (event,) = await asyncio.wait_for(new, 30)
+        assert event.payload["status"] == "success"
+        await asyncio.sleep(0.3)
+        assert not old.done()  # it fired nothing: it waits to be cancelled
+        old.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await old
+
+    asyncio.run(moved())
+    assert [m for m in said("new") if m in ("one", "two", "three")] == ["two", "three"]
+    old = said("old")
+    assert [m for m in old if m in ("one", "two", "three")] == ["one"], old
+    assert any("followed by this trigger's copy on another triggerer" in m for m in old), old
+
+
 def test_a_backend_compares_its_own_cursors():
     furthest = LocalBackend().furthest
     assert furthest(10, 4) == 10 and furthest(4, 10) == 10

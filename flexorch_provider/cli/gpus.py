@@ -24,7 +24,7 @@ def _inventories(args: argparse.Namespace) -> list[tuple[Any, Any, Exception | N
 
 
 def _gib(mib: int | None) -> str:
-    return "-" if mib is None else f"{mib / 1024:.0f}Gi"
+    return "-" if mib is None else f"{mib // 1024}Gi"  # whole GiB at least free, as the flexorch page shows it
 
 
 def gpus_command(args: argparse.Namespace) -> int:

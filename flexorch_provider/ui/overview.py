@@ -55,7 +55,8 @@ def _pool_view(inv: dict[str, Any]) -> dict[str, Any]:
                if g.get("memory_total") is not None and g.get("memory_used") is not None]  # fmt: skip
         nodes.append({"name": n["name"], "state": n["state"], "detail": n["detail"], "total": len(gpus),
                       "free": len(free), "models": sorted({g["model"] for g in gpus}),
-                      "free_memory_mib": sum(mem) if mem else None, "gpus": gpus})  # fmt: skip
+                      # per free GPU, smallest and largest, as `flexorch gpus` shows it (what a task asks for)
+                      "free_memory_per_gpu_mib": [min(mem), max(mem)] if mem else None, "gpus": gpus})  # fmt: skip
     return {"total": sum(n["total"] for n in nodes), "free": sum(n["free"] for n in nodes), "nodes": nodes}
 
 
@@ -362,15 +363,18 @@ def services(dag_ids: Collection[str] | None, target: str | None = None) -> list
         from flexorch_provider.services.state import ServiceState
 
         dag_id, w = item
-        r = _service_reading(w)
-        value = r.value or {}
         state = ServiceState.load(w.name)  # undeployed: nothing is desired (not its spec's replicas)
+        if state.deployed:
+            r = _service_reading(w)
+            value, reading = r.value or {}, r.public()
+        else:  # its target is not asked: nothing of it runs there (and its DAG may wait for a connection)
+            value, reading = {}, {"age_s": None, "note": "not deployed: its target is not read"}
         desired = len(state.current_slots(w)) if state.deployed else 0
         return {"service": w.name, "dag_id": dag_id, "target": _landed_on(w), "desired": desired,
                 "deployed": state.deployed,
                 "running": value.get("running"), "healthy": value.get("healthy"),
                 "revisions": value.get("revisions", []), "replicas": value.get("replicas", []),
-                "unreachable": value.get("unreachable", {}), "reading": r.public(),
+                "unreachable": value.get("unreachable", {}), "reading": reading,
                 "view_url": service_page_url(w.name)}  # fmt: skip
 
     return [row for _, row, _ in parallel(chosen, read) if row is not None]

@@ -61,6 +61,7 @@ function reading(r) {
   if (!r) return "";
   if (r.error) return el("span", {class: "bad", title: r.error}, "error: " + r.error);
   if (r.slow) return el("span", {class: "warn", title: r.slow}, "slow: " + r.slow);
+  if (r.note) return el("span", {class: "muted"}, r.note);
   return el("span", {class: "muted"}, r.age_s === null ? "" : "read " + ago(r.age_s) + " ago");
 }
 function state(s, reason) {
@@ -94,15 +95,21 @@ function filterBar(data) {
   return bar;
 }
 
+function gibRange(mib) {  // as `flexorch gpus` prints it: whole GiB at least free, a range where GPUs differ
+  if (!mib) return "";
+  const [lo, hi] = mib.map(m => Math.floor(m / 1024) + "Gi");
+  return lo === hi ? lo : lo + "-" + hi;
+}
+
 function poolsSection(p) {
   const out = [el("h2", {}, "GPU pools")];
   if (p.error) return [...out, el("p", {class: "bad"}, p.error)];
   for (const pool of p.pools) {
     out.push(el("h3", {}, pool.pool + " ", el("span", {class: "muted"}, "(" + pool.source + ", Airflow pool " + pool.airflow_pool + ") "),
                 pool.total === null ? "" : pool.free + " of " + pool.total + " GPUs free ", reading(pool.reading)));
-    out.push(table(["node", "state", "models", "GPUs free", "free memory", "GPUs"], pool.nodes.map(n => [
+    out.push(table(["node", "state", "models", "GPUs free", "free memory per GPU", "GPUs"], pool.nodes.map(n => [
       n.name, state(n.state, n.detail), n.models.join(", "), el("span", {class: "num"}, n.free + " / " + n.total),
-      n.free_memory_mib === null ? "" : (n.free_memory_mib / 1024).toFixed(1) + " GiB",
+      gibRange(n.free_memory_per_gpu_mib),
       n.gpus.map(g => (g.busy ? "●" : "○") + g.index).join(" ")]), "no nodes read yet"));
   }
   if (!p.pools.length) out.push(el("p", {class: "muted"}, "no pools defined in " + p.file));
@@ -128,8 +135,9 @@ function servicesSection(services) {
   if (services.error) return [...out, el("p", {class: "bad"}, services.error)];
   out.push(table(["service", "target", "replicas (healthy / running / desired)", "revision", "replicas on", "read"], services.map(s => [
     el("a", {href: s.view_url}, s.service), s.target,
-    el("span", {class: !s.deployed && !s.running ? "muted" : s.healthy === s.desired ? "ok" : "warn"},
-       (s.healthy ?? "?") + " / " + (s.running ?? "?") + " / " + s.desired + (s.deployed ? "" : " (not deployed)")),
+    s.deployed ? el("span", {class: s.healthy === s.desired ? "ok" : "warn"},
+                    (s.healthy ?? "?") + " / " + (s.running ?? "?") + " / " + s.desired)
+               : el("span", {class: "muted"}, "not deployed"),
     (s.revisions || []).join(", "),
     (s.replicas || []).map(r => r.slot + ": " + r.host + (r.healthy ? "" : " (" + (r.detail || r.state) + ")")).join("; ")
       + Object.entries(s.unreachable || {}).map(([h, why]) => "; " + h + " unreachable: " + why).join(""),

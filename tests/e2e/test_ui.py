@@ -210,6 +210,8 @@ def test_running_jobs_on_every_backend_with_links_and_busy_gpus(stack, ssh_fleet
     nodes = {n["name"]: n for n in lab["nodes"]}
     h1, h2 = ssh_fleet.hosts[:2]
     assert nodes[h1.entry]["models"] == ["L4"] and nodes[h1.entry]["free"] == 2 and nodes[h2.entry]["state"] == "up"
+    # per free GPU, as `flexorch gpus` shows it (22Gi there; the page said 45.0 GiB, the two GPUs summed)
+    assert nodes[h1.entry]["free_memory_per_gpu_mib"] == [23034, 23034]
     assert nodes[f"{h1.entry}:1"]["state"] == "unreachable" and nodes[f"{h1.entry}:1"]["detail"]
     # still listed once their tasks deferred (Airflow then stores every extra link's XCom, empty ones too)
     stack.wait_for(lambda: all(stack.ti(d, run_ids[d], t)["state"] == "deferred" for d, t in tasks.items()), 90,
@@ -238,7 +240,7 @@ def test_the_page_in_chromium_shows_pools_jobs_and_hosts(stack, ssh_fleet):
             page = context.new_page()
             page.goto(stack.url + "/flexorch/")
             expected = ["GPU pools", "lab", "cluster", "ui-local", "ui-ssh", "ui-slurm", slurm_id, ssh_host,
-                        "running on localhost", "unreachable"]  # fmt: skip
+                        "running on localhost", "unreachable", "free memory per GPU", "22Gi"]  # fmt: skip
             try:
                 page.wait_for_function("(want) => want.every((w) => document.body.innerText.includes(w))",
                                        arg=expected, timeout=30000)  # fmt: skip

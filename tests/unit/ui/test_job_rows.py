@@ -33,11 +33,19 @@ def test_an_undeployed_service_desires_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXORCH_STATE_DIR", str(tmp_path))
     w = load_workload({"name": "web", "kind": "service", "target": "local", "run": "x", "replicas": 2})
     monkeypatch.setattr(overview, "_service_jobs", lambda dag_ids: [("web", w)])
-    monkeypatch.setattr(overview, "_service_reading", lambda w: Reading({"running": 0, "healthy": 0}, at=0.0))
+    asked: list[str] = []
+
+    def reading(w):
+        asked.append(w.name)
+        return Reading({"running": 0, "healthy": 0}, at=0.0)
+
+    monkeypatch.setattr(overview, "_service_reading", reading)
     (row,) = overview.services(None)
     assert (row["deployed"], row["desired"]) == (False, 0)
+    # nor is its target asked: a demo service whose DAG waits for a missing connection showed a red error
+    assert asked == [] and "error" not in row["reading"] and row["reading"]["note"].startswith("not deployed")
     state = ServiceState.load("web")
     state.mark(True, None, "local")
     state.save()
     (row,) = overview.services(None)
-    assert (row["deployed"], row["desired"]) == (True, 2)
+    assert (row["deployed"], row["desired"], asked) == (True, 2, ["web"])

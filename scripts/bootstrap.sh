@@ -19,6 +19,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    -c "$ROOT/constraints/constraints-3.11.txt" -e "$ROOT[test,bench,postgres]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    -c "$ROOT/constraints/constraints-3.11.txt" -e "$ROOT[test,postgres]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# dag-factory (bench/parse_specs.py's baseline) registers an Airflow plugin that every airflow command
+# would load, with deprecation warnings: it stays out of .venv, in a folder only that bench reads
+"$VENV/bin/python" -m pip uninstall -q -y dag-factory >/dev/null 2>&1 || true
+rm -rf "$ROOT/.bench-deps"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --target "$ROOT/.bench-deps" \
+    "dag-factory==$(sed -n 's/^dag-factory==//p' "$ROOT/constraints/constraints-3.11.txt")" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import flexorch_provider, airflow" # fail loudly if the install did not work
 echo "$WANT" > "$STAMP"

@@ -28,3 +28,16 @@ def test_public_names_are_lazy():
     assert out.split() == ["False", "False"]
     assert flexorch_provider.load_spec.__name__ == "load_spec"
     assert issubclass(flexorch_provider.SpecError, ValueError)
+
+
+def test_the_airflow_cli_loads_no_plugin_but_flexorchs_and_warns_of_nothing(tmp_path):
+    """The product's environment holds what a user's Airflow would: no benchmark-only package that
+    registers a plugin every ``airflow`` command loads (dag-factory did, with four deprecation warnings)."""
+    airflow = Path(sys.executable).parent / "airflow"
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(airflow), "plugins", "--output", "json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [p["name"] for p in json.loads(result.stdout)] == ["flexorch"]
+    assert "deprecated" not in result.stderr + result.stdout

@@ -80,6 +80,16 @@ def connect_failure(e: BaseException) -> str:
 
     if isinstance(e, paramiko.AuthenticationException):
         return "authentication failed: check the connection's login and key"
+    if isinstance(e, paramiko.BadHostKeyException):
+        return (
+            "the host's key is not the one the connection's host_key (or known_hosts) names: a reinstalled host "
+            "or a man in the middle; check the host, then update the connection"
+        )
+    if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
+        return (
+            "its host key is unknown: put it in the connection's host_key extra or the worker's "
+            "~/.ssh/known_hosts (no_host_key_check: true connects unverified)"
+        )
     if isinstance(e, socket.timeout | TimeoutError):
         return f"no answer within {CONNECT_TIMEOUT} s (host down or a firewall)"
     if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):

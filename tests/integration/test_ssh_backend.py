@@ -28,9 +28,10 @@ DATA = Path(__file__).parents[1] / "data"
 _counter = iter(range(1_000_000))
 
 
-def make_job(run, hosts, *, placement="any", env=None, key=None, placement_hint=None, secrets=None, gpus=None):
+def make_job(run, hosts, *, placement="any", env=None, key=None, placement_hint=None, secrets=None, gpus=None,
+             conn=FLEET_CONN):  # fmt: skip
     spec = {"name": "t", "kind": "batch", "target": "ssh", "run": run, "env": env or {},
-            "ssh": {"connection": FLEET_CONN, "hosts": hosts, "placement": placement}}  # fmt: skip
+            "ssh": {"connection": conn, "hosts": hosts, "placement": placement}}  # fmt: skip
     if gpus:
         spec["resources"] = {"gpus": gpus}
     w = load_workload(spec)
@@ -261,3 +262,18 @@ def test_a_gpu_job_skips_a_host_without_gpus_and_is_pinned_to_a_free_one(ssh_fle
         assert "3 T4 GPU(s) wanted, 2 free" in text
     finally:
         gpu_host.fake_nvidia_smi(None)
+
+
+def test_a_host_whose_key_is_not_the_connections_is_refused_in_words(ssh_fleet, tmp_path, monkeypatch):
+    """The fleet's connection names the hosts' key (no "No Host Key Verification"); a host that shows
+    another key (a man in the middle) is not connected to, and the error says why."""
+    import subprocess
+
+    assert json.loads(ssh_fleet.connection_json())["extra"]["no_host_key_check"] is False
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    conn = json.loads(ssh_fleet.connection_json())
+    conn["extra"]["host_key"] = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    monkeypatch.setenv("AIRFLOW_CONN_FLEX_WRONG_HOST_KEY", json.dumps(conn))  # its own id: no pooled session
+    host = ssh_fleet.hosts[1]
+    with pytest.raises(SubmitError, match=rf"{host.entry}: cannot connect: the host's key is not the one"):
+        BACKEND.submit(make_job("echo never", [host.entry], conn="flex_wrong_host_key"))

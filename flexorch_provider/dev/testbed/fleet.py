@@ -159,12 +159,17 @@ class SshFleet:
     key_file: Path
     hosts: list[SshHost] = field(default_factory=list)
 
+    def _extra(self) -> dict[str, object]:
+        """The client key, and the hosts' key verified: every host of the fleet has the same one."""
+        host_key = (self.base / "host_key.pub").read_text().split()
+        return {"key_file": str(self.key_file), "host_key": " ".join(host_key[:2]), "no_host_key_check": False}
+
     def connection_json(self) -> str:
         return json.dumps(
             {
                 "conn_type": "ssh",
                 "host": "127.0.0.1",
-                "extra": {"key_file": str(self.key_file), "no_host_key_check": True},
+                "extra": self._extra(),
             }
         )
 
@@ -175,7 +180,7 @@ class SshFleet:
                 "conn_type": "ssh",
                 "host": host.address,
                 "login": host.user,
-                "extra": {"key_file": str(self.key_file), "no_host_key_check": True},
+                "extra": self._extra(),
             }
         )
 

@@ -37,7 +37,11 @@ def _validate(args: argparse.Namespace) -> int:
             continue
         if policy is not None:
             for path, spec in list(specs):
-                broken = policy_problems(policy, spec, str(path)) if path.parent == policy_path.parent else []
+                broken = (
+                    policy_problems(policy, spec, str(path), path.read_text(errors="replace"))
+                    if path.parent == policy_path.parent
+                    else []
+                )
                 if broken:
                     problems.extend(broken)
                     specs.remove((path, spec))

@@ -153,7 +153,7 @@ def generate(spec_dir: str | Path, out_dir: str | Path) -> GenerateResult:
             )
             continue
         if policy is not None:
-            broken = policy_problems(policy, spec, source)
+            broken = policy_problems(policy, spec, source, raw.decode("utf-8", errors="replace"))
             if broken:
                 result.problems.extend(broken)
                 continue

@@ -208,7 +208,7 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
     for rel, entry in sorted(entries.items(), key=lambda item: (item[1].first_seen, item[0])):
         shown = f"{label}/{rel}"
         if entry.spec is not None and policy is not None:
-            broken = policy_problems(policy, entry.spec, shown)
+            broken = policy_problems(policy, entry.spec, shown, entry.text)
             if broken:
                 placeholder(
                     rel, invalid_dag_id(entry.spec.name if entry.spec.name not in owners else None, rel), broken

@@ -255,24 +255,40 @@ def _h(duration: object) -> str:
     return format_duration(duration) if isinstance(duration, timedelta) else str(duration)
 
 
-def policy_problems(policy: Policy, spec: SpecModel, shown: str) -> list[SpecProblem]:
+def policy_problems(policy: Policy, spec: SpecModel, shown: str, text: str | None = None) -> list[SpecProblem]:
     """The team rules a dags-folder spec breaks; its team is the one its ``owner`` names (else the
-    default team). Budgets and concurrency limits apply to submissions only."""
+    default team). Budgets and concurrency limits apply to submissions only. ``text``, the spec's
+    own, puts the owner's line in the message."""
     team = policy.teams.get(spec.owner)
     name = spec.owner
     if team is None and policy.default_team is not None:
         name, team = policy.default_team, policy.teams[policy.default_team]
     if team is None:
+        line, unset = _owner_line(text)
         return [
             SpecProblem(
                 shown,
-                None,
+                line,
                 "owner",
-                f"{spec.owner!r} is not a team of {policy.file} and it has no "
-                f"default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}",
+                f"{spec.owner!r}{' (not set: the default owner)' if unset else ''} is not a team of {policy.file} "
+                f"and it has no default_team; set owner to one of {', '.join(policy.teams) or '(no teams)'}",
             )
         ]
     jobs = spec.effective_steps() if isinstance(spec, PipelineSpec) else [spec]
     return [
         SpecProblem(shown, None, "policy", r) for job in jobs for r in static_refusals(name, team, job, submitted=False)
     ]
+
+
+def _owner_line(text: str | None) -> tuple[int | None, bool]:
+    """The line of the spec's ``owner`` (or of its first line when it sets none) and whether it is unset."""
+    if text is None:
+        return None, False
+    from flexorch_provider.spec.loader import parse_yaml
+
+    try:
+        _, lines = parse_yaml(text)
+    except Exception:
+        return None, False
+    line = lines.get(("owner",))
+    return (line, False) if line is not None else (lines.get(()), True)

@@ -288,8 +288,12 @@ def test_a_spec_that_breaks_its_owners_policy_becomes_a_placeholder_naming_the_r
     assert any("team risk: target ssh is not allowed" in str(p) for p in generated.problems)
 
     (dags_dir / "specs" / "flexorch_policy.yaml").write_text(POLICY.replace("default_team: platform\n", ""))
+    (dags_dir / "specs" / "ownerless.yaml").write_text("# no owner\nname: ownerless\nkind: batch\nrun: echo x\n")
     bag = dagbag(dags_dir)
-    assert "owner: 'media' is not a team of" in bag.dags["thumbnails-fleet"].doc_md
+    assert "specs/thumbnails-fleet.yaml:5: owner: 'media' is not a team of" in bag.dags["thumbnails-fleet"].doc_md
+    # a spec that sets no owner is pointed at by its first key, and told its owner is the default one
+    ownerless = next(d.doc_md for d in bag.dags.values() if "ownerless.yaml" in (d.doc_md or ""))
+    assert "specs/ownerless.yaml:2: owner: 'airflow' (not set: the default owner) is not a team of" in ownerless
 
     (dags_dir / "specs" / "flexorch_policy.yaml").write_text(POLICY.replace("members: [pat]", "memebers: [pat]"))
     bag = dagbag(dags_dir)

@@ -14,6 +14,7 @@ command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)                      # ro
 [[ -x /usr/lib/postgresql/15/bin/initdb || -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ]] || need+=(postgresql)  # the embedded stack's database
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)       # a private registry (logins, pulls)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)                # its password file
+[[ -x /usr/bin/redis-server ]] || need+=(redis-server)                       # the Celery broker of the several-machines test
 configure_podman() {
     # what podman needs on these machines (TESTBED.md): runc, cgroupfs, no default ulimits. Written
     # only where no containers.conf exists, so a machine's own settings are left alone.

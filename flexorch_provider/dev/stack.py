@@ -81,6 +81,7 @@ class AirflowStack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.all_admins = all_admins
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}  # name → (airflow args, env)
         self._token: str | None = None
         self.passwords: dict[str, str] = {}  # users made outside the simple auth manager (FAB's `airflow users`)
         airflow_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -149,11 +150,18 @@ class AirflowStack:
         )
         path.chmod(0o600)
 
+    def argv(self, name: str, command: list[str]) -> list[str]:
+        """How component ``name`` is started: ``airflow <command>`` (a test bed that gives each
+        component a machine of its own wraps it)."""
+        return [self.airflow, *command]
+
     def _launch(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
+        self.commands[name] = (list(command or (name,)), dict(env or {}))
+        argv, extra = self.commands[name]
         with open(self.home / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen(
-                [self.airflow, *(command or (name,))],
-                env={**self.env, **(env or {})},
+                self.argv(name, argv),
+                env={**self.env, **extra},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -175,13 +183,14 @@ class AirflowStack:
         proc.wait()
 
     def remove(self, name: str) -> None:
-        """SIGKILL a component started with :meth:`add` and forget it (the stack no longer counts it)."""
+        """SIGKILL a component and stop counting it (waits no longer fail because it is gone); :meth:`restart` brings it back."""
         self.kill(name)
         del self.procs[name]
 
     def restart(self, name: str) -> None:
-        """Start a killed component again."""
-        self._launch(name)
+        """Start a killed component again, as it was started."""
+        argv, env = self.commands[name]
+        self._launch(name, *argv, env=env)
 
     def stop(self, grace: float = 20) -> None:
         for proc in self.procs.values():

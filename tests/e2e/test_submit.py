@@ -5,10 +5,8 @@ team policy, jobs run on the local target and the real Slurm (fake GPUs)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,13 +20,12 @@ from flexorch_provider.client.progress import RunFollower
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, loader_source
 from flexorch_provider.submission import submit_dag_id
-from tests.e2e.stack import AirflowStack
+from tests.e2e.stack import FLEXORCH, AirflowStack, cli, env_for, password
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e-submit"
 NLP, BUDGET = submit_dag_id("nlp"), submit_dag_id("budget")  # each team submits through its own DAG
-FLEXORCH = str(Path(sys.executable).parent / "flexorch")
 
 POLICY = """\
 teams:
@@ -77,25 +74,6 @@ def stack(tmp_path_factory, slurm_cluster):
     finally:
         s.stop()
         s.save_logs(ARTIFACTS)
-
-
-def password(stack: AirflowStack, user: str) -> str:
-    return str(json.loads((stack.home / "simple_auth_manager_passwords.json.generated").read_text())[user])
-
-
-def env_for(stack: AirflowStack, user: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FLEXORCH"))}
-    env.update(FLEXORCH_API_URL=stack.url, FLEXORCH_USER=user, FLEXORCH_PASSWORD=password(stack, user),
-               FLEXORCH_CONFIG=str(stack.home / f"login-{user}.json"))  # fmt: skip
-    env.update(extra)
-    return env
-
-
-def cli(
-    stack: AirflowStack, user: str, *args: str, timeout: float = 180, **extra: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FLEXORCH, *args], env=env_for(stack, user, **extra), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
 
 
 class Live:

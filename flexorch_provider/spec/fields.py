@@ -161,7 +161,18 @@ class Resources(FlexModel):
         GpuRequest | None,
         Field(description="GPUs per node: 2, 'A100:2', 'A100:80GB:2', or {count, type, memory}."),
     ] = None
-    nodes: Annotated[int, Field(strict=True, ge=1, le=4096, description="Number of nodes (multi-node training).")] = 1
+    nodes: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=1,
+            le=4096,
+            description="Number of nodes (multi-node training; slurm and kubernetes). Each node gets the other "
+            "resources, its rank and the group's addresses (FLEXORCH_NODE_RANK, FLEXORCH_NNODES, "
+            "FLEXORCH_NODE_ADDRS, FLEXORCH_GPUS_PER_NODE, FLEXORCH_MASTER_ADDR/PORT, and torchrun's PET_* "
+            "variables): a bare `torchrun --nproc-per-node N` forms the group.",
+        ),
+    ] = 1
 
 
 # --- secrets ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from flexorch_provider.capabilities import SERVICE_TARGETS, TARGETS
+from flexorch_provider.capabilities import ONE_MACHINE_TARGETS, SERVICE_TARGETS, TARGETS
 from flexorch_provider.runner.containers import STEERING_NAMES, STEERING_PREFIXES
 from flexorch_provider.spec.container import ContainerOptions, check_image
 from flexorch_provider.spec.fields import (
@@ -199,6 +199,13 @@ class Workload(FlexModel):
                     f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
                     "service does not have; use source: prometheus (a query over the pods' metrics)"
                 )
+        one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]
+        if self.resources.nodes > 1 and one_machine:
+            raise ValueError(
+                f"resources.nodes: {self.resources.nodes} nodes need a target that starts one task per node "
+                f"(slurm, kubernetes); {' and '.join(one_machine)} starts a job on one machine: drop "
+                f"{' and '.join(one_machine)} from target, or ask for nodes: 1"
+            )
         if self.max_pending is not None and len(self.target) < 2:
             raise ValueError(
                 f"max_pending: a job moves to the next target after max_pending, but target lists only "

@@ -250,8 +250,18 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service(kube_cluster, sent
     assert (
         svc["spec"]["clusterIP"] == "None" and job["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"]
     )
-    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["WORLD_SIZE"] == "3" and env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    entries = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = {e["name"]: e.get("value") for e in entries}
+    name, sub = job["metadata"]["name"], svc["metadata"]["name"]
+    assert env["FLEXORCH_NNODES"] == "3" and env["FLEXORCH_MASTER_ADDR"] == f"{name}-0.{sub}"
+    assert env["FLEXORCH_NODE_ADDRS"] == ",".join(f"{name}-{i}.{sub}" for i in range(3))
+    assert env["FLEXORCH_GPUS_PER_NODE"] == "8" and env["FLEXORCH_MASTER_PORT"] == "29500"
+    rank = next(e for e in entries if e["name"] == "FLEXORCH_NODE_RANK")["valueFrom"]["fieldRef"]["fieldPath"]
+    assert rank == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # torchrun's names copy them (Kubernetes expands $(VAR) of earlier entries); nothing counts processes
+    assert env["PET_NODE_RANK"] == "$(FLEXORCH_NODE_RANK)" and env["PET_MASTER_ADDR"] == "$(FLEXORCH_MASTER_ADDR)"
+    names = [e["name"] for e in entries]
+    assert names.index("FLEXORCH_NODE_RANK") < names.index("PET_NODE_RANK") and "WORLD_SIZE" not in env
 
 
 SERVICE = {"replicas": 2, "port": 8000, "health": {"http": "/healthz", "interval": "5s", "grace": "30s"},

@@ -221,15 +221,16 @@ def test_render_prints_the_exact_sbatch_script():
     assert "python train.py" in text.splitlines()
 
 
-def test_multi_node_jobs_run_the_step_with_srun_and_rank_variables():
-    """Rendered only: the test cluster has one node (a real 2-node run is not covered here)."""
+def test_multi_node_jobs_run_one_task_per_node_with_the_contract():
+    """Rendered only: the test cluster has one node (the contract's shell is run in
+    tests/unit/backends/test_slurm_script.py; a real 2-node run is not covered yet)."""
     text = BACKEND.render(make_job(["torchrun", "train.py"], resources={"nodes": 2, "gpus": "A100:1"}))
     lines = text.splitlines()
     assert "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
-    assert 'export WORLD_SIZE="$SLURM_NNODES"' in lines
-    assert any(x.startswith("export MASTER_ADDR=") for x in lines)
-    assert lines[-1].startswith('srun --kill-on-bad-exit=1 bash -c \'export RANK="$SLURM_PROCID"')
-    assert "torchrun train.py" in lines
+    assert 'export FLEXORCH_NNODES="$SLURM_NNODES"' in lines and "export FLEXORCH_GPUS_PER_NODE=1" in lines
+    assert not any("WORLD_SIZE" in x for x in lines)  # it counts processes, which torchrun starts
+    assert lines[-1].startswith("srun --export=ALL --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c ")
+    assert "export PET_NODE_RANK=" in lines[-1] and "torchrun train.py" in lines
 
 
 def test_cancelling_a_pending_job_leaves_no_secrets_file(slurm_cluster):

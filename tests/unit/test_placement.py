@@ -25,7 +25,8 @@ def _node(name: str, model: str, total: int, busy: int = 0, state: str = "up", m
 
 
 def _want(gpus, nodes: int = 1):
-    return placement.request(load_workload({"name": "j", "kind": "training", "run": "x", "target": ["slurm", "ssh"],
+    targets = {"target": ["slurm", "ssh"]} if nodes == 1 else {"target": ["slurm", "kubernetes"], "image": "x:1"}
+    return placement.request(load_workload({"name": "j", "kind": "training", "run": "x", **targets,
                                             "resources": {"gpus": gpus, "nodes": nodes}}))  # fmt: skip
 
 

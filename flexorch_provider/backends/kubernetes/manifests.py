@@ -18,6 +18,7 @@ import math
 import re
 from typing import Any
 
+from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.exceptions import ConfigurationError
 from flexorch_provider.runner.containers import auth_json
@@ -153,10 +154,7 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
     labels = _labels(job, **{RUN_LABEL: job.key_slug})
     meta = {"name": name, "namespace": ns, "labels": labels, "annotations": {RUN_KEY_ANNOTATION: job.run_key}}
     nodes = w.resources.nodes
-    extra_env = None
-    if nodes > 1:
-        extra_env = {"MASTER_ADDR": f"{name}-0.{name}", "MASTER_PORT": "29500", "WORLD_SIZE": str(nodes)}
-    pod = _pod_spec(job, _container(job, extra_env), "Never")
+    pod = _pod_spec(job, _container(job), "Never")
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
@@ -171,13 +169,11 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
                     "stringData": airflow_secrets(job)})  # fmt: skip
     out += _registry_secret(job, labels)
     if nodes > 1:
-        # rank = JOB_COMPLETION_INDEX; pods resolve each other as <job>-<index>.<job>
+        # the node rank is the completion index; pods resolve each other as <job>-<index>.<job>
         job_spec.update(completions=nodes, parallelism=nodes, completionMode="Indexed")
         pod["subdomain"] = name
-        pod["containers"][0]["env"].append(
-            {"name": "RANK", "valueFrom": {"fieldRef": {
-                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
-        )  # fmt: skip
+        gpus = w.resources.gpus.count if w.resources.gpus else 0
+        pod["containers"][0]["env"] += multinode.kubernetes_env(name, name, nodes, gpus)
         out.append({"apiVersion": "v1", "kind": "Service", "metadata": {**meta, "annotations": {}},
                     "spec": {"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": name}}})  # fmt: skip
     out.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec})

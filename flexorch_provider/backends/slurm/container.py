@@ -5,16 +5,25 @@ wrapper; env and secret values pass by name (``-e NAME`` / the environment), nev
 
 from __future__ import annotations
 
+from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob
 
-# run inside the image: $1 the setup script ("" for none), $2 the run script
-WRAPPER = r"""sh_=sh; command -v bash >/dev/null 2>&1 && sh_=bash
-if [ -n "${WORLD_SIZE:-}" ] && [ -n "${SLURM_PROCID:-}" ]; then export RANK="$SLURM_PROCID" LOCAL_RANK="${SLURM_LOCALID:-0}"; fi
+# run inside the image: $1 the setup script ("" for none), $2 the run script; a multi-node job's node
+# adds its rank and the launchers' names for the group (flexorch_provider.multinode)
+WRAPPER = (
+    r"""sh_=sh; command -v bash >/dev/null 2>&1 && sh_=bash
+if [ -n "${FLEXORCH_NNODES:-}" ] && [ -n "${SLURM_NODEID:-}" ]; then """
+    + "; ".join(multinode.shell_copies('"$SLURM_NODEID"'))
+    + r"""; fi
 if [ -n "$1" ]; then "$sh_" -e "$1" || { c=$?; echo "[flexorch] setup failed with exit code $c; run is skipped"; exit $c; }; fi
 exec "$sh_" "$2"
 """
+)
 REGISTRY_AUTH_VAR = "FLEXORCH_REGISTRY_AUTH"  # podman: the registry login's auth file text, from the secrets file
-MULTI_NODE_ENV = ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
+# what the batch script exported for every node, and the node's own id (the rank)
+MULTI_NODE_ENV = (
+    multinode.NNODES, multinode.ADDRS, multinode.GPUS, multinode.MASTER_ADDR, multinode.MASTER_PORT, "SLURM_NODEID"
+)  # fmt: skip
 
 
 def _q(text: str) -> str:

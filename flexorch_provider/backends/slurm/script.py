@@ -9,6 +9,7 @@ import re
 import shlex
 import textwrap
 
+from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR, container_lines
 from flexorch_provider.exceptions import ConfigurationError
@@ -51,6 +52,27 @@ REQUEST_OPTIONS = {"--nodes", "--cpus-per-task", "--mem", "--gres", "--time", "-
 
 def job_name(job: ResolvedJob) -> str:
     return f"flexorch-{job.key_slug}"
+
+
+# A multi-node job (flexorch_provider.multinode): the batch script, on the first node, exports what
+# every node shares; srun starts one task per node, which adds its own rank. Node addresses are the
+# nodes' NodeAddr (how slurmctld reaches them), in the allocation's order (SLURM_NODEID's).
+SRUN_OPTIONS = ("--export=ALL", "--ntasks-per-node=1", "--kill-on-bad-exit=1")
+NODE_TASK = "; ".join(multinode.shell_copies('"$SLURM_NODEID"')) + '; exec bash "$0"'
+
+
+def multinode_lines(gpus_per_node: int) -> list[str]:
+    addrs = (
+        'for flexorch_node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do '
+        'scontrol -o show node "$flexorch_node" | tr " " "\\n" | sed -n "s/^NodeAddr=//p"; done | paste -sd, -'
+    )
+    return [
+        f'export {multinode.NNODES}="$SLURM_NNODES"',
+        f'export {multinode.ADDRS}="$({addrs})"',
+        f"export {multinode.GPUS}={int(gpus_per_node)}",
+        f'export {multinode.MASTER_ADDR}="${{{multinode.ADDRS}%%,*}}"',
+        f"export {multinode.MASTER_PORT}=$(({multinode.SLURM_PORT_BASE} + SLURM_JOB_ID % {multinode.SLURM_PORT_SPAN}))",
+    ]
 
 
 def sbatch_options(job: ResolvedJob) -> list[str]:
@@ -144,11 +166,7 @@ def render_script(job: ResolvedJob) -> str:
         'trap \'code=$?; echo "$code" > "$flexorch_rc"; rm -f "$flexorch_secrets"\' EXIT',
     ]
     if w.resources.nodes > 1:
-        lines += [
-            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-            'export MASTER_PORT="${MASTER_PORT:-29500}"',
-            'export WORLD_SIZE="$SLURM_NNODES"',
-        ]
+        lines += multinode_lines(w.resources.gpus.count if w.resources.gpus else 0)
     if job.workdir:
         lines.append(
             f'cd {shell_word(job.workdir)} 2>/dev/null || {{ echo "[flexorch] workdir {_echo_safe(job.workdir)} '
@@ -164,11 +182,8 @@ def render_script(job: ResolvedJob) -> str:
     if w.image:  # the job runs in its image on every target
         lines += container_lines(job, setup, script, [*job.env, *job.secrets])
     elif w.resources.nodes > 1:
-        # one task per node; each learns its rank from srun
-        lines.append(
-            f'srun --kill-on-bad-exit=1 bash -c \'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID"; '
-            f'exec bash "$0"\' {script}'
-        )
+        # one task per node, each with its node rank; one node failing ends the step on all
+        lines.append(f"srun {' '.join(SRUN_OPTIONS)} bash -c {shlex.quote(NODE_TASK)} {script}")
     else:
         lines.append(f"bash {script}")
     return "\n".join(lines) + "\n"

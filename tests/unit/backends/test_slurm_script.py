@@ -4,6 +4,7 @@ breaks): values with \\r go in ANSI-C quotes, script text with \\r through base6
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 
 import pytest
@@ -68,7 +69,8 @@ def test_podman_runs_the_step_in_the_image_with_values_by_name():
 def test_apptainer_and_pyxis_lines():
     apptainer = _image_script("apptainer", resources={"gpus": 1, "nodes": 2}).splitlines()[-1]
     assert apptainer.startswith("srun --kill-on-bad-exit=1 --export=ALL apptainer exec --cleanenv --nv --bind ")
-    assert '--env A="${A}"' in apptainer and '--env SLURM_PROCID="${SLURM_PROCID}"' in apptainer
+    assert '--env A="${A}"' in apptainer and '--env SLURM_NODEID="${SLURM_NODEID}"' in apptainer
+    assert '--env FLEXORCH_MASTER_ADDR="${FLEXORCH_MASTER_ADDR}"' in apptainer  # the rank's copies: in the wrapper
     assert " docker://ghcr.io/acme/train:1.4 /bin/sh " in apptainer
     pyxis = _image_script("pyxis").splitlines()[-1]
     assert pyxis.startswith("srun --export=ALL --container-image=ghcr.io/acme/train:1.4 --container-mounts=")
@@ -128,3 +130,37 @@ def test_pyxis_refuses_a_registry_connection_with_where_the_login_goes():
 def test_a_job_without_a_registry_connection_has_no_login_lines():
     script = _image_script("podman")
     assert "auth.json" not in script and REGISTRY_AUTH_VAR not in script
+
+
+def test_the_multi_node_contract_as_each_node_sees_it(tmp_path):
+    """The batch script's shared part and a node task's part, run by bash against a stand-in
+    scontrol for a two-node allocation: every node gets its rank, the group's addresses in node
+    order (NodeAddr, not NodeName) and torchrun's PET_* names; nothing counts processes."""
+    import os
+
+    from flexorch_provider.backends.slurm import script as slurm_script
+
+    fake = tmp_path / "scontrol"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = show ]; then printf "gpu-b7\\ngpu-a2\\n"; exit 0; fi\n'  # the allocation's order
+        'case "$4" in gpu-b7) a=10.0.0.7;; gpu-a2) a=10.0.0.2;; esac\n'
+        'echo "NodeName=$4 Arch=x86_64 NodeAddr=$a NodeHostName=$4 State=ALLOCATED"\n'
+    )
+    fake.chmod(0o755)
+    shared = "\n".join(slurm_script.multinode_lines(4))
+    show = "env | grep -E '^(FLEXORCH_|PET_|NODE_RANK|MASTER_|WORLD_SIZE|RANK=)' | sort"
+    node_script = tmp_path / "node.sh"
+    node_script.write_text(show + "\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "gpu-[b7,a2]", "SLURM_JOB_ID": "123456", "SLURM_NODEID": "1"}  # fmt: skip
+    out = subprocess.run(["bash", "-c", f"{shared}\nbash -c {shlex.quote(slurm_script.NODE_TASK)} {node_script}"],
+                         env=env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    got = dict(line.split("=", 1) for line in out.splitlines())
+    port = str(15000 + 123456 % 20000)
+    assert got == {
+        "FLEXORCH_NNODES": "2", "FLEXORCH_NODE_ADDRS": "10.0.0.7,10.0.0.2", "FLEXORCH_GPUS_PER_NODE": "4",
+        "FLEXORCH_MASTER_ADDR": "10.0.0.7", "FLEXORCH_MASTER_PORT": port, "FLEXORCH_NODE_RANK": "1",
+        "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": port, "PET_NNODES": "2", "PET_NODE_RANK": "1",
+        "PET_MASTER_ADDR": "10.0.0.7", "PET_MASTER_PORT": port,
+    }  # fmt: skip

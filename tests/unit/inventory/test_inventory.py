@@ -150,6 +150,7 @@ def test_a_spec_with_a_gpu_pool_takes_one_airflow_pool_slot_per_gpu():
     spec = {
         "name": "ft",
         "kind": "training",
+        "target": "slurm",
         "run": "x",
         "gpu_pool": "lab",
         "resources": {"gpus": "A100:2", "nodes": 2},

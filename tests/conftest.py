@@ -14,7 +14,7 @@ from flexorch_provider.dev.testbed.fleet import (  # standard library only: no a
     SshFleet,
     start_fleet,
 )
-from flexorch_provider.dev.testbed.slurm import SlurmCluster, start_cluster
+from flexorch_provider.dev.testbed.slurm import ExtraNode, SlurmCluster, start_cluster
 
 _HOME = Path(tempfile.mkdtemp(prefix="flexorch-test-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
@@ -64,10 +64,14 @@ def restart_host(ssh_fleet):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(ssh_fleet) -> SlurmCluster:
-    """A real one-node Slurm with 4 fake a100 GPUs; its controller is reachable from the fleet's
-    hosts too, and the fleet's first host is the login node of connection LOGIN_CONN."""
+    """A real Slurm: node localhost with 4 fake a100 GPUs (partition gpu, the default) and nodes fx-n1,
+    fx-n2 in the fleet's third and fourth hosts' network namespaces (partition multi); its controller
+    is reachable from the fleet's hosts too, and the fleet's first host is the login node of
+    connection LOGIN_CONN."""
     base = Path(tempfile.mkdtemp(prefix="flexorch-slurm-"))
-    cluster = start_cluster(base, f"{SUBNET}.1")
+    # partition multi: two more nodes, each a slurmd in a fleet host's network namespace (multi-node jobs)
+    extra = [ExtraNode(f"fx-n{i}", h.namespace, h.address) for i, h in enumerate(ssh_fleet.hosts[2:4], 1)]
+    cluster = start_cluster(base, f"{SUBNET}.1", extra)
     SESSION_SLURM.update(base=base, controller_addr=f"{SUBNET}.1")
     os.environ[f"AIRFLOW_CONN_{LOGIN_CONN.upper()}"] = ssh_fleet.login_connection_json(ssh_fleet.hosts[0])
     try:

@@ -233,6 +233,69 @@ def test_multi_node_jobs_run_one_task_per_node_with_the_contract():
     assert "export PET_NODE_RANK=" in lines[-1] and "torchrun train.py" in lines
 
 
+ALLREDUCE = """\
+import os
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+value = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(value)
+print(f"rank {dist.get_rank()} of {dist.get_world_size()} on node {os.environ['FLEXORCH_NODE_RANK']} "
+      f"({os.uname().nodename}): sum {value.item():g}", flush=True)
+dist.destroy_process_group()
+"""
+MULTI = {"connection": LOGIN_CONN, "partition": "multi"}  # nodes fx-n1 and fx-n2, two network namespaces
+
+
+@pytest.fixture
+def shared(tmp_path_factory):
+    """A folder every node's job account can read (the script the job runs)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="flexorch-multinode-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_bare_torchrun_forms_one_group_across_two_nodes(slurm_cluster, shared):
+    """PyTorch's CPU build (Debian's python3-torch, gloo over TCP): 2 nodes × 2 processes, started by
+    torchrun with no flags but --nproc-per-node, all-reduce 1+2+3+4 and every rank prints the sum."""
+    (shared / "allreduce.py").write_text(ALLREDUCE)
+    # Debian 12's torch 1.13 spells it --nproc_per_node (torch 2 takes --nproc-per-node too) and, under Python
+    # 3.11, cannot parse its own default output settings (0 and 3 are not members when a Flag is iterated):
+    # --redirects 2 --tee 1 name valid ones. Neither has to do with forming the group.
+    run = f"torchrun --nproc_per_node 2 --redirects 2 --tee 1 {shared}/allreduce.py"
+    job = make_job(run, resources={"nodes": 2}, slurm=MULTI)
+    handle = BACKEND.submit(job)
+    status = wait(handle, timeout=180)
+    lines = log_of(handle)
+    assert status.state == JobState.SUCCEEDED, "\n".join(lines[-60:])
+    sums = sorted(line.split("]:", 1)[-1] for line in lines if " sum " in line)  # torchrun's "[default0]:" prefix
+    print("\n".join(sums))
+    assert [line.split(" on node")[0] for line in sums] == [f"rank {r} of 4" for r in range(4)], lines[-30:]
+    assert all(line.endswith("sum 10") for line in sums)
+    assert {line.split("(")[1].split(")")[0] for line in sums} == {"fx-n1", "fx-n2"}  # two nodes, one group
+    assert {line.split(" on node ")[1].split()[0] for line in sums} == {"0", "1"}
+
+
+def test_one_node_failing_ends_the_job_on_both(slurm_cluster, ssh_fleet):
+    run = ('if [ "$FLEXORCH_NODE_RANK" = 1 ]; then sleep 2; echo "node 1 fails"; exit 3; fi\n'
+           'echo "node 0 works on"; exec sleep 301\n')  # fmt: skip
+    started = time.monotonic()
+    handle = BACKEND.submit(make_job(run, resources={"nodes": 2}, slurm=MULTI))
+    status = wait(handle, timeout=120)
+    lines = log_of(handle)
+    assert status.state == JobState.FAILED, lines
+    assert "node 1 fails" in lines and "node 0 works on" in lines
+    assert time.monotonic() - started < 90  # not the 301 s of node 0
+    login = ssh_fleet.hosts[0]
+    assert not login.processes("sleep 301"), "node 0's task outlived the job"
+
+
 def test_cancelling_a_pending_job_leaves_no_secrets_file(slurm_cluster):
     from pathlib import Path
 

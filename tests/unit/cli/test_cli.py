@@ -111,6 +111,26 @@ def test_render_target_works_for_every_example_and_every_target_it_names(capsys)
         capsys.readouterr()
 
 
+def test_render_shows_the_multi_node_contract_on_slurm_and_kubernetes(capsys, tmp_path):
+    spec = tmp_path / "ddp.yaml"
+    spec.write_text("name: ddp\nkind: training\ntarget: [slurm, kubernetes]\nimage: ghcr.io/acme/train:1\n"
+                    "run: torchrun --nproc-per-node 8 train.py\nresources: {nodes: 2, gpus: 8}\n")  # fmt: skip
+    assert main(["render", str(spec), "--target", "kubernetes"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "FLEXORCH_NODE_RANK",
+        "FLEXORCH_NODE_ADDRS",
+        "FLEXORCH_GPUS_PER_NODE",
+        "PET_NNODES",
+        "PET_MASTER_PORT",
+    ):
+        assert name in out, name
+    assert "batch.kubernetes.io/job-completion-index" in out and "WORLD_SIZE" not in out
+    assert main(["render", str(spec), "--target", "slurm"]) == 0
+    out = capsys.readouterr().out
+    assert "export FLEXORCH_GPUS_PER_NODE=8" in out and "PET_NODE_RANK" in out and "WORLD_SIZE" not in out
+
+
 def test_render_target_ssh_for_a_service_shows_replicas_health_and_the_runner_calls(capsys):
     assert main(["render", str(EXAMPLES / "embeddings-ssh-service.yaml"), "--target", "ssh"]) == 0
     out = capsys.readouterr().out

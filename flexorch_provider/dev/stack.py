@@ -124,16 +124,22 @@ class AirflowStack:
         )
 
     def start(self, timeout: float = 120) -> None:
+        """Start the database and the components; if any of it fails, what did start is stopped
+        (:meth:`stop`) before the error is raised: a failed start leaves no server behind."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.dags.mkdir(parents=True, exist_ok=True)
-        self.db.start()
-        self._write_env_file()
-        migrated = self.cli("db", "migrate")
-        if migrated.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
-        for name in COMPONENTS:
-            self._launch(name)
-        self.wait_for(lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health")
+        try:
+            self.db.start()
+            self._write_env_file()
+            migrated = self.cli("db", "migrate")
+            if migrated.returncode != 0:
+                raise RuntimeError(f"airflow db migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
+            for name in COMPONENTS:
+                self._launch(name)
+            self.wait_for(lambda: self._get("/api/v2/monitor/health") is not None, timeout, "api-server health")
+        except BaseException:
+            self.stop(grace=5)
+            raise
 
     def _write_env_file(self) -> None:
         """``<home>/airflow.env``: the settings this stack runs with, for the ``airflow`` CLI in a

@@ -28,7 +28,7 @@ CAPABILITIES: dict[str, Capabilities] = {
 }
 TARGETS = tuple(CAPABILITIES)
 SERVICE_TARGETS = tuple(t for t, c in CAPABILITIES.items() if c.services)
-ONE_MACHINE_TARGETS = ("local", "ssh")  # they start a job on one machine: resources.nodes must be 1
+ONE_MACHINE_TARGETS = ("local",)  # it starts a job on one machine: resources.nodes must be 1
 SELF_HEALING_TARGETS = frozenset(t for t, c in CAPABILITIES.items() if c.self_healing)
 
 

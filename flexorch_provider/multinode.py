@@ -15,8 +15,9 @@ sets them for each of its workers); a node-level value would be wrong for every 
 more than one process per node.
 
 Each target fills the primary ``FLEXORCH_*`` values its own way (Slurm from its allocation,
-Kubernetes from the indexed Job's completion index and its pods' DNS names); the other names are
-copies, defined here once.
+Kubernetes from the indexed Job's completion index and its pods' DNS names, an ssh fleet from the
+hosts its gang start chose, in the spec's order, and a port free on the first); the other names
+are copies, defined here once.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def shell_copies(rank_expr: str = f'"${RANK}"') -> list[str]:
     lines = [f"export {RANK}={rank_expr}"]
     lines += [f'export {name}="${source}"' for name, source in COPIES.items()]
     return lines
+
+
+def contract(rank: int, addrs: list[str], gpus: int, port: int) -> dict[str, str]:
+    """The whole contract for node ``rank`` as environment values (the ssh target, which knows every
+    node's address before any starts)."""
+    env = {
+        RANK: str(rank),
+        NNODES: str(len(addrs)),
+        ADDRS: ",".join(addrs),
+        GPUS: str(gpus),
+        MASTER_ADDR: addrs[0],
+        MASTER_PORT: str(port),
+    }
+    env.update({name: env[source] for name, source in COPIES.items()})
+    return env
 
 
 def kubernetes_env(job_name: str, service: str, nodes: int, gpus: int) -> list[dict[str, object]]:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any, Literal, TypedDict, cast
 
+from flexorch_provider import multinode
 from flexorch_provider.backends.base import (
     Backend,
     JobHandle,
@@ -44,7 +45,8 @@ from flexorch_provider.backends.services import Fleet, FleetServices, render_ser
 from flexorch_provider.backends.sshpool import Host, Session, on_host, reachable
 from flexorch_provider.exceptions import BackendError, ConfigurationError, HostError, NoCapacityError, SubmitError
 from flexorch_provider.fanout import parallel, reason
-from flexorch_provider.runner import bundle
+from flexorch_provider.multinode import contract
+from flexorch_provider.runner import bundle, gang
 from flexorch_provider.runner.attempts import attempt_notes
 from flexorch_provider.runner.gpus import GPU_REFUSED_EXIT
 
@@ -60,6 +62,20 @@ def hosts_of(job: ResolvedJob) -> list[Host]:
     if placed:  # the GPU pool sensor chose the host
         hosts = [h for h in hosts if h.label == placed or h.host == placed] or [Host.parse(placed)]
     return hosts
+
+
+def group_hosts(job: ResolvedJob) -> list[Host]:
+    """The hosts a multi-node group may use, in rank order: the spec's list (a GPU pool sensor's choice
+    of one host and its GPU indices does not apply: each node claims its GPUs by count)."""
+    return [Host.parse(h) for h in job.workload.ssh.hosts]
+
+
+def _whole_group(found: list[tuple[Host, dict[str, Any]]], nodes: int) -> bool:
+    """``found`` (hosts' ``live`` answers) is one whole group: every node of it, live nodes or all
+    adopted successes."""
+    if len(found) != nodes:
+        return False
+    return all(f.get("gang") for _, f in found) or all(f.get("adopted") for _, f in found)
 
 
 # --- the job runner on a host -----------------------------------------------------------
@@ -105,8 +121,8 @@ class SshJobData(TypedDict):
     """What an ssh handle keeps in ``JobHandle.data``."""
 
     conn: str  # the Airflow SSH connection
-    placement: Literal["any", "all"]
-    hosts: list[SshPlaced]  # one (any) or every host (all) it runs on
+    placement: Literal["any", "all", "nodes"]  # nodes: one multi-node group (resources.nodes > 1)
+    hosts: list[SshPlaced]  # one (any), every host (all), or one per node in rank order (nodes)
 
 
 def job_data(handle: JobHandle) -> SshJobData:
@@ -138,7 +154,13 @@ class SshBackend(FleetServices, Backend):
         if job.is_service:
             header = f"# ssh: connection {opts.connection!r}; paths are relative to the login's home\n"
             return header + render_service(job, REMOTE_SERVICES, [h.label for h in hosts], runner_argv())
-        doc = {"job_id": f"{job.key_slug}/<attempt>", **job_document(job)}
+        nodes = job.workload.resources.nodes
+        doc = {
+            "job_id": f"{job.key_slug}/<attempt>",
+            **job_document(replace(job, placement=None) if nodes > 1 else job),
+        }
+        if nodes > 1:
+            doc["gang"] = {"nodes": nodes, "hold_s": gang.HOLD_S}
         stdin = json.dumps({"job": doc, "secrets": {k: "<secret>" for k in job.secrets}}, indent=2)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
         which = "the first reachable of" if opts.placement == "any" else "every one of"
@@ -150,8 +172,25 @@ class SshBackend(FleetServices, Backend):
             "# then, on the host (cwd = the login's home):",
             shlex.join([*runner_argv(), "submit", key_dir]) + "   # with this JSON on stdin:",
             stdin,
-            "# the runner starts, in its own session and process group, in ~/" + key_dir + "/<attempt>/:",
         ]
+        if nodes > 1:
+            lines[0] = (
+                f"# ssh: connection {opts.connection!r}, resources.nodes {nodes}: one node on each of the first {nodes} "
+                f"of {', '.join(h.label for h in group_hosts(job))} that can take one, in that order (rank 0 first)"
+            )
+            gpus = job.workload.resources.gpus
+            example = contract(0, [h.host or h.label for h in group_hosts(job)[:nodes]], gpus.count if gpus else 0, 0)
+            example[multinode.MASTER_PORT] = example["MASTER_PORT"] = example["PET_MASTER_PORT"] = "<free on rank 0>"
+            lines += [
+                "# round 1 on each: the node is held (its GPUs claimed, nothing runs) and answers its address (as "
+                "the ssh connection reached it) and a free port; a host that cannot take a node makes the others "
+                "withdraw theirs",
+                "# round 2 on each: "
+                + shlex.join([*runner_argv(), "go", f"{key_dir}/<attempt>"])
+                + "   # with its node's contract on stdin, for rank 0:",
+                json.dumps({"env": example}, indent=2),
+            ]
+        lines.append("# the runner starts, in its own session and process group, in ~/" + key_dir + "/<attempt>/:")
         if "container" in doc:
             run_dir = f"~/{key_dir}/<attempt>"
             workdir = job.workdir if job.workdir and job.workdir.startswith("/") else f"~/{job.workdir or run_dir[2:]}"
@@ -170,6 +209,8 @@ class SshBackend(FleetServices, Backend):
     def submit(self, job: ResolvedJob) -> JobHandle:
         opts = job.workload.ssh
         conn = opts.connection
+        if job.workload.resources.nodes > 1:
+            return self._start_group(job)
         hosts = hosts_of(job)
         document = job_document(job)  # GPUs: the runner claims them on the host it starts on
         payload = submit_payload(document, job.secrets, job.registry)
@@ -241,33 +282,131 @@ class SshBackend(FleetServices, Backend):
         that cannot be asked is a HostError only when no other host answers."""
         conn = job.workload.ssh.connection
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
-        looks = parallel(hosts_of(job), lambda h: json.loads(runner(conn, h, "live", key_dir)))
+        group = job.workload.resources.nodes > 1
+        looks = parallel(
+            group_hosts(job) if group else hosts_of(job), lambda h: json.loads(runner(conn, h, "live", key_dir))
+        )
         placed = [(h, found) for h, found, e in looks if e is None and found]
         if not placed:
             errors = [e for _, _, e in looks if e is not None]
             if errors and len(errors) == len(looks):
                 raise errors[0]
             return None
-        if job.workload.ssh.placement != "all":
+        if group:  # a whole group or nothing (submit stops a part of one, then starts a new group)
+            if not _whole_group(placed, job.workload.resources.nodes):
+                return None
+        elif job.workload.ssh.placement != "all":
             placed = placed[:1]
         first = placed[0][1]
         handle = self._handle(job, conn, [(h, f["run_dir"]) for h, f in placed], first["job_id"])
         return replace(handle, notes=[n for h, f in placed for n in attempt_notes(f, h.label)])
 
     def _handle(self, job: ResolvedJob, conn: str, placed: list[tuple[Host, str]], job_id: str) -> JobHandle:
-        many = job.workload.ssh.placement == "all"
+        placement: Literal["any", "all", "nodes"] = (
+            "nodes" if job.workload.resources.nodes > 1 else "all" if job.workload.ssh.placement == "all" else "any"
+        )
+        where = {"any": placed[0][0].label, "all": f"{len(placed)} hosts", "nodes": f"{len(placed)} nodes"}[placement]
         return JobHandle(
             target=self.name,
-            job_id=f"{job_id}@{len(placed)} hosts" if many else f"{job_id}@{placed[0][0].label}",
+            job_id=f"{job_id}@{where}",
             run_key=job.run_key,
             data=dict(
                 SshJobData(
-                    conn=conn,
-                    placement="all" if many else "any",
-                    hosts=[SshPlaced(host=asdict(h), run_dir=d) for h, d in placed],
+                    conn=conn, placement=placement, hosts=[SshPlaced(host=asdict(h), run_dir=d) for h, d in placed]
                 )
             ),
         )
+
+    # --- a multi-node group: one node per host, all or none --------------------------------
+    def _start_group(self, job: ResolvedJob) -> JobHandle:
+        """``resources.nodes: N``: one node on each of N hosts, in two rounds so that nothing runs before
+        every node holds its GPUs (:mod:`flexorch_provider.runner.gang`). A group of this run key that is
+        there already is reattached (its held nodes started); a part of one (a submit cut off between its
+        rounds) is stopped and a new group started."""
+        conn, n = job.workload.ssh.connection, job.workload.resources.nodes
+        hosts, key_dir = group_hosts(job), f"{REMOTE_RUNS}/{job.key_slug}"
+        looks = parallel(hosts, lambda h: json.loads(runner(conn, h, "live", key_dir)))
+        for _, _, e in looks:
+            if isinstance(e, ConfigurationError):
+                raise e
+        found = [(h, f) for h, f, e in looks if e is None and f]
+        notes: list[str] = []
+        if _whole_group(found, n):
+            nodes = found
+            notes += [f"reattached to node {i} of job {f['job_id']} on {h.label}" for i, (h, f) in enumerate(found)]
+        else:
+            if found:
+                self._withdraw(conn, [(h, f["run_dir"]) for h, f in found if not f.get("adopted")])
+                notes.append(
+                    f"a part of an earlier group of this run key was there ({', '.join(h.label for h, _ in found)}): "
+                    f"stopped it, starting a new group of {n} nodes"
+                )
+            unreachable = [reason(e) for _, _, e in looks if e is not None]
+            nodes = self._hold(job, [h for h, _, e in looks if e is None], unreachable)
+        if all(f.get("adopted") for _, f in nodes):  # the whole group succeeded, unrecorded: its result stands
+            handle = self._handle(job, conn, [(h, f["run_dir"]) for h, f in nodes], nodes[0][1]["job_id"])
+            return replace(handle, notes=[note for h, f in nodes for note in attempt_notes(f, h.label)])
+        gpus = job.workload.resources.gpus
+        addrs = [f["gang"].get("addr") or h.host or h.label for h, f in nodes]
+        port = int(nodes[0][1]["gang"]["port"])
+
+        def go(item: tuple[int, tuple[Host, dict[str, Any]]]) -> dict[str, Any]:
+            rank, (h, f) = item
+            env = contract(rank, addrs, gpus.count if gpus else 0, port)
+            return json.loads(runner(conn, h, "go", f["run_dir"], stdin=json.dumps({"env": env}).encode()))
+
+        started = parallel(list(enumerate(nodes)), go)
+        placed = [(h, f["run_dir"]) for h, f in nodes]
+        failed = [f"rank {rank} ({h.label}): {reason(e)}" for (rank, (h, _)), _, e in started if e is not None]
+        if failed:
+            self._withdraw(conn, placed)
+            raise SubmitError("could not start every node of the group, so none runs: " + "; ".join(failed))
+        handle = self._handle(job, conn, placed, nodes[0][1]["job_id"])
+        notes += [
+            f"node {rank} of {n} on {h.label} ({addrs[rank]}), run dir {f['run_dir']}"
+            for rank, (h, f) in enumerate(nodes)
+        ]
+        notes.append(f"the group meets at {addrs[0]}:{port} (FLEXORCH_MASTER_ADDR, FLEXORCH_MASTER_PORT)")
+        first = _group_status([(h, r) for (_, (h, _)), r, _ in started])
+        return replace(handle, notes=notes, first_status=first)
+
+    def _hold(self, job: ResolvedJob, hosts: list[Host], refusals: list[str]) -> list[tuple[Host, dict[str, Any]]]:
+        """Prepare a held node on N of ``hosts`` (the first that can take one, in their order, which is
+        the rank order); all or none: when fewer than N can, the held ones are withdrawn."""
+        conn, n = job.workload.ssh.connection, job.workload.resources.nodes
+        # each node claims its GPUs by count on its host (a placement's indices name one host's GPUs)
+        document = dict(job_document(replace(job, placement=None)), gang={"nodes": n, "hold_s": gang.HOLD_S})
+        payload = submit_payload(document, job.secrets, job.registry)
+        key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
+        held: list[tuple[Host, dict[str, Any]]] = []
+        candidates, refusals = list(hosts), list(refusals)
+        problem: Exception | None = None
+        while len(held) < n and candidates and problem is None:
+            batch, candidates = candidates[: n - len(held)], candidates[n - len(held) :]
+            for h, answer, e in parallel(
+                batch, lambda h: json.loads(runner(conn, h, "submit", key_dir, stdin=payload))
+            ):
+                if e is None and answer.get("gang"):
+                    held.append((h, answer))
+                elif e is None:  # an attempt of this key that is no node (a submit of another version)
+                    refusals.append(f"{h.label}: an earlier job of this run key runs there ({answer['job_id']})")
+                elif isinstance(e, HostError | NoCapacityError):
+                    refusals.append(reason(e))
+                else:
+                    problem = e
+        if len(held) < n or problem is not None:
+            self._withdraw(conn, [(h, a["run_dir"]) for h, a in held])
+            if problem is not None:
+                raise problem
+            raise NoCapacityError(
+                f"resources.nodes: {n} needs {n} of the ssh hosts to take a node each; only {len(held)} could, so "
+                "nothing runs (the held ones were released): " + "; ".join(refusals)
+            )
+        return sorted(held, key=lambda x: hosts.index(x[0]))
+
+    def _withdraw(self, conn: str, placed: list[tuple[Host, str]]) -> None:
+        """Stop these nodes (held or running); what cannot be stopped is left to its own timeout."""
+        parallel(placed, lambda p: runner(conn, p[0], "cancel", p[1]))
 
     def where(self, handle: JobHandle) -> dict[str, Any]:
         data = job_data(handle)
@@ -311,7 +450,7 @@ class SshBackend(FleetServices, Backend):
         out: dict[str, JobStatus] = {}
         for handle in handles:
             parts = [(Host(**p["host"]), raw[(Host(**p["host"]), p["run_dir"])]) for p in job_data(handle)["hosts"]]
-            out[handle.job_id] = _combine(parts)
+            out[handle.job_id] = _group_status(parts) if job_data(handle)["placement"] == "nodes" else _combine(parts)
         return out
 
     def read_logs(self, handle: JobHandle, cursor: LogCursor) -> LogChunk:
@@ -328,12 +467,14 @@ class SshBackend(FleetServices, Backend):
             start = int(cursors.get(host.label, 0))
             return json.loads(runner(conn, host, "log", p["run_dir"], str(start)))
 
+        group = job_data(handle)["placement"] == "nodes"
         lines: list[str] = []
-        for p, data, error in parallel(placed, fetch):
+        for rank, (p, data, error) in enumerate(parallel(placed, fetch)):
             if error is not None:
                 continue  # this host's lines come next time
             label = Host(**p["host"]).label
-            lines += [f"[{label}] {line}" for line in data["lines"]]
+            prefix = f"[rank {rank}]" if group else f"[{label}]"
+            lines += [f"{prefix} {line}" for line in data["lines"]]
             cursors[label] = data["cursor"]
         return LogChunk(lines, cursors)
 
@@ -369,6 +510,41 @@ def _first_status(started: list[tuple[Host, dict[str, Any]]]) -> JobStatus | Non
     if not all(isinstance(r.get("status"), dict) for _, r in started):
         return None
     return _combine([(h, r["status"]) for h, r in started])
+
+
+def _group_status(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
+    """One status for a multi-node group (``parts`` in rank order): the first node to end other than
+    succeeded ends the group, and while others still run, ``release`` has its follower stop them."""
+    states = [JobState(s["state"]) for _, s in parts]
+    ended = [
+        (parts[rank][1].get("finished_at") or 0.0, rank)
+        for rank, st in enumerate(states)
+        if st.finished and st != JobState.SUCCEEDED
+    ]
+    live = sum(1 for st in states if not st.finished)
+    n = len(parts)
+    if ended:
+        rank = min(ended)[1]
+        h, s = parts[rank]
+        said = (
+            f"rank {rank} on {h.label} ended {s['state']} (exit {s.get('exit_code')}): {s.get('message', '')}".strip()
+        )
+        if live:
+            said += f"; the other {live} running node(s) are stopped"
+        elif len(ended) > 1:
+            said += "; then " + ", ".join(f"rank {r} {states[r].value}" for _, r in sorted(ended) if r != rank)
+        return JobStatus(
+            states[rank], s.get("exit_code"), said, release=live > 0 or any(x.get("release") for _, x in parts)
+        )
+    if live == 0:
+        return JobStatus(JobState.SUCCEEDED, 0, f"succeeded on all {n} nodes")
+    waiting = sum(1 for st in states if st == JobState.PENDING)
+    if waiting:
+        return JobStatus(JobState.PENDING, message=f"{waiting} of {n} nodes not started yet")
+    done = n - live
+    return JobStatus(
+        JobState.RUNNING, message=f"{n} nodes running" if not done else f"{live} of {n} nodes still running"
+    )
 
 
 def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:

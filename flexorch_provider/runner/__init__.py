@@ -18,6 +18,7 @@ line::
     RUN_DIR/log            job stdout+stderr, secret values replaced by ***
     RUN_DIR/result.json    written last and atomically: state, exit code, times
     RUN_DIR/claimed        the job's outcome reached Airflow (written by ``claim``)
+    RUN_DIR/hold, gang.json, go.json   a node of a multi-node group: held until ``go`` (:mod:`.gang`)
 
 Modes (:mod:`.cli`)::
 
@@ -31,6 +32,8 @@ Modes (:mod:`.cli`)::
     jobrunner status RUN_DIR...  one JSON line per directory
     jobrunner log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
     jobrunner cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
+    jobrunner go RUN_DIR         start a held node of a multi-node group: {"env": the group's
+                                 contract for this node} on stdin (:mod:`.gang`)
 
 Services (a replica is a job under SVC_DIR/<slot>-<revision>; its job.json carries
 "service" and "health")::
@@ -46,7 +49,7 @@ Modules: :mod:`.files` (atomic and private writes, reads, the supervisor's ident
 :mod:`.status`, :mod:`.attempts` (submit: reattach or a new attempt), :mod:`.gpus`
 (nvidia-smi, model names, claims), :mod:`.logs` (reading complete lines, masking secrets),
 :mod:`.procs` (process groups: kill, reap, cancel), :mod:`.launch` (detach a supervisor),
-:mod:`.supervisor`, :mod:`.replicas`
+:mod:`.supervisor`, :mod:`.gang` (a node of a multi-node group), :mod:`.replicas`
 (services: replicas, health, retire), :mod:`.cli`; :mod:`.bundle` builds the zipapp on the
 worker and is not shipped.
 """

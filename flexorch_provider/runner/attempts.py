@@ -3,6 +3,7 @@
 import json
 import os
 
+from . import gang
 from .containers import NoRuntime, find_runtime, forget_registry_login, write_registry_login
 from .files import write_private
 from .gpus import claim_gpus, gpus_here
@@ -25,12 +26,16 @@ def live_attempt(key_dir):
     latest = os.path.join(os.path.abspath(key_dir), str(numbers[-1]))
     if status(latest)["state"] not in LIVE:
         return None
-    return {
+    out = {
         "run_dir": latest,
         "job_id": "%s/%d" % (os.path.basename(os.path.abspath(key_dir)), numbers[-1]),
         "attempt": numbers[-1],
         "reattached": True,
     }
+    node = gang.facts(latest)
+    if node:  # a node of a multi-node group: its address, port, and whether it still waits for go
+        out["gang"] = node
+    return out
 
 
 CLAIMED = "claimed"  # in a run dir: the job's outcome reached Airflow (the operator recorded it)
@@ -89,6 +94,7 @@ def prepare(key_dir, job, secrets, registry=None):
     attempt still has to be started. Attempt directories are created with mkdir, which is atomic: two racing
     submitters cannot both create the same attempt. ``registry`` is a private image's login
     ({registry, login, password}), kept in the run directory only until the container exists.
+    A node of a multi-node group (``gang`` in the job) is held until ``go`` (:mod:`.gang`).
     A job that asks for GPUs claims them
     here (:func:`.gpus.claim_gpus`); GpuError when this host cannot give them.
     """
@@ -97,7 +103,8 @@ def prepare(key_dir, job, secrets, registry=None):
 
     slug = os.path.basename(key_dir)
     service = bool(job.get("service"))
-    existing = found(key_dir, adopt=not service)
+    # a node of a group is never adopted alone: the ssh target looks at every node first (``live``)
+    existing = found(key_dir, adopt=not service and not job.get("gang"))
     if existing:
         return existing
     previous = None if service else unclaimed_end(key_dir)
@@ -139,6 +146,8 @@ def prepare(key_dir, job, secrets, registry=None):
         write_private(os.path.join(run_dir, "secrets.json"), json.dumps(secrets))
     if registry and doc.get("container"):  # a private image's login: deleted once the container exists
         write_registry_login(run_dir, registry)
+    if job.get("gang"):  # started held, until every node of the group is ready (:mod:`.gang`)
+        out["gang"] = gang.reserve(run_dir)
     return out
 
 

@@ -9,7 +9,8 @@ import json
 import sys
 
 USAGE = (
-    "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | log RUN_DIR CURSOR"
+    "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | go RUN_DIR"
+    " | log RUN_DIR CURSOR"
     " | tail RUN_DIR COUNT | replicas SVC_DIR | retire KEY_DIR... | drain RUN_DIR... | metric SPEC RUN_DIR...\n"
 )
 
@@ -55,6 +56,12 @@ def main(argv):
         from .attempts import found
 
         _print([found(args[0])])
+    elif mode == "go" and len(args) == 1:
+        from .gang import go
+        from .status import status
+
+        go(args[0], json.loads(sys.stdin.read())["env"])
+        _print([status(args[0])])
     elif mode == "claim" and args:
         from .attempts import claim
 

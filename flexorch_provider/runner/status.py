@@ -34,7 +34,10 @@ def status(run_dir):
     pid = read_text(os.path.join(run_dir, "runner.pid"))
     if pid:
         if runner_alive(pid):
-            out.update(state="running", pid=int(pid.split()[0]))
+            if os.path.exists(os.path.join(run_dir, "hold")):  # a node of a group, before ``go`` (gang.HOLD)
+                out.update(state="pending", pid=int(pid.split()[0]), message="held until every node has started")
+            else:
+                out.update(state="running", pid=int(pid.split()[0]))
             return out
         # the runner may have written its result between our two reads
         result = read_text(os.path.join(run_dir, "result.json"))

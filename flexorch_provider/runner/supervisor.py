@@ -235,6 +235,35 @@ class Supervisor(object):
                 return candidate
         return "sh"
 
+    def join_group(self):
+        """A held node of a multi-node group (:mod:`.gang`) waits for ``go`` and takes the group's contract
+        into its environment; False when it ends without running (cancelled, or the group never started)."""
+        from . import gang
+
+        if not gang.held(self.run_dir):
+            return True
+        self.note("waiting until every node of the group has started")
+        hold_s = float((self.job.get("gang") or {}).get("hold_s") or gang.HOLD_S)
+        env, why = gang.wait_for_go(self.run_dir, lambda: self.stop_reason is not None, hold_s)
+        if env is not None:
+            self.job["env"] = dict(self.job.get("env") or {}, **env)
+            self.note("node %s of %s: the group starts" % (env.get("FLEXORCH_NODE_RANK"), env.get("FLEXORCH_NNODES")))
+            return True
+        state, code, message = (
+            ("failed", 1, why) if why else ("cancelled", CANCEL_EXIT, "cancelled before its group started")
+        )
+        if self.job.get("container"):  # a private image's login waits for a container that is never made
+            from .containers import forget_registry_login
+
+            forget_registry_login(self.run_dir)
+        self.note("%s (%s)" % (state, message))
+        self.log.close()
+        write_atomic(
+            os.path.join(self.run_dir, "result.json"),
+            json.dumps({"state": state, "exit_code": code, "finished_at": time.time(), "message": message}),
+        )
+        return False
+
     def main(self):
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -242,6 +271,8 @@ class Supervisor(object):
         # a stop that came while the supervisor was starting (launch.py blocks it until here) arrives now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         become_subreaper()
+        if not self.join_group():
+            return
         started = time.time()
         timeout = self.job.get("timeout")
         deadline = started + float(timeout) if timeout else None

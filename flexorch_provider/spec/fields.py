@@ -167,7 +167,7 @@ class Resources(FlexModel):
             strict=True,
             ge=1,
             le=4096,
-            description="Number of nodes (multi-node training; slurm and kubernetes). Each node gets the other "
+            description="Number of nodes (multi-node training; slurm, kubernetes, ssh: one host each). Each node gets the other "
             "resources, its rank and the group's addresses (FLEXORCH_NODE_RANK, FLEXORCH_NNODES, "
             "FLEXORCH_NODE_ADDRS, FLEXORCH_GPUS_PER_NODE, FLEXORCH_MASTER_ADDR/PORT, and torchrun's PET_* "
             "variables): a bare `torchrun --nproc-per-node N` forms the group.",

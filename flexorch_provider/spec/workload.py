@@ -199,13 +199,25 @@ class Workload(FlexModel):
                     f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
                     "service does not have; use source: prometheus (a query over the pods' metrics)"
                 )
+        nodes = self.resources.nodes
         one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]
-        if self.resources.nodes > 1 and one_machine:
+        if nodes > 1 and one_machine:
             raise ValueError(
-                f"resources.nodes: {self.resources.nodes} nodes need a target that starts one task per node "
-                f"(slurm, kubernetes); {' and '.join(one_machine)} starts a job on one machine: drop "
+                f"resources.nodes: {nodes} nodes need a target that starts one task per node "
+                f"(slurm, kubernetes, ssh); {' and '.join(one_machine)} starts a job on one machine: drop "
                 f"{' and '.join(one_machine)} from target, or ask for nodes: 1"
             )
+        if nodes > 1 and "ssh" in self.target:
+            if self.ssh.placement == "all":
+                raise ValueError(
+                    f"resources.nodes: {nodes} starts one group on {nodes} of the ssh hosts, while ssh.placement: all "
+                    "starts an independent copy on every host: remove placement: all, or ask for nodes: 1"
+                )
+            if len(self.ssh.hosts) < nodes:
+                raise ValueError(
+                    f"resources.nodes: {nodes} nodes on the ssh target need at least {nodes} hosts in ssh.hosts "
+                    f"(one node per host); it lists {len(self.ssh.hosts)}: add hosts, or ask for fewer nodes"
+                )
         if self.max_pending is not None and len(self.target) < 2:
             raise ValueError(
                 f"max_pending: a job moves to the next target after max_pending, but target lists only "

@@ -42,3 +42,21 @@ HOSTILE_ENV = {
 }
 _NAMES = sorted(HOSTILE_ENV)
 PRINT_ENV = ["python3", "-c", f"import json, os; print(json.dumps({{k: os.environ[k] for k in {_NAMES!r}}}))"]
+
+
+# A real collective for multi-node tests: PyTorch's CPU build (Debian's python3-torch) forms one group
+# with gloo over TCP, all-reduces each process's rank + 1, and every process prints the sum.
+ALLREDUCE = """\
+import os
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+value = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(value)
+node = int(os.environ["FLEXORCH_NODE_RANK"])
+address = os.environ["FLEXORCH_NODE_ADDRS"].split(",")[node]
+print(f"rank {dist.get_rank()} of {dist.get_world_size()} on node {node} ({os.uname().nodename}) at {address}: "
+      f"sum {value.item():g}", flush=True)
+dist.destroy_process_group()
+"""

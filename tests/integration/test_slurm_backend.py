@@ -15,7 +15,7 @@ from flexorch_provider.backends.slurm import SlurmBackend
 from flexorch_provider.exceptions import SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import LOGIN_CONN
-from tests.integration.follow import HOSTILE_ENV, PRINT_ENV, all_lines, wait_finished
+from tests.integration.follow import ALLREDUCE, HOSTILE_ENV, PRINT_ENV, all_lines, wait_finished
 
 BACKEND = SlurmBackend()
 _n = iter(range(1_000_000))
@@ -233,18 +233,6 @@ def test_multi_node_jobs_run_one_task_per_node_with_the_contract():
     assert "export PET_NODE_RANK=" in lines[-1] and "torchrun train.py" in lines
 
 
-ALLREDUCE = """\
-import os
-import torch
-import torch.distributed as dist
-
-dist.init_process_group("gloo")
-value = torch.tensor([float(dist.get_rank() + 1)])
-dist.all_reduce(value)
-print(f"rank {dist.get_rank()} of {dist.get_world_size()} on node {os.environ['FLEXORCH_NODE_RANK']} "
-      f"({os.uname().nodename}): sum {value.item():g}", flush=True)
-dist.destroy_process_group()
-"""
 MULTI = {"connection": LOGIN_CONN, "partition": "multi"}  # nodes fx-n1 and fx-n2, two network namespaces
 
 

@@ -240,8 +240,9 @@ def start_fleet(base: Path, count: int, account_prefix: str = "flexorch-h") -> S
         _ip("link", "set", outside, "master", bridge)
         _ip("link", "set", outside, "up")
         _ip("link", "set", inside, "netns", namespace)
-        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", inside)
-        _ip("-n", namespace, "link", "set", inside, "up")
+        _ip("-n", namespace, "link", "set", inside, "name", "eth0")  # as on a machine: one name on every host
+        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+        _ip("-n", namespace, "link", "set", "eth0", "up")
         _ip("-n", namespace, "link", "set", "lo", "up")
         config = base / f"sshd-{i}.conf"
         bin_dir = base / f"bin-h{i}"

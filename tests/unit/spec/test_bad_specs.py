@@ -54,14 +54,21 @@ CASES = [
         "slurm cannot run services; a service runs on kubernetes, ssh, local",
     ),
     ("k8s-no-image", GOOD + "target: kubernetes\n", 1, "image", "required because target includes 'kubernetes'"),
-    # local and ssh ignored resources.nodes, while policies and first-free counted N nodes
+    # local ignored resources.nodes, while policies and first-free counted N nodes; ssh starts one node per host
     ("nodes-local", GOOD + "resources:\n  nodes: 2\n", 5, "resources.nodes", "local starts a job on one machine"),
     (
         "nodes-ssh-fallback",
         GOOD + "target: [slurm, ssh]\nresources:\n  nodes: 4\n",
         6,
         "resources.nodes",
-        "4 nodes need a target that starts one task per node (slurm, kubernetes); ssh starts a job on one machine",
+        "4 nodes on the ssh target need at least 4 hosts in ssh.hosts (one node per host); it lists 0",
+    ),
+    (
+        "nodes-ssh-all",
+        GOOD + "target: ssh\nssh: {hosts: [a, b], placement: all}\nresources:\n  nodes: 2\n",
+        7,
+        "resources.nodes",
+        "ssh.placement: all starts an independent copy on every host",
     ),
     ("gpu-shorthand", GOOD + "resources:\n  gpus: 'A100:two:x:y'\n", 5, "resources.gpus", "not a GPU request"),
     ("gpu-negative", GOOD + "resources:\n  gpus: -1\n", 5, "resources.gpus", "greater than or equal to 0"),

@@ -426,3 +426,36 @@ def test_a_dead_supervisor_leaves_no_container_once_its_job_is_followed(tmp_path
     assert step.event is not None and step.event.status == "failed"
     assert any("removed it" in n for n in step.notes), step.notes
     assert name not in containers()
+
+
+def test_a_multi_node_group_runs_in_its_image_on_ssh_hosts_and_on_slurm_nodes(ssh_fleet, slurm_cluster, image):
+    """Each node's container gets the contract (its own rank); on Slurm the nodes are partition multi's two."""
+    from flexorch_provider.backends.slurm import SlurmBackend
+
+    run = 'echo "node $FLEXORCH_NODE_RANK of $PET_NNODES meets at $MASTER_ADDR:$MASTER_PORT in $(ls /bin/busybox)"'
+    hosts = ssh_fleet.hosts[2:4]
+    for h in hosts:
+        import_image(image, h.user)
+    spec = {"name": "boxed-group", "kind": "training", "target": "ssh", "image": IMAGE, "container": {"pull": "never"},
+            "run": run, "resources": {"nodes": 2}, "ssh": {"connection": FLEET_CONN, "hosts": [h.entry for h in hosts]}}  # fmt: skip
+    handle = SSH.submit(ResolvedJob.for_run(load_workload(spec), f"d/group-boxed/{time.time_ns()}/-1"))
+    status = wait_finished(SSH, handle, 90)
+    lines = all_lines(SSH, handle)
+    assert status.state == JobState.SUCCEEDED, lines
+    port = handle.notes[-1].rsplit(":", 1)[1].split()[0]
+    assert sorted(x for x in lines if " meets at " in x) == [
+        f"[rank {r}] node {r} of 2 meets at {hosts[0].address}:{port} in /bin/busybox" for r in (0, 1)
+    ]
+    assert all(containers(h.user) == [] for h in hosts)
+
+    slurm = SlurmBackend()
+    spec = dict(spec, target="slurm", slurm={"partition": "multi"})
+    spec.pop("ssh")
+    handle = slurm.submit(ResolvedJob.for_run(load_workload(spec), f"d/group-boxed-slurm/{time.time_ns()}/-1"))
+    status = wait_finished(slurm, handle, 120)
+    lines = all_lines(slurm, handle)
+    assert status.state == JobState.SUCCEEDED, lines
+    said = sorted(x for x in lines if " meets at " in x)
+    assert [x.split(" meets at ")[0] for x in said] == ["node 0 of 2", "node 1 of 2"], lines
+    assert all(x.endswith(" in /bin/busybox") for x in said)
+    assert containers(name_part=handle.job_id) == []

@@ -5,6 +5,8 @@ wrapper; env and secret values pass by name (``-e NAME`` / the environment), nev
 
 from __future__ import annotations
 
+import shlex
+
 from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob
 
@@ -91,10 +93,12 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
     argv += ["-w", '"$PWD"']
     for name in names:
         argv += ["-e", name]
+    # the batch script runs on the first node (node 0): its container goes with the job, however it ends
+    first = ctr[:-1] + '-0"' if multi else ctr
     out.append(
-        f'trap \'code=$?; podman rm -f -t 0 {ctr} >/dev/null 2>&1; echo "$code" > "$flexorch_rc"; '
+        f'trap \'code=$?; podman rm -f -t 0 {first} >/dev/null 2>&1; echo "$code" > "$flexorch_rc"; '
         f'rm -f "$flexorch_secrets"{" " + auth if login else ""}\' EXIT'
-    )  # the container goes with the job, however it ends
+    )
     if login:  # the login as an auth file, this account's only, for the pull alone
         out.append(
             f'if [ -n "${{{REGISTRY_AUTH_VAR}:-}}" ]; then (umask 077 && printf %s "${REGISTRY_AUTH_VAR}" > {auth}); '
@@ -115,4 +119,13 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
             "n=$((n+1)); done",
             'export CUDA_VISIBLE_DEVICES="$(seq -s, 0 $((n-1)))"',
         ]
+    if multi:  # one container per node, named after its node (nodes may share an image store); removed as it ends
+        del argv[argv.index("--name") : argv.index("--name") + 2]
+        per_node = (
+            'n="$0-$SLURM_NODEID"; trap \'podman rm -f -t 0 "$n" >/dev/null 2>&1\' EXIT; trap "exit 143" TERM INT; '
+            'podman --log-level error run --name "$n" "$@"'
+        )
+        assert argv[:4] == ["podman", "--log-level", "error", "run"]
+        words = ["/bin/sh", "-c", shlex.quote(per_node), ctr, *argv[4:], w.image, *inner]
+        return [*out, srun + " ".join(words)]
     return [*out, srun + " ".join([*argv, w.image, *inner])]

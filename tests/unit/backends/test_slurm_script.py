@@ -66,6 +66,26 @@ def test_podman_runs_the_step_in_the_image_with_values_by_name():
     assert "--device nvidia.com/gpu=$i" in script and "podman rm -f -t 0" in script
 
 
+def test_podman_on_several_nodes_names_each_nodes_container_after_its_node(tmp_path):
+    """Nodes may share an image store (the test bed's do): one name per node, each removed as its node ends."""
+    import subprocess
+
+    script = _image_script("podman", resources={"nodes": 2})
+    last = script.splitlines()[-1]
+    assert last.startswith("srun --kill-on-bad-exit=1 --export=ALL /bin/sh -c ")
+    assert 'podman rm -f -t 0 "flexorch-$SLURM_JOB_NAME-$SLURM_JOB_ID-0"' in script  # node 0's, by the batch script
+    # what each node's shell runs: its container named with its node id, the runtime's words after that
+    fake = tmp_path / "podman"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_NODEID": "1", "SLURM_JOB_NAME": "j", "SLURM_JOB_ID": "7",
+           "flexorch_dir": "/d", "flexorch_gpus": ""}  # fmt: skip
+    words = subprocess.run(["bash", "-c", last.split("--export=ALL ", 1)[1]], env=env, capture_output=True,
+                           text=True).stdout.splitlines()  # fmt: skip
+    assert words[:6] == ["[--log-level]", "[error]", "[run]", "[--name]", "[flexorch-j-7-1]", "[--rm]"], words
+    assert "[ghcr.io/acme/train:1.4]" in words and words[-4:-2] == ["[/bin/sh]", "[/d/j-7.container.sh]"]
+
+
 def test_apptainer_and_pyxis_lines():
     apptainer = _image_script("apptainer", resources={"gpus": 1, "nodes": 2}).splitlines()[-1]
     assert apptainer.startswith("srun --kill-on-bad-exit=1 --export=ALL apptainer exec --cleanenv --nv --bind ")

@@ -173,3 +173,21 @@ def test_render_shows_both_rounds_and_the_contract(ssh_fleet):
     assert f'"FLEXORCH_NODE_ADDRS": "{h1.address},{h2.address}"' in text
     assert '"PET_NNODES": "2"' in text and '"FLEXORCH_GPUS_PER_NODE": "8"' in text
     assert '"MASTER_PORT": "<free on rank 0>"' in text and "WORLD_SIZE" not in text
+
+
+def test_killing_one_nodes_process_ends_the_job_on_both_hosts(ssh_fleet):
+    import os
+    import signal
+
+    h1, h2 = ssh_fleet.hosts[:2]
+    handle = BACKEND.submit(make_job('echo "node $FLEXORCH_NODE_RANK up"; exec sleep 304', [h1.entry, h2.entry]))
+    deadline = time.time() + 10
+    while not (h1.processes("sleep 304") and h2.processes("sleep 304")) and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(int(h2.processes("sleep 304")[0].split()[0]), signal.SIGKILL)  # rank 1, killed from outside
+    status = wait_finished(BACKEND, handle, timeout=30)
+    assert status.state == JobState.FAILED and status.message.startswith(
+        f"rank 1 on {h2.entry} ended failed (exit 137)"
+    )
+    Follower(BACKEND, handle).observe(status)
+    assert not h1.processes("sleep 304"), "rank 0 outlived the group"

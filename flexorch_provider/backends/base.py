@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flexorch_provider.code import Bundle, human
 from flexorch_provider.exceptions import BackendError, ConfigurationError, SubmitError
 from flexorch_provider.records import JobHandle, JobState, JobStatus
 from flexorch_provider.runner import logs as runner_logs
@@ -95,6 +96,7 @@ class ResolvedJob:
     # a private image's registry login ({registry, login, password}), from container.registry_connection
     registry: dict[str, str] | None = field(default=None, repr=False)
     slots: list[int] | None = None  # an autoscaled service's replica numbers (None: 0..replicas-1)
+    code: Bundle | None = field(default=None, repr=False)  # the job's code (flexorch_provider/code.py)
 
     @classmethod
     def for_run(
@@ -110,6 +112,7 @@ class ResolvedJob:
         action: str | None = None,
         placement: dict[str, Any] | None = None,
         registry: dict[str, str] | None = None,
+        code: Bundle | None = None,
     ) -> ResolvedJob:
         """The workload for one run: ``run``/``setup``/``env``/``workdir`` as rendered for it
         (default: the spec's own), a service's action checked (default ``deploy``)."""
@@ -126,6 +129,7 @@ class ResolvedJob:
             action=check_action(action, workload.is_service),
             placement=placement,
             registry=dict(registry) if registry else None,
+            code=code,
         )
 
     @property
@@ -184,6 +188,8 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
     gpus = gpu_request(job)
     if gpus:
         doc["gpus"] = gpus
+    if job.code is not None:  # the runner starts the job in its own copy of this bundle (runner/code.py)
+        doc["code"] = {"digest": job.code.digest}
     w = job.workload
     if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
         doc["container"] = {
@@ -195,6 +201,34 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         if w.container.registry_connection:  # its name only: the login travels beside the job (like secrets)
             doc["container"]["registry_connection"] = w.container.registry_connection
     return doc
+
+
+def ship_code(job: ResolvedJob, call: Callable[[Sequence[str], bytes | None], str], where: str) -> list[str]:
+    """Make sure ``where`` keeps the job's code bundle (``call`` runs the job runner there); what the task
+    log should say. A host that has it already is sent nothing."""
+    if job.code is None:
+        return []
+    bundle = job.code
+    digest = bundle.digest
+    if json.loads(call(["code-has", digest], None).splitlines()[0]).get("present"):
+        return [f"{bundle.summary()}: already on {where}, nothing sent"]
+    data = bundle.tarball()
+    call(["code-put", digest], data)
+    return [f"{bundle.summary()}: sent {human(len(data))} to {where}"]
+
+
+def code_render_lines(job: ResolvedJob, limit: int = 100) -> list[str]:
+    """``flexorch render``: the files of the job's code, as comments."""
+    if job.code is None:
+        return []
+    b = job.code
+    lines = [f"# {b.summary()} (digest {b.digest}) from {b.root}: sent once to where the job runs, which keeps it "
+             "in ~/.flexorch/code/<digest>; each run starts in its own copy ($FLEXORCH_CODE_DIR)"]  # fmt: skip
+    lines += [f"#   {f.path}  ({human(f.size)}{', executable' if f.executable else ''})" for f in b.files[:limit]]
+    if len(b.files) > limit:
+        lines.append(f"#   ... and {len(b.files) - limit} more")
+    lines += [f"#   left out: {why}" for why in b.skipped]
+    return lines
 
 
 def submit_payload(document: dict[str, Any], secrets: dict[str, str], registry: dict[str, str] | None) -> bytes:

@@ -35,7 +35,9 @@ from flexorch_provider.backends.base import (
     LogCursor,
     ResolvedJob,
     byte_offset,
+    code_render_lines,
     job_document,
+    ship_code,
     submit_payload,
 )
 from flexorch_provider.backends.container_render import container_lines
@@ -131,7 +133,7 @@ class LocalBackend(FleetServices, Backend):
         if "container" in doc:
             workdir = os.path.join(os.path.expanduser("~"), os.path.expanduser(job.workdir or str(run_dir)))
             lines += container_lines(doc, sorted({*job.secrets, *job.workload.airflow_secrets}), str(run_dir), workdir)
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *code_render_lines(job)]) + "\n"
 
     def _handle(self, job: ResolvedJob, run_dir: Path) -> JobHandle:
         return JobHandle(
@@ -156,11 +158,12 @@ class LocalBackend(FleetServices, Backend):
         key_dir = run_root(job) / job.key_slug
         _refuse_if_started_elsewhere(job)
         payload = submit_payload(job_document(job), job.secrets, job.registry)
+        shipped = ship_code(job, call_runner, "this worker")
         attempt = json.loads(call_runner(["submit", str(key_dir)], payload))
         first = attempt.get("status")
         handle = replace(
             self._handle(job, Path(attempt["run_dir"])),
-            notes=attempt_notes(attempt),
+            notes=shipped + attempt_notes(attempt),
             first_status=JobStatus.from_dict(first) if isinstance(first, dict) else None,
         )
         _record_started(job, handle)

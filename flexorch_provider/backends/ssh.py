@@ -37,7 +37,9 @@ from flexorch_provider.backends.base import (
     LogCursor,
     ResolvedJob,
     byte_offset,
+    code_render_lines,
     job_document,
+    ship_code,
     submit_payload,
 )
 from flexorch_provider.backends.container_render import container_lines
@@ -199,6 +201,7 @@ class SshBackend(FleetServices, Backend):
             if job.setup:
                 lines.append(shlex.join(["/bin/sh", "-c", job.setup]))
             lines.append(shlex.join(["/bin/sh", "-c", job.run] if isinstance(job.run, str) else job.run))
+        lines += code_render_lines(job)
         lines += [
             "# status: " + shlex.join([*runner_argv(), "status", f"{key_dir}/<attempt>"]),
             "# logs:   " + shlex.join([*runner_argv(), "log", f"{key_dir}/<attempt>", "<byte offset>"]),
@@ -237,7 +240,8 @@ class SshBackend(FleetServices, Backend):
         )
 
         def start(h: Host) -> dict[str, Any]:
-            return json.loads(runner(conn, h, "submit", key_dir, stdin=payload))
+            shipped = ship_code(job, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
+            return dict(json.loads(runner(conn, h, "submit", key_dir, stdin=payload)), shipped=shipped)
 
         if opts.placement == "any":
             if live:
@@ -255,7 +259,7 @@ class SshBackend(FleetServices, Backend):
                     continue
                 handle = self._handle(job, conn, [(h, started["run_dir"])], started["job_id"])
                 skipped = [f"skipped ssh host {why}" for why in refusals]
-                return replace(handle, notes=skipped + attempt_notes(started, h.label),
+                return replace(handle, notes=skipped + started["shipped"] + attempt_notes(started, h.label),
                                first_status=_first_status([(h, started)]))  # fmt: skip
             raise SubmitError("no ssh host could take the job: " + "; ".join(refusals))
 
@@ -273,7 +277,7 @@ class SshBackend(FleetServices, Backend):
             except BackendError:
                 pass  # the submit error below is what the user needs to see
             raise SubmitError("placement all: could not start on " + "; ".join(failed))
-        notes = [note for h, r, _ in results for note in attempt_notes(r, h.label)]
+        notes = [note for h, r, _ in results for note in r["shipped"] + attempt_notes(r, h.label)]
         handle = self._handle(job, conn, placed, f"{job.key_slug}/{results[0][1]['attempt']}")
         return replace(handle, notes=notes, first_status=_first_status([(h, r) for h, r, _ in results]))
 
@@ -362,6 +366,7 @@ class SshBackend(FleetServices, Backend):
             self._withdraw(conn, placed)
             raise SubmitError("could not start every node of the group, so none runs: " + "; ".join(failed))
         handle = self._handle(job, conn, placed, nodes[0][1]["job_id"])
+        notes += [note for _, f in nodes for note in f.get("shipped", [])]
         notes += [
             f"node {rank} of {n} on {h.label} ({addrs[rank]}), run dir {f['run_dir']}"
             for rank, (h, f) in enumerate(nodes)
@@ -378,14 +383,17 @@ class SshBackend(FleetServices, Backend):
         document = dict(job_document(replace(job, placement=None)), gang={"nodes": n, "hold_s": gang.HOLD_S})
         payload = submit_payload(document, job.secrets, job.registry)
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
+
+        def hold_one(h: Host) -> dict[str, Any]:
+            shipped = ship_code(job, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
+            return dict(json.loads(runner(conn, h, "submit", key_dir, stdin=payload)), shipped=shipped)
+
         held: list[tuple[Host, dict[str, Any]]] = []
         candidates, refusals = list(hosts), list(refusals)
         problem: Exception | None = None
         while len(held) < n and candidates and problem is None:
             batch, candidates = candidates[: n - len(held)], candidates[n - len(held) :]
-            for h, answer, e in parallel(
-                batch, lambda h: json.loads(runner(conn, h, "submit", key_dir, stdin=payload))
-            ):
+            for h, answer, e in parallel(batch, hold_one):
                 if e is None and answer.get("gang"):
                     held.append((h, answer))
                 elif e is None:  # an attempt of this key that is no node (a submit of another version)

@@ -136,6 +136,7 @@ def _render_target(args: argparse.Namespace) -> int:
     """What the target would run for this spec: sbatch script, manifests or commands."""
     from flexorch_provider.backends.base import ResolvedJob, run_key
     from flexorch_provider.backends.registry import get_backend
+    from flexorch_provider.code import bundle_for
     from flexorch_provider.resolve import load_workload
     from flexorch_provider.spec.loader import load_spec
 
@@ -154,6 +155,7 @@ def _render_target(args: argparse.Namespace) -> int:
         workload,
         run_key(spec.name, args.step or workload.kind, args.run_id),
         secrets={k: "<resolved at run time>" for k in workload.secrets},
+        code=bundle_for(workload, Path(args.spec).parent),
     )
     sys.stdout.write(get_backend(args.target).render(job))
     return 0

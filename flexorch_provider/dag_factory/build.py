@@ -12,9 +12,9 @@ from flexorch_provider.spec.models import SpecModel
 INVALID_TAG = "flexorch:invalid-spec"
 
 
-def build_dag(plan: DagPlan, spec: SpecModel) -> Any:
+def build_dag(plan: DagPlan, spec: SpecModel, code_root: str | None = None) -> Any:
     """One DAG from its plan; each task runs (a step of) the spec: a job with FlexOperator, a service's
-    action with FlexServiceOperator."""
+    action with FlexServiceOperator. ``code_root``: the spec file's folder (``code.path`` is relative to it)."""
     from airflow.sdk import DAG
 
     from flexorch_provider.operators.flex import FlexOperator
@@ -24,9 +24,11 @@ def build_dag(plan: DagPlan, spec: SpecModel) -> Any:
         tasks: dict[str, Any] = {}
         for t in plan.tasks:
             if t.service:
-                tasks[t.task_id] = FlexServiceOperator(task_id=t.task_id, spec=spec, step=t.step, action=t.action)
+                tasks[t.task_id] = FlexServiceOperator(
+                    task_id=t.task_id, spec=spec, step=t.step, action=t.action, code_root=code_root
+                )
             else:
-                tasks[t.task_id] = FlexOperator(task_id=t.task_id, spec=spec, step=t.step)
+                tasks[t.task_id] = FlexOperator(task_id=t.task_id, spec=spec, step=t.step, code_root=code_root)
         for upstream, downstream in plan.edges:
             tasks[upstream] >> tasks[downstream]
     return dag

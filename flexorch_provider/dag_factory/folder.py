@@ -229,7 +229,7 @@ def load_folder(anchor: str | Path | None = None, *, specs_dir: str | Path | Non
             if taken:
                 message = f"DAG id {taken[0]!r} is already used by {label}/{owners[taken[0]]}; rename one of the specs"
                 raise SpecError(SpecProblem(shown, None, "name", message))
-            built = [build_dag(p, entry.spec) for p in plans]
+            built = [build_dag(p, entry.spec, str((folder / rel).parent)) for p in plans]
         except Exception as e:
             placeholder(rel, invalid_dag_id(None, rel), problems_of(e, shown))
             continue

@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator
 from pydantic import BaseModel
 
 from flexorch_provider.backends.base import ResolvedJob, run_key
+from flexorch_provider.code import Bundle, bundle_for
 from flexorch_provider.plain_templates import CR_STAND_IN, has_template
 from flexorch_provider.resolve import load_workload, resolve_registry, resolve_secrets
 
@@ -41,9 +42,15 @@ class SpecOperator(BaseOperator):
         step: str | None = None,
         overrides: dict[str, Any] | None = None,
         target: str | list[str] | None = None,
+        code_root: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         workload = load_workload(spec, step=step, overrides=overrides, target=target)
+        if code_root is None and isinstance(spec, str | Path):
+            code_root = Path(spec).parent
+        # the folder a spec's ``code.path`` is relative to: its file's folder (given as a path, or from a
+        # specs folder); a spec given as a dict or model has none unless the DAG says
+        self.code_root = str(code_root) if code_root is not None else None
         gpus = workload.resources.gpus.count * workload.resources.nodes if workload.resources.gpus else 0
         if workload.gpu_pool and gpus:
             from flexorch_provider.inventory.pools import airflow_pool_name
@@ -81,10 +88,14 @@ class SpecOperator(BaseOperator):
         out = self._render(env.from_string(source), context)
         return out.replace(CR_STAND_IN, "\r") if keep_cr and isinstance(out, str) else out
 
+    def code_bundle(self) -> Bundle | None:
+        """The job's code as its folder is now (``code:``), packed; None for a job without code."""
+        return bundle_for(self.workload, self.code_root)
+
     def resolve_for_run(
         self, ti: Any, action: str | None = None, placement: dict[str, Any] | None = None
     ) -> ResolvedJob:
-        """The workload for this task instance's run: rendered fields, secrets, the run key."""
+        """The workload for this task instance's run: rendered fields, secrets, the run key, its code."""
         return ResolvedJob.for_run(
             self.workload,
             run_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)),
@@ -96,6 +107,7 @@ class SpecOperator(BaseOperator):
             action=action,
             placement=placement,
             registry=resolve_registry(self.workload),
+            code=self.code_bundle(),
         )
 
 

@@ -32,6 +32,9 @@ Modes (:mod:`.cli`)::
     jobrunner status RUN_DIR...  one JSON line per directory
     jobrunner log RUN_DIR CURSOR complete log lines after byte CURSOR, as JSON
     jobrunner cancel RUN_DIR     stop the job (TERM, then KILL after the grace)
+    jobrunner code-has DIGEST... whether this host keeps each code bundle (:mod:`.code`)
+    jobrunner code-put DIGEST    receive a code bundle (a tar on stdin), kept once its files
+                                 give that digest
     jobrunner go RUN_DIR         start a held node of a multi-node group: {"env": the group's
                                  contract for this node} on stdin (:mod:`.gang`)
 
@@ -49,7 +52,7 @@ Modules: :mod:`.files` (atomic and private writes, reads, the supervisor's ident
 :mod:`.status`, :mod:`.attempts` (submit: reattach or a new attempt), :mod:`.gpus`
 (nvidia-smi, model names, claims), :mod:`.logs` (reading complete lines, masking secrets),
 :mod:`.procs` (process groups: kill, reap, cancel), :mod:`.launch` (detach a supervisor),
-:mod:`.supervisor`, :mod:`.gang` (a node of a multi-node group), :mod:`.replicas`
+:mod:`.supervisor`, :mod:`.gang` (a node of a multi-node group), :mod:`.code` (code bundles), :mod:`.replicas`
 (services: replicas, health, retire), :mod:`.cli`; :mod:`.bundle` builds the zipapp on the
 worker and is not shipped.
 """

@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 
 from . import gang
+from .code import checkout
 from .containers import NoRuntime, find_runtime, forget_registry_login, write_registry_login
 from .files import write_private
 from .gpus import claim_gpus, gpus_here
@@ -129,11 +131,19 @@ def prepare(key_dir, job, secrets, registry=None):
         except NoRuntime:
             os.rmdir(run_dir)
             raise
+    if doc.get("code"):  # the job starts in its own tree of the code bundle this host keeps (:mod:`.code`)
+        try:
+            code_dir = checkout(doc["code"]["digest"], run_dir)
+        except Exception:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        doc["code"] = dict(doc["code"], dir=code_dir)
+        doc["env"] = dict(doc.get("env") or {}, FLEXORCH_CODE_DIR=code_dir, FLEXORCH_CODE_DIGEST=doc["code"]["digest"])
     if want:
         try:
             chosen = claim_gpus(run_dir, want, table)
         except Exception:
-            os.rmdir(run_dir)  # nothing was started: the next submit may try again
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was started: the next submit may try again
             raise
         doc["env"] = dict(
             doc.get("env") or {}, CUDA_VISIBLE_DEVICES=",".join(str(i) for i in chosen), CUDA_DEVICE_ORDER="PCI_BUS_ID"

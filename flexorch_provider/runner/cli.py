@@ -10,7 +10,7 @@ import sys
 
 USAGE = (
     "usage: jobrunner submit|live KEY_DIR | start|status|cancel|health|claim RUN_DIR... | go RUN_DIR"
-    " | log RUN_DIR CURSOR"
+    " | code-has DIGEST... | code-put DIGEST | log RUN_DIR CURSOR"
     " | tail RUN_DIR COUNT | replicas SVC_DIR | retire KEY_DIR... | drain RUN_DIR... | metric SPEC RUN_DIR...\n"
 )
 
@@ -22,6 +22,7 @@ def _print(rows):
 
 def _submit(key_dir):
     from .attempts import prepare
+    from .code import CodeError
     from .containers import NoRuntime
     from .gpus import GPU_REFUSAL_PREFIX, GPU_REFUSED_EXIT, GpuError
     from .launch import start
@@ -35,6 +36,9 @@ def _submit(key_dir):
     except NoRuntime as e:
         sys.stderr.write("%s\n" % e)
         return GPU_REFUSED_EXIT
+    except CodeError as e:
+        sys.stderr.write("%s\n" % e)
+        return 1
     except OSError as e:
         sys.stderr.write("cannot create the run directory under %s: %s\n" % (key_dir, e.strerror or e))
         return 1
@@ -62,6 +66,18 @@ def main(argv):
 
         go(args[0], json.loads(sys.stdin.read())["env"])
         _print([status(args[0])])
+    elif mode == "code-has" and args:
+        from .code import has
+
+        _print({"digest": d, "present": has(d)} for d in args)
+    elif mode == "code-put" and len(args) == 1:
+        from .code import main_put
+
+        line, why = main_put(args[0], sys.stdin.buffer)
+        if why:
+            sys.stderr.write(why + "\n")
+            return 1
+        sys.stdout.write(line + "\n")
     elif mode == "claim" and args:
         from .attempts import claim
 

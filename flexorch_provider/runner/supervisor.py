@@ -36,7 +36,11 @@ def base_environment(job, run_dir):
 
 
 def workdir_of(job, run_dir):
-    """The job's working directory: its workdir (relative to home) or the run directory."""
+    """The job's working directory: its workdir (relative to home) or the run directory; for a job with
+    code, its workdir relative to its code tree, or that tree."""
+    code_dir = (job.get("code") or {}).get("dir")
+    if code_dir:
+        return os.path.join(code_dir, os.path.expanduser(job.get("workdir") or ""))
     return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from flexorch_provider.spec.code import CodeOptions
 from flexorch_provider.spec.container import ContainerOptions, Mount
 from flexorch_provider.spec.fields import GpuSpec, Resources, Retries, SecretRef
 from flexorch_provider.spec.models import SPEC_CLASSES, Identity, _StepIdentity
@@ -50,6 +51,15 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("`update`", UpdatePolicy, ""),
     ("`container` (Containers: `image` on every target)", ContainerOptions, CONTAINERS),
     ("`container.mounts[]`", Mount, ""),
+    (
+        "`code`",
+        CodeOptions,
+        "Shorthand: `code: .` (the spec's folder) or `code: src`. The files are packed into a bundle named by a "
+        "digest of their paths, executable bits and bytes; each host, or a Slurm login node, receives a bundle once "
+        "and keeps it in `~/.flexorch/code/<digest>` (14 days after its last use); each run starts in its own copy "
+        "(`$FLEXORCH_CODE_DIR`, with `$FLEXORCH_CODE_DIGEST`). Targets: local, ssh, slurm (the nodes must see the "
+        "login node's home); not kubernetes yet.",
+    ),
     ("`slurm`", SlurmOptions, ""),
     ("`kubernetes`", KubernetesOptions, ""),
     ("`kubernetes.tolerations[]`", Toleration, ""),

@@ -12,6 +12,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from flexorch_provider.capabilities import ONE_MACHINE_TARGETS, SERVICE_TARGETS, TARGETS
 from flexorch_provider.runner.containers import STEERING_NAMES, STEERING_PREFIXES
+from flexorch_provider.spec.code import CodeField
 from flexorch_provider.spec.container import ContainerOptions, check_image
 from flexorch_provider.spec.fields import (
     ENV_NAME_RE,
@@ -100,10 +101,12 @@ class Workload(FlexModel):
         ),
     ] = Field(default_factory=ContainerOptions)
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
+    code: CodeField = None
     workdir: Annotated[
         Text | None,
         Field(
-            description="Working directory of the job (relative paths: from the account's home). It must exist "
+            description="Working directory of the job (relative paths: from the account's home; with `code`, from "
+            "the job's copy of its code, where it starts by default). It must exist "
             "on the host: a missing one fails the job naming it (it is not created)."
         ),
     ] = None
@@ -199,6 +202,12 @@ class Workload(FlexModel):
                     f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
                     "service does not have; use source: prometheus (a query over the pods' metrics)"
                 )
+        if self.code is not None and "kubernetes" in self.target:
+            raise ValueError(
+                "code: the kubernetes target cannot take code that travels with the job yet (its pods need it from "
+                "git or object storage, which is not built): put the code into the image, or run on ssh, slurm or "
+                "local"
+            )
         nodes = self.resources.nodes
         one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]
         if nodes > 1 and one_machine:

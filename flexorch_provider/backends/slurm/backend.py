@@ -18,6 +18,7 @@ from flexorch_provider.backends.base import (
     LogCursor,
     ResolvedJob,
     byte_offset,
+    code_render_lines,
     complete_lines,
 )
 from flexorch_provider.backends.slurm.cluster import Cluster, SlurmJobData, cluster_of, job_data
@@ -49,7 +50,7 @@ class SlurmBackend(Backend):
 
     def render(self, job: ResolvedJob) -> str:
         """The batch script exactly as submit sends it to sbatch (its comments say how and where)."""
-        return render_script(job)
+        return render_script(job) + "".join(line + "\n" for line in code_render_lines(job))
 
     def batch_key(self, handle: JobHandle) -> str:
         return cluster_of(handle).key
@@ -111,6 +112,7 @@ class SlurmBackend(Backend):
                 f"the previous try's Slurm job {ended_id} ended with exit code {ended_code} without its outcome "
                 "reaching Airflow: running it again"
             )
+        notes += cluster.ship_code(job)
         if has_secrets_file(job):
             cluster.check(
                 ["sh", "-c", 'umask 077 && cat > "$1"', "sh", f"{OUT_DIR}/{name}.secrets"], stdin=secrets_file(job)

@@ -41,6 +41,27 @@ class Cluster:
         except HostError as e:
             raise BackendError(f"cannot reach the Slurm login node of connection {self.conn_id!r}: {e}") from e
 
+    def ship_code(self, job: ResolvedJob) -> list[str]:
+        """Put the job's code bundle in the account's ``~/.flexorch/code`` on the login node (once per
+        digest), with the job runner: over the connection, or on this machine."""
+        if job.code is None:
+            return []
+        from flexorch_provider.backends.base import ship_code
+
+        if self.conn_id is None:
+            from flexorch_provider.backends.local import call_runner
+
+            return ship_code(job, call_runner, "this machine (the Slurm client)")
+        from flexorch_provider.backends.ssh import run_runner
+        from flexorch_provider.backends.sshpool import Host, on_host
+
+        conn = self.conn_id
+
+        def call(args: Sequence[str], data: bytes | None) -> str:
+            return on_host(conn, Host(), lambda s: run_runner(s, *args, stdin=data))
+
+        return ship_code(job, call, f"the login node of {conn}")
+
     def check(self, argv: Sequence[str], stdin: bytes | None = None) -> str:
         code, out, err = self.run(argv, stdin)
         if code == 127:

@@ -13,6 +13,7 @@ from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob
 from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR, container_lines
 from flexorch_provider.exceptions import ConfigurationError
+from flexorch_provider.runner.code import HOME_CODE_DIR
 from flexorch_provider.runner.containers import auth_json
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
@@ -44,6 +45,7 @@ find . -maxdepth 1 -type f -name '*.auth.json' -mmin +10 | while read -r f; do
     printf '%s\n' "$live" | grep -qxF -- "$n" || rm -f -- "$f"
 done
 find . -maxdepth 1 -type f -mtime +"$2" \( -name '*.out' -o -name '*.sh' -o -name '*.rc' -o -name '*.claimed' \) -exec rm -f -- {} +
+find . -maxdepth 1 -type d -name '*.code' -mtime +"$2" -exec rm -rf -- {} +
 exit 0
 """
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -167,6 +169,8 @@ def render_script(job: ResolvedJob) -> str:
     ]
     if w.resources.nodes > 1:
         lines += multinode_lines(w.resources.gpus.count if w.resources.gpus else 0)
+    if job.code is not None:
+        lines += code_lines(job.code.digest)
     if job.workdir:
         lines.append(
             f'cd {shell_word(job.workdir)} 2>/dev/null || {{ echo "[flexorch] workdir {_echo_safe(job.workdir)} '
@@ -187,6 +191,22 @@ def render_script(job: ResolvedJob) -> str:
     else:
         lines.append(f"bash {script}")
     return "\n".join(lines) + "\n"
+
+
+def code_lines(digest: str) -> list[str]:
+    """The job starts in its own copy (hard links) of its code bundle, which the submit put in the
+    account's ``~/.flexorch/code`` on the login node: the nodes must see that home."""
+    kept = f'"$SLURM_SUBMIT_DIR/{HOME_CODE_DIR}/{digest}"'
+    missing = (
+        f"[flexorch] the code of this job (bundle {digest[:12]}) is not in $SLURM_SUBMIT_DIR/{HOME_CODE_DIR} on "
+        "$(hostname): jobs with code need the home of the login node on the nodes"
+    )
+    return [
+        'flexorch_code="$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.code"',
+        f'cp -al {kept} "$flexorch_code" || {{ echo "{missing}" >&2; exit 1; }}',
+        f'export FLEXORCH_CODE_DIR="$flexorch_code" FLEXORCH_CODE_DIGEST={digest}',
+        'cd "$flexorch_code"',
+    ]
 
 
 def secrets_file(job: ResolvedJob) -> bytes:

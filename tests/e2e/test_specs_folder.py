@@ -8,6 +8,7 @@ FLEXORCH_SPECS_DIR, exactly as a user would set it up.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 from flexorch_provider.dag_factory.build import INVALID_TAG
 from flexorch_provider.dag_factory.folder import CACHE_DIR_ENV, SPECS_DIR_ENV
 from flexorch_provider.dev.stack import LOADER_FILE, loader_source
+from tests.conftest import FLEET_CONN
 from tests.e2e.stack import AirflowStack
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +56,24 @@ timeout: 2 fortnights
 """
 
 
+TRAINER = """\
+name: trainer
+kind: pipeline
+code: .
+steps:
+  - name: on-ssh
+    target: ssh
+    ssh: {{connection: {conn}, hosts: [{host}]}}
+    run: python3 train.py
+  - name: on-slurm
+    target: slurm
+    after: [on-ssh]
+    run: python3 train.py
+"""
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, ssh_fleet, slurm_cluster):
     base = tmp_path_factory.mktemp("specs-stack")
     dags, specs = base / "dags", base / "specs"
     dags.mkdir()
@@ -66,8 +84,10 @@ def stack(tmp_path_factory):
     s = AirflowStack(
         base / "home",
         dags,
-        {SPECS_DIR_ENV: str(specs), "FLEXORCH_RUN_DIR": str(base / "runs"), CACHE_DIR_ENV: str(base / "cache")},
-    )
+        {SPECS_DIR_ENV: str(specs), "FLEXORCH_RUN_DIR": str(base / "runs"), CACHE_DIR_ENV: str(base / "cache"),
+         f"AIRFLOW_CONN_{FLEET_CONN.upper()}": os.environ[f"AIRFLOW_CONN_{FLEET_CONN.upper()}"]},
+    )  # fmt: skip
+    s.fleet = ssh_fleet  # type: ignore[attr-defined]
     s.specs = specs  # type: ignore[attr-defined]
     s.start()
     try:
@@ -178,3 +198,23 @@ def test_dag_list_in_a_real_browser(stack):
     assert "invalid spec: specs/bad-report.yaml" in dom
     assert shot.exists() and shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_spec_with_code_beside_it_runs_that_code_on_ssh_and_slurm(stack):
+    """Code in the specs folder (as git-sync would bring it) reaches the targets: nothing was copied there."""
+    folder = stack.specs / "trainer"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "train.py").write_text('import os\nprint("training with", open("lib/lr.txt").read().strip(), "from", '
+                                     'os.environ["FLEXORCH_CODE_DIGEST"][:12])\n')  # fmt: skip
+    (folder / "lib" / "lr.txt").write_text("lr=0.003\n")
+    host = stack.fleet.hosts[1]
+    (folder / "spec.yaml").write_text(TRAINER.format(conn=FLEET_CONN, host=host.entry))
+    stack.wait_dag("trainer", timeout=60)
+    run_id = stack.trigger("trainer", logical_date=None)
+    for task in ("on-ssh", "on-slurm"):
+        ti = stack.wait_ti_state("trainer", run_id, task, {"success", "failed", "upstream_failed"}, timeout=180)
+        log = _run_log(stack, "trainer", run_id, task)
+        assert ti["state"] == "success", log
+        [digest] = {line.split("from ")[-1] for line in log.splitlines() if "training with lr=0.003 from " in line}
+        assert f"code {digest}: 3 files" in log, log  # spec.yaml, train.py, lib/lr.txt
+    assert (host.home / ".flexorch" / "code").is_dir()

@@ -25,7 +25,8 @@ from typing import Any
 import pathspec
 
 from flexorch_provider.exceptions import ConfigurationError, SpecError, SpecProblem
-from flexorch_provider.runner.code import digest_of
+from flexorch_provider.runner.code import CodeError, digest_of, scan
+from flexorch_provider.spec.code import MAX_MAX_SIZE
 
 ALWAYS_EXCLUDED = (".git/", "__pycache__/", "*.pyc", ".ipynb_checkpoints/", ".DS_Store")
 FIXED_MTIME = 946684800  # 2000-01-01: the same tar bytes for the same tree
@@ -37,7 +38,7 @@ class CodeFile:
     size: int
     executable: bool
     sha256: str
-    source: Path = field(repr=False)
+    source: Path | None = field(default=None, repr=False)  # None: in an uploaded bundle's tar
 
 
 @dataclass
@@ -57,6 +58,18 @@ class Bundle:
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @classmethod
+    def from_tarball(cls, data: bytes, digest: str) -> Bundle:
+        """An uploaded bundle (a gzip'd tar), checked: plain files inside it only, and its files give
+        ``digest``; CodeError otherwise."""
+        entries, _ = scan(io.BytesIO(data), limit=MAX_MAX_SIZE)
+        files = sorted((CodeFile(path, size, executable, sha) for path, executable, sha, size in entries),
+                       key=lambda f: f.path)  # fmt: skip
+        bundle = cls(Path("<uploaded>"), files, _tar=data)
+        if bundle.digest != digest:
+            raise CodeError(f"the bundle's files give digest {bundle.digest}, not {digest}: it was changed on the way")
+        return bundle
+
     def tarball(self) -> bytes:
         """The bundle as a gzip'd tar, the same bytes for the same tree."""
         if self._tar is None:
@@ -68,6 +81,7 @@ class Bundle:
                     info.mode = 0o755 if f.executable else 0o644
                     info.uid = info.gid = 0
                     info.uname = info.gname = ""
+                    assert f.source is not None  # a bundle read from a tar keeps that tar
                     with f.source.open("rb") as data:
                         tar.addfile(info, data)
             self._tar = _fixed_gzip_header(out.getvalue())
@@ -114,7 +128,7 @@ def collect(root: Path, exclude: list[str], max_bytes: int, *, where: str = "cod
                 verdict = result.include
         return verdict
 
-    files: list[CodeFile] = []
+    found: list[tuple[str, int, bool, Path]] = []  # path, size, executable, where
     skipped: list[str] = []
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
@@ -150,22 +164,22 @@ def collect(root: Path, exclude: list[str], max_bytes: int, *, where: str = "cod
                 skipped.append(f"{rel} (not a regular file)")
                 continue
             st = path.stat()
-            files.append(CodeFile(rel, st.st_size, bool(st.st_mode & 0o100), "", path))
-    total = sum(f.size for f in files)
+            found.append((rel, st.st_size, bool(st.st_mode & 0o100), path))
+    total = sum(size for _, size, _, _ in found)
     if total > max_bytes:
-        largest = sorted(files, key=lambda f: -f.size)[:5]
+        largest = sorted(found, key=lambda f: -f[1])[:5]
         raise SpecError(
             SpecProblem(
                 where,
                 None,
                 "code",
                 f"{root} holds {human(total)} to send, over code.max_size ({human(max_bytes)}); the largest: "
-                + ", ".join(f"{f.path} ({human(f.size)})" for f in largest)
+                + ", ".join(f"{rel} ({human(size)})" for rel, size, _, _ in largest)
                 + ": add them to code.exclude or .gitignore, or raise code.max_size",
             )
         )
-    hashed = [CodeFile(f.path, f.size, f.executable, _sha256(f.source), f.source) for f in files]
-    return Bundle(root, sorted(hashed, key=lambda f: f.path), skipped)
+    files = [CodeFile(rel, size, executable, _sha256(path), path) for rel, size, executable, path in found]
+    return Bundle(root, sorted(files, key=lambda f: f.path), skipped)
 
 
 def _sha256(path: Path) -> str:

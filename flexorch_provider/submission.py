@@ -1,7 +1,8 @@
 """A submitted spec (``flexorch submit``): the run conf → validated jobs, the same on the laptop
 (before anything is sent) and on the server (a client is not trusted).
 
-The conf is ``{"spec": TEXT, "step": NAME|null, "set": ["key=value", ...]}``. ``--set`` keys are
+The conf is ``{"spec": TEXT, "step": NAME|null, "set": ["key=value", ...], "code": {STEP: DIGEST}}``
+(``code``: the bundles the CLI uploaded for jobs with ``code:``, '' for the spec's own). ``--set`` keys are
 dotted paths into the spec (``resources.gpus=4``); values are YAML scalars (``4`` is a number,
 ``"4"`` text). Templates in a submitted spec see plain values only (the run's dates and id, its
 params, two date helpers: :mod:`flexorch_provider.plain_templates`): a Variable or Connection
@@ -49,6 +50,11 @@ class Submission:
     overrides: dict[str, Any]
     jobs: list[tuple[str | None, Job]] = field(default_factory=list)  # (step name, workload)
     after: dict[str, list[str]] = field(default_factory=dict)  # step → the steps it waits for
+    code: dict[str, str] = field(default_factory=dict)  # step ('' for the spec) → its uploaded code bundle
+
+    def code_digest(self, step: str | None) -> str | None:
+        """The uploaded bundle of a job with ``code:`` (None: the submit sent none)."""
+        return self.code.get(step or "")
 
     @property
     def kind(self) -> str:
@@ -90,9 +96,12 @@ def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
     """Validate a run conf. Raises SpecError (``file:line: field: message``) for anything wrong."""
     if not isinstance(conf, dict):
         raise SpecError(SpecProblem(file, None, "", "the run's conf must be {spec: TEXT, step:, set: [...]}"))
-    unknown = sorted(set(conf) - {"spec", "step", "set"})
+    unknown = sorted(set(conf) - {"spec", "step", "set", "code"})
     if unknown:
-        raise SpecError(SpecProblem(file, None, "", f"unknown conf keys {', '.join(unknown)} (spec, step, set)"))
+        raise SpecError(SpecProblem(file, None, "", f"unknown conf keys {', '.join(unknown)} (spec, step, set, code)"))
+    code = conf.get("code") or {}
+    if not isinstance(code, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in code.items()):
+        raise SpecError(SpecProblem(file, None, "code", "must map a step name ('' for the spec) to a bundle digest"))
     text = conf.get("spec")
     if not isinstance(text, str) or not text.strip():
         raise SpecError(SpecProblem(file, None, "", "conf.spec must hold the spec's YAML text"))
@@ -107,7 +116,8 @@ def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
     overrides = overrides_from([str(s) for s in sets])
     data, lines = parse_yaml(text, file)
     model = parse_spec(data, file=file, lines=lines)
-    sub = Submission(name=model.name, owner=model.owner, data=_json_safe(data), step=step, overrides=overrides)
+    sub = Submission(name=model.name, owner=model.owner, data=_json_safe(data), step=step, overrides=overrides,
+                     code=dict(code))  # fmt: skip
     if isinstance(model, PipelineSpec):
         steps = {s.name: s for s in model.effective_steps()}
         chosen = [step] if step is not None else _ordered(model)
@@ -123,6 +133,9 @@ def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
             )
         sub.jobs.append((None, _load(sub, None, file)))
     index = {s.name: i for i, s in enumerate(model.steps)} if isinstance(model, PipelineSpec) else {}
+    stray = sorted(set(sub.code) - {s or "" for s, j in sub.jobs if j.code is not None})
+    if stray:
+        raise SpecError(SpecProblem(file, None, "code", f"code for {stray[0]!r}, which is no job of it with code:"))
     for step_name, job in sub.jobs:
         base = ("steps", index[step_name]) if step_name in index else ()
         _check_templates(job, step_name, base, file, lines)

@@ -203,12 +203,11 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
     return doc
 
 
-def ship_code(job: ResolvedJob, call: Callable[[Sequence[str], bytes | None], str], where: str) -> list[str]:
-    """Make sure ``where`` keeps the job's code bundle (``call`` runs the job runner there); what the task
+def ship_code(bundle: Bundle | None, call: Callable[[Sequence[str], bytes | None], str], where: str) -> list[str]:
+    """Make sure ``where`` keeps a job's code ``bundle`` (``call`` runs the job runner there); what the task
     log should say. A host that has it already is sent nothing."""
-    if job.code is None:
+    if bundle is None:
         return []
-    bundle = job.code
     digest = bundle.digest
     if json.loads(call(["code-has", digest], None).splitlines()[0]).get("present"):
         return [f"{bundle.summary()}: already on {where}, nothing sent"]

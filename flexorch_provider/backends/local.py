@@ -158,7 +158,7 @@ class LocalBackend(FleetServices, Backend):
         key_dir = run_root(job) / job.key_slug
         _refuse_if_started_elsewhere(job)
         payload = submit_payload(job_document(job), job.secrets, job.registry)
-        shipped = ship_code(job, call_runner, "this worker")
+        shipped = ship_code(job.code, call_runner, "this worker")
         attempt = json.loads(call_runner(["submit", str(key_dir)], payload))
         first = attempt.get("status")
         handle = replace(

@@ -240,7 +240,7 @@ class SshBackend(FleetServices, Backend):
         )
 
         def start(h: Host) -> dict[str, Any]:
-            shipped = ship_code(job, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
+            shipped = ship_code(job.code, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
             return dict(json.loads(runner(conn, h, "submit", key_dir, stdin=payload)), shipped=shipped)
 
         if opts.placement == "any":
@@ -385,7 +385,7 @@ class SshBackend(FleetServices, Backend):
         key_dir = f"{REMOTE_RUNS}/{job.key_slug}"
 
         def hold_one(h: Host) -> dict[str, Any]:
-            shipped = ship_code(job, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
+            shipped = ship_code(job.code, lambda args, data: runner(conn, h, *args, stdin=data), h.label)
             return dict(json.loads(runner(conn, h, "submit", key_dir, stdin=payload)), shipped=shipped)
 
         held: list[tuple[Host, dict[str, Any]]] = []

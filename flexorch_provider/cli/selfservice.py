@@ -70,9 +70,16 @@ def _submit(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(SpecProblem(str(path), None, "", f"cannot read the file: {e}")) from None
-    conf = {"spec": text, "step": args.step, "set": list(args.set or [])}
+    conf: dict[str, Any] = {
+        "spec": text,
+        "step": args.step,
+        "set": [*(args.set or []), *(["code=null"] if args.no_code else [])],
+    }
     sub = parse_submission(conf, file=str(path))  # invalid: file:line: field: message, nothing sent
+    bundles = _code_of(sub, path)  # over its size cap: refused here, nothing sent
     api = _api(args)
+    if bundles:
+        conf["code"] = _send_code(api, bundles)
     run_id = _run_id(sub.name)
     try:
         api.trigger(run_id, conf)
@@ -105,6 +112,42 @@ def _submit(args: argparse.Namespace) -> int:
         return _detached(run_id)
     _say(f"==> {sub.name}: {state} (run {run_id})")
     return 0 if state == "success" else 1
+
+
+def _code_of(sub: Any, path: Path) -> dict[str, Any]:
+    """Each job's code (``code:``, relative to the spec file's folder) packed: step ('' for the spec) → bundle."""
+    from flexorch_provider.code import bundle_for
+
+    out = {}
+    for step, job in sub.jobs:
+        bundle = bundle_for(job, path.parent)
+        if bundle is not None:
+            out[step or ""] = bundle
+    return out
+
+
+def _send_code(api: Api, bundles: dict[str, Any]) -> dict[str, str]:
+    """Upload each bundle the server lacks (once per digest); what it sends, said: the conf's ``code``."""
+    from flexorch_provider.code import human
+
+    done: set[str] = set()
+    for step, bundle in bundles.items():
+        digest = bundle.digest
+        where = f" (step {step})" if step else ""
+        for why in bundle.skipped:
+            _say(f"==> code{where}: left out {why}")
+        if digest in done:
+            continue
+        done.add(digest)
+        if api.code_has(digest):
+            _say(f"==> {bundle.summary()} from {bundle.root}{where}: already on the server, nothing sent")
+            continue
+        data = bundle.tarball()
+        started = time.monotonic()
+        api.code_put(digest, data)
+        _say(f"==> {bundle.summary()} from {bundle.root}{where}: sent {human(len(data))} in "
+             f"{time.monotonic() - started:.1f}s")  # fmt: skip
+    return {step: b.digest for step, b in bundles.items()}
 
 
 def _logs(args: argparse.Namespace) -> int:
@@ -329,6 +372,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--step", help="run one step of a pipeline spec")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. resources.gpus=4")
     p.add_argument("--detach", "-d", action="store_true", help="submit and return; follow later with `flexorch logs`")
+    p.add_argument(
+        "--no-code", action="store_true", help="do not send the spec's code: folder; the job runs without it"
+    )
     p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     server(p)
     p.set_defaults(func=_submit)

@@ -15,6 +15,7 @@ from typing import Any
 from flexorch_provider.exceptions import ClientError
 from flexorch_provider.submission import SUBMIT_DAG_ID
 
+UPLOAD_FLOOR_BPS = 256 * 1024  # an upload may take as long as this slow a link needs
 TIMEOUT_S = 60
 
 
@@ -103,15 +104,18 @@ class Api:
 
     # --- transport -------------------------------------------------------------------------
     def _send(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+        """``body``: JSON, or bytes sent as they are (a code bundle)."""
+        raw_body = isinstance(body, bytes)
+        data = body if raw_body else json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/gzip" if raw_body else "application/json")
         if auth and self.login.token:
             req.add_header("Authorization", f"Bearer {self.login.token}")
+        timeout = TIMEOUT_S if not raw_body else max(TIMEOUT_S, len(data or b"") / UPLOAD_FLOOR_BPS)
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             detail = _detail(e)
@@ -197,6 +201,20 @@ class Api:
         if cursors is not None:
             query["cursor"] = json.dumps(cursors)
         return self.flexorch(f"services/{quote(name, safe='')}/logs", query)
+
+    def code_has(self, digest: str) -> bool:
+        """Whether the server's code store has the bundle ``digest``."""
+        try:
+            self.call("HEAD", f"/flexorch/api/code/{digest}")
+        except ClientError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def code_put(self, digest: str, data: bytes) -> dict[str, Any]:
+        """Upload a code bundle (the server checks that its files give ``digest``)."""
+        return dict(self.call("PUT", f"/flexorch/api/code/{digest}", data))
 
     def dag(self) -> dict[str, Any]:
         return dict(self.call("GET", f"/api/v2/dags/{urllib.parse.quote(self.dag_id, safe='')}"))

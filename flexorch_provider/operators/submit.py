@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from flexorch_provider.backends.base import JobHandle, ResolvedJob
+from flexorch_provider.code import Bundle
 from flexorch_provider.exceptions import JobFailedError, PolicyError, SpecError
 from flexorch_provider.operators.base import date_macros_from_run_after
 from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
@@ -62,7 +63,31 @@ class SubmitCheckOperator(BaseOperator):
         )
         self.log.info("submission by %s: spec %s (owner %s): %s", user or "an unknown user", sub.name, sub.owner, kinds)
         account = admit(sub, user, dag_run.run_id, (self.policy_file, self.submit_team), run_task_states, self.log)
+        self._check_code(sub)
         return plan(sub, account)
+
+    def _check_code(self, sub: Any) -> None:
+        """Every job with ``code:`` came with its uploaded bundle, and the code store has it."""
+        from flexorch_provider import code_store
+
+        problems = []
+        for step, job in sub.jobs:
+            if job.code is None:
+                continue
+            digest, who = sub.code_digest(step), f"step {step}" if step else sub.name
+            if digest is None:
+                problems.append(
+                    f"{who} has code: {job.code.path!r}, but the submission carries no code: submit it with the "
+                    "flexorch CLI (which uploads the folder), or with --no-code to run without it"
+                )
+            elif not code_store.has(digest):
+                problems.append(f"{who}: its code (bundle {digest[:12]}) is not in the code store: submit again")
+            else:
+                self.log.info("%s runs with its uploaded code, bundle %s", who, digest[:12])
+        if problems:
+            for problem in problems:
+                self.log.error("refused: %s", problem)
+            raise PolicyError(problems)
 
 
 def run_task_states(dag_id: str, runs: list[str]) -> dict[str, dict[str, Any]]:
@@ -135,6 +160,23 @@ class SubmittedStepOperator(FlexOperator):
             self.log.error("refused: %s", e)
             raise
 
+    def code_bundle(self) -> Bundle | None:
+        """A submitted job's code is the bundle its submit uploaded (never a folder of this worker)."""
+        if self.workload.code is None:
+            return None
+        from flexorch_provider import code_store
+
+        digest = getattr(self, "_code_digest", None)
+        if digest is None:
+            raise PolicyError([f"{self.step_label} has code:, but its run carries no uploaded code: submit again"])
+        return code_store.get(digest)
+
+    def _read_code(self, context: Any) -> None:
+        """The bundle the run's conf names for this job (the check made sure the store has it)."""
+        code = dict(context["dag_run"].conf or {}).get("code") or {}
+        step = self._given.get("step")
+        self._code_digest = code.get(step or "") if isinstance(code, dict) else None
+
     def _verify(self, context: Any) -> None:
         """Refuse to run anything but what the run's conf, its triggering user and the policy give."""
         from flexorch_provider.policy.admission import verify
@@ -170,6 +212,7 @@ class SubmittedStepOperator(FlexOperator):
 
     def execute(self, context: Any) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        self._read_code(context)
         if not getattr(self, "_verified", False):
             self._verify(context)
         if self.after:
@@ -232,6 +275,7 @@ class SubmittedStepOperator(FlexOperator):
         self.defer(trigger=trigger, method_name="execute_lifetime_end")
 
     def execute_lifetime_end(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        self._read_code(context)
         ti = context["ti"]
         self._try = int(getattr(ti, "try_number", 0) or 0)
         self._retried = self._retries_done(context)
@@ -244,6 +288,7 @@ class SubmittedStepOperator(FlexOperator):
 
     def execute_retry(self, context: Any, event: Any = None) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        self._read_code(context)
         return self._run(context)
 
     def _retries_done(self, context: Any) -> int:
@@ -278,6 +323,7 @@ class SubmittedStepOperator(FlexOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        self._read_code(context)
         self._retried = self._retries_done(context)
         try:
             return super().execute_complete(context, event)

@@ -13,17 +13,20 @@ links cannot be made). The run may add, replace and delete files there; the kept
 they were (they are read-only, and replacing a file replaces the link).
 """
 
+import gzip
 import hashlib
 import json
 import os
 import shutil
 import tarfile
 import time
+import zlib
 
 HOME_CODE_DIR = ".flexorch/code"  # under the account's home
 CODE_ROOT = os.path.join("~", HOME_CODE_DIR)
 DIGEST_CHARS = "0123456789abcdef"
 MAX_BUNDLE_BYTES = 4 << 30  # what a host accepts at most, whatever the spec's cap said
+BAD_GZIP = getattr(gzip, "BadGzipFile", OSError)  # Python 3.8+; an OSError before
 KEEP_DAYS = 14  # a bundle no run used for this long is removed (at the next code-put)
 
 
@@ -36,9 +39,9 @@ def manifest_line(path, executable, sha256):
 
 
 def digest_of(entries):
-    """The bundle digest of ``entries``: (path, executable, sha256 hex) of every file."""
+    """The bundle digest of ``entries``: (path, executable, sha256 hex[, size]) of every file."""
     h = hashlib.sha256(b"flexorch-code-1\n")
-    for path, executable, sha in sorted(entries):
+    for path, executable, sha in sorted(e[:3] for e in entries):
         h.update(manifest_line(path, executable, sha).encode("utf-8"))
     return h.hexdigest()
 
@@ -98,38 +101,53 @@ def put(digest, stream):
 
 
 def _extract(stream, into):
-    """Write the tar's regular files under ``into`` (read-only); [(path, executable, sha256)], bytes."""
+    return scan(stream, into)
+
+
+def scan(stream, into=None, limit=MAX_BUNDLE_BYTES):
+    """Read a bundle's tar from ``stream``: [(path, executable, sha256, size)] and its bytes; its regular files
+    written under ``into`` (read-only) when given. CodeError for anything but plain files inside it."""
     entries, total, seen = [], 0, set()
     try:
         tar = tarfile.open(fileobj=stream, mode="r|*")
     except tarfile.TarError as e:
         raise CodeError("not a bundle (tar): %s" % e) from None
-    with tar:
-        for member in tar:
-            name = safe_name(member.name)
-            if name is None or not member.isreg():
-                raise CodeError("the bundle holds %r, which is not a plain file inside it" % member.name[:200])
-            if name in seen:
-                raise CodeError("the bundle holds %s twice" % name)
-            seen.add(name)
-            total += member.size
-            if total > MAX_BUNDLE_BYTES:
-                raise CodeError("the bundle is larger than %d bytes" % MAX_BUNDLE_BYTES)
-            path = os.path.join(into, name)
-            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-            source = tar.extractfile(member)
-            h = hashlib.sha256()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    chunk = source.read(1 << 20)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    out.write(chunk)
-            executable = bool(member.mode & 0o100)
-            os.chmod(path, 0o555 if executable else 0o444)
-            entries.append((name, executable, h.hexdigest()))
+    try:
+        with tar:
+            for member in tar:
+                name = safe_name(member.name)
+                if name is None or not member.isreg():
+                    raise CodeError("the bundle holds %r, which is not a plain file inside it" % member.name[:200])
+                if name in seen:
+                    raise CodeError("the bundle holds %s twice" % name)
+                seen.add(name)
+                total += member.size
+                if total > limit:
+                    raise CodeError("the bundle is larger than %d bytes" % limit)
+                source = tar.extractfile(member)
+                out = None
+                if into is not None:
+                    path = os.path.join(into, name)
+                    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+                    out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+                h = hashlib.sha256()
+                try:
+                    while True:
+                        chunk = source.read(1 << 20)
+                        if not chunk:
+                            break
+                        h.update(chunk)
+                        if out is not None:
+                            out.write(chunk)
+                finally:
+                    if out is not None:
+                        out.close()
+                executable = bool(member.mode & 0o100)
+                if into is not None:
+                    os.chmod(os.path.join(into, name), 0o555 if executable else 0o444)
+                entries.append((name, executable, h.hexdigest(), member.size))
+    except (tarfile.TarError, EOFError, zlib.error, BAD_GZIP) as e:
+        raise CodeError("a broken bundle (tar): %s" % e) from None
     return entries, total
 
 

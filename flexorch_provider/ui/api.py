@@ -15,6 +15,9 @@ JSON (``/flexorch/api``):
   (``cursor``: the JSON object this returned as ``cursors``, to get only newer lines)
 - ``GET /api/usage``: each team's GPU-hours and live runs (the policy's ledger)
 - ``GET /api/me``: the user, their team, whether they are an admin, and their submit DAG
+- ``HEAD /api/code/{digest}``, ``PUT /api/code/{digest}`` (a gzip'd tar): whether the code store has a
+  bundle, and upload one (checked: its files must give its digest); only for users who may start
+  a run of their submit DAG (``flexorch submit`` sends a spec's code this way)
 
 A submitted job (a ``flexorch-submit[-<team>]`` DAG) belongs to the team that submitted it: a user who is
 not an admin (one who may not change Variables) sees only their own team's submitted jobs, their
@@ -29,15 +32,19 @@ HTML: ``/flexorch/`` (the page), ``/flexorch/jobs/{dag_id}/{run_id}/{task_id}`` 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
+from flexorch_provider import code_store
+from flexorch_provider.runner.code import CodeError
 from flexorch_provider.ui import overview
 
 
@@ -161,6 +168,20 @@ def readable_dags(request: Request) -> Collection[str]:
     return get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
 
 
+def may_upload(request: Request) -> None:
+    """Only who may start a run of a submit DAG (their team's) may upload code for one (403 otherwise)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    dag = me(viewer(request))["submit_dag"]
+    user = request.state.flexorch_user
+    allowed = dag is not None and get_auth_manager().is_authorized_dag(
+        method="POST", user=user, access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag)
+    )
+    if not allowed:
+        raise HTTPException(403, "you may not submit jobs here (no run of a flexorch-submit DAG): no code upload")
+
+
 def create_app() -> FastAPI:
     from airflow.api_fastapi.core_api.security import get_user
 
@@ -249,6 +270,31 @@ def create_app() -> FastAPI:
         for key, value, error in overview.parallel(list(parts), lambda k: parts[k]()):
             out[key] = value if error is None else {"error": overview.reason(error)}
         return out
+
+    @app.head("/api/code/{digest}")
+    def _code_has(request: Request, digest: str) -> Response:
+        may_upload(request)
+        try:
+            found = code_store.has(digest)
+        except CodeError as e:
+            raise HTTPException(422, str(e)) from None
+        return Response(status_code=200 if found else 404)
+
+    @app.put("/api/code/{digest}")
+    async def _code_put(request: Request, digest: str) -> dict[str, Any]:
+        may_upload(request)
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as body:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > code_store.MAX_UPLOAD_BYTES:
+                    raise HTTPException(413, f"a code bundle may be {code_store.MAX_UPLOAD_BYTES} bytes at most")
+                body.write(chunk)
+            body.seek(0)
+            try:
+                return await asyncio.to_thread(code_store.put, digest, body)
+            except CodeError as e:
+                raise HTTPException(422, f"code bundle refused: {e}") from None
 
     from flexorch_provider.ui.page import PAGE
 

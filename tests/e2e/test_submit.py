@@ -505,3 +505,91 @@ def test_a_submitted_service_lives_for_its_timeout_or_until_its_run_is_cancelled
     assert cancelled.returncode == 0, cancelled.stderr
     stack.wait_for(lambda: not _pid_alive(pid), 60, "the cancelled service's replica to stop")
     long.finish(timeout=60)
+
+
+CODE_SPEC = """\
+name: {name}
+kind: batch
+target: {target}
+timeout: 10m
+code: {code}
+run: python3 train.py
+"""
+TRAIN = 'import os\nprint("epoch 1 of", open("lib/steps.txt").read().strip(), "digest", os.environ["FLEXORCH_CODE_DIGEST"][:12])\n'
+
+
+def test_code_beside_the_spec_travels_once_and_the_edit_shows_on_slurm_and_the_worker(stack, tmp_path):
+    """The laptop's folder (its 100 MB git-ignored checkpoint left out) is uploaded once per content,
+    kept where every worker reads it, and runs on Slurm and on the worker; an edit is sent again."""
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    (project / "train.py").write_text(TRAIN)
+    (project / "lib" / "steps.txt").write_text("100\n")
+    (project / ".gitignore").write_text("checkpoints/\n")
+    (project / "checkpoints").mkdir()
+    with open(project / "checkpoints" / "big.pt", "wb") as f:
+        f.truncate(100 * 2**20)
+    path = project / "train.yaml"
+    path.write_text(CODE_SPEC.format(name="code-train", target="slurm", code="."))
+    first = cli(stack, "alice", "submit", str(path))
+    out = first.stdout
+    assert first.returncode == 0, out + first.stderr
+    sent = [ln for ln in out.splitlines() if ln.startswith("==> code ")]
+    assert len(sent) == 1 and ": 4 files, " in sent[0] and " sent " in sent[0], out  # not the checkpoint
+    assert "[code-train] epoch 1 of 100 digest" in out and "the login node" not in out
+    digest = sent[0].split()[2].rstrip(":")
+    assert f"digest {digest}" in out
+
+    again = cli(stack, "alice", "submit", str(path))  # nothing changed: nothing sent
+    assert again.returncode == 0 and "already on the server, nothing sent" in again.stdout, again.stdout
+    assert "already on this machine (the Slurm client), nothing sent" in again.stdout
+
+    (project / "lib" / "steps.txt").write_text("250\n")
+    path.write_text(CODE_SPEC.format(name="code-train", target="local", code="."))
+    edited = cli(stack, "alice", "submit", str(path))
+    assert edited.returncode == 0 and " sent " in edited.stdout and "epoch 1 of 250" in edited.stdout, edited.stdout
+
+    bare = cli(stack, "alice", "submit", "--no-code", str(path))  # runs without it, in its run folder
+    assert bare.returncode == 1 and "==> code " not in bare.stdout and "train.py" in bare.stdout, bare.stdout
+
+
+def test_an_oversize_folder_is_refused_before_anything_is_sent(stack, tmp_path):
+    project = tmp_path / "big"
+    project.mkdir()
+    (project / "train.py").write_text("print(1)\n")
+    (project / "weights.bin").write_bytes(b"w" * (3 * 2**20))
+    path = project / "big.yaml"
+    path.write_text(CODE_SPEC.format(name="code-big", target="local", code="{path: ., max_size: 2Mi}"))
+    before = len(Api(Login(stack.url, "alice", password(stack, "alice")), dag_id=NLP).runs())
+    refused = cli(stack, "alice", "submit", str(path))
+    assert refused.returncode != 0
+    assert "over code.max_size (2.0 MiB); the largest: weights.bin (3.0 MiB)" in refused.stderr + refused.stdout
+    assert len(Api(Login(stack.url, "alice", password(stack, "alice")), dag_id=NLP).runs()) == before
+
+
+def test_code_uploads_are_checked_and_only_for_who_may_submit(stack, tmp_path):
+    """Straight to the API: a bundle whose files do not give its digest, a hostile tar, and a viewer."""
+    import io
+    import tarfile
+
+    from flexorch_provider.code import collect
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "train.py").write_text("print('honest')\n")
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "train.py").write_text("print('swapped')\n")
+    honest, evil = collect(tmp_path / "ok", [], 2**20), collect(tmp_path / "evil", [], 2**20)
+    alice = _as(stack, "alice")
+    with pytest.raises(Exception, match="it was changed on the way"):
+        alice.code_put(honest.digest, evil.tarball())
+    assert not alice.code_has(honest.digest)
+    escape = io.BytesIO()
+    with tarfile.open(fileobj=escape, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../dags/evil.py")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(Exception, match="not a plain file inside it"):
+        alice.code_put(honest.digest, escape.getvalue())
+    with pytest.raises(Exception, match="permission denied: you may not submit jobs here"):
+        _as(stack, "eve").code_put(honest.digest, honest.tarball())  # a viewer
+    assert alice.code_put(honest.digest, honest.tarball())["stored"] and alice.code_has(honest.digest)

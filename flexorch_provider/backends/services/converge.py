@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Generic
 
-from flexorch_provider.backends.base import submit_payload
+from flexorch_provider.backends.base import ship_code, submit_payload
 from flexorch_provider.backends.services.state import LIVE, Desired, Fleet, H, Replica
 from flexorch_provider.exceptions import BackendError, ConfigurationError, NoCapacityError, ServiceError
 from flexorch_provider.fanout import parallel, reason
@@ -87,6 +87,10 @@ class Converger(Generic[H]):
         key_dir = f"{self.want.directory}/{slot}-{self.want.revision}"
         payload = submit_payload(doc, self.want.secrets, self.want.registry)
         try:
+            for note in ship_code(
+                self.want.code, lambda a, d: self.fleet.call(host, list(a), d), self.fleet.label(host)
+            ):
+                self.log(note)
             out = self._json_lines(host, "submit", key_dir, stdin=payload)[0]
         except ServiceError:
             raise

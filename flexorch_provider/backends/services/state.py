@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from flexorch_provider.backends.base import ResolvedJob, job_document, run_key_slug
+from flexorch_provider.code import Bundle
 
 H = TypeVar("H")
 LIVE = ("pending", "running")
@@ -56,6 +57,7 @@ class Desired:
     max_unavailable: int | None  # None: surge where a host has room, else one replica in place
     documents: dict[int, dict[str, Any]] = field(default_factory=dict)
     slots: list[int] = field(default_factory=list)  # the replicas' numbers (0..replicas-1 unless autoscaled)
+    code: Bundle | None = field(default=None, repr=False)  # the service's code, sent to a host before a replica
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     registry: dict[str, str] | None = field(default=None, repr=False)  # a private image's login (not in the revision)
 
@@ -108,6 +110,7 @@ def desired_state(job: ResolvedJob, root: str) -> Desired:
         strategy=w.update.strategy,
         max_surge=w.update.max_surge,
         max_unavailable=w.update.max_unavailable,
+        code=job.code,
         documents=documents,
         secrets=dict(job.secrets),
         registry=job.registry,

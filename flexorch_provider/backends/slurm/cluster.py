@@ -51,7 +51,7 @@ class Cluster:
         if self.conn_id is None:
             from flexorch_provider.backends.local import call_runner
 
-            return ship_code(job, call_runner, "this machine (the Slurm client)")
+            return ship_code(job.code, call_runner, "this machine (the Slurm client)")
         from flexorch_provider.backends.ssh import run_runner
         from flexorch_provider.backends.sshpool import Host, on_host
 
@@ -60,7 +60,7 @@ class Cluster:
         def call(args: Sequence[str], data: bytes | None) -> str:
             return on_host(conn, Host(), lambda s: run_runner(s, *args, stdin=data))
 
-        return ship_code(job, call, f"the login node of {conn}")
+        return ship_code(job.code, call, f"the login node of {conn}")
 
     def check(self, argv: Sequence[str], stdin: bytes | None = None) -> str:
         code, out, err = self.run(argv, stdin)

@@ -15,6 +15,7 @@ command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)                      # ro
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)       # a private registry (logins, pulls)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)                # its password file
 [[ -x /usr/bin/redis-server ]] || need+=(redis-server)                       # the Celery broker of the several-machines test
+command -v rsync >/dev/null 2>&1 || need+=(rsync)                            # bench/code_ship.py's baseline
 /usr/bin/python3 -c "import torch.distributed" 2>/dev/null || need+=(python3-torch)  # a real gloo all-reduce on two Slurm nodes (CPU build, ~180 MB)
 configure_podman() {
     # what podman needs on these machines (TESTBED.md): runc, cgroupfs, no default ulimits. Written

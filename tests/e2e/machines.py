@@ -190,13 +190,22 @@ class Machines(AirflowStack):
 
     # --- what a machine's disk holds (the test sees every disk) -------------------------------------
     def disk_log(
-        self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, *machines: str, files: str = "*"
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        try_number: int = 1,
+        *machines: str,
+        files: str = "*",
+        map_index: int = -1,
     ) -> str:
         """The lines that machines wrote for one try of a task (its worker's log and any triggerer's
         trigger logs, ``attempt=N.log<files>``), each machine's files in turn."""
         lines = []
         for m in machines or self.names:
             folder = self.folder(m) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+            if map_index >= 0:
+                folder = folder / f"map_index={map_index}"
             for path in sorted(folder.glob(f"attempt={try_number}.log{files}")):
                 for raw in path.read_text(errors="replace").splitlines():
                     try:

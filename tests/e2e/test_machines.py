@@ -94,6 +94,8 @@ def machines(tmp_path_factory, ssh_fleet, slurm_cluster):
         # seven Airflow processes on two cores: at the stack's 5 s a busy triggerer lost triggers unasked
         "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
         **{f"AIRFLOW_CONN_{c.upper()}": os.environ[f"AIRFLOW_CONN_{c.upper()}"] for c in (FLEET_CONN, LOGIN_CONN)},
+        # uploaded code: a folder outside every machine's own, as a mount they all share would be
+        "FLEXORCH_CODE_STORE": (shared / "code-store").as_uri(),
     }
     m = Machines(base, source, env)
     m.start()
@@ -212,6 +214,33 @@ def test_a_local_job_is_followed_where_it_runs_and_a_retry_elsewhere_refuses(mac
     finally:
         m.restart("worker-b")
         m.wait_workers()
+
+
+def test_code_uploaded_through_the_api_server_runs_on_a_worker_from_the_shared_store(machines, tmp_path):
+    """`flexorch submit` sends the code to the api-server (machine a); the check and the run on worker c
+    read it from the code store, never from the api-server's disk."""
+    m = machines
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text('import socket\nprint("trained from", socket.gethostname())\n')
+    (project / "train.yaml").write_text(
+        f"name: coded\nkind: batch\ntarget: slurm\ntimeout: 10m\ncode: .\nslurm: {{connection: {LOGIN_CONN}}}\n"
+        "run: python3 train.py\n"
+    )
+    m.route("c")
+    out = cli(m, "bob", "submit", "--detach", str(project / "train.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    [sent] = [ln for ln in out.stdout.splitlines() if ln.startswith("==> code ")]
+    digest = sent.split()[2].rstrip(":")
+    run_id = (
+        next(ln for ln in out.stdout.splitlines() if ln.startswith("==> submitted ")).split(" as run ")[1].split()[0]
+    )
+    assert finished(m, SUBMIT, run_id) == "success", m.disk_log(SUBMIT, run_id, "run", 1, map_index=0)[-3000:]
+    assert hostname(m, SUBMIT, run_id, "run", 0) == "machine-c"
+    text = m.disk_log(SUBMIT, run_id, "run", 1, "c", map_index=0)
+    assert f"code {digest}: 2 files" in text and "trained from" in text, text[-3000:]
+    assert len(list((m.shared / "code-store").glob(f"{digest}*.tar.gz"))) == 1  # type: ignore[attr-defined]
+    assert not list(m.folder("a").rglob(f"{digest}*")), "the bundle is on the api-server's disk"
 
 
 def fleet_servers(fleet: Any) -> list[tuple[Any, int]]:

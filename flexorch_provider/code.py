@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import tarfile
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,15 @@ from flexorch_provider.spec.code import MAX_MAX_SIZE
 
 ALWAYS_EXCLUDED = (".git/", "__pycache__/", "*.pyc", ".ipynb_checkpoints/", ".DS_Store")
 FIXED_MTIME = 946684800  # 2000-01-01: the same tar bytes for the same tree
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str
+    commit: str  # the ref as it resolved when the task ran: every node and retry runs this one
+    path: str  # the folder in the repository
+    user: str | None = None
+    token: str | None = field(default=None, repr=False)  # from code.connection: never logged or sent but to git
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class Bundle:
     files: list[CodeFile]
     skipped: list[str] = field(default_factory=list)  # links that lead outside the folder, special files
     _tar: bytes | None = field(default=None, repr=False)
+    git: GitSource | None = None  # code from a repository: where from (the kubernetes target fetches it itself)
 
     @property
     def digest(self) -> str:
@@ -88,7 +100,8 @@ class Bundle:
         return self._tar
 
     def summary(self) -> str:
-        return f"code {self.digest[:12]}: {len(self.files)} files, {human(self.size)}"
+        origin = f" from {self.git.url} at {self.git.commit[:12]}" if self.git else ""
+        return f"code {self.digest[:12]}: {len(self.files)} files, {human(self.size)}{origin}"
 
 
 def _fixed_gzip_header(data: bytes) -> bytes:
@@ -190,12 +203,80 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+GIT_TIMEOUT_S = 300
+# git asks for credentials through this helper, which reads them from the environment: no token is
+# ever a word of a command line (a process list shows those)
+CREDENTIAL_HELPER = '!f() { echo "username=$FLEXORCH_GIT_USER"; echo "password=$FLEXORCH_GIT_TOKEN"; }; f'
+
+
+def git_credentials(connection: str | None) -> tuple[str | None, str | None]:
+    """(user, token) of ``code.connection`` (its login, default x-access-token; its password)."""
+    if connection is None:
+        return None, None
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(connection)
+    except Exception as e:
+        raise ConfigurationError(f"code.connection {connection!r} cannot be read here ({e}): create it") from None
+    if not conn.password:
+        raise ConfigurationError(f"code.connection {connection!r} has no password (the repository's token)")
+    return conn.login or "x-access-token", conn.password
+
+
+def git_env(user: str | None, token: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR")}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", SSH_ASKPASS="true")
+    if token:
+        env.update(FLEXORCH_GIT_USER=user or "x-access-token", FLEXORCH_GIT_TOKEN=token)
+    return env
+
+
+def fetch_git(url: str, ref: str | None, into: Path, connection: str | None = None) -> GitSource:
+    """A shallow fetch of ``ref`` (default HEAD) of ``url`` into ``into``, checked out; what came."""
+    user, token = git_credentials(connection)
+    env = git_env(user, token)
+    helper = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"] if token else []
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *helper, *args], cwd=into, env=env, capture_output=True, text=True,
+                                  timeout=GIT_TIMEOUT_S)  # fmt: skip
+        except FileNotFoundError:
+            raise ConfigurationError("code.git needs git on the Airflow worker: install it there") from None
+        except subprocess.TimeoutExpired:
+            raise ConfigurationError(f"fetching {url} took longer than {GIT_TIMEOUT_S}s") from None
+        if done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip()).replace(token or "\0", "***")
+            raise ConfigurationError(f"cannot fetch {ref or 'HEAD'} of {url}: {said[-500:]}")
+        return done.stdout.strip()
+
+    into.mkdir(parents=True, exist_ok=True)
+    git("init", "-q")
+    git("fetch", "-q", "--depth", "1", "--no-tags", "--", url, ref or "HEAD")
+    git("checkout", "-q", "--detach", "FETCH_HEAD")
+    return GitSource(url, git("rev-parse", "HEAD"), ".", user, token)
+
+
 def bundle_for(workload: Any, code_root: str | Path | None) -> Bundle | None:
-    """The code of ``workload`` (its ``code:``, a folder relative to ``code_root``, the spec file's folder)
-    as that folder is now; None for a workload without code."""
+    """The code of ``workload``: its ``code:`` folder relative to ``code_root`` (the spec file's folder)
+    as it is now, or the folder of its ``code.git`` repository as it is at ``code.ref``; None for a
+    workload without code."""
     code = workload.code
     if code is None:
         return None
+    if code.git is not None:
+        with tempfile.TemporaryDirectory(prefix="flexorch-git-") as tmp:
+            source = fetch_git(code.git, code.ref, Path(tmp), code.connection)
+            root = (Path(tmp) / code.path).resolve()
+            if not root.is_relative_to(Path(tmp).resolve()) or not root.is_dir():
+                raise ConfigurationError(
+                    f"code.path {code.path!r} is not a folder of {code.git} at {code.ref or 'HEAD'}"
+                )
+            bundle = collect(root, code.exclude, code.max_size, where=f"{code.git}@{source.commit[:12]}")
+            bundle.tarball()  # the files go with the folder
+            bundle.git = replace(source, path=code.path)
+            return bundle
     if code_root is None:
         raise ConfigurationError(
             f"{workload.name} has code: {code.path!r}, relative to its spec file's folder, but the spec was given "

@@ -133,9 +133,14 @@ def parse_submission(conf: Any, file: str = SUBMITTED_FILE) -> Submission:
             )
         sub.jobs.append((None, _load(sub, None, file)))
     index = {s.name: i for i, s in enumerate(model.steps)} if isinstance(model, PipelineSpec) else {}
-    stray = sorted(set(sub.code) - {s or "" for s, j in sub.jobs if j.code is not None})
+    stray = sorted(set(sub.code) - {s or "" for s, j in sub.jobs if j.code is not None and j.code.git is None})
     if stray:
         raise SpecError(SpecProblem(file, None, "code", f"code for {stray[0]!r}, which is no job of it with code:"))
+    for step_name, job in sub.jobs:
+        if job.code is not None and job.code.git is not None and not job.code.git.startswith("https://"):
+            field_name = f"steps.{step_name}.code.git" if step_name else "code.git"
+            raise SpecError(SpecProblem(file, None, field_name, "a submitted spec fetches its code over https:// only "
+                                        "(the worker's own files and keys are not the submitter's)"))  # fmt: skip
     for step_name, job in sub.jobs:
         base = ("steps", index[step_name]) if step_name in index else ()
         _check_templates(job, step_name, base, file, lines)

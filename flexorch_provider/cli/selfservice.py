@@ -120,6 +120,11 @@ def _code_of(sub: Any, path: Path) -> dict[str, Any]:
 
     out = {}
     for step, job in sub.jobs:
+        if job.code is not None and job.code.git is not None:
+            _say(
+                f"==> code{f' (step {step})' if step else ''}: fetched from {job.code.git} by the worker, nothing sent"
+            )
+            continue
         bundle = bundle_for(job, path.parent)
         if bundle is not None:
             out[step or ""] = bundle

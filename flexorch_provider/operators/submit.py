@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from flexorch_provider.backends.base import JobHandle, ResolvedJob
-from flexorch_provider.code import Bundle
+from flexorch_provider.code import Bundle, bundle_for
 from flexorch_provider.exceptions import JobFailedError, PolicyError, SpecError
 from flexorch_provider.operators.base import date_macros_from_run_after
 from flexorch_provider.operators.flex import RESUME_HOLD_S, FlexOperator
@@ -72,7 +72,7 @@ class SubmitCheckOperator(BaseOperator):
 
         problems = []
         for step, job in sub.jobs:
-            if job.code is None:
+            if job.code is None or job.code.git is not None:  # from git: the worker fetches it
                 continue
             digest, who = sub.code_digest(step), f"step {step}" if step else sub.name
             if digest is None:
@@ -164,6 +164,8 @@ class SubmittedStepOperator(FlexOperator):
         """A submitted job's code is the bundle its submit uploaded (never a folder of this worker)."""
         if self.workload.code is None:
             return None
+        if self.workload.code.git is not None:  # https only (the submission's check): fetched here
+            return bundle_for(self.workload, None)
         from flexorch_provider import code_store
 
         digest = getattr(self, "_code_digest", None)

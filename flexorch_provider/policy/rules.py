@@ -184,6 +184,8 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
         asked = [f"secrets.{key}: {ref}" for key, ref in job.secrets.items()]
         if job.image and job.container.registry_connection:
             asked.append(f"container.registry_connection {job.container.registry_connection}")
+        if job.code is not None and job.code.connection:
+            asked.append(f"code.connection {job.code.connection}")
         if asked:
             out.append(
                 f"{where}: {'; '.join(asked)}: the team has no secrets rule, so a submission may use none; "
@@ -200,6 +202,13 @@ def static_refusals(name: str, team: Team, job: Job, *, submitted: bool = True) 
         if job.image and registry and not _any(f"connection:{registry}", team.secrets):
             out.append(
                 f"{where}: container.registry_connection {registry} is not a connection the team may use "
+                f"(allowed: {', '.join(team.secrets) or 'none'})"
+            )
+        # its token goes to the repository the spec names: a secret like any other
+        token = job.code.connection if job.code is not None else None
+        if token and not _any(f"connection:{token}", team.secrets):
+            out.append(
+                f"{where}: code.connection {token} is not a connection the team may use "
                 f"(allowed: {', '.join(team.secrets) or 'none'})"
             )
     if job.gpu_pool and submitted:

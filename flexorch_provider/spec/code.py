@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from flexorch_provider.spec.fields import FlexModel, MemorySize, OrShorthand, Text
+from flexorch_provider.spec.fields import ConnId, FlexModel, MemorySize, OrShorthand, Text
 
+GIT_URL = re.compile(r"^(https?://|ssh://|file://|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)[^\s\x00-\x1f]+$")
+GIT_REF = re.compile(r"^(?!-)[A-Za-z0-9._/@^~+-]{1,200}$")
 DEFAULT_MAX_SIZE = 64 * 2**20
 MAX_MAX_SIZE = 2 * 2**30
 
@@ -20,9 +23,29 @@ class CodeOptions(FlexModel):
     path: Annotated[
         Text,
         Field(
-            description="The folder, relative to the spec file's folder ('.' is that folder); it must stay inside it."
+            description="The folder, relative to the spec file's folder ('.' is that folder), or with `git` to the "
+            "repository's root; it must stay inside it."
         ),
     ] = "."
+    git: Annotated[
+        Text | None,
+        Field(
+            description="A git repository to take the code from instead of a folder (https://..., ssh://..., "
+            "git@host:path, file://...; a submitted spec: https only). The worker fetches `ref` from it (the "
+            "kubernetes target: an init container of each pod)."
+        ),
+    ] = None
+    ref: Annotated[
+        Text | None,
+        Field(description="With `git`: the branch, tag or commit to run (default: the repository's HEAD)."),
+    ] = None
+    connection: Annotated[
+        ConnId | None,
+        Field(
+            description="With `git`: an Airflow connection whose password is a token for the repository (its "
+            "login the user name; default x-access-token)."
+        ),
+    ] = None
     exclude: Annotated[
         list[Text],
         Field(
@@ -44,6 +67,30 @@ class CodeOptions(FlexModel):
                 f"{value!r} leaves the spec's folder; give a folder inside it, relative to the spec ('.', 'src')"
             )
         return norm
+
+    @field_validator("git")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not GIT_URL.match(value):
+            raise ValueError(
+                f"{value[:100]!r} is not a git repository URL (https://host/repo.git, ssh://..., git@host:repo, file://)"
+            )
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _git_ref(cls, value: str | None) -> str | None:
+        if value is not None and not GIT_REF.match(value):
+            raise ValueError(f"{value[:100]!r} is not a branch, tag or commit name")
+        return value
+
+    @model_validator(mode="after")
+    def _git_fields(self) -> CodeOptions:
+        if self.git is None and (self.ref is not None or self.connection is not None):
+            raise ValueError("ref and connection apply to code from git: set code.git too")
+        return self
 
     @field_validator("max_size")
     @classmethod

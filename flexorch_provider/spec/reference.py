@@ -58,7 +58,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
         "digest of their paths, executable bits and bytes; each host, or a Slurm login node, receives a bundle once "
         "and keeps it in `~/.flexorch/code/<digest>` (14 days after its last use); each run starts in its own copy "
         "(`$FLEXORCH_CODE_DIR`, with `$FLEXORCH_CODE_DIGEST`). Targets: local, ssh, slurm (the nodes must see the "
-        "login node's home); not kubernetes yet.",
+        "login node's home); kubernetes with `git` only (an init container fetches the commit the task resolved).",
     ),
     ("`slurm`", SlurmOptions, ""),
     ("`kubernetes`", KubernetesOptions, ""),

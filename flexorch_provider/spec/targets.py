@@ -119,6 +119,10 @@ class KubernetesOptions(FlexModel):
     gpu_label: Annotated[
         str, Field(description="Node label holding the GPU model, used when a GPU type is requested.")
     ] = "nvidia.com/gpu.product"
+    git_image: Annotated[
+        Text,
+        Field(description="With code.git: the image of the init container that fetches the code (needs sh and git)."),
+    ] = "alpine/git"
 
     _labels = field_validator("labels", "node_selector")(_check_labels)
 

@@ -202,11 +202,11 @@ class Workload(FlexModel):
                     f"autoscale.metric.source: {a.metric.source} is read on each replica's host, which a kubernetes "
                     "service does not have; use source: prometheus (a query over the pods' metrics)"
                 )
-        if self.code is not None and "kubernetes" in self.target:
+        if self.code is not None and self.code.git is None and "kubernetes" in self.target:
             raise ValueError(
-                "code: the kubernetes target cannot take code that travels with the job yet (its pods need it from "
-                "git or object storage, which is not built): put the code into the image, or run on ssh, slurm or "
-                "local"
+                "code: the kubernetes target takes code from git only (code.git: each pod fetches it), not a folder "
+                "(its pods cannot read the worker's): use code.git, put the code into the image, or run on ssh, "
+                "slurm or local"
             )
         nodes = self.resources.nodes
         one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]

@@ -41,11 +41,16 @@ teams:
     targets: [slurm]
     gpu_hours: {limit: 0.17, per: day}
     max_concurrent: 1
+  coders:
+    members: [carol]
+    targets: [ssh]
+    connections: [flexorch_test_code_host]
 """
+CODERS, CODE_HOST = submit_dag_id("coders"), "flexorch_test_code_host"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, slurm_cluster):
+def stack(tmp_path_factory, slurm_cluster, ssh_fleet):
     base = tmp_path_factory.mktemp("submit-stack")
     dags, specs = base / "dags", base / "specs"
     dags.mkdir()
@@ -60,7 +65,8 @@ def stack(tmp_path_factory, slurm_cluster):
             CACHE_DIR_ENV: str(base / "cache"),
             "FLEXORCH_RUN_DIR": str(base / "runs"),
             "FLEXORCH_STATE_DIR": str(base / "state"),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,alice:user,bob:user,eve:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,alice:user,bob:user,eve:viewer,carol:user",
+            f"AIRFLOW_CONN_{CODE_HOST.upper()}": ssh_fleet.login_connection_json(ssh_fleet.hosts[1]),
             "AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME": "20",  # tokens expire while a run is followed
         },
         all_admins=False,
@@ -69,6 +75,8 @@ def stack(tmp_path_factory, slurm_cluster):
     try:
         s.wait_dag(NLP, timeout=90)
         s.wait_dag(BUDGET, timeout=30)
+        s.wait_dag(CODERS, timeout=30)
+        s.fleet = ssh_fleet  # type: ignore[attr-defined]
         s.base = base  # type: ignore[attr-defined]
         yield s
     finally:
@@ -593,3 +601,24 @@ def test_code_uploads_are_checked_and_only_for_who_may_submit(stack, tmp_path):
     with pytest.raises(Exception, match="permission denied: you may not submit jobs here"):
         _as(stack, "eve").code_put(honest.digest, honest.tarball())  # a viewer
     assert alice.code_put(honest.digest, honest.tarball())["stored"] and alice.code_has(honest.digest)
+
+
+def test_a_laptop_edit_reaches_an_ssh_host_through_submit_once(stack, tmp_path):
+    """carol's team runs on one fleet host (its connection's own): the edit shows, the unchanged
+    folder is sent neither to the server nor to the host again."""
+    host = stack.fleet.hosts[1]
+    project = tmp_path / "on-ssh"
+    (project / "lib").mkdir(parents=True)
+    (project / "train.py").write_text(TRAIN)
+    (project / "lib" / "steps.txt").write_text("100\n")
+    path = project / "train.yaml"
+    path.write_text(CODE_SPEC.format(name="code-ssh", target="ssh", code=".") + f"ssh: {{connection: {CODE_HOST}}}\n")
+    first = cli(stack, "carol", "submit", str(path))
+    assert first.returncode == 0 and "[code-ssh] epoch 1 of 100 digest" in first.stdout, first.stdout + first.stderr
+    assert ": sent " in first.stdout and f"to {host.address}" in first.stdout, first.stdout  # to the server, the host
+    again = cli(stack, "carol", "submit", str(path))
+    assert again.returncode == 0 and "already on the server, nothing sent" in again.stdout, again.stdout
+    assert f"already on {host.address}, nothing sent" in again.stdout, again.stdout
+    (project / "lib" / "steps.txt").write_text("7\n")
+    edited = cli(stack, "carol", "submit", str(path))
+    assert edited.returncode == 0 and "[code-ssh] epoch 1 of 7 digest" in edited.stdout, edited.stdout

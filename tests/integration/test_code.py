@@ -125,3 +125,25 @@ def test_a_host_without_the_bundle_refuses_the_submit_in_words(ssh_fleet, laptop
     with pytest.raises(Exception, match=r"the job's code \(bundle [0-9a-f]{12}\) is not on .*: it is sent before"):
         runner(FLEET_CONN, Host.parse(host.entry), "submit", f"{REMOTE_RUNS}/{job.key_slug}", stdin=payload)
     assert not list((host.home / REMOTE_RUNS / job.key_slug).glob("*")), "a half-made attempt was left"
+
+
+def test_code_from_a_git_repository_runs_on_an_ssh_host(ssh_fleet, tmp_path):
+    """code.git on a target that receives bundles: the worker fetches the ref and sends its files."""
+    import subprocess
+
+    origin = tmp_path / "origin"
+    (origin / "job").mkdir(parents=True)
+    (origin / "job" / "train.py").write_text('import os\nprint("from git", os.environ["FLEXORCH_CODE_DIGEST"][:12])\n')
+    git = ["git", "-C", str(origin), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    host = ssh_fleet.hosts[1]
+    spec = {"name": "train", "kind": "batch", "target": "ssh", "run": "python3 train.py",
+            "code": {"git": origin.as_uri(), "ref": "main", "path": "job"},
+            "ssh": {"connection": FLEET_CONN, "hosts": [host.entry]}}  # fmt: skip
+    w = load_workload(spec)
+    job = ResolvedJob.for_run(w, f"d/code-git/{time.time_ns()}/-1", code=bundle_for(w, None))
+    notes, lines = run(SshBackend(), job)
+    assert job.code is not None and f"from git {job.code.digest[:12]}" in lines
+    assert any(n.startswith(f"code {job.code.digest[:12]}: 1 files") and origin.as_uri() in n for n in notes), notes

@@ -487,3 +487,64 @@ def test_a_private_image_pulls_with_a_secret_of_its_connections_login_that_goes_
     assert "tok-private-1" not in rendered and "kubernetes.io/dockerconfigjson" in rendered
     plain = next(o for o in k8s.job_manifests(make_job("plain-job")) if o["kind"] == "Job")
     assert "imagePullPolicy" not in plain["spec"]["template"]["spec"]["containers"][0]  # the cluster's default
+
+
+def test_code_from_git_is_fetched_by_an_init_container_at_the_commit_the_task_resolved(
+    kube_cluster, sent, tmp_path, monkeypatch
+):
+    """The pod's init container fetches the commit into a volume the job starts in; the token reaches
+    only that container, from the run's Secret. The script is run here for real against a repository."""
+    import subprocess
+
+    from flexorch_provider.backends.kubernetes.manifests import FETCH_SCRIPT
+    from flexorch_provider.code import bundle_for
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "train.py").write_text("print('from git')\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    monkeypatch.setenv("AIRFLOW_CONN_FLEX_GIT_TOKEN", json.dumps({"conn_type": "generic", "login": "bot",
+                                                                    "password": "tok-not-in-the-pod-spec"}))  # fmt: skip
+    kube_cluster.behaviours["from-git"] = Behaviour(exit_code=0)
+    job = make_job("from-git", code={"git": repo.as_uri(), "ref": "main", "path": "src", "connection": "flex_git_token"},
+                   workdir="runs")  # fmt: skip
+    job.code, job.workdir = bundle_for(job.workload, None), job.workload.workdir
+    assert job.code is not None and job.code.git is not None and [f.path for f in job.code.files] == ["train.py"]
+    handle = BACKEND.submit(job)
+    assert wait(handle).state == JobState.SUCCEEDED
+    obj = next(o for o in sent if o["kind"] == "Job")
+    secret = next(o for o in sent if o["kind"] == "Secret")
+    pod = obj["spec"]["template"]["spec"]
+    [init] = pod["initContainers"]
+    main = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    commit = job.code.git.commit
+    assert env == {"FLEXORCH_GIT_URL": repo.as_uri(), "FLEXORCH_GIT_REF": "main", "FLEXORCH_GIT_COMMIT": commit,
+                   "FLEXORCH_GIT_USER": "bot", "FLEXORCH_GIT_TOKEN": None}  # fmt: skip
+    token = next(e for e in init["env"] if e["name"] == "FLEXORCH_GIT_TOKEN")["valueFrom"]["secretKeyRef"]
+    assert token == {"name": secret["metadata"]["name"], "key": "FLEXORCH_GIT_TOKEN"}
+    assert secret["stringData"] == {"FLEXORCH_GIT_TOKEN": "tok-not-in-the-pod-spec"}
+    assert "tok-not-in-the-pod-spec" not in json.dumps(obj) and "FLEXORCH_GIT_TOKEN" not in str(main["env"])
+    assert main["workingDir"] == "/flexorch/code/repo/src/runs"
+    assert {"name": "FLEXORCH_CODE_COMMIT", "value": commit} in main["env"]
+    assert pod["volumes"] == [{"name": "flexorch-code", "emptyDir": {}}]
+
+    # the init container's script, run here as the pod would (its volume a folder, git from the system)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    script = FETCH_SCRIPT.replace("/flexorch/code", str(volume))
+    run_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **{k: v for k, v in env.items() if v}}
+    done = subprocess.run(["/bin/sh", "-c", script], env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (volume / "repo" / "src" / "train.py").read_text() == "print('from git')\n"
+    (repo / "src" / "train.py").write_text("print('moved on')\n")  # the branch moves after the task resolved it
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    shutil_volume = tmp_path / "volume2"
+    shutil_volume.mkdir()
+    done = subprocess.run(["/bin/sh", "-c", FETCH_SCRIPT.replace("/flexorch/code", str(shutil_volume))],
+                          env=run_env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr  # the commit itself is still fetched (the server gives it by id)
+    assert (shutil_volume / "repo" / "src" / "train.py").read_text() == "print('from git')\n"

@@ -29,11 +29,11 @@ from flexorch_provider.backends.kubernetes.manifests import (
     REVISION_ANNOTATION,
     RUN_LABEL,
     SERVICE_LABEL,
-    airflow_secrets,
     job_manifests,
     manifests,
     ours,
     registry_secret_name,
+    secret_data,
     secret_name,
     service_manifests,
 )
@@ -110,6 +110,9 @@ class KubernetesBackend(Backend):
                 d["stringData"] = {k: "<secret>" for k in d["stringData"]}
         w = job.workload
         head = f"# kubernetes: connection {w.kubernetes.connection!r}, namespace {w.kubernetes.namespace!r}\n"
+        if job.code is not None and job.code.git is not None:
+            head += (f"# code: each pod's init container fetches {job.code.git.url} at {job.code.git.commit} "
+                     f"(the {job.code.summary()} the other targets get)\n")  # fmt: skip
         return head + yaml.safe_dump_all(docs, sort_keys=False)
 
     def batch_key(self, handle: JobHandle) -> str:
@@ -124,7 +127,7 @@ class KubernetesBackend(Backend):
     def _data(self, job: ResolvedJob) -> KubernetesJobData:
         w = job.workload
         return KubernetesJobData(conn=w.kubernetes.connection, namespace=w.kubernetes.namespace,
-                                 secret=secret_name(job) if airflow_secrets(job) else None,
+                                 secret=secret_name(job) if secret_data(job) else None,
                                  nodes=int(w.resources.nodes),
                                  registry_secret=registry_secret_name(job) if w.image and w.container.registry_connection
                                  else None)  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import posixpath
 import re
 from typing import Any
 
@@ -67,6 +68,56 @@ def _command(job: ResolvedJob) -> list[str]:
 def airflow_secrets(job: ResolvedJob) -> dict[str, str]:
     """Secret values resolved from Airflow (Kubernetes secrets are referenced, not copied)."""
     return {k: v for k, v in job.secrets.items() if k in job.workload.airflow_secrets}
+
+
+def secret_data(job: ResolvedJob) -> dict[str, str]:
+    """The run's (or service's) Secret: the values resolved from Airflow, and code.git's token."""
+    git = job.code.git if job.code is not None else None
+    return {**airflow_secrets(job), **({GIT_TOKEN_KEY: git.token} if git and git.token else {})}
+
+
+CODE_MOUNT = "/flexorch/code"
+GIT_TOKEN_KEY = "FLEXORCH_GIT_TOKEN"  # in the run's Secret; only the init container reads it
+# the init container: the commit the task resolved (by its name when the server will not give a commit
+# by id), checked out; no value is ever part of the script (they come as environment variables)
+FETCH_SCRIPT = r"""set -e
+cd /flexorch/code && git init -q repo && cd repo
+if [ -n "${FLEXORCH_GIT_TOKEN:-}" ]; then
+  set -- -c credential.helper= -c 'credential.helper=!f() { echo "username=$FLEXORCH_GIT_USER"; echo "password=$FLEXORCH_GIT_TOKEN"; }; f'
+fi
+git "$@" fetch -q --depth 1 --no-tags -- "$FLEXORCH_GIT_URL" "$FLEXORCH_GIT_COMMIT" 2>/dev/null ||
+  git "$@" fetch -q --depth 1 --no-tags -- "$FLEXORCH_GIT_URL" "$FLEXORCH_GIT_REF"
+git checkout -q --detach FETCH_HEAD
+if [ "$(git rev-parse HEAD)" != "$FLEXORCH_GIT_COMMIT" ]; then
+  echo "[flexorch] $FLEXORCH_GIT_REF of $FLEXORCH_GIT_URL is no longer $FLEXORCH_GIT_COMMIT (it moved since the task started)" >&2
+  exit 1
+fi
+"""
+
+
+def _code_from_git(job: ResolvedJob, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """code.git: an init container fetches the commit into a volume the job's container starts in."""
+    git = job.code.git if job.code is not None else None
+    if git is None:
+        return
+    w = job.workload
+    env: list[dict[str, Any]] = [
+        {"name": "FLEXORCH_GIT_URL", "value": git.url},
+        {"name": "FLEXORCH_GIT_REF", "value": (w.code.ref if w.code else None) or "HEAD"},
+        {"name": "FLEXORCH_GIT_COMMIT", "value": git.commit},
+    ]
+    if git.token:
+        env += [{"name": "FLEXORCH_GIT_USER", "value": git.user or "x-access-token"},
+                {"name": GIT_TOKEN_KEY, "valueFrom": {"secretKeyRef": {"name": secret_name(job), "key": GIT_TOKEN_KEY}}}]  # fmt: skip
+    mount = {"name": "flexorch-code", "mountPath": CODE_MOUNT}
+    pod["volumes"] = [*pod.get("volumes", []), {"name": "flexorch-code", "emptyDir": {}}]
+    pod["initContainers"] = [{"name": "flexorch-code", "image": w.kubernetes.git_image,
+                              "command": ["/bin/sh", "-c", FETCH_SCRIPT], "env": env, "volumeMounts": [mount]}]  # fmt: skip
+    code_dir = posixpath.normpath(posixpath.join(CODE_MOUNT, "repo", git.path))
+    container["volumeMounts"] = [*container.get("volumeMounts", []), mount]
+    container["workingDir"] = posixpath.join(code_dir, job.workdir) if job.workdir else code_dir
+    container["env"] += [{"name": "FLEXORCH_CODE_DIR", "value": code_dir},
+                         {"name": "FLEXORCH_CODE_COMMIT", "value": git.commit}]  # fmt: skip
 
 
 def secret_name(job: ResolvedJob) -> str:
@@ -141,6 +192,7 @@ def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict
         spec["serviceAccountName"] = opts.service_account
     if w.image and w.container.registry_connection:
         spec["imagePullSecrets"] = [{"name": registry_secret_name(job)}]
+    _code_from_git(job, spec, container)
     return spec
 
 
@@ -163,10 +215,10 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
     if job.timeout_s:
         job_spec["activeDeadlineSeconds"] = job.timeout_s
     out: list[dict[str, Any]] = []
-    if airflow_secrets(job):
+    if secret_data(job):
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
-                    "stringData": airflow_secrets(job)})  # fmt: skip
+                    "stringData": secret_data(job)})  # fmt: skip
     out += _registry_secret(job, labels)
     if nodes > 1:
         # the node rank is the completion index; pods resolve each other as <job>-<index>.<job>
@@ -212,10 +264,10 @@ def service_manifests(job: ResolvedJob) -> list[dict[str, Any]]:
     else:
         strategy = {"type": "Recreate"}
     out: list[dict[str, Any]] = []
-    if airflow_secrets(job):
+    if secret_data(job):
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": secret_name(job), "namespace": ns, "labels": labels},
-                    "stringData": airflow_secrets(job)})  # fmt: skip
+                    "stringData": secret_data(job)})  # fmt: skip
     out += _registry_secret(job, labels)
     out.append({
         "apiVersion": "apps/v1", "kind": "Deployment",

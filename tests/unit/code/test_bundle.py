@@ -82,7 +82,7 @@ def test_code_must_stay_in_the_specs_folder_and_is_refused_on_kubernetes():
     for path in ("../other", "/etc", "a/../../b"):
         with pytest.raises(SpecError, match="leaves the spec's folder"):
             load_workload({**base, "code": {"path": path}})
-    with pytest.raises(SpecError, match="the kubernetes target cannot take code"):
+    with pytest.raises(SpecError, match="the kubernetes target takes code from git only"):
         load_workload({**base, "code": ".", "target": "kubernetes", "image": "python:3.11"})
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from flexorch_provider.backends.base import Backend, JobHandle, JobState, JobStatus, LogCursor
+from flexorch_provider.exceptions import HostError
 from flexorch_provider.masking import Masker
 from flexorch_provider.records import JobEvent
 
@@ -139,7 +140,10 @@ class Follower:
         self.errors += 1
         if self.errors < MAX_CONSECUTIVE_ERRORS:
             return None
-        return self.error_event(f"lost contact with job {self.handle.job_id} after {self.errors} failed polls: {error}")
+        event = self.error_event(
+            f"lost contact with job {self.handle.job_id} after {self.errors} failed polls: {error}"
+        )
+        return replace(event, cause="host_lost") if isinstance(error, HostError) else event
 
     def final_event(self, status: JobStatus) -> JobEvent:
         return JobEvent(
@@ -150,6 +154,7 @@ class Follower:
             message=status.message,
             log_tail=list(self.tail),
             log_cursor=self.cursor,
+            cause=status.cause,
         )
 
     def pending_event(self, said: str) -> JobEvent:

@@ -15,6 +15,15 @@ from typing import Any
 
 from flexorch_provider.placement.choice import Choice, number
 
+# failures of the infrastructure, not of the job (``retries.recover`` submits it again, uncounted)
+CAUSES = {
+    "host_lost": "its host went away (the job's supervisor died with it, or the host stopped answering)",
+    "preempted": "it was preempted",
+    "node_failed": "its node failed",
+    "evicted": "its pod was evicted from its node",
+    "resume_exit_code": "it exited with a code that asks to be started again (retries.resume_exit_codes)",
+}
+
 
 class JobState(str, enum.Enum):
     PENDING = "pending"
@@ -80,6 +89,7 @@ class JobStatus:
     exit_code: int | None = None
     message: str = ""
     release: bool = False
+    cause: str | None = None  # an ended job's infrastructure cause (CAUSES), where the target tells it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +97,7 @@ class JobStatus:
             "exit_code": self.exit_code,
             "message": self.message,
             "release": self.release,
+            "cause": self.cause,
         }
 
     @classmethod
@@ -96,6 +107,7 @@ class JobStatus:
             exit_code=data.get("exit_code"),
             message=data.get("message", ""),
             release=bool(data.get("release")),
+            cause=data.get("cause"),
         )
 
 
@@ -121,6 +133,7 @@ class JobEvent:
     log_tail: list[str] = field(default_factory=list)
     log_cursor: Any = 0
     carry: dict[str, Any] | None = None
+    cause: str | None = None  # the infrastructure's part in a failure or error (CAUSES), if any
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -134,6 +147,8 @@ class JobEvent:
             out.update(state=self.state, exit_code=self.exit_code)
         if self.carry is not None:
             out["carry"] = self.carry
+        if self.cause is not None:
+            out["cause"] = self.cause
         return out
 
     @classmethod
@@ -151,6 +166,7 @@ class JobEvent:
             log_tail=list(data.get("log_tail") or []),
             log_cursor=data.get("log_cursor", 0),
             carry=data.get("carry"),
+            cause=data.get("cause") if data.get("cause") in CAUSES else None,
         )
 
     @property
@@ -182,9 +198,13 @@ class JobRecord:
     submitted_at: float | None = None
     choice: Choice | None = None
     handle: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0  # how many times this try submitted the job again after the infrastructure failed it
+    restart_cause: str | None = None  # why, the last time (CAUSES)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "restarts": self.restarts,
+            "restart_cause": self.restart_cause,
             "job_id": self.job_id,
             "target": self.target,
             "run_key": self.run_key,
@@ -218,6 +238,8 @@ class JobRecord:
             submitted_at=number(data.get("submitted_at")),
             choice=Choice.from_dict(data.get("choice")),
             handle=dict(data.get("handle") or {}),
+            restarts=int(data["restarts"]) if isinstance(data.get("restarts"), int) else 0,
+            restart_cause=data.get("restart_cause") if data.get("restart_cause") in CAUSES else None,
         )
 
     @property

@@ -185,12 +185,16 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         "timeout": job.timeout_s,
         "kill_grace": 10,
     }
+    w = job.workload
     gpus = gpu_request(job)
     if gpus:
         doc["gpus"] = gpus
     if job.code is not None:  # the runner starts the job in its own copy of this bundle (runner/code.py)
         doc["code"] = {"digest": job.code.digest}
-    w = job.workload
+    if w.checkpoint_dir:  # one folder per run key, the same for every attempt (runner/attempts.py makes it)
+        doc["checkpoint_dir"] = checkpoint_dir(job)
+    if w.warn_before is not None and job.timeout_s:
+        doc["warn"] = {"signal": w.warn_before.signal, "before": w.warn_before.before.total_seconds()}
     if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
         doc["container"] = {
             "image": w.image,
@@ -201,6 +205,17 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         if w.container.registry_connection:  # its name only: the login travels beside the job (like secrets)
             doc["container"]["registry_connection"] = w.container.registry_connection
     return doc
+
+
+def checkpoint_dir(job: ResolvedJob) -> str:
+    """The run key's checkpoint folder on the target: ``checkpoint_dir``/<run key slug>."""
+    return f"{str(job.workload.checkpoint_dir).rstrip('/')}/{job.key_slug}"
+
+
+def lost_cause(state: JobState) -> str | None:
+    """A runner's job whose supervisor died without a result (its host rebooted or was killed): the
+    infrastructure's doing (records.CAUSES)."""
+    return "host_lost" if state == JobState.LOST else None
 
 
 def ship_code(bundle: Bundle | None, call: Callable[[Sequence[str], bytes | None], str], where: str) -> list[str]:

@@ -37,6 +37,7 @@ from flexorch_provider.backends.base import (
     byte_offset,
     code_render_lines,
     job_document,
+    lost_cause,
     ship_code,
     submit_payload,
 )
@@ -185,9 +186,9 @@ class LocalBackend(FleetServices, Backend):
                 out[handle.job_id] = _seen_from_elsewhere(handle, str(data["host"]))
                 continue
             raw = status(run_dir)
-            out[handle.job_id] = JobStatus(
-                JobState(raw["state"]), raw.get("exit_code"), raw.get("message", ""), release=bool(raw.get("release"))
-            )
+            state = JobState(raw["state"])
+            out[handle.job_id] = JobStatus(state, raw.get("exit_code"), raw.get("message", ""),
+                                           release=bool(raw.get("release")), cause=lost_cause(state))  # fmt: skip
             if out[handle.job_id].state.finished:
                 _forget_started(handle)
         return out

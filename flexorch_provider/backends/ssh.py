@@ -39,6 +39,7 @@ from flexorch_provider.backends.base import (
     byte_offset,
     code_render_lines,
     job_document,
+    lost_cause,
     ship_code,
     submit_payload,
 )
@@ -541,9 +542,8 @@ def _group_status(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
             said += f"; the other {live} running node(s) are stopped"
         elif len(ended) > 1:
             said += "; then " + ", ".join(f"rank {r} {states[r].value}" for _, r in sorted(ended) if r != rank)
-        return JobStatus(
-            states[rank], s.get("exit_code"), said, release=live > 0 or any(x.get("release") for _, x in parts)
-        )
+        release = live > 0 or any(x.get("release") for _, x in parts)
+        return JobStatus(states[rank], s.get("exit_code"), said, release=release, cause=lost_cause(states[rank]))
     if live == 0:
         return JobStatus(JobState.SUCCEEDED, 0, f"succeeded on all {n} nodes")
     waiting = sum(1 for st in states if st == JobState.PENDING)
@@ -560,7 +560,8 @@ def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
     states = [JobState(s["state"]) for _, s in parts]
     if len(parts) == 1:
         s = parts[0][1]
-        return JobStatus(states[0], s.get("exit_code"), s.get("message", ""), release=bool(s.get("release")))
+        return JobStatus(states[0], s.get("exit_code"), s.get("message", ""), release=bool(s.get("release")),
+                         cause=lost_cause(states[0]))  # fmt: skip
     if any(not st.finished for st in states):
         running = sum(1 for st in states if not st.finished)
         return JobStatus(JobState.RUNNING, message=f"{running} of {len(parts)} hosts still running")
@@ -573,4 +574,4 @@ def _combine(parts: list[tuple[Host, dict[str, Any]]]) -> JobStatus:
     first = JobState(bad[0][1]["state"])
     return JobStatus(first if first != JobState.SUCCEEDED else JobState.FAILED, bad[0][1].get("exit_code"),
                      f"failed on {len(bad)} of {len(parts)} hosts: {detail}",
-                     release=any(s.get("release") for _, s in parts))  # fmt: skip
+                     release=any(s.get("release") for _, s in parts), cause=lost_cause(first))  # fmt: skip

@@ -32,9 +32,11 @@ from flexorch_provider.masking import masker_for
 from flexorch_provider.operators.base import SpecOperator
 from flexorch_provider.placement.choice import Choice
 from flexorch_provider.placement.placer import Placer
-from flexorch_provider.records import JobEvent, JobRecord, public
+from flexorch_provider.records import CAUSES, JobEvent, JobRecord, public
 from flexorch_provider.triggers.job import FlexJobTrigger
 
+RESTARTS_KEY = "flexorch_restarts"  # XCom: {count, cause} of the try's recoveries (retries.recover)
+MAX_RECOVER_DELAY_S = 600.0
 DEFER_AFTER_S = 10.0  # follow a job this long in the worker before deferring (a shorter job never defers)
 PRE_DEFER_POLL_S = 0.5  # how often, meanwhile
 RESUME_HOLD_S = 10.0  # a deferred task resumes no sooner than this after deferring (FlexJobTrigger._hold)
@@ -102,10 +104,75 @@ class FlexOperator(SpecOperator):
         return self.resolve_for_run(context["ti"], placement=parse_placement(self.placement))
 
     def execute(self, context: Any) -> Any:
+        return self._start(context, self._restarts(context, fresh=True))
+
+    def execute_recover(self, context: Any, event: Any = None) -> Any:
+        """After a recovery's delay: the job again, in the same try (retries.recover)."""
+        return self._start(context, self._restarts(context))
+
+    def _start(self, context: Any, restarts: dict[str, Any]) -> Any:
         job = self._job(context)
+        # the job knows whether it starts anew or after the infrastructure failed it (then: resume)
+        job.env.update(FLEXORCH_RESTART_COUNT=str(restarts["count"]), FLEXORCH_RESTART_CAUSE=restarts["cause"] or "")
+        self._restart = restarts
         handle, choice = Placer(self.workload, self.log).submit(job)
         self.on_submit(job, handle)
         return self._track(context, handle, choice)
+
+    def _restarts(self, context: Any, fresh: bool = False) -> dict[str, Any]:
+        """This try's recoveries so far (``{count, cause}``, in XCom: the task may resume on another worker);
+        a try's first start sets none."""
+        ti = context["ti"]
+        if fresh:
+            restarts = {"count": 0, "cause": None}
+            if self.workload.retries.recover:
+                ti.xcom_push(key=RESTARTS_KEY, value=restarts)
+            return restarts
+        value = ti.xcom_pull(task_ids=ti.task_id, key=RESTARTS_KEY, map_indexes=ti.map_index)
+        return dict(value) if isinstance(value, dict) else {"count": 0, "cause": None}
+
+    def _recover(self, context: Any, event: JobEvent) -> bool:
+        """A job the infrastructure failed (records.CAUSES) or that asked to be started again: submit it
+        again in this try, after a delay, while ``retries.recover`` lasts. False: the outcome stands."""
+        r = self.workload.retries
+        cause = event.cause
+        if event.status == "failed" and event.exit_code is not None and event.exit_code in r.resume_exit_codes:
+            cause = "resume_exit_code"
+        if cause is None or event.status not in ("failed", "error") or not r.recover:
+            return False
+        done = self._restarts(context)["count"]
+        job = event.job
+        if done >= r.recover:
+            self.log.warning("job %s: %s; all %d recoveries are spent: the failure stands", job.job_id,
+                             CAUSES.get(cause, cause), r.recover)  # fmt: skip
+            return False
+        if event.status == "error":  # its host stopped answering: the job may still run there
+            try:
+                get_backend(job.target).cancel(job)
+            except Exception as e:
+                self.log.warning(
+                    "could not stop job %s where it was (%s); it is started again elsewhere", job.job_id, e
+                )
+        else:
+            try:  # recorded: its run key's next submit starts anew instead of adopting it
+                get_backend(job.target).claim(job)
+            except Exception:
+                pass
+        delay = min(r.recover_delay.total_seconds() * 2**done, MAX_RECOVER_DELAY_S)
+        context["ti"].xcom_push(key=RESTARTS_KEY, value={"count": done + 1, "cause": cause})
+        self.log.warning(
+            "job %s ended: %s (%s): submitting it again in %ds, recovery %d of %d (not counted in retries)",
+            job.job_id, CAUSES.get(cause, cause), event.message, int(delay), done + 1, r.recover,
+        )  # fmt: skip
+        self._handle = None
+        if self.deferrable:
+            from datetime import timedelta
+
+            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=delay)), method_name="execute_recover")
+        time.sleep(delay)
+        return True
 
     def _track(self, context: Any, handle: JobHandle, choice: Choice, new: bool = True) -> Any:
         """Follow a submitted job from the worker, then (deferrable) from the trigger. ``new``: a job
@@ -160,6 +227,8 @@ class FlexOperator(SpecOperator):
             placer = Placer(self.workload, self.log)
             decision = placer.after_pending(self._job(context), event.job, event.message or "pending", choice)
             return self._track(context, decision.handle, decision.choice, new=decision.moved)
+        if self._recover(context, event):  # not deferrable: the delay has passed
+            return self.execute_recover(context)
         return self._finish(event)
 
     def _announce(self, ti: Any, handle: JobHandle, choice: Choice, say: bool = True) -> None:
@@ -181,6 +250,8 @@ class FlexOperator(SpecOperator):
             team=self.team(),
             submitted_at=choice.submitted_at or time.time(),
             choice=choice,  # how the target was chosen: policy, what each target had free, moves
+            restarts=int(getattr(self, "_restart", {}).get("count") or 0),
+            restart_cause=getattr(self, "_restart", {}).get("cause"),
             # how to find the job again (no secret values: secret_refs are references, data is the backend's)
             handle={k: v for k, v in handle.to_dict().items() if k != "notes"},
         )

@@ -5,7 +5,7 @@ import os
 import shutil
 
 from . import gang
-from .code import checkout
+from .code import CodeError, checkout
 from .containers import NoRuntime, find_runtime, forget_registry_login, write_registry_login
 from .files import write_private
 from .gpus import claim_gpus, gpus_here
@@ -139,6 +139,14 @@ def prepare(key_dir, job, secrets, registry=None):
             raise
         doc["code"] = dict(doc["code"], dir=code_dir)
         doc["env"] = dict(doc.get("env") or {}, FLEXORCH_CODE_DIR=code_dir, FLEXORCH_CODE_DIGEST=doc["code"]["digest"])
+    if doc.get("checkpoint_dir"):  # outlives this attempt: the same folder for every attempt of the run key
+        folder = os.path.join(os.path.expanduser("~"), os.path.expanduser(doc["checkpoint_dir"]))
+        try:
+            os.makedirs(folder, 0o700, exist_ok=True)
+        except OSError as e:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise CodeError("cannot make checkpoint_dir %s here: %s" % (folder, e.strerror or e)) from None
+        doc["env"] = dict(doc.get("env") or {}, FLEXORCH_CHECKPOINT_DIR=folder)
     if want:
         try:
             chosen = claim_gpus(run_dir, want, table)

@@ -44,6 +44,13 @@ def workdir_of(job, run_dir):
     return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
 
 
+def keep_shell(job):
+    """The first line of a job's shell script: the warning signal (job "warn") reaches every process of the
+    job, and the script's own shell must outlive it (its default would end it, leaving its children)."""
+    warn = job.get("warn")
+    return "trap : %s\n" % warn["signal"] if warn else ""
+
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # cancel, and a stop by hand
 
 # the step in a process group of its own; Python 3.11+ does it without a preexec_fn, which
@@ -69,6 +76,7 @@ class Supervisor(object):
         self.masker = Masker(list(self.secrets.values()) + ([password] if password else []))
         self.log = open(os.path.join(run_dir, "log"), "ab", buffering=0)
         self.child = None
+        self._warned = False  # the warning signal ahead of the timeout was sent (job "warn")
         self._stop_sent_at = None
         self.failure = None  # why the job failed, where its exit code does not say (a container never made)
 
@@ -149,6 +157,14 @@ class Supervisor(object):
         return 128 - code if code < 0 else code
 
     def _enforce_stop(self, deadline):
+        warn = self.job.get("warn")
+        if warn and deadline is not None and not self._warned and time.time() > deadline - float(warn["before"]):
+            self._warned = True
+            self.note(
+                "SIG%s to the job: its timeout comes in %ds (save what you need)"
+                % (warn["signal"], max(0, int(deadline - time.time())))
+            )
+            kill_group(self.child.pid, getattr(signal, "SIG" + warn["signal"]))
         if self.stop_reason is None and deadline is not None and time.time() > deadline:
             self.stop_reason = "timeout"
         if self.stop_reason and self._stop_sent_at is None:
@@ -288,7 +304,7 @@ class Supervisor(object):
         elif setup:
             path = os.path.join(self.run_dir, "setup.sh")
             with open(path, "w") as f:
-                f.write(setup)
+                f.write(keep_shell(self.job) + setup)
             self.note("setup")
             code = self.run_step([self.shell(), "-e", path], deadline)
             if code != 0 and not self.stop_reason:
@@ -299,7 +315,7 @@ class Supervisor(object):
             else:
                 path = os.path.join(self.run_dir, "run.sh")
                 with open(path, "w") as f:
-                    f.write(self.job.get("script") or "")
+                    f.write(keep_shell(self.job) + (self.job.get("script") or ""))
                 argv = [self.shell(), path]
             code = self.run_step(argv, deadline)
         if self.stop_reason == "timeout":

@@ -261,10 +261,33 @@ Secret = Annotated[
 
 
 class Retries(FlexModel):
-    """How Airflow retries the task. Shorthand: ``retries: 2``."""
+    """How a failed job runs again. Shorthand: ``retries: 2``.
+
+    ``count`` is for the job's own failures (Airflow's task retries). A failure of the infrastructure
+    (its host lost, preempted, its node failed, its pod evicted) or an exit code in
+    ``resume_exit_codes`` is submitted again within the same try, up to ``recover`` times, with a
+    delay doubling from ``recover_delay`` (at most 10 minutes), and never counts against ``count``;
+    the job finds ``FLEXORCH_RESTART_COUNT`` and ``FLEXORCH_RESTART_CAUSE`` in its environment."""
 
     count: Annotated[int, Field(strict=True, ge=0, le=100, description="How many times to retry a failed run.")] = 0
     delay: Annotated[Duration, Field(description="Wait between retries, e.g. '5m'.")] = timedelta(minutes=5)
+    recover: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=0,
+            le=1000,
+            description="How many times the same try submits the job again after a failure of the infrastructure "
+            "(host lost, preempted, node failed, pod evicted) or a resume exit code; not counted in count.",
+        ),
+    ] = 0
+    recover_delay: Annotated[
+        Duration, Field(description="The first wait before such a resubmission; it doubles each time, to 10m at most.")
+    ] = timedelta(seconds=10)
+    resume_exit_codes: Annotated[
+        list[Annotated[int, Field(strict=True, ge=1, le=255)]],
+        Field(description="Exit codes that mean 'start me again' (e.g. [33] after saving a checkpoint): recovered."),
+    ] = Field(default_factory=list)
 
 
 def retries_shorthand(value: Any) -> Any:

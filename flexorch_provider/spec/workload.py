@@ -6,6 +6,7 @@ fields are the defaults of its steps (:mod:`flexorch_provider.spec.models`).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -62,6 +63,13 @@ def _targets(value: Any) -> Any:
 TargetName = Literal["kubernetes", "ssh", "slurm", "local"]
 
 
+class WarnBefore(FlexModel):
+    """A signal to the job's processes ahead of its timeout."""
+
+    signal: Annotated[Literal["USR1", "USR2", "INT", "TERM", "HUP"], Field(description="The signal's name.")] = "USR1"
+    before: Annotated[Duration, Field(description="How long before the timeout, e.g. '2m'.")] = timedelta(minutes=2)
+
+
 class Workload(FlexModel):
     """Fields every workload has: what to run, where, and with which resources."""
 
@@ -102,6 +110,21 @@ class Workload(FlexModel):
     ] = Field(default_factory=ContainerOptions)
     setup: Annotated[Text | None, Field(description="Shell script run before `run` (e.g. pip install).")] = None
     code: CodeField = None
+    checkpoint_dir: Annotated[
+        Text | None,
+        Field(
+            description="A folder on the target that outlives each try and each recovery (absolute, or relative to "
+            "the account's home): the job finds FLEXORCH_CHECKPOINT_DIR=<it>/<run key>, made before it starts. A job "
+            "that may move to another ssh host needs it on storage every host mounts."
+        ),
+    ] = None
+    warn_before: Annotated[
+        WarnBefore | None,
+        Field(
+            description="A signal to the job ahead of its timeout, so it can save first: {signal: USR1, before: 2m} "
+            "(ssh, local: the job runner; slurm: --signal)."
+        ),
+    ] = None
     workdir: Annotated[
         Text | None,
         Field(
@@ -208,6 +231,21 @@ class Workload(FlexModel):
                 "(its pods cannot read the worker's): use code.git, put the code into the image, or run on ssh, "
                 "slurm or local"
             )
+        if "kubernetes" in self.target and self.checkpoint_dir is not None:
+            raise ValueError(
+                "checkpoint_dir: the kubernetes target has no folder that outlives a pod yet (a PersistentVolumeClaim "
+                "is not built): drop kubernetes from target, or write checkpoints to object storage yourself"
+            )
+        if self.warn_before is not None:
+            if self.timeout is None:
+                raise ValueError("warn_before: a warning ahead of the timeout needs a timeout; add timeout:")
+            if self.warn_before.before >= self.timeout:
+                raise ValueError(f"warn_before.before must be shorter than timeout ({self.timeout})")
+            if self.image or self.resources.nodes > 1 or "kubernetes" in self.target:
+                raise ValueError(
+                    "warn_before: not yet for jobs in an image, multi-node jobs or the kubernetes target (the signal "
+                    "would reach only the container's or the launcher's first process): drop it, or handle SIGTERM"
+                )
         nodes = self.resources.nodes
         one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]
         if nodes > 1 and one_machine:

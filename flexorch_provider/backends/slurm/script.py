@@ -10,7 +10,7 @@ import shlex
 import textwrap
 
 from flexorch_provider import multinode
-from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.backends.base import ResolvedJob, checkpoint_dir
 from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR, container_lines
 from flexorch_provider.exceptions import ConfigurationError
 from flexorch_provider.runner.code import HOME_CODE_DIR
@@ -94,6 +94,8 @@ def sbatch_options(job: ResolvedJob) -> list[str]:
         lines.append(f"--gres=gpu:{gpu_type}{res.gpus.count}")
     if job.timeout_s:
         lines.append(f"--time={math.ceil(job.timeout_s / 60)}")
+        if w.warn_before is not None:  # to the batch shell, which passes it on to the job's processes
+            lines.append(f"--signal=B:{w.warn_before.signal}@{max(1, int(w.warn_before.before.total_seconds()))}")
     for key in ("partition", "account", "qos"):
         if getattr(opts, key):
             lines.append(f"--{key}={getattr(opts, key)}")
@@ -167,6 +169,15 @@ def render_script(job: ResolvedJob) -> str:
         'if [ -f "$flexorch_secrets" ]; then . "$flexorch_secrets"; rm -f "$flexorch_secrets"; fi',
         'trap \'code=$?; echo "$code" > "$flexorch_rc"; rm -f "$flexorch_secrets"\' EXIT',
     ]
+    if "FLEXORCH_RESTART_COUNT" in job.env:  # a requeue (scontrol requeue, preemption) is a restart too
+        lines += [
+            "export FLEXORCH_RESTART_COUNT=$((FLEXORCH_RESTART_COUNT + ${SLURM_RESTART_COUNT:-0}))",
+            'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then export FLEXORCH_RESTART_CAUSE=requeued; fi',
+        ]
+    if w.checkpoint_dir:
+        folder = checkpoint_dir(job)
+        where = shell_word(folder) if folder.startswith("/") else f'"$SLURM_SUBMIT_DIR"/{shell_word(folder)}'
+        lines += [f"export FLEXORCH_CHECKPOINT_DIR={where}", 'mkdir -p -m 700 "$FLEXORCH_CHECKPOINT_DIR" || exit 1']
     if w.resources.nodes > 1:
         lines += multinode_lines(w.resources.gpus.count if w.resources.gpus else 0)
     if job.code is not None:
@@ -182,12 +193,21 @@ def render_script(job: ResolvedJob) -> str:
         if not w.image:
             lines.append(f"bash -e {setup} || exit $?")
     script = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"'
-    lines += _file_from_text(script, run, delimiter)
+    warn = w.warn_before.signal if w.warn_before is not None and job.timeout_s else None
+    lines += _file_from_text(script, (f"trap : {warn}\n" if warn else "") + run, delimiter)
     if w.image:  # the job runs in its image on every target
         lines += container_lines(job, setup, script, [*job.env, *job.secrets])
     elif w.resources.nodes > 1:
         # one task per node, each with its node rank; one node failing ends the step on all
         lines.append(f"srun {' '.join(SRUN_OPTIONS)} bash -c {shlex.quote(NODE_TASK)} {script}")
+    elif warn:  # the job in its own process group, which the batch shell's trap passes the warning to
+        lines += [
+            f"setsid bash {script} &",
+            "flexorch_child=$!",
+            f"trap 'kill -{warn} -- -$flexorch_child 2>/dev/null' {warn}",
+            'while :; do wait "$flexorch_child"; flexorch_code=$?; kill -0 "$flexorch_child" 2>/dev/null || break; done',
+            'exit "$flexorch_code"',
+        ]
     else:
         lines.append(f"bash {script}")
     return "\n".join(lines) + "\n"

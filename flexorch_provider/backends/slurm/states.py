@@ -31,13 +31,14 @@ STATES = {
 }
 WHY = {
     "OUT_OF_MEMORY": "the job ran out of memory (raise resources.memory)",
-    "NODE_FAIL": "its node failed; the task's retries apply",
-    "PREEMPTED": "it was preempted by a higher-priority job; the task's retries apply",
-    "BOOT_FAIL": "its node failed to boot; the task's retries apply",
+    "NODE_FAIL": "its node failed (retries.recover submits it again, uncounted)",
+    "PREEMPTED": "it was preempted by a higher-priority job (retries.recover submits it again, uncounted)",
+    "BOOT_FAIL": "its node failed to boot (retries.recover submits it again, uncounted)",
     "DEADLINE": "it missed its deadline",
     "TIMEOUT": "it reached its time limit (the spec's timeout)",
     "CANCELLED": "it was cancelled (scancel)",
 }
+CAUSES = {"NODE_FAIL": "node_failed", "BOOT_FAIL": "node_failed", "PREEMPTED": "preempted"}  # records.CAUSES
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Name:|,NodeList:|"
 
 
@@ -74,7 +75,8 @@ def accounted(job_id: str, state: str, exit_code: str) -> JobStatus | None:
         code = 128 + int(signal) if signal.isdigit() and 0 < int(signal) < 65 else None
     why = WHY.get(state, "")
     message = state + (f": {why}" if why else "") + (f" (exit code {code})" if code is not None else "")
-    return JobStatus(mapped, code, f"{message}; job {job_id} already left the queue, from accounting")
+    return JobStatus(mapped, code, f"{message}; job {job_id} already left the queue, from accounting",
+                     cause=CAUSES.get(state))  # fmt: skip
 
 
 def squeue_status(state: str, reason: str, wait_status: str, nodes: str = "") -> JobStatus:
@@ -90,4 +92,4 @@ def squeue_status(state: str, reason: str, wait_status: str, nodes: str = "") ->
         return JobStatus(mapped, message=f"running on {nodes}" if nodes and nodes != "(null)" else "running")
     why = WHY.get(state, "")
     message = f"{state}" + (f": {why}" if why else "") + (f" (exit code {code})" if code is not None else "")
-    return JobStatus(mapped, code, message)
+    return JobStatus(mapped, code, message, cause=CAUSES.get(state))

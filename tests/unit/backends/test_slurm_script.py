@@ -184,3 +184,35 @@ def test_the_multi_node_contract_as_each_node_sees_it(tmp_path):
         "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.7", "MASTER_PORT": port, "PET_NNODES": "2", "PET_NODE_RANK": "1",
         "PET_MASTER_ADDR": "10.0.0.7", "PET_MASTER_PORT": port,
     }  # fmt: skip
+
+
+def test_a_warning_a_checkpoint_folder_and_requeues_in_the_batch_script(tmp_path):
+    """warn_before: Slurm signals the batch shell (--signal=B:), which passes it to the job's process
+    group; checkpoint_dir: one folder per run key; a requeue counts as a restart. The script's own
+    end is run here in bash, the signal sent as Slurm would."""
+    import signal
+    import subprocess
+    import time
+
+    w = load_workload({"name": "s", "kind": "training", "target": "slurm", "timeout": "1h", "run": "python train.py",
+                       "warn_before": {"signal": "USR1", "before": "5m"}, "checkpoint_dir": "ckpt"})  # fmt: skip
+    job = ResolvedJob.for_run(w, "d/t/r/-1", env={"FLEXORCH_RESTART_COUNT": "1", "FLEXORCH_RESTART_CAUSE": "host_lost"})
+    script = render_script(job)
+    lines = script.splitlines()
+    assert "#SBATCH --signal=B:USR1@300" in lines
+    assert f'export FLEXORCH_CHECKPOINT_DIR="$SLURM_SUBMIT_DIR"/ckpt/{job.key_slug}' in lines
+    assert "export FLEXORCH_RESTART_COUNT=$((FLEXORCH_RESTART_COUNT + ${SLURM_RESTART_COUNT:-0}))" in lines
+    tail = lines[lines.index("flexorch_child=$!") - 1 :]
+    assert tail[0].startswith("setsid bash ") and tail[-1] == 'exit "$flexorch_code"'
+
+    job_script = tmp_path / "job.sh"  # what the job runs: its shell outlives the warning, python saves
+    job_script.write_text(
+        "trap : USR1\npython3 -c \"import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: print('saving', "
+        "flush=True))\ntime.sleep(2)\nprint('done', flush=True)\"\nexit 7\n"
+    )
+    end = "\n".join([f"setsid bash {job_script} &", *tail[1:]])
+    batch = subprocess.Popen(["bash", "-c", end], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    batch.send_signal(signal.SIGUSR1)  # Slurm, 5 minutes before the time limit
+    out, _ = batch.communicate(timeout=20)
+    assert out.splitlines() == ["saving", "done"] and batch.returncode == 7

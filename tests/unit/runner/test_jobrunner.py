@@ -255,3 +255,36 @@ def test_a_service_replica_that_ended_is_started_again_not_adopted(tmp_path):
     wait_done(Path(first["run_dir"]))
     again = prepare(str(key), doc, {})
     assert again["attempt"] == 2 and not again["reattached"]
+
+
+def test_a_warning_signal_comes_before_the_timeout_and_the_jobs_shell_outlives_it(tmp_path):
+    """warn: the job's processes get SIGUSR1 ``before`` seconds ahead of the timeout (its script's own
+    shell keeps running), then the timeout stops it as before."""
+    saved = tmp_path / "saved"
+    (tmp_path / "train.py").write_text(
+        f"import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: open({str(saved)!r}, 'w').write('saved'))\n"
+        "time.sleep(3)\nprint('training goes on', flush=True)\ntime.sleep(30)\n"
+    )
+    script = f"echo before\npython3 {tmp_path / 'train.py'}\necho not reached\n"
+    start(tmp_path / "r", {"script": script, "timeout": 4, "kill_grace": 1, "warn": {"signal": "USR1", "before": 2}})
+    st = wait_done(tmp_path / "r", timeout=20)
+    log = (tmp_path / "r" / "log").read_text()
+    assert st["state"] == "timeout" and saved.read_text() == "saved", log
+    assert "SIGUSR1 to the job: its timeout comes in 2s" in log or "SIGUSR1 to the job: its timeout comes in 1s" in log
+    assert "training goes on" in log and "not reached" not in log  # python took the warning and went on
+
+
+def test_a_checkpoint_dir_is_the_same_for_every_attempt_of_a_run_key(tmp_path, monkeypatch):
+    from flexorch_provider.runner.attempts import prepare
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    job = {"run_key": "d/t/r/-1", "script": "true", "checkpoint_dir": "ckpt/d-t-1234"}
+    first = prepare(str(tmp_path / "key"), job, {})
+    doc = json.loads((Path(first["run_dir"]) / "job.json").read_text())
+    assert doc["env"]["FLEXORCH_CHECKPOINT_DIR"] == str(tmp_path / "home" / "ckpt" / "d-t-1234")
+    assert (tmp_path / "home" / "ckpt" / "d-t-1234").is_dir()
+    (Path(first["run_dir"]) / "result.json").write_text(json.dumps({"state": "failed", "exit_code": 1}))
+    second = prepare(str(tmp_path / "key"), job, {})
+    assert second["attempt"] == 2
+    assert json.loads((Path(second["run_dir"]) / "job.json").read_text())["env"]["FLEXORCH_CHECKPOINT_DIR"] == \
+        doc["env"]["FLEXORCH_CHECKPOINT_DIR"]  # fmt: skip

@@ -615,10 +615,12 @@ def test_a_laptop_edit_reaches_an_ssh_host_through_submit_once(stack, tmp_path):
     path.write_text(CODE_SPEC.format(name="code-ssh", target="ssh", code=".") + f"ssh: {{connection: {CODE_HOST}}}\n")
     first = cli(stack, "carol", "submit", str(path))
     assert first.returncode == 0 and "[code-ssh] epoch 1 of 100 digest" in first.stdout, first.stdout + first.stderr
-    assert ": sent " in first.stdout and f"to {host.address}" in first.stdout, first.stdout  # to the server, the host
+    # sent to the server, then to the host (the connection's own host, so named)
+    assert ": sent " in first.stdout and "B to <connection host>" in first.stdout, first.stdout
+    assert len(list((host.home / ".flexorch" / "code").iterdir())) >= 1
     again = cli(stack, "carol", "submit", str(path))
     assert again.returncode == 0 and "already on the server, nothing sent" in again.stdout, again.stdout
-    assert f"already on {host.address}, nothing sent" in again.stdout, again.stdout
+    assert "already on <connection host>, nothing sent" in again.stdout, again.stdout
     (project / "lib" / "steps.txt").write_text("7\n")
     edited = cli(stack, "carol", "submit", str(path))
     assert edited.returncode == 0 and "[code-ssh] epoch 1 of 7 digest" in edited.stdout, edited.stdout

@@ -288,6 +288,15 @@ class SubmittedStepOperator(FlexOperator):
         self.on_end(job.run_key)
         return summary
 
+    def execute_recover(self, context: Any, event: Any = None) -> Any:
+        """A recovery (retries.recover) submits the job again: checked against the conf first, as a start is."""
+        self._try = int(getattr(context["ti"], "try_number", 0) or 0)
+        self._read_code(context)
+        self._retried = self._retries_done(context)
+        if not getattr(self, "_verified", False):
+            self._verify(context)
+        return super().execute_recover(context, event)
+
     def execute_retry(self, context: Any, event: Any = None) -> Any:
         self._try = int(getattr(context["ti"], "try_number", 0) or 0)
         self._read_code(context)

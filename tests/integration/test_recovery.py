@@ -120,9 +120,10 @@ def test_a_requeued_slurm_job_goes_on_from_its_checkpoint(slurm_cluster, tmp_pat
     while backend.poll([handle])[handle.job_id].state != JobState.PENDING and time.time() < deadline:
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={handle.job_id}", "StartTime=now"], check=True, capture_output=True)
-    status = wait_finished(backend, handle, 180)
+    seen: list = []
+    status = wait_finished(backend, handle, 180, seen=seen)
     lines = all_lines(backend, handle)
-    assert status.state == JobState.SUCCEEDED, lines
+    assert status.state == JobState.SUCCEEDED, (lines, seen[-5:])
     starts = [line for line in lines if line.startswith("start at step")]
     print("\n".join(starts))
     assert len(starts) == 2 and starts[0].startswith("start at step 0, restart 0"), lines

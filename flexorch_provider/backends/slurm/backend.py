@@ -174,7 +174,28 @@ class SlurmBackend(Backend):
 
     def _settle_purged(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
         """Jobs the controller forgot (after MinJobAge): accounting (``sacct``, one call) says how
-        they ended where the cluster keeps it; otherwise their exit-code files do."""
+        they ended where the cluster keeps it; otherwise their exit-code files do. A job squeue missed
+        that the controller still has live (a requeue in progress: its first run's exit-code file is
+        there, and is not its end) keeps its live state."""
+        live = self._still_live(cluster, handles)
+        handles = [h for h in handles if h.job_id not in live]
+        if not handles:
+            return live
+        return {**live, **self._settle_ended(cluster, handles)}
+
+    @staticmethod
+    def _still_live(cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
+        """``scontrol show job`` of each job squeue did not list (rare: one call each): those still live."""
+        out = {}
+        for h in handles:
+            code, text, _ = cluster.run(["scontrol", "-o", "show", "job", h.job_id])
+            fields = dict(w.split("=", 1) for w in text.split() if "=" in w) if code == 0 else {}
+            state = fields.get("JobState", "")
+            if state in LIVE_STATES:
+                out[h.job_id] = squeue_status(state, fields.get("Reason", ""), "", nodes=fields.get("NodeList", ""))
+        return out
+
+    def _settle_ended(self, cluster: Cluster, handles: list[JobHandle]) -> dict[str, JobStatus]:
         out = from_accounting(cluster, handles)
         rest = [h for h in handles if h.job_id not in out]
         return {**out, **self._from_exit_code_files(cluster, rest)} if rest else out

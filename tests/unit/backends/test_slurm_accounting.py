@@ -53,3 +53,33 @@ def test_rows_map_to_final_states_and_exit_codes(state, exit_code, want_state, w
 @pytest.mark.parametrize("state", ["RUNNING", "PENDING", "", "SOMETHING_NEW"])
 def test_rows_that_are_not_a_known_end_settle_nothing(state):
     assert accounted("17", state, "0:0") is None
+
+
+class Requeuing:
+    """squeue misses a job that is being requeued; the controller still has it, pending; its first run's
+    exit-code file (143: killed for the requeue) is there."""
+
+    key = "slurm:test"
+
+    def __init__(self, controller_says: str):
+        self.controller_says = controller_says
+
+    def run(self, argv, stdin=None):
+        if argv[0] == "squeue":
+            return 1, "", "slurm_load_jobs error: Invalid job id specified"
+        if argv[0] == "scontrol":
+            return (0, self.controller_says, "") if self.controller_says else (1, "", "Invalid job id specified")
+        if argv[0] == "sacct":
+            return 1, "", "accounting storage is disabled"
+        return 0, ".flexorch/slurm/flexorch-x-25.rc 143\n", ""  # the exit-code file reader
+
+
+def test_a_job_squeue_misses_while_it_is_requeued_stays_live_not_ended_by_its_old_exit_code():
+    from flexorch_provider.backends.slurm import SlurmBackend
+
+    handle = JobHandle("slurm", "25", "k", {"conn": None, "name": "flexorch-x"})
+    pending = "JobId=25 JobName=flexorch-x JobState=PENDING Reason=BeginTime Dependency=(null) Restarts=1"
+    status = SlurmBackend()._poll_cluster(Requeuing(pending), [handle])["25"]
+    assert status.state == JobState.PENDING and status.message == "pending: BeginTime"
+    gone = SlurmBackend()._poll_cluster(Requeuing(""), [handle])["25"]  # forgotten: its exit-code file says
+    assert gone.state == JobState.FAILED and gone.exit_code == 143

@@ -14,13 +14,12 @@ the way out: what a worker reads is what was uploaded, or an error.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import IO, Any
 
 from flexorch_provider.code import Bundle
 from flexorch_provider.exceptions import ConfigurationError
-from flexorch_provider.runner.code import CodeError, scan, valid_digest
+from flexorch_provider.runner.code import CodeError, valid_digest
 
 STORE_ENV = "FLEXORCH_CODE_STORE"
 STORE_CONN_ENV = "FLEXORCH_CODE_STORE_CONN"
@@ -83,7 +82,3 @@ def get(digest: str) -> Bundle:
             f"uploaded to another store, or removed; submit again"
         )
     return Bundle.from_tarball(target.read_bytes(), digest)
-
-
-def entries_of(data: bytes) -> list[tuple[str, bool, str]]:
-    return scan(io.BytesIO(data))[0]

@@ -86,7 +86,7 @@ def put(digest, stream):
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o755)
     try:
-        entries, total = _extract(stream, tmp)
+        entries, total = scan(stream, tmp)
         got = digest_of(entries)
         if got != digest:
             raise CodeError("the bundle's files give digest %s, not %s: it was changed on the way" % (got, digest))
@@ -98,10 +98,6 @@ def put(digest, stream):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"digest": digest, "present": True, "received": True, "files": len(entries), "bytes": total}
-
-
-def _extract(stream, into):
-    return scan(stream, into)
 
 
 def scan(stream, into=None, limit=MAX_BUNDLE_BYTES):

@@ -19,6 +19,7 @@ from flexorch_provider.code import bundle_for
 from flexorch_provider.exceptions import SpecError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import FLEET_CONN, LOGIN_CONN
+from tests.gitrepo import git_repo
 from tests.integration.follow import all_lines, wait_finished
 
 TRAIN = 'import os, sys\nprint("epoch 1 of", open("lib/steps.txt").read().strip(), "in", os.getcwd() == os.environ["FLEXORCH_CODE_DIR"])\n'
@@ -129,15 +130,8 @@ def test_a_host_without_the_bundle_refuses_the_submit_in_words(ssh_fleet, laptop
 
 def test_code_from_a_git_repository_runs_on_an_ssh_host(ssh_fleet, tmp_path):
     """code.git on a target that receives bundles: the worker fetches the ref and sends its files."""
-    import subprocess
-
     origin = tmp_path / "origin"
-    (origin / "job").mkdir(parents=True)
-    (origin / "job" / "train.py").write_text('import os\nprint("from git", os.environ["FLEXORCH_CODE_DIGEST"][:12])\n')
-    git = ["git", "-C", str(origin), "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(origin)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    git_repo(origin, {"job/train.py": 'import os\nprint("from git", os.environ["FLEXORCH_CODE_DIGEST"][:12])\n'})
     host = ssh_fleet.hosts[1]
     spec = {"name": "train", "kind": "batch", "target": "ssh", "run": "python3 train.py",
             "code": {"git": origin.as_uri(), "ref": "main", "path": "job"},

@@ -19,6 +19,7 @@ from flexorch_provider.backends.base import JobState, ResolvedJob
 from flexorch_provider.exceptions import ServiceError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import KUBE_CONN
+from tests.gitrepo import git_repo
 from tests.integration.follow import wait_finished
 from tests.integration.kube import Behaviour
 
@@ -500,12 +501,7 @@ def test_code_from_git_is_fetched_by_an_init_container_at_the_commit_the_task_re
     from flexorch_provider.code import bundle_for
 
     repo = tmp_path / "repo"
-    (repo / "src").mkdir(parents=True)
-    (repo / "src" / "train.py").write_text("print('from git')\n")
-    git = ["git", "-C", str(repo), "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    git = git_repo(repo, {"src/train.py": "print('from git')\n"})
     monkeypatch.setenv("AIRFLOW_CONN_FLEX_GIT_TOKEN", json.dumps({"conn_type": "generic", "login": "bot",
                                                                     "password": "tok-not-in-the-pod-spec"}))  # fmt: skip
     kube_cluster.behaviours["from-git"] = Behaviour(exit_code=0)

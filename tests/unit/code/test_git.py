@@ -13,16 +13,11 @@ from flexorch_provider.code import bundle_for, fetch_git
 from flexorch_provider.exceptions import ConfigurationError, SpecError
 from flexorch_provider.resolve import load_workload
 from flexorch_provider.submission import parse_submission
+from tests.gitrepo import git_repo
 
 
 def repo(root: Path) -> Path:
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "train.py").write_text("print(1)\n")
-    (root / "README").write_text("r\n")
-    git = ["git", "-C", str(root), "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    git = git_repo(root, {"src/train.py": "print(1)\n", "README": "r\n"})
     subprocess.run([*git, "tag", "v1"], check=True)
     return root
 

@@ -193,7 +193,7 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
         doc["code"] = {"digest": job.code.digest}
     if w.checkpoint_dir:  # one folder per run key, the same for every attempt (runner/attempts.py makes it)
         doc["checkpoint_dir"] = checkpoint_dir(job)
-    if w.warn_before is not None and job.timeout_s:
+    if w.warn_before is not None:  # ahead of the timeout, and of a cancel's SIGTERM
         doc["warn"] = {"signal": w.warn_before.signal, "before": w.warn_before.before.total_seconds()}
     if w.image:  # the job runs in its image (the runner refuses a host without the runtime)
         doc["container"] = {
@@ -202,6 +202,8 @@ def job_document(job: ResolvedJob) -> dict[str, Any]:
             "pull": w.container.pull,
             "mounts": [m.model_dump() for m in w.container.mounts],
         }
+        if w.resources.shm:
+            doc["container"]["shm"] = int(w.resources.shm)
         if w.container.registry_connection:  # its name only: the login travels beside the job (like secrets)
             doc["container"]["registry_connection"] = w.container.registry_connection
     return doc

@@ -67,6 +67,7 @@ def _open(team: Team) -> list[tuple[str, str]]:
         "slurm_qos",
         "kubernetes_namespaces",
         "kubernetes_service_accounts",
+        "kubernetes_claims",
         "mount_paths",
     ):
         for glob in getattr(team, rule) or []:

@@ -123,6 +123,13 @@ class Team(FlexModel):
         list[Glob] | None,
         Field(description="Kubernetes service accounts (globs). Unset: a submission may not set service_account."),
     ] = None
+    kubernetes_claims: Annotated[
+        list[Glob] | None,
+        Field(
+            description="PersistentVolumeClaims a job may keep its checkpoints on (globs over "
+            "kubernetes.checkpoint_claim). Unset: a submission may not name one."
+        ),
+    ] = None
     kubernetes_tolerations: Annotated[
         bool, Field(strict=True, description="May a submission set kubernetes.tolerations (tainted nodes).")
     ] = False

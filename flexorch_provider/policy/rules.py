@@ -126,6 +126,7 @@ def place_refusals(where: str, team: Team, job: Job, submitted: bool) -> list[st
         check("kubernetes.namespace", k.namespace, team.kubernetes_namespaces, "kubernetes_namespaces")
         check("kubernetes.service_account", k.service_account, team.kubernetes_service_accounts,
               "kubernetes_service_accounts")  # fmt: skip
+        check("kubernetes.checkpoint_claim", k.checkpoint_claim, team.kubernetes_claims, "kubernetes_claims")
         if k.tolerations and submitted and not team.kubernetes_tolerations:
             out.append(f"{where}: kubernetes.tolerations: the team may not tolerate taints (kubernetes_tolerations)")
     if job.image:

@@ -86,9 +86,11 @@ def wrapper(job, run_dir, steering=None, secret_files=()):
             '%s="$(cat %s/%s; printf x)"; %s="${%s%%x}"; export %s' % (name, SECRETS_IN, name, name, name, name)
         )
     lines.append('sh_="sh"; command -v bash >/dev/null 2>&1 && sh_="bash"')
+    from .supervisor import keep_shell  # the warning signal must not end the job's own shell (as on the host)
+
     if job.get("setup"):
         with open(os.path.join(run_dir, "setup.sh"), "w") as f:
-            f.write(job["setup"])
+            f.write(keep_shell(job) + job["setup"])
         lines.append(
             '"$sh_" -e %s/setup.sh || { c=$?; echo "[flexorch] setup failed with exit code $c; '
             'run is skipped"; exit $c; }' % run_dir
@@ -97,7 +99,7 @@ def wrapper(job, run_dir, steering=None, secret_files=()):
         lines.append('exec "$@"')
     else:
         with open(os.path.join(run_dir, "run.sh"), "w") as f:
-            f.write(job.get("script") or "")
+            f.write(keep_shell(job) + (job.get("script") or ""))
         lines.append('exec "$sh_" %s/run.sh' % run_dir)
     path = os.path.join(run_dir, "container.sh")
     with open(path, "w") as f:
@@ -249,6 +251,11 @@ def create_argv(job, run_dir, workdir, env_names, login=None, secret_names=()):
     ]
     if workdir != run_dir:
         argv[-2:-2] = ["-v", "%s:%s" % (workdir, workdir)]
+    checkpoints = (job.get("env") or {}).get("FLEXORCH_CHECKPOINT_DIR") if job.get("checkpoint_dir") else None
+    if checkpoints:  # the run key's checkpoint folder, at the same path inside
+        argv += ["-v", "%s:%s" % (checkpoints, checkpoints)]
+    if spec.get("shm"):
+        argv += ["--shm-size", "%db" % int(spec["shm"])]
     for mount in spec.get("mounts") or []:
         host = os.path.join(os.path.expanduser("~"), os.path.expanduser(mount["host"]))
         argv += ["-v", "%s:%s%s" % (host, mount["path"], ":ro" if mount.get("read_only") else "")]

@@ -70,7 +70,8 @@ def reaped_within(pgid, seconds):
 
 
 def cancel(run_dir, grace=10.0):
-    """Ask the runner to stop the job; make sure the job's process group is gone."""
+    """Ask the runner to stop the job; make sure the job's process group is gone (a job with a warning
+    gets it first, and its ``before`` seconds, from its supervisor)."""
     run_dir = os.path.abspath(run_dir)
     pid = read_text(os.path.join(run_dir, "runner.pid"))
     pgid = read_text(os.path.join(run_dir, "job.pgid"))
@@ -79,7 +80,7 @@ def cancel(run_dir, grace=10.0):
             os.kill(int(pid.split()[0]), signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.time() + grace + 5
+    deadline = time.time() + grace + 5 + _warn_before(run_dir)
     while time.time() < deadline:
         if os.path.exists(os.path.join(run_dir, "result.json")) and not (
             pgid and pgid.isdigit() and group_alive(int(pgid))
@@ -97,6 +98,15 @@ def cancel(run_dir, grace=10.0):
             ),
         )
     return status(run_dir)
+
+
+def _warn_before(run_dir):
+    """The seconds a cancel gives a job with a warning (job "warn") between the signal and its SIGTERM."""
+    try:
+        with open(os.path.join(run_dir, "job.json")) as f:
+            return float((json.load(f).get("warn") or {}).get("before") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _remove_container(run_dir):

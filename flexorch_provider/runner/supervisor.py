@@ -78,6 +78,7 @@ class Supervisor(object):
         self.child = None
         self._warned = False  # the warning signal ahead of the timeout was sent (job "warn")
         self._stop_sent_at = None
+        self._term_at = None  # a cancel with a warning: when its SIGTERM follows
         self.failure = None  # why the job failed, where its exit code does not say (a container never made)
 
     def note(self, text):
@@ -156,18 +157,42 @@ class Supervisor(object):
         code = self.child.returncode
         return 128 - code if code < 0 else code
 
+    def _warn(self, why):
+        """The warning signal (job "warn") to every process of the job: its process group on the host; in a
+        container, every process in it (an exec of ``kill -SIG -1``, then its first process)."""
+        sig = self.job["warn"]["signal"]
+        self._warned = True
+        self.note("SIG%s to the job: %s (save what you need)" % (sig, why))
+        spec = self.job.get("container")
+        if not spec:
+            kill_group(self.child.pid, getattr(signal, "SIG" + sig))
+            return
+        from . import containers as ctr
+
+        argv = [spec["runtime_path"], *ctr.quiet(spec["runtime_path"]), "exec", ctr.container_name(self.job),
+                "/bin/sh", "-c", "kill -%s -1 2>/dev/null; kill -%s 1 2>/dev/null; :" % (sig, sig)]  # fmt: skip
+        try:
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=15)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as e:
+            self.note("could not signal the container: %s" % e)
+
     def _enforce_stop(self, deadline):
         warn = self.job.get("warn")
-        if warn and deadline is not None and not self._warned and time.time() > deadline - float(warn["before"]):
-            self._warned = True
-            self.note(
-                "SIG%s to the job: its timeout comes in %ds (save what you need)"
-                % (warn["signal"], max(0, int(deadline - time.time())))
-            )
-            kill_group(self.child.pid, getattr(signal, "SIG" + warn["signal"]))
-        if self.stop_reason is None and deadline is not None and time.time() > deadline:
+        now = time.time()
+        if warn and deadline is not None and not self._warned and now > deadline - float(warn["before"]):
+            self._warn("its timeout comes in %ds" % max(0, int(deadline - now)))
+        if self.stop_reason is None and deadline is not None and now > deadline:
             self.stop_reason = "timeout"
         if self.stop_reason and self._stop_sent_at is None:
+            if warn and self.stop_reason == "cancelled" and self._term_at is None:
+                if not self._warned:  # a cancel gives the same warning, and the same time, before its SIGTERM
+                    self._warn("cancelled: SIGTERM in %ds" % int(float(warn["before"])))
+                    self._term_at = now + float(warn["before"])
+                else:
+                    self._term_at = now
+            if self._term_at is not None and now < self._term_at and self.child.poll() is None:
+                return
             self.note("%s: stopping the job (SIGTERM to its process group)" % self.stop_reason)
             kill_group(self.child.pid, signal.SIGTERM)
             self._stop_sent_at = time.time()

@@ -157,6 +157,14 @@ class Resources(FlexModel):
         float | None, Field(strict=True, gt=0, le=4096, description="CPU cores per node (fractions allowed).")
     ] = None
     memory: Annotated[MemorySize | None, Field(description="Memory per node with a unit: '64Gi', '512Mi'.")] = None
+    shm: Annotated[
+        MemorySize | None,
+        Field(
+            description="Size of /dev/shm in the job's container, e.g. '8Gi' (data loaders with worker processes "
+            "outgrow the 64 MiB default): podman --shm-size; kubernetes: a memory-backed volume, counted in the "
+            "pod's memory. Needs image."
+        ),
+    ] = None
     gpus: Annotated[
         GpuRequest | None,
         Field(description="GPUs per node: 2, 'A100:2', 'A100:80GB:2', or {count, type, memory}."),

@@ -119,6 +119,14 @@ class KubernetesOptions(FlexModel):
     gpu_label: Annotated[
         str, Field(description="Node label holding the GPU model, used when a GPU type is requested.")
     ] = "nvidia.com/gpu.product"
+    checkpoint_claim: Annotated[
+        Name | None,
+        Field(
+            description="A PersistentVolumeClaim in the namespace that holds checkpoint_dir: mounted at "
+            "checkpoint_dir/<run key> (its folder <run key>), so every pod of the run, a recovered one too, finds "
+            "the same files. ReadWriteMany for multi-node jobs."
+        ),
+    ] = None
     git_image: Annotated[
         Text,
         Field(description="With code.git: the image of the init container that fetches the code (needs sh and git)."),

@@ -115,14 +115,17 @@ class Workload(FlexModel):
         Field(
             description="A folder on the target that outlives each try and each recovery (absolute, or relative to "
             "the account's home): the job finds FLEXORCH_CHECKPOINT_DIR=<it>/<run key>, made before it starts. A job "
-            "that may move to another ssh host needs it on storage every host mounts."
+            "that may move to another ssh host needs it on storage every host mounts; on kubernetes it is "
+            "kubernetes.checkpoint_claim mounted there (the run key's folder of the claim)."
         ),
     ] = None
     warn_before: Annotated[
         WarnBefore | None,
         Field(
-            description="A signal to the job ahead of its timeout, so it can save first: {signal: USR1, before: 2m} "
-            "(ssh, local: the job runner; slurm: --signal)."
+            description="A signal to every process of the job ahead of its end, so it can save first: {signal: USR1, "
+            "before: 2m}: `before` ahead of its timeout, and `before` ahead of the SIGTERM of a cancel (ssh, local: "
+            "the job runner, in an image too; slurm: --signal, timeout only; kubernetes: a preStop hook, also "
+            "ahead of an eviction or preemption). Every node of a multi-node job gets it."
         ),
     ] = None
     workdir: Annotated[
@@ -232,20 +235,36 @@ class Workload(FlexModel):
                 "slurm or local"
             )
         if "kubernetes" in self.target and self.checkpoint_dir is not None:
-            raise ValueError(
-                "checkpoint_dir: the kubernetes target has no folder that outlives a pod yet (a PersistentVolumeClaim "
-                "is not built): drop kubernetes from target, or write checkpoints to object storage yourself"
-            )
-        if self.warn_before is not None:
-            if self.timeout is None:
-                raise ValueError("warn_before: a warning ahead of the timeout needs a timeout; add timeout:")
-            if self.warn_before.before >= self.timeout:
-                raise ValueError(f"warn_before.before must be shorter than timeout ({self.timeout})")
-            if self.image or self.resources.nodes > 1 or "kubernetes" in self.target:
+            if self.kubernetes.checkpoint_claim is None:
                 raise ValueError(
-                    "warn_before: not yet for jobs in an image, multi-node jobs or the kubernetes target (the signal "
-                    "would reach only the container's or the launcher's first process): drop it, or handle SIGTERM"
+                    "checkpoint_dir: on the kubernetes target it lives on a PersistentVolumeClaim: add "
+                    "kubernetes.checkpoint_claim: <the claim's name in the namespace> (ReadWriteMany for nodes > 1), "
+                    "or drop kubernetes from target"
                 )
+            if not str(self.checkpoint_dir).startswith("/"):
+                raise ValueError(
+                    f"checkpoint_dir: {self.checkpoint_dir!r} must be an absolute path on the kubernetes target (where "
+                    "the claim is mounted in the pod), e.g. /checkpoints"
+                )
+        if self.kubernetes.checkpoint_claim is not None and self.checkpoint_dir is None:
+            raise ValueError("kubernetes.checkpoint_claim: set checkpoint_dir too (where the claim is mounted)")
+        if self.warn_before is not None:
+            if self.timeout is not None and self.warn_before.before >= self.timeout:
+                raise ValueError(
+                    f"warn_before.before: {int(self.warn_before.before.total_seconds())}s must be shorter than "
+                    f"timeout ({int(self.timeout.total_seconds())}s)"
+                )
+            if self.image and "slurm" in self.target:
+                raise ValueError(
+                    "warn_before: not yet for a job in an image on the slurm target (Slurm's signal would reach "
+                    "the container runtime, not the job): drop slurm from target, run it outside an image there, "
+                    "or handle SIGTERM"
+                )
+        if self.resources.shm is not None and not self.image:
+            raise ValueError(
+                "resources.shm: it sizes the /dev/shm of a job's container, so it needs image (a job outside an image "
+                "uses its host's /dev/shm)"
+            )
         nodes = self.resources.nodes
         one_machine = [t for t in self.target if t in ONE_MACHINE_TARGETS]
         if nodes > 1 and one_machine:

@@ -191,6 +191,8 @@ def _job_row(ti: Any, record: JobRecord | None, now: float) -> dict[str, Any]:
         team=record.team,
         owner=record.owner,
         choice=record.choice.summary() if record.choice else None,
+        restarts=record.restarts,
+        restart_cause=record.restart_cause,
         elapsed_s=round(until - started, 1) if started is not None else None,
     )
     return row

@@ -116,6 +116,11 @@ function poolsSection(p) {
   return out;
 }
 
+function restarts(j) {
+  return j.restarts ? el("span", {class: "warn", title: "recovered from the infrastructure in the same try, not counted in retries"},
+                         "restart " + j.restarts + (j.restart_cause ? " (" + j.restart_cause + ")" : "")) : "";
+}
+
 function jobsSection(jobs) {
   const out = [el("h2", {}, "Jobs pending or running")];
   if (jobs.error) return [...out, el("p", {class: "bad"}, jobs.error)];
@@ -125,7 +130,7 @@ function jobsSection(jobs) {
     j.choice ? el("span", {}, j.target || "", el("br"), el("span", {class: "muted"}, j.choice)) : (j.target || ""),
     j.job_id ? el("a", {href: j.view_url}, j.job_id) : "",
     j.where ? j.where.summary : "", j.gpus ? j.gpus + (j.gpu_pool ? " (" + j.gpu_pool + ")" : "") : "",
-    el("span", {}, state(j.state, j.reason), " ", j.reading ? reading(j.reading) : ""), ago(j.elapsed_s),
+    el("span", {}, state(j.state, j.reason), " ", restarts(j), " ", j.reading ? reading(j.reading) : ""), ago(j.elapsed_s),
     [j.owner, j.team].filter(Boolean).join(" / ")]), "no flex job is pending or running"));
   return out;
 }
@@ -158,7 +163,8 @@ async function jobView(dag, run, task) {
   const rows = [["DAG / task", el("a", {href: j.ti_url, target: "_top"}, j.dag_id + " / " + j.task_id)], ["run", j.run_id],
     ["Airflow state", j.ti_state + " (try " + j.try_number + ")"], ["target", j.target || ""],
     ...(j.choice ? [["target choice", j.choice]] : []), ["job id", j.job_id || ""],
-    ["where", w.summary || ""], ["state", state(j.state, j.reason)], ["GPUs", j.gpus ?? ""], ["elapsed", ago(j.elapsed_s)],
+    ["where", w.summary || ""], ["state", state(j.state, j.reason)],
+    ...(j.restarts ? [["restarts", restarts(j)]] : []), ["GPUs", j.gpus ?? ""], ["elapsed", ago(j.elapsed_s)],
     ["owner / team", [j.owner, j.team].filter(Boolean).join(" / ")]];
   for (const [k, v] of Object.entries(w)) if (k !== "summary" && typeof v !== "object") rows.push([k, String(v)]);
   root.replaceChildren(table(["", ""], rows, ""), el("h2", {}, "Last log lines"),

@@ -26,7 +26,8 @@ from typing import Any
 import kmock
 from kmock._internal import enums
 
-RESOURCES = ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/services", "apps/v1/deployments", "v1/events")
+RESOURCES = ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/services", "apps/v1/deployments", "v1/events",
+             "v1/persistentvolumeclaims")  # fmt: skip
 
 
 class ApiServer(kmock.KubernetesEmulator):
@@ -66,6 +67,11 @@ class Behaviour:
     ready: bool = True  # services: pods become ready
     hold: bool = False  # services: the Deployment controller does not act until released
     pods: bool = False  # services: the Deployment controller also runs the replicas' pods (ready, logging ``log``)
+    evict: str | None = (
+        None  # the cluster ends the pods of the first ``evictions`` Jobs, with this DisruptionTarget reason
+    )
+    evictions: int = 1
+    evicted: list[str] = field(default_factory=list)  # the Jobs whose pods it ended
 
 
 class FakeCluster:
@@ -183,11 +189,30 @@ class FakeCluster:
             if age < b.run_for or b.exit_code is None:
                 self._set_pod(ns, pod_name, b, running=True)
                 continue
+            if b.evict and (name in b.evicted or len(b.evicted) < b.evictions):
+                if name not in b.evicted:
+                    b.evicted.append(name)
+                self._evict(ns, name, pod_name, b)
+                continue
             self._set_pod(ns, pod_name, b, running=False, finished=True)
             failed = b.exit_code != 0 or b.oom
             cond = {"type": "Failed" if failed else "Complete", "status": "True",
                     "reason": "BackoffLimitExceeded" if failed else "Completed"}  # fmt: skip
             self.batch.patch_namespaced_job_status(name, ns, {"status": {"conditions": [cond]}})
+
+    def _evict(self, ns: str, job: str, pod: str, b: Behaviour) -> None:
+        """As Kubernetes ends a pod it evicts (a drain), preempts or loses with its node: the DisruptionTarget
+        condition, the container killed (143), and the Job failed (backoffLimit 0)."""
+        records = self.logs.setdefault((ns, pod), [])
+        records.extend((self._stamp(), line) for line in b.log[len(records) :])
+        term = {"exitCode": 143, "reason": "Error"}
+        self.core.patch_namespaced_pod_status(pod, ns, {"status": {"phase": "Failed",
+            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": b.evict,
+                            "message": "Eviction API: evicting"}],
+            "containerStatuses": [{"name": "main", "image": "x", "ready": False, "restartCount": 0, "imageID": "",
+                                   "state": {"terminated": term}}]}})  # fmt: skip
+        cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}
+        self.batch.patch_namespaced_job_status(job, ns, {"status": {"conditions": [cond]}})
 
     def _replica_pods(self, d: dict[str, Any], gen: int, replicas: int, b: Behaviour) -> None:
         """The pods of one Deployment generation, running, ready and logging; older ones deleted."""

@@ -143,6 +143,30 @@ def test_cancel_and_timeout_leave_no_container(tmp_path, image):
     assert "flexorch-" + timed.job_id.replace("/", "-") not in containers()
 
 
+def test_a_job_in_an_image_gets_the_warning_in_every_process_its_checkpoints_and_its_shm(tmp_path, image, monkeypatch):
+    """warn_before in a container: every process in it gets the signal (a child shell with its own trap
+    saves), then the timeout stops it; the run key's checkpoint folder is mounted at its own path;
+    /dev/shm has resources.shm."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run = (
+        "grep ' /dev/shm ' /proc/mounts; echo step-3 > \"$FLEXORCH_CHECKPOINT_DIR/step\"\n"
+        'sh -c \'trap "echo child saved; cat $FLEXORCH_CHECKPOINT_DIR/step" USR1; echo child up; '
+        "while :; do sleep 0.2; done'\necho not reached\n"
+    )
+    j = job(tmp_path, run, timeout="5s", warn_before={"signal": "USR1", "before": "3s"}, checkpoint_dir="ckpt",
+            resources={"shm": "256Mi"})  # fmt: skip
+    h = LOCAL.submit(j)
+    status = wait_finished(LOCAL, h, 60)
+    lines = all_lines(LOCAL, h)
+    text = "\n".join(lines)
+    assert status.state == JobState.TIMEOUT, lines
+    assert "child up" in lines and "child saved" in lines and "step-3" in lines, lines
+    assert text.index("SIGUSR1 to the job: its timeout comes in") < text.index("child saved")
+    assert "not reached" not in lines  # the job's own shell outlived the signal, and the timeout ended it
+    assert any("/dev/shm" in line and "size=262144k" in line for line in lines), lines
+    assert (tmp_path / "home" / "ckpt" / j.key_slug / "step").read_text() == "step-3\n"
+
+
 def test_a_missing_image_fails_with_the_runtimes_message(tmp_path, image):
     h = LOCAL.submit(job(tmp_path, "true", image="localhost/flexorch-no-such-image:9"))
     status = wait_finished(LOCAL, h, 60)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import sys
 import time
+from dataclasses import replace
 
 import kubernetes_validate
 import pytest
 
 from flexorch_provider.backends import kubernetes as k8s
 from flexorch_provider.backends.base import JobState, ResolvedJob
-from flexorch_provider.exceptions import ServiceError
+from flexorch_provider.exceptions import ServiceError, SubmitError
 from flexorch_provider.resolve import load_workload
 from tests.conftest import KUBE_CONN
 from tests.gitrepo import git_repo
@@ -544,3 +547,118 @@ def test_code_from_git_is_fetched_by_an_init_container_at_the_commit_the_task_re
                           env=run_env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr  # the commit itself is still fetched (the server gives it by id)
     assert (shutil_volume / "repo" / "src" / "train.py").read_text() == "print('from git')\n"
+
+
+def test_a_long_job_keeps_its_checkpoints_on_a_claim_gets_shm_and_a_warning_and_an_eviction_is_a_cause(
+    kube_cluster, sent
+):
+    """checkpoint_dir on a PersistentVolumeClaim (this run key's folder of it), /dev/shm sized, the warning
+    as a preStop hook inside a grace period that covers it (the Job's deadline moved so the SIGTERM comes at
+    the timeout); an evicted pod fails the Job with the cause ``evicted``, which recovery acts on."""
+    fields = {"checkpoint_dir": "/ckpt", "timeout": "10m", "warn_before": {"signal": "USR1", "before": "30s"},
+              "resources": {"memory": "8Gi", "shm": "2Gi"},
+              "kubernetes": {"connection": KUBE_CONN, "namespace": "ml", "checkpoint_claim": "train-ckpt"}}  # fmt: skip
+    with pytest.raises(SubmitError, match=r"no PersistentVolumeClaim 'train-ckpt' in namespace 'ml': create it"):
+        BACKEND.submit(make_job("long-train", **fields))
+    jobs = kube_cluster.batch.list_namespaced_job("ml").items
+    assert not [j for j in jobs if j.metadata.labels.get("flexorch.io/name") == "long-train"]
+    kube_cluster.core.create_namespaced_persistent_volume_claim("ml", {"apiVersion": "v1",
+        "kind": "PersistentVolumeClaim", "metadata": {"name": "train-ckpt", "namespace": "ml"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}})  # fmt: skip
+    kube_cluster.behaviours["long-train"] = Behaviour(log=["step 1", "step 2"], run_for=0.5,
+                                                      evict="EvictionByEvictionAPI")  # fmt: skip
+    job = make_job("long-train", **fields)
+    status = wait(BACKEND.submit(job))
+    assert (status.state, status.cause) == (JobState.FAILED, "evicted"), status
+    assert "its pod was stopped by the cluster (EvictionByEvictionAPI: Eviction API: evicting)" in status.message
+    manifest = next(o for o in sent if o["kind"] == "Job")
+    pod = manifest["spec"]["template"]["spec"]
+    main = pod["containers"][0]
+    where = f"/ckpt/{job.key_slug}"
+    assert {"name": "FLEXORCH_CHECKPOINT_DIR", "value": where} in main["env"]
+    assert {"name": "flexorch-checkpoints", "mountPath": where, "subPath": job.key_slug} in main["volumeMounts"]
+    assert {"name": "flexorch-checkpoints", "persistentVolumeClaim": {"claimName": "train-ckpt"}} in pod["volumes"]
+    assert {"name": "flexorch-shm", "mountPath": "/dev/shm"} in main["volumeMounts"]
+    assert {"name": "flexorch-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2048Mi"}} in pod["volumes"]
+    assert main["lifecycle"]["preStop"]["exec"]["command"] == [
+        "/bin/sh", "-c", "kill -USR1 -1 2>/dev/null; kill -USR1 1 2>/dev/null; sleep 30"]  # fmt: skip
+    assert main["command"] == ["/bin/sh", "-c", "trap : USR1\npython -m task"]  # its shell outlives the signal
+    assert pod["terminationGracePeriodSeconds"] == 40  # the 30 s to save, then 10 s after SIGTERM
+    assert manifest["spec"]["activeDeadlineSeconds"] == 570  # the warning at 9m30s, SIGTERM at the timeout
+
+    kube_cluster.behaviours["long-train"].evictions = 0  # the next attempt runs to its end, on the same claim
+    again = make_job("long-train", **fields)
+    again = replace(again, run_key=job.run_key)
+    second = BACKEND.submit(again)
+    assert wait(second).state == JobState.SUCCEEDED
+    mounts = [o for o in sent if o["kind"] == "Job"][-1]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "flexorch-checkpoints", "mountPath": where, "subPath": job.key_slug} in mounts
+
+
+def test_a_pod_still_stopping_keeps_its_job_running_and_disruptions_name_their_cause():
+    """The Job's end is its pod's end (a pod saving after a warning still runs); the reasons Kubernetes
+    gives a disrupted pod map to the causes recovery knows."""
+    from flexorch_provider.backends.kubernetes.status import job_status
+
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}}
+    saving = {"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}}
+    assert job_status(failed, [saving]).state == JobState.RUNNING
+    gone = {"metadata": {"name": "p"}, "status": {"phase": "Failed"}}
+    assert job_status(failed, [gone]).state == JobState.TIMEOUT
+    broke = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    for reason, cause in (("PreemptionByScheduler", "preempted"), ("DeletionByTaintManager", "node_failed"),
+                          ("TerminationByKubelet", "evicted")):  # fmt: skip
+        pod = {"metadata": {"name": "p"}, "status": {"phase": "Failed", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": reason}]}}  # fmt: skip
+        assert job_status(broke, [pod]).cause == cause
+    kubelet = {
+        "metadata": {"name": "p"},
+        "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"},
+    }
+    assert job_status(broke, [kubelet]).cause == "evicted"
+    own = {"metadata": {"name": "p"}, "status": {"phase": "Failed"}}
+    assert job_status(broke, [own]).cause is None  # the job's own failure is no cause
+
+
+def test_the_warning_hook_reaches_every_process_of_the_container_and_nothing_outside(tmp_path):
+    """The pod's preStop hook run for real as the kubelet runs it: inside the container's PID namespace
+    (unshare/nsenter here), beside the container's command as its first process. The job's python, a
+    child of that shell, saves; the shell (PID 1) goes on; a process outside the namespace is untouched."""
+    import shutil
+    import signal
+    import subprocess
+
+    from flexorch_provider.backends.kubernetes.manifests import job_manifests
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.fail("this test needs root, unshare and nsenter (util-linux), as on the test machines")
+    saved = tmp_path / "saved"
+    (tmp_path / "train.py").write_text(
+        f"import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: open({str(saved)!r}, 'w').write('saved'))\n"
+        f"open({str(tmp_path / 'up')!r}, 'w').close()\ntime.sleep(60)\n"
+    )
+    job = make_job("hooked", run=f"{sys.executable} {tmp_path / 'train.py'}", timeout="1m",
+                   warn_before={"signal": "USR1", "before": "1s"})  # fmt: skip
+    manifest = next(o for o in job_manifests(job) if o["kind"] == "Job")
+    main = manifest["spec"]["template"]["spec"]["containers"][0]
+    outside = subprocess.Popen(["sleep", "60"])  # USR1 would end it
+    container = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", *main["command"]])
+    try:
+        deadline = time.time() + 20
+        while not (tmp_path / "up").exists():
+            assert time.time() < deadline and container.poll() is None, "the container's command did not start"
+            time.sleep(0.05)
+        first = int(subprocess.run(["pgrep", "-P", str(container.pid)], capture_output=True, text=True,
+                                   check=True).stdout.split()[0])  # fmt: skip
+        hook = main["lifecycle"]["preStop"]["exec"]["command"]
+        done = subprocess.run(["nsenter", "-t", str(first), "-p", "-m", *hook], timeout=20)
+        assert done.returncode == 0
+        assert saved.read_text() == "saved"  # the job's python got the warning
+        assert container.poll() is None  # its shell and python go on after it
+        assert outside.poll() is None  # kill -1 stayed inside the container's PID namespace
+    finally:
+        container.send_signal(signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", str(tmp_path / "train.py")], check=False)
+        outside.kill()
+        container.wait()
+        outside.wait()

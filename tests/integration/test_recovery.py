@@ -47,6 +47,14 @@ with DAG("flex_recover_it", schedule=None, start_date=pendulum.datetime(2025, 1,
 """
 
 
+def controller_log(cluster, lines: int = 30) -> list[str]:
+    """The end of slurmctld's log, for a failure's message."""
+    try:
+        return (cluster.base / "slurmctld.log").read_text().splitlines()[-lines:]
+    except OSError as e:
+        return [f"no slurmctld.log: {e}"]
+
+
 @pytest.fixture
 def shared():
     """Storage both hosts mount (here: one folder); its accounts differ, a real fleet's would not."""
@@ -102,30 +110,76 @@ def test_a_host_lost_mid_run_goes_on_elsewhere_from_its_checkpoint_in_the_same_t
     assert log.count("submitting it again") == 1  # the job's own failure (user_error): no recovery
 
 
-def test_a_requeued_slurm_job_goes_on_from_its_checkpoint(slurm_cluster, tmp_path):
-    """scontrol requeue (what a preemption with PreemptMode=REQUEUE does): the same job id runs again,
-    its output appended, FLEXORCH_RESTART_COUNT counting the requeue."""
-    backend = SlurmBackend()
-    w = load_workload({"name": "counter", "kind": "training", "target": "slurm", "run": COUNTER,
-                       "checkpoint_dir": ".flexorch/test-checkpoints"})  # fmt: skip
-    job = ResolvedJob.for_run(w, f"d/requeue/{time.time_ns()}/-1", env={"FLEXORCH_RESTART_COUNT": "0",
-                                                                        "FLEXORCH_RESTART_CAUSE": ""})  # fmt: skip
+def start_counter(backend, kind: str, run: str = COUNTER, **fields):
+    """The counter on Slurm (checkpoint in the home the nodes share), once it has counted to 4."""
+    w = load_workload({"name": "counter", "kind": "training", "target": "slurm", "run": run,
+                       "checkpoint_dir": ".flexorch/test-checkpoints", **fields})  # fmt: skip
+    job = ResolvedJob.for_run(w, f"d/{kind}/{time.time_ns()}/-1", env={"FLEXORCH_RESTART_COUNT": "0",
+                                                                       "FLEXORCH_RESTART_CAUSE": ""})  # fmt: skip
     handle = backend.submit(job)
     deadline = time.time() + 90
     while time.time() < deadline and not any(line.startswith("step 4") for line in all_lines(backend, handle)):
         time.sleep(0.2)
-    subprocess.run(["scontrol", "requeue", handle.job_id], check=True, capture_output=True)
-    # Slurm holds a requeued job back two minutes (BeginTime): once it is pending again, an operator's nudge
-    deadline = time.time() + 30
+    return handle
+
+
+def nudge_when_pending(backend, handle) -> None:
+    """Slurm holds a requeued job back two minutes (BeginTime): once it is pending again, an operator's
+    nudge (not within the second of the requeue: slurmd refuses a credential revoked that second, and
+    the job fails)."""
+    deadline = time.time() + 60
     while backend.poll([handle])[handle.job_id].state != JobState.PENDING and time.time() < deadline:
         time.sleep(0.2)
+    assert backend.poll([handle])[handle.job_id].state == JobState.PENDING, all_lines(backend, handle)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={handle.job_id}", "StartTime=now"], check=True, capture_output=True)
+
+
+def test_a_requeued_slurm_job_goes_on_from_its_checkpoint(slurm_cluster, tmp_path):
+    """scontrol requeue (what a preemption with PreemptMode=REQUEUE does): the same job id runs again,
+    its output appended, FLEXORCH_RESTART_COUNT counting the requeue."""
+    backend = SlurmBackend()
+    handle = start_counter(backend, "requeue")
+    subprocess.run(["scontrol", "requeue", handle.job_id], check=True, capture_output=True)
+    nudge_when_pending(backend, handle)
     seen: list = []
     status = wait_finished(backend, handle, 180, seen=seen)
     lines = all_lines(backend, handle)
-    assert status.state == JobState.SUCCEEDED, (lines, seen[-5:])
+    assert status.state == JobState.SUCCEEDED, "\n".join(
+        [*lines, *map(repr, seen[-5:]), *controller_log(slurm_cluster)]
+    )
     starts = [line for line in lines if line.startswith("start at step")]
     print("\n".join(starts))
     assert len(starts) == 2 and starts[0].startswith("start at step 0, restart 0"), lines
     assert int(starts[1].split("start at step ")[1].split(",")[0]) >= 4 and "restart 1 (requeued)" in starts[1]
     assert lines[-1] == "finished" or "finished" in lines
+
+
+def test_a_preempted_slurm_job_is_warned_requeued_and_goes_on_from_its_checkpoint(slurm_cluster, tmp_path):
+    """A job of partition urgent (PriorityTier 10) takes the node from a running job of partition gpu
+    (PreemptMode=REQUEUE): Slurm sends the job SIGTERM (it says so, and KillWait later SIGKILL) and
+    requeues it; it goes on from its checkpoint as restart 1 (requeued), same job id, in the same try."""
+    backend = SlurmBackend()
+    saver = "trap 'echo \"saving at step $step (SIGTERM)\"; exit 143' TERM\n" + COUNTER
+    handle = start_counter(backend, "preempt", saver, slurm={"partition": "gpu"})
+    # both of the node's CPUs: only the counter's going frees them
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--cpus-per-task=2", "--output=/dev/null",
+                             "--wrap", "sleep 1"], check=True, capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    try:
+        nudge_when_pending(backend, handle)
+        shown = subprocess.run(["scontrol", "show", "job", handle.job_id], capture_output=True, text=True).stdout
+        assert "Restarts=1" in shown, shown
+        seen: list = []
+        status = wait_finished(backend, handle, 180, seen=seen)
+    finally:
+        subprocess.run(["scancel", urgent.stdout.strip()], capture_output=True)
+    lines = all_lines(backend, handle)
+    assert status.state == JobState.SUCCEEDED, "\n".join(
+        [*lines, *map(repr, seen[-5:]), *controller_log(slurm_cluster)]
+    )
+    starts = [line for line in lines if line.startswith("start at step")]
+    print("\n".join([*starts, *(x for x in lines if x.startswith("saving"))]))
+    assert any(line.startswith("saving at step") for line in lines), lines  # the preemption's SIGTERM came first
+    assert len(starts) == 2 and starts[0].startswith("start at step 0, restart 0"), lines
+    assert int(starts[1].split("start at step ")[1].split(",")[0]) >= 4 and "restart 1 (requeued)" in starts[1]
+    assert "finished" in lines

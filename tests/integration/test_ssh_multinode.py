@@ -31,10 +31,10 @@ DATA = Path(__file__).parents[1] / "data"
 GLOO = {"GLOO_SOCKET_IFNAME": "eth0"}
 
 
-def make_job(run, hosts, *, nodes=2, env=None, gpus=None, key=None) -> ResolvedJob:
+def make_job(run, hosts, *, nodes=2, env=None, gpus=None, key=None, **fields) -> ResolvedJob:
     spec = {"name": "t", "kind": "training", "target": "ssh", "run": run, "env": env or {},
             "resources": {"nodes": nodes, **({"gpus": gpus} if gpus else {})},
-            "ssh": {"connection": FLEET_CONN, "hosts": hosts}}  # fmt: skip
+            "ssh": {"connection": FLEET_CONN, "hosts": hosts}, **fields}  # fmt: skip
     w = load_workload(spec)
     return ResolvedJob(run_key=key or f"dag/train/run-{time.time_ns()}/-1", name="t", kind="training", workload=w,
                        run=w.run, env=dict(w.env))  # fmt: skip
@@ -94,16 +94,30 @@ def test_one_node_failing_stops_the_other_and_names_the_node(ssh_fleet):
     assert BACKEND.poll([handle])[handle.job_id].state == JobState.FAILED  # rank 1's failure, not the cancel
 
 
-def test_cancel_stops_every_node(ssh_fleet):
+def test_cancel_stops_every_node_and_warns_each_first(ssh_fleet):
+    """With warn_before, every node's job gets the signal ahead of its SIGTERM (each node's runner gives it)."""
     h1, h2 = ssh_fleet.hosts[:2]
-    handle = BACKEND.submit(make_job("exec sleep 303", [h1.entry, h2.entry]))
+    run = ("exec python3 -c \"import os, signal, time; signal.signal(signal.SIGUSR1, lambda *a: print("
+           "'rank', os.environ['FLEXORCH_NODE_RANK'], 'saves', flush=True)); time.sleep(303)\"")  # fmt: skip
+    handle = BACKEND.submit(make_job(run, [h1.entry, h2.entry], warn_before={"signal": "USR1", "before": "1s"}))
     deadline = time.time() + 10
-    while not (h1.processes("sleep 303") and h2.processes("sleep 303")) and time.time() < deadline:
+    while (
+        not (h1.processes("import os, signal, time") and h2.processes("import os, signal, time"))
+        and time.time() < deadline
+    ):
         time.sleep(0.1)
-    assert h1.processes("sleep 303") and h2.processes("sleep 303")
+    assert h1.processes("import os, signal, time") and h2.processes("import os, signal, time"), all_lines(
+        BACKEND, handle
+    )
     BACKEND.cancel(handle)
     assert BACKEND.poll([handle])[handle.job_id].state == JobState.CANCELLED
-    assert not h1.processes("sleep 303") and not h2.processes("sleep 303")
+    assert not h1.processes("import os, signal, time") and not h2.processes("import os, signal, time")
+    lines = all_lines(BACKEND, handle)
+    for rank in (0, 1):
+        said = [x for x in lines if x.startswith(f"[rank {rank}]")]
+        assert f"[rank {rank}] rank {rank} saves" in said, lines
+        assert said.index(f"[rank {rank}] rank {rank} saves") < said.index(
+            f"[rank {rank}] [flexorch] cancelled: stopping the job (SIGTERM to its process group)"), lines  # fmt: skip
 
 
 def test_all_or_none_a_host_without_the_gpus_is_passed_over_and_no_group_leaves_nothing_held(ssh_fleet):

@@ -121,6 +121,10 @@ class Api:
         with library_errors():
             return list(plain(self.core.list_namespaced_pod(ns, label_selector=label_selector))["items"] or [])
 
+    def read_claim(self, ns: str, name: str) -> dict[str, Any]:
+        with library_errors():
+            return plain(self.core.read_namespaced_persistent_volume_claim(name, ns))
+
     def read_deployment(self, ns: str, name: str) -> dict[str, Any]:
         with library_errors():
             return plain(self.apps.read_namespaced_deployment(name, ns))

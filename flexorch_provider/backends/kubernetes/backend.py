@@ -175,6 +175,19 @@ class KubernetesBackend(Backend):
                 )
             except ApiError as e:
                 raise SubmitError(f"cannot delete the previous attempt, Job {name}: {e}") from e
+        claim = job.workload.kubernetes.checkpoint_claim if job.workload.checkpoint_dir else None
+        if claim:  # a pod on a missing claim would wait unscheduled, saying nothing to the task log
+            try:
+                phase = (api.read_claim(ns, claim).get("status") or {}).get("phase")
+            except ApiError as e:
+                if e.status == 404:
+                    raise SubmitError(
+                        f"kubernetes.checkpoint_claim: there is no PersistentVolumeClaim {claim!r} in namespace "
+                        f"{ns!r}: create it (ReadWriteMany for multi-node jobs), or fix the name"
+                    ) from None
+                raise SubmitError(f"cannot read PersistentVolumeClaim {claim!r} in namespace {ns!r}: {e}") from e
+            if phase == "Lost":
+                raise SubmitError(f"PersistentVolumeClaim {claim!r} in namespace {ns!r} lost its volume (phase Lost)")
         notes: list[str] = []
         ended = unclaimed_ends(mine)
         if ended is not None:

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from flexorch_provider import multinode
-from flexorch_provider.backends.base import ResolvedJob
+from flexorch_provider.backends.base import ResolvedJob, checkpoint_dir
 from flexorch_provider.exceptions import ConfigurationError
 from flexorch_provider.runner.containers import auth_json
 
@@ -55,8 +55,17 @@ def _quantity_cpu(cpus: float) -> str:
     return str(int(cpus)) if float(cpus).is_integer() else f"{math.ceil(cpus * 1000)}m"
 
 
+KILL_GRACE_S = 10  # after SIGTERM, before SIGKILL (as the job runner's kill_grace)
+
+
 def _command(job: ResolvedJob) -> list[str]:
-    """The container's command: setup (failing fast) then run; user text only as argv items."""
+    """The container's command: setup (failing fast) then run; user text only as argv items. With a
+    warning signal the shell keeps running through it (``trap :``), as on every other target."""
+    w = job.workload
+    if w.warn_before is not None and not isinstance(job.run, list):
+        keep = f"trap : {w.warn_before.signal}\n"
+        script = job.run if not job.setup else "(set -e\n" + job.setup + "\n) || exit $?\n" + job.run
+        return ["/bin/sh", "-c", keep + script]
     if isinstance(job.run, list):
         if not job.setup:
             return list(job.run)
@@ -193,7 +202,42 @@ def _pod_spec(job: ResolvedJob, container: dict[str, Any], restart: str) -> dict
     if w.image and w.container.registry_connection:
         spec["imagePullSecrets"] = [{"name": registry_secret_name(job)}]
     _code_from_git(job, spec, container)
+    _outlives_the_pod(job, spec, container)
     return spec
+
+
+def _outlives_the_pod(job: ResolvedJob, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """What a long job needs from its pod: the checkpoint claim (this run key's folder of it, at
+    checkpoint_dir/<run key>), a sized /dev/shm, and the warning: a preStop hook that signals every
+    process of the container and gives it ``before`` seconds, inside a grace period that covers them,
+    so a cancel, an eviction, a preemption and (with activeDeadlineSeconds moved) the timeout warn."""
+    w = job.workload
+    volumes, mounts = [], []
+    if w.checkpoint_dir and w.kubernetes.checkpoint_claim:
+        where = checkpoint_dir(job)
+        volumes.append({"name": "flexorch-checkpoints",
+                        "persistentVolumeClaim": {"claimName": w.kubernetes.checkpoint_claim}})  # fmt: skip
+        mounts.append({"name": "flexorch-checkpoints", "mountPath": where, "subPath": job.key_slug})
+        container["env"] = [*container["env"], {"name": "FLEXORCH_CHECKPOINT_DIR", "value": where}]
+    if w.resources.shm:
+        volumes.append({"name": "flexorch-shm", "emptyDir": {"medium": "Memory",
+                                                             "sizeLimit": _quantity_memory(w.resources.shm)}})  # fmt: skip
+        mounts.append({"name": "flexorch-shm", "mountPath": "/dev/shm"})
+    if volumes:
+        pod["volumes"] = [*pod.get("volumes", []), *volumes]
+        container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
+    if w.warn_before is not None:
+        sig, before = w.warn_before.signal, warn_seconds(job)
+        # kill(-1) reaches every process of the container's PID namespace but its first one and the hook itself
+        hook = f"kill -{sig} -1 2>/dev/null; kill -{sig} 1 2>/dev/null; sleep {before}"
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", hook]}}}
+        pod["terminationGracePeriodSeconds"] = before + KILL_GRACE_S
+
+
+def warn_seconds(job: ResolvedJob) -> int:
+    """warn_before.before in whole seconds (at least 1)."""
+    assert job.workload.warn_before is not None
+    return max(1, math.ceil(job.workload.warn_before.before.total_seconds()))
 
 
 def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
@@ -213,7 +257,10 @@ def job_manifests(job: ResolvedJob, attempt: str = "1") -> list[dict[str, Any]]:
         "template": {"metadata": {"labels": labels}, "spec": pod},
     }
     if job.timeout_s:
-        job_spec["activeDeadlineSeconds"] = job.timeout_s
+        # with a warning, the Job's deadline is when it comes: its pod then stops (preStop: the signal, then
+        # `before` seconds) and gets SIGTERM at the timeout itself
+        warn = warn_seconds(job) if w.warn_before is not None else 0
+        job_spec["activeDeadlineSeconds"] = max(1, job.timeout_s - warn)
     out: list[dict[str, Any]] = []
     if secret_data(job):
         out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",

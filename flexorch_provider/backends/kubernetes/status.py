@@ -1,7 +1,9 @@
 """Job and pod status (plain dicts from the API) → :class:`JobStatus`.
 
 A finished Job's conditions decide (Complete/SuccessCriteriaMet, Failed/FailureTarget with
-DeadlineExceeded as TIMEOUT and OOMKilled called out); a Job whose pod can never run
+DeadlineExceeded as TIMEOUT and OOMKilled called out, and the infrastructure's cause where a
+pod was evicted, preempted or lost its node: its ``DisruptionTarget`` condition or its kubelet
+``reason``); a Job whose pod can never run
 (ImagePullBackOff and friends) is FAILED at once with the reason, though the Job object
 itself is still live (only ``cancel`` deletes it); an unschedulable pod stays PENDING with
 the scheduler's message. Pure functions: nothing here talks to the cluster.
@@ -20,6 +22,40 @@ NEVER_PULLS = {
     "CreateContainerConfigError",
     "CreateContainerError",
 }
+
+# a pod's DisruptionTarget reason (Kubernetes ≥ 1.26) or its status reason → records.CAUSES
+DISRUPTIONS = {
+    "PreemptionByScheduler": "preempted",
+    "EvictionByEvictionAPI": "evicted",
+    "TerminationByKubelet": "evicted",
+    "DeletionByTaintManager": "node_failed",
+    "DeletionByPodGC": "node_failed",
+    "Evicted": "evicted",
+    "NodeLost": "node_failed",
+    "Shutdown": "node_failed",
+}
+
+
+def disruption(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(cause, what Kubernetes said) when the infrastructure ended this pod, else None."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            reason = str(cond.get("reason") or "")
+            return DISRUPTIONS.get(reason, "evicted"), f"{reason}: {cond.get('message') or 'disrupted'}"
+    reason = str(status.get("reason") or "")
+    if reason in DISRUPTIONS:
+        return DISRUPTIONS[reason], f"{reason}: {status.get('message') or reason}"
+    return None
+
+
+def stopping(pods: list[dict[str, Any]]) -> str | None:
+    """The name of a pod still on its way out (deleted, not yet ended: its preStop and grace period)."""
+    for p in pods:
+        ended = (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if p["metadata"].get("deletionTimestamp") and not ended:
+            return str(p["metadata"]["name"])
+    return None
 
 
 def job_finished(job: dict[str, Any]) -> str | None:
@@ -67,6 +103,14 @@ def job_status(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobSta
         return JobStatus(JobState.SUCCEEDED, code if code is not None else 0, "the Job completed")
     if done in ("Failed", "FailureTarget"):
         cond = next(c for c in job["status"]["conditions"] if c.get("type") in ("Failed", "FailureTarget"))
+        last = stopping(pods)
+        if last:  # the job's end is its pod's end: a pod saving its work after a warning still runs
+            return JobStatus(JobState.RUNNING, message=f"ending: pod {last} is stopping (its grace period)")
+        hit = next((d for d in map(disruption, pods) if d), None)
+        if hit and cond.get("reason") != "DeadlineExceeded":
+            cause, said = hit
+            return JobStatus(JobState.FAILED, code, f"the Job failed: its pod was stopped by the cluster ({said})",
+                             cause=cause)  # fmt: skip
         if cond.get("reason") == "DeadlineExceeded":
             return JobStatus(
                 JobState.TIMEOUT, code, "DeadlineExceeded: the Job ran past its timeout (activeDeadlineSeconds)"

@@ -49,6 +49,8 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
     # the job's own files only (read-only), never the folder where other jobs' secrets wait for their start
     own = [wrapper, script, *([setup] if setup else [])]
     bind_words = [*(f"{f}:{f}:ro" for f in own), '"$PWD":"$PWD"']
+    if w.checkpoint_dir:  # the run key's checkpoint folder (the script made it), at its own path inside
+        bind_words.append('"$FLEXORCH_CHECKPOINT_DIR":"$FLEXORCH_CHECKPOINT_DIR"')
     for m in w.container.mounts:
         host = _q(m.host) if m.host.startswith("/") else '"$HOME"/' + _q(m.host)
         bind_words.append(f"{host}:{_q(m.path)}" + (":ro" if m.read_only else ""))
@@ -82,6 +84,8 @@ def container_lines(job: ResolvedJob, setup: str | None, script: str, env_names:
         "--pull",
         w.container.pull,
     ]
+    if w.resources.shm:
+        argv += ["--shm-size", f"{int(w.resources.shm)}b"]
     login = bool(w.container.registry_connection)
     auth = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.auth.json"'
     if login:  # pulled with the login first; the login is gone before the job's own code runs

@@ -94,8 +94,11 @@ def sbatch_options(job: ResolvedJob) -> list[str]:
         lines.append(f"--gres=gpu:{gpu_type}{res.gpus.count}")
     if job.timeout_s:
         lines.append(f"--time={math.ceil(job.timeout_s / 60)}")
-        if w.warn_before is not None:  # to the batch shell, which passes it on to the job's processes
-            lines.append(f"--signal=B:{w.warn_before.signal}@{max(1, int(w.warn_before.before.total_seconds()))}")
+        if w.warn_before is not None:
+            # one node: to the batch shell, which passes it on to the job's processes; several: to the srun
+            # step's processes on every node (each node's script keeps its shell through it)
+            to = "" if res.nodes > 1 else "B:"
+            lines.append(f"--signal={to}{w.warn_before.signal}@{max(1, int(w.warn_before.before.total_seconds()))}")
     for key in ("partition", "account", "qos"):
         if getattr(opts, key):
             lines.append(f"--{key}={getattr(opts, key)}")

@@ -96,9 +96,13 @@ def _config(base: Path, addr: str, extra: Sequence[ExtraNode] = ()) -> str:
             "ReturnToService=2",
             "MinJobAge=300",
             "KillWait=2",
+            # partition urgent preempts partition gpu: its jobs get SIGTERM and are requeued at once (22.05)
+            "PreemptType=preempt/partition_prio",
+            "PreemptMode=REQUEUE",
             *nodes,
             f"NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 Gres=gpu:a100:{GPUS} State=UNKNOWN",
-            "PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1",
+            "PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF",
             *multi,
             "",
         ]

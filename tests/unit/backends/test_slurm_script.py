@@ -66,6 +66,13 @@ def test_podman_runs_the_step_in_the_image_with_values_by_name():
     assert "--device nvidia.com/gpu=$i" in script and "podman rm -f -t 0" in script
 
 
+def test_a_containers_checkpoint_folder_and_shm_on_slurm():
+    last = _image_script("podman", checkpoint_dir="ckpt", resources={"shm": "1Gi"}).splitlines()[-1]
+    assert ' -v "$FLEXORCH_CHECKPOINT_DIR":"$FLEXORCH_CHECKPOINT_DIR" ' in last and " --shm-size 1073741824b " in last
+    last = _image_script("apptainer", checkpoint_dir="ckpt").splitlines()[-1]
+    assert ' --bind "$FLEXORCH_CHECKPOINT_DIR":"$FLEXORCH_CHECKPOINT_DIR" ' in last
+
+
 def test_podman_on_several_nodes_names_each_nodes_container_after_its_node(tmp_path):
     """Nodes may share an image store (the test bed's do): one name per node, each removed as its node ends."""
     import subprocess
@@ -216,3 +223,11 @@ def test_a_warning_a_checkpoint_folder_and_requeues_in_the_batch_script(tmp_path
     batch.send_signal(signal.SIGUSR1)  # Slurm, 5 minutes before the time limit
     out, _ = batch.communicate(timeout=20)
     assert out.splitlines() == ["saving", "done"] and batch.returncode == 7
+
+    # several nodes: the signal goes to the srun step's processes on every node (not the batch shell),
+    # and each node's script keeps its shell through it
+    w = load_workload({"name": "s", "kind": "training", "target": "slurm", "timeout": "1h", "run": "python train.py",
+                       "warn_before": {"signal": "USR2", "before": "2m"}, "resources": {"nodes": 2}})  # fmt: skip
+    lines = render_script(ResolvedJob.for_run(w, "d/t/r/-1")).splitlines()
+    assert "#SBATCH --signal=USR2@120" in lines and not any("--signal=B:" in line for line in lines)
+    assert "trap : USR2" in lines

@@ -342,16 +342,19 @@ def test_the_policy_says_who_a_job_runs_as_and_where(tmp_path):
         "team ml: slurm.qos high: the team has no slurm_qos rule, so a submission may not use it",
     ]
     k8s = {"target": "kubernetes", "image": "i:1", "kubernetes": {"connection": "ml_k8s", "namespace": "prod",
-           "service_account": "admin", "tolerations": [{"operator": "Exists"}]},
-           "secrets": {"DB": "kubernetes:db/password"}}  # fmt: skip
+           "service_account": "admin", "tolerations": [{"operator": "Exists"}], "checkpoint_claim": "other-ckpt"},
+           "checkpoint_dir": "/ckpt", "secrets": {"DB": "kubernetes:db/password"}}  # fmt: skip
     assert refusals(**k8s) == [
         "team ml: secrets.DB: kubernetes:db/password is not a reference the team may use (allowed: kubernetes:ml/*)",
         "team ml: kubernetes.namespace prod is not allowed (allowed: ml)",
         "team ml: kubernetes.service_account admin: the team has no kubernetes_service_accounts rule, so a "
         "submission may not use it",
+        "team ml: kubernetes.checkpoint_claim other-ckpt: the team has no kubernetes_claims rule, so a submission "
+        "may not use it",
         "team ml: kubernetes.tolerations: the team may not tolerate taints (kubernetes_tolerations)",
     ]
     k8s["kubernetes"] = {"connection": "ml_k8s", "namespace": "ml"}
+    del k8s["checkpoint_dir"]
     assert refusals(**k8s) == []  # the same secret name, in the team's namespace
     mounts = {"image": "i:1", "container": {"mounts": [{"host": "/var/run/docker.sock", "path": "/s"}]}}
     assert refusals(**mounts) == [

@@ -274,6 +274,32 @@ def test_a_warning_signal_comes_before_the_timeout_and_the_jobs_shell_outlives_i
     assert "training goes on" in log and "not reached" not in log  # python took the warning and went on
 
 
+def test_a_cancel_warns_first_and_gives_the_job_its_time_before_sigterm(tmp_path):
+    """warn on a cancel: the job's processes get the signal at once, SIGTERM only ``before`` seconds later
+    (a job that saves in time ends on its own); the cancel call waits for it."""
+    saved = tmp_path / "saved"
+    (tmp_path / "train.py").write_text(
+        "import signal, sys, time\n"
+        f"def save(*a):\n    time.sleep(1)\n    open({str(saved)!r}, 'w').write('saved')\n    print('saved', flush=True)\n"
+        "signal.signal(signal.SIGUSR1, save)\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('sigterm', flush=True), sys.exit(143)))\n"
+        "print('training', flush=True)\ntime.sleep(60)\n"
+    )
+    start(tmp_path / "r", {"script": f"python3 {tmp_path / 'train.py'}", "kill_grace": 1,
+                           "warn": {"signal": "USR1", "before": 3}})  # fmt: skip
+    deadline = time.time() + 10
+    while "training" not in ((tmp_path / "r" / "log").read_text() if (tmp_path / "r" / "log").exists() else ""):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    st = cancel(str(tmp_path / "r"), grace=1)
+    log = (tmp_path / "r" / "log").read_text()
+    assert st["state"] == "cancelled" and saved.read_text() == "saved", log
+    # the warning, the job's save (it takes 1 s), and only then SIGTERM, which the job saw
+    order = [log.index(s) for s in ("SIGUSR1 to the job: cancelled: SIGTERM in 3s", "\nsaved\n",
+                                    "cancelled: stopping the job (SIGTERM", "\nsigterm\n")]  # fmt: skip
+    assert order == sorted(order), log
+
+
 def test_a_checkpoint_dir_is_the_same_for_every_attempt_of_a_run_key(tmp_path, monkeypatch):
     from flexorch_provider.runner.attempts import prepare
 

@@ -49,3 +49,21 @@ def test_an_undeployed_service_desires_nothing(tmp_path, monkeypatch):
     state.save()
     (row,) = overview.services(None)
     assert (row["deployed"], row["desired"], asked) == (True, 2, ["web"])
+
+
+def test_a_recovered_jobs_row_says_its_restarts_and_their_cause():
+    from flexorch_provider.records import JobRecord
+    from flexorch_provider.ui.overview import _job_row
+    from flexorch_provider.ui.page import PAGE
+
+    class Ti:
+        dag_id, run_id, task_id, map_index, operator, pool, pool_slots, try_number = "d", "r", "t", -1, "X", None, 1, 1
+        state, end_date = "running", None
+
+    record = JobRecord.from_dict({"target": "kubernetes", "job_id": "j-2", "submitted_at": 100.0, "restarts": 2,
+                                  "restart_cause": "evicted"})  # fmt: skip
+    row = _job_row(Ti(), record, 1000.0)
+    assert (row["restarts"], row["restart_cause"]) == (2, "evicted")
+    fresh = _job_row(Ti(), JobRecord.from_dict({"target": "local", "job_id": "j/1", "submitted_at": 1.0}), 2.0)
+    assert (fresh["restarts"], fresh["restart_cause"]) == (0, None)
+    assert "function restarts(j)" in PAGE and PAGE.count("restarts(j)") == 3  # defined; the table and the job view

@@ -21,6 +21,7 @@ CAUSES = {
     "preempted": "it was preempted",
     "node_failed": "its node failed",
     "evicted": "its pod was evicted from its node",
+    "no_capacity": "no target had room for it",
     "resume_exit_code": "it exited with a code that asks to be started again (retries.resume_exit_codes)",
 }
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from flexorch_provider import links
 from flexorch_provider.backends.base import JobHandle, LogCursor, ResolvedJob
 from flexorch_provider.backends.registry import get_backend
-from flexorch_provider.exceptions import BackendError, ConfigurationError, JobFailedError
+from flexorch_provider.exceptions import BackendError, ConfigurationError, JobFailedError, NoCapacityError
 from flexorch_provider.follower import TAIL_LINES, Follower
 from flexorch_provider.links import RemoteJobLink
 from flexorch_provider.masking import masker_for
@@ -115,7 +115,14 @@ class FlexOperator(SpecOperator):
         # the job knows whether it starts anew or after the infrastructure failed it (then: resume)
         job.env.update(FLEXORCH_RESTART_COUNT=str(restarts["count"]), FLEXORCH_RESTART_CAUSE=restarts["cause"] or "")
         self._restart = restarts
-        handle, choice = Placer(self.workload, self.log).submit(job)
+        try:
+            handle, choice = Placer(self.workload, self.log).submit(job)
+        except NoCapacityError as e:  # no target has room now: the infrastructure's, while recoveries last
+            r = self.workload.retries
+            if not r.recover or restarts["count"] >= r.recover:
+                raise
+            self._again(context, "no_capacity", f"no target could take the job ({e})", restarts["count"])
+            return self.execute_recover(context)  # not deferrable: the delay has passed
         self.on_submit(job, handle)
         return self._track(context, handle, choice)
 
@@ -158,11 +165,20 @@ class FlexOperator(SpecOperator):
                 get_backend(job.target).claim(job)
             except Exception:
                 pass
+        self.on_end(job.run_key)  # this attempt is over (a submission's GPU time stops counting here)
+        return self._again(
+            context, cause, f"job {job.job_id} ended: {CAUSES.get(cause, cause)} ({event.message})", done
+        )
+
+    def _again(self, context: Any, cause: str, what: str, done: int) -> bool:
+        """Recovery ``done + 1``: counted in XCom, said in the log, then the delay (deferred when the task
+        is deferrable, which resumes in ``execute_recover``; else slept here, and True)."""
+        r = self.workload.retries
         delay = min(r.recover_delay.total_seconds() * 2**done, MAX_RECOVER_DELAY_S)
         context["ti"].xcom_push(key=RESTARTS_KEY, value={"count": done + 1, "cause": cause})
         self.log.warning(
-            "job %s ended: %s (%s): submitting it again in %ds, recovery %d of %d (not counted in retries)",
-            job.job_id, CAUSES.get(cause, cause), event.message, int(delay), done + 1, r.recover,
+            "%s: submitting it again in %ds, recovery %d of %d (not counted in retries)",
+            what, int(delay), done + 1, r.recover,
         )  # fmt: skip
         self._handle = None
         if self.deferrable:
@@ -223,6 +239,8 @@ class FlexOperator(SpecOperator):
         return self._outcome(context, received, choice or Placer(self.workload, self.log).new_choice())
 
     def _outcome(self, context: Any, event: JobEvent, choice: Choice) -> Any:
+        if not hasattr(self, "_restart") and self.workload.retries.recover:  # resumed from the trigger:
+            self._restart = self._restarts(context)  # this try's recoveries so far
         if event.status == "pending":  # max_pending has passed: the placer says where it runs now
             placer = Placer(self.workload, self.log)
             decision = placer.after_pending(self._job(context), event.job, event.message or "pending", choice)

@@ -372,4 +372,7 @@ class SubmittedStepOperator(FlexOperator):
 
     @property
     def _ledger_try(self) -> str:
-        return f"{self._try}.{self._retried}"  # each submit of the job: the task's try, the retries done in it
+        """Each submit of the job: the task's try, the retries done in it, and (from the first on) the
+        recoveries in it, so every attempt's GPU time counts on its own."""
+        restarts = int((getattr(self, "_restart", None) or {}).get("count") or 0)
+        return f"{self._try}.{self._retried}" + (f".{restarts}" if restarts else "")

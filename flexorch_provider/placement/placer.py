@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from flexorch_provider.backends.base import JobHandle, JobState, ResolvedJob
 from flexorch_provider.backends.registry import get_backend
-from flexorch_provider.exceptions import BackendUnavailableError, SubmitError
+from flexorch_provider.exceptions import BackendUnavailableError, NoCapacityError, SubmitError
 from flexorch_provider.fanout import parallel
 from flexorch_provider.masking import secret_refs
 from flexorch_provider.placement import capacity
@@ -44,17 +44,21 @@ def first_that_accepts(targets: list[str], start: Callable[[Any], T], log: Log) 
     target passes to the next): the target and what ``start`` returned. None accepting: SubmitError
     with every refusal."""
     refusals: list[str] = []
+    full = True  # every target refused for want of room now (NoCapacityError): later it may have some
     for target in targets:
         try:
             result = start(get_backend(target))
         except (SubmitError, BackendUnavailableError) as e:
             log.warning("target %s refused the job: %s", target, e)
             refusals.append(f"{target}: {e}")
+            full = full and isinstance(e, NoCapacityError)
             continue
         if refusals:
             log.info("falling back: %s", "; ".join(refusals))
         return target, result
-    raise SubmitError("no target accepted the job:\n  " + "\n  ".join(refusals))
+    raise (NoCapacityError if full and refusals else SubmitError)(
+        "no target accepted the job:\n  " + "\n  ".join(refusals)
+    )
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ def gpus_of(job: Job) -> int:
 
 
 def tries_of(job: Job) -> int:
-    """How many times a job may run: once, and once per retry."""
-    return 1 + job.retries.count
+    """How many times a job may run: once, and once per retry, each of those once more per recovery
+    (retries.recover: a resume exit code is the job's own choice, so its runs count too)."""
+    return (1 + job.retries.count) * (1 + job.retries.recover)
 
 
 def _count(value: object) -> int:
@@ -241,7 +242,7 @@ def budget_refusal(name: str, team: Team, jobs: Sequence[Job], used: float) -> s
         return None
     period = "today" if budget.per == "day" else "this week"
     ask = " + ".join(
-        f"{gpus_of(j)} GPUs × {_h(j.timeout)}" + (f" × {tries_of(j)} tries" if tries_of(j) > 1 else "")
+        f"{gpus_of(j)} GPUs × {_h(j.timeout)}" + (f" × {tries_of(j)} runs" if tries_of(j) > 1 else "")
         for j in jobs
         if gpus_of(j)
     )

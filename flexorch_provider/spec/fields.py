@@ -272,7 +272,7 @@ class Retries(FlexModel):
     """How a failed job runs again. Shorthand: ``retries: 2``.
 
     ``count`` is for the job's own failures (Airflow's task retries). A failure of the infrastructure
-    (its host lost, preempted, its node failed, its pod evicted) or an exit code in
+    (its host lost, preempted, its node failed, its pod evicted, no target with room for it) or an exit code in
     ``resume_exit_codes`` is submitted again within the same try, up to ``recover`` times, with a
     delay doubling from ``recover_delay`` (at most 10 minutes), and never counts against ``count``;
     the job finds ``FLEXORCH_RESTART_COUNT`` and ``FLEXORCH_RESTART_CAUSE`` in its environment."""
@@ -286,7 +286,8 @@ class Retries(FlexModel):
             ge=0,
             le=1000,
             description="How many times the same try submits the job again after a failure of the infrastructure "
-            "(host lost, preempted, node failed, pod evicted) or a resume exit code; not counted in count.",
+            "(host lost, preempted, node failed, pod evicted, no target with room for it now) or a resume exit "
+            "code; not counted in count.",
         ),
     ] = 0
     recover_delay: Annotated[

@@ -601,8 +601,11 @@ def test_a_pod_still_stopping_keeps_its_job_running_and_disruptions_name_their_c
     from flexorch_provider.backends.kubernetes.status import job_status
 
     failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}}
-    saving = {"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}}
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 20))  # its grace period ends then
+    saving = {"metadata": {"name": "p", "deletionTimestamp": soon}, "status": {"phase": "Running"}}
     assert job_status(failed, [saving]).state == JobState.RUNNING
+    long_ago = {"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}}
+    assert job_status(failed, [long_ago]).state == JobState.TIMEOUT  # its node is gone: no waiting forever
     gone = {"metadata": {"name": "p"}, "status": {"phase": "Failed"}}
     assert job_status(failed, [gone]).state == JobState.TIMEOUT
     broke = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}

@@ -11,6 +11,8 @@ the scheduler's message. Pure functions: nothing here talks to the cluster.
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 
 from flexorch_provider.backends.base import JobState, JobStatus
@@ -49,12 +51,24 @@ def disruption(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def stopping(pods: list[dict[str, Any]]) -> str | None:
-    """The name of a pod still on its way out (deleted, not yet ended: its preStop and grace period)."""
+STOPPING_SLACK_S = 30  # past its deletion deadline a pod still "running" has lost its node: waiting ends
+
+
+def stopping(pods: list[dict[str, Any]], now: float | None = None) -> str | None:
+    """The name of a pod still on its way out (deleted, not yet ended: its preStop and grace period),
+    until its deletion deadline (``deletionTimestamp``, the end of its grace period) has passed by
+    :data:`STOPPING_SLACK_S` (a pod on a lost node stays "Terminating" until the node is gone)."""
+    now = time.time() if now is None else now
     for p in pods:
         ended = (p.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        if p["metadata"].get("deletionTimestamp") and not ended:
-            return str(p["metadata"]["name"])
+        deadline = p["metadata"].get("deletionTimestamp")
+        if deadline and not ended:
+            try:
+                by = datetime.fromisoformat(str(deadline).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                by = now
+            if now < by + STOPPING_SLACK_S:
+                return str(p["metadata"]["name"])
     return None
 
 

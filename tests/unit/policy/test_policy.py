@@ -241,7 +241,13 @@ def test_every_way_of_asking_for_gpus_counts_against_the_limit_and_the_budget(tm
     refusal = budget_refusal("nlp", team, [retried], used=40.0)  # 40 + 4 GPUs × 2 h × 3 tries = 64: just fits
     assert refusal is None
     refusal = budget_refusal("nlp", team, [_job(resources={"gpus": 4}, timeout="2h", retries={"count": 3})], used=40.0)
-    assert refusal is not None and "4 GPUs × 2h × 4 tries = 32.00 GPU-hours" in refusal
+    assert refusal is not None and "4 GPUs × 2h × 4 runs = 32.00 GPU-hours" in refusal
+    # each try may run again once per recovery (a resume exit code is the job's own choice): they count too
+    recovering = _job(
+        resources={"gpus": 4}, timeout="2h", retries={"count": 1, "recover": 2, "resume_exit_codes": [33]}
+    )
+    refusal = budget_refusal("nlp", team, [recovering], used=40.0)
+    assert refusal is not None and "4 GPUs × 2h × 6 runs = 48.00 GPU-hours" in refusal
 
 
 def test_an_sbatch_option_value_is_one_word_and_gpu_variables_are_flexorchs(tmp_path):

@@ -124,7 +124,8 @@ class Workload(FlexModel):
         Field(
             description="A signal to every process of the job ahead of its end, so it can save first: {signal: USR1, "
             "before: 2m}: `before` ahead of its timeout, and `before` ahead of the SIGTERM of a cancel (ssh, local: "
-            "the job runner, in an image too; slurm: --signal, timeout only; kubernetes: a preStop hook, also "
+            "the job runner, in an image too; slurm: --signal and the batch shell, not in an image; kubernetes: a "
+            "preStop hook, also "
             "ahead of an eviction or preemption). Every node of a multi-node job gets it."
         ),
     ] = None

@@ -83,6 +83,38 @@ def test_cancel_leaves_nothing_in_the_queue(slurm_cluster):
     BACKEND.cancel(handle)  # a job that already ended: nothing to do, no error
 
 
+SAVER = (
+    'python3 -c "import signal, sys, time\n'
+    "def save(*a):\n    time.sleep(1); print('saved at step', step, flush=True)\n"
+    "signal.signal(signal.SIGUSR1, save)\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (print('sigterm', flush=True), sys.exit(143)))\n"
+    "step = 0\nwhile True:\n    step += 1; print('step', step, flush=True); time.sleep(0.5)\n\""
+)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_a_cancel_with_a_warning_signals_first_and_cancels_before_later(slurm_cluster, nodes):
+    """warn_before on Slurm: the cancel goes through the batch shell, which sends the job the warning
+    (its process group; with several nodes every node's step), and has Slurm cancel it ``before`` later."""
+    fields = {"warn_before": {"signal": "USR1", "before": "4s"}}
+    if nodes > 1:
+        fields |= {"resources": {"nodes": 2}, "slurm": MULTI}
+    handle = BACKEND.submit(make_job(SAVER, **fields))
+    deadline = time.time() + 60
+    while time.time() < deadline and sum(line.endswith("step 12") for line in log_of(handle)) < nodes:
+        time.sleep(0.3)  # running for 6 s: its batch shell listens
+    BACKEND.cancel(handle)
+    status = wait(handle, timeout=60)
+    lines = log_of(handle)
+    text = "\n".join(lines)
+    assert status.state == JobState.CANCELLED, text
+    print("\n".join(line for line in lines if not line.startswith("step")))
+    assert "[flexorch] cancelled: SIGUSR1 to the job, its end in 4s (save what you need)" in lines, text
+    assert sum(line.startswith("saved at step") for line in lines) == nodes, text  # every node saved
+    assert text.index("[flexorch] cancelled: SIGUSR1") < text.index("saved at step") < text.index("sigterm")
+    assert not [j for j in slurm_cluster.live_jobs() if j.startswith(f"{handle.job_id}|")]
+
+
 def test_resubmitting_a_live_run_key_reattaches(slurm_cluster):
     job = make_job("sleep 3")
     first = BACKEND.submit(job)

@@ -23,6 +23,7 @@ from flexorch_provider.backends.base import (
 )
 from flexorch_provider.backends.slurm.cluster import Cluster, SlurmJobData, cluster_of, job_data
 from flexorch_provider.backends.slurm.script import (
+    CANCEL_SIGNAL,
     KEEP_OUTPUTS_DAYS,
     OUT_DIR,
     PREPARE_OUT_DIR,
@@ -57,6 +58,8 @@ class SlurmBackend(Backend):
 
     def _handle(self, job: ResolvedJob, cluster: Cluster, job_id: str) -> JobHandle:
         data: SlurmJobData = {"conn": cluster.conn_id, "name": job_name(job), "secrets": has_secrets_file(job)}
+        if job.workload.warn_before is not None and not job.workload.image:
+            data["warn"] = True  # its batch shell gives a cancel's warning (script.cancel_with_warning)
         return JobHandle(target=self.name, job_id=job_id, run_key=job.run_key, data=dict(data))
 
     def where(self, handle: JobHandle) -> dict[str, Any]:
@@ -265,8 +268,20 @@ class SlurmBackend(Backend):
         ends it by itself (a job that already ended is not an error). Its secrets file goes too: a
         job cancelled before it started never ran the script that removes it."""
         cluster = cluster_of(handle)
-        self._scancel(cluster, handle)
+        if not (job_data(handle).get("warn") and self._warn_on_cancel(cluster, handle)):
+            self._scancel(cluster, handle)
         self._forget_secrets(cluster, handle)
+
+    def _warn_on_cancel(self, cluster: Cluster, handle: JobHandle) -> bool:
+        """A running job with warn_before: its batch shell warns the job, and has Slurm cancel it ``before``
+        later (``scancel --batch --signal=URG``). False where that cannot be (not running for a few seconds
+        yet: its batch shell may not listen yet, and a job that has not started needs no warning)."""
+        code, out, _ = cluster.run(["squeue", "-h", "-j", handle.job_id, "-o", "%T|%M"])
+        state, _, elapsed = out.strip().partition("|")
+        if code != 0 or state != "RUNNING" or elapsed.strip() in ("0:00", "0:01", "0:02", "0:03", "0:04"):
+            return False
+        code, _, _ = cluster.run(["scancel", "--batch", f"--signal={CANCEL_SIGNAL}", handle.job_id])
+        return code == 0
 
     @staticmethod
     def _scancel(cluster: Cluster, handle: JobHandle, *options: str) -> None:

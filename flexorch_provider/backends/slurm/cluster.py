@@ -77,6 +77,7 @@ class SlurmJobData(TypedDict):
     conn: str | None  # the login node's SSH connection; None: the local Slurm clients
     name: str  # the job name (``flexorch-<run key slug>``): output and exit-code files are named after it
     secrets: NotRequired[bool]  # a secrets file was written for it: removed when the job has ended
+    warn: NotRequired[bool]  # warn_before: a cancel of the running job goes through its batch shell
 
 
 def job_data(handle: JobHandle) -> SlurmJobData:

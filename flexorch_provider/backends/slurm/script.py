@@ -172,6 +172,9 @@ def render_script(job: ResolvedJob) -> str:
         'if [ -f "$flexorch_secrets" ]; then . "$flexorch_secrets"; rm -f "$flexorch_secrets"; fi',
         'trap \'code=$?; echo "$code" > "$flexorch_rc"; rm -f "$flexorch_secrets"\' EXIT',
     ]
+    warn = w.warn_before.signal if w.warn_before is not None and not w.image else None
+    if warn and w.warn_before is not None:
+        lines += cancel_with_warning(warn, math.ceil(w.warn_before.before.total_seconds()), w.resources.nodes > 1)
     if "FLEXORCH_RESTART_COUNT" in job.env:  # a requeue (scontrol requeue, preemption) is a restart too
         lines += [
             "export FLEXORCH_RESTART_COUNT=$((FLEXORCH_RESTART_COUNT + ${SLURM_RESTART_COUNT:-0}))",
@@ -193,27 +196,54 @@ def render_script(job: ResolvedJob) -> str:
     setup = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.setup.sh"' if job.setup else None
     if job.setup and setup:
         lines += _file_from_text(setup, job.setup, delimiter)
-        if not w.image:
-            lines.append(f"bash -e {setup} || exit $?")
+        if not w.image:  # with a warning, in the background: a cancel's trap runs at once, not after it
+            lines.append(f"bash -e {setup} & wait $! || exit $?" if warn else f"bash -e {setup} || exit $?")
     script = '"$flexorch_dir/$SLURM_JOB_NAME-$SLURM_JOB_ID.sh"'
-    warn = w.warn_before.signal if w.warn_before is not None and job.timeout_s else None
     lines += _file_from_text(script, (f"trap : {warn}\n" if warn else "") + run, delimiter)
+    srun = f"srun {' '.join(SRUN_OPTIONS)} bash -c {shlex.quote(NODE_TASK)} {script}"
     if w.image:  # the job runs in its image on every target
         lines += container_lines(job, setup, script, [*job.env, *job.secrets])
-    elif w.resources.nodes > 1:
-        # one task per node, each with its node rank; one node failing ends the step on all
-        lines.append(f"srun {' '.join(SRUN_OPTIONS)} bash -c {shlex.quote(NODE_TASK)} {script}")
-    elif warn:  # the job in its own process group, which the batch shell's trap passes the warning to
+    elif warn:
         lines += [
-            f"setsid bash {script} &",
+            # one node: the job in its own process group, which the batch shell passes the warnings to;
+            # several: the srun step (one task per node), which Slurm signals on every node
+            f"{srun} &" if w.resources.nodes > 1 else f"setsid bash {script} &",
             "flexorch_child=$!",
-            f"trap 'kill -{warn} -- -$flexorch_child 2>/dev/null' {warn}",
+            *([] if w.resources.nodes > 1 else [f"trap 'kill -{warn} -- -$flexorch_child 2>/dev/null' {warn}"]),
             'while :; do wait "$flexorch_child"; flexorch_code=$?; kill -0 "$flexorch_child" 2>/dev/null || break; done',
+            'if [ -n "$flexorch_cancel" ]; then scancel "$SLURM_JOB_ID"; fi',  # it ended on its own after a cancel
             'exit "$flexorch_code"',
         ]
+    elif w.resources.nodes > 1:
+        # one task per node, each with its node rank; one node failing ends the step on all
+        lines.append(srun)
     else:
         lines.append(f"bash {script}")
     return "\n".join(lines) + "\n"
+
+
+CANCEL_SIGNAL = "URG"  # flexorch's cancel of a job with a warning, to its batch shell (ignored by default)
+
+
+def cancel_with_warning(warn: str, before: int, nodes: bool) -> list[str]:
+    """The batch shell's part of a cancel with a warning: the worker sends it SIGURG (``scancel --batch``);
+    it sends the job the warning signal at once (its process group, or every node's step), and has Slurm
+    cancel the job ``before`` seconds later (or when the job has ended on its own). Before the job runs
+    there is nothing to warn: the cancel is at once."""
+    signal_job = (
+        f'scancel --signal={warn} "$SLURM_JOB_ID"' if nodes else f"kill -{warn} -- -$flexorch_child 2>/dev/null"
+    )
+    return [
+        "flexorch_child=; flexorch_cancel=",
+        "flexorch_stop() {",
+        f"  trap '' {CANCEL_SIGNAL}",
+        '  if [ -z "$flexorch_child" ]; then scancel "$SLURM_JOB_ID"; return; fi',
+        f'  flexorch_cancel=1; echo "[flexorch] cancelled: SIG{warn} to the job, its end in {before}s (save what you need)"',
+        f"  {signal_job}",
+        f'  (sleep {before}; scancel "$SLURM_JOB_ID") &',
+        "}",
+        f"trap flexorch_stop {CANCEL_SIGNAL}",
+    ]
 
 
 def code_lines(digest: str) -> list[str]:

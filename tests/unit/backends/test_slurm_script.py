@@ -231,3 +231,9 @@ def test_a_warning_a_checkpoint_folder_and_requeues_in_the_batch_script(tmp_path
     lines = render_script(ResolvedJob.for_run(w, "d/t/r/-1")).splitlines()
     assert "#SBATCH --signal=USR2@120" in lines and not any("--signal=B:" in line for line in lines)
     assert "trap : USR2" in lines
+    # a cancel's warning: the batch shell listens (URG) and passes it to every node's step
+    assert "trap flexorch_stop URG" in lines and '  scancel --signal=USR2 "$SLURM_JOB_ID"' in lines
+    assert lines[-5].startswith("srun ") and lines[-5].endswith(" &")  # in the background: the trap runs at once
+    plain = render_script(ResolvedJob.for_run(load_workload({"name": "s", "kind": "batch", "target": "slurm",
+                                                             "run": "true"}), "d/t/r/-1"))  # fmt: skip
+    assert "flexorch_stop" not in plain and "URG" not in plain

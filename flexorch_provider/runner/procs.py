@@ -18,6 +18,36 @@ def kill_group(pgid, sig):
         return False
 
 
+def catches(pid, signum):
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask): one that would die of it
+    (the default) or ignores it does not."""
+    try:
+        with open("/proc/%s/status" % pid) as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def warn_group(pgid, signum):
+    """A warning signal to the processes of group ``pgid`` that handle it (a launcher such as torchrun,
+    or a ``sleep``, would die of it and is left alone); the count signalled. Without /proc: the group."""
+    if not os.path.isdir("/proc"):
+        return 1 if kill_group(pgid, signum) else 0
+    sent = 0
+    for entry in os.listdir("/proc"):
+        fields = proc_stat(entry) if entry.isdigit() else None
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z" and catches(entry, signum):
+            try:
+                os.kill(int(entry), signum)
+                sent += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return sent
+
+
 def group_alive(pgid):
     """True while any non-zombie process is in group ``pgid`` (zombies are already dead)."""
     if os.path.isdir("/proc"):

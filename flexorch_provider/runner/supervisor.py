@@ -11,7 +11,7 @@ import time
 
 from .files import write_atomic
 from .logs import Masker
-from .procs import become_subreaper, kill_group, reaped_within
+from .procs import become_subreaper, kill_group, reaped_within, warn_group
 from .status import CANCEL_EXIT, TIMEOUT_EXIT
 
 BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TMPDIR")
@@ -42,6 +42,36 @@ def workdir_of(job, run_dir):
     if code_dir:
         return os.path.join(code_dir, os.path.expanduser(job.get("workdir") or ""))
     return os.path.join(os.path.expanduser("~"), os.path.expanduser(job.get("workdir") or run_dir))
+
+
+def warn_script(sig, signum, group=None, slurm_job=False):
+    """A POSIX sh script (dash, bash, busybox; builtins only) that sends SIG``sig`` (number ``signum``,
+    at most 32) to every process it sees that handles it (``SigCgt`` in /proc; ``group``: a shell word,
+    only that process group's; ``slurm_job``: only processes of this Slurm job, by their environment),
+    itself left out: a container's processes from an exec in it, a pod's
+    from its preStop hook, a Slurm job's from its batch shell. A process that would die of it is left
+    alone (a launcher such as torchrun, a ``sleep``)."""
+    pick = (
+        's=; read -r s 2>/dev/null < "$d/stat" || continue; set -- ${s##*) }; '
+        '[ "$1" != Z ] && [ "$3" = %s ] || continue; ' % group
+        if group
+        else ""
+    )
+    if slurm_job:  # srun would forward it to every process of its step, launchers too: not srun
+        pick += (
+            'tr "\\0" "\\n" < "$d/environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$SLURM_JOB_ID" || continue; '
+            # this node's (nodes that share a kernel, as on the test bed, see each other's processes)
+            'tr "\\0" "\\n" < "$d/environ" 2>/dev/null | grep -qx "SLURMD_NODENAME=$SLURMD_NODENAME" || continue; '
+            'c=; read -r c 2>/dev/null < "$d/comm"; [ "$c" = srun ] && continue; '
+        )
+
+    return (
+        'for d in /proc/[0-9]*; do p=${d#/proc/}; [ "$p" = "$$" ] && continue; m=; '
+        'while read -r k v; do [ "$k" = SigCgt: ] && m=$v; done 2>/dev/null < "$d/status"; '
+        '[ -n "$m" ] || continue; '
+        + pick
+        + '[ $(( (0x${m#????????} >> %d) & 1 )) = 1 ] && kill -%s "$p" 2>/dev/null; done; :' % (signum - 1, sig)
+    )
 
 
 def keep_shell(job):
@@ -158,19 +188,20 @@ class Supervisor(object):
         return 128 - code if code < 0 else code
 
     def _warn(self, why):
-        """The warning signal (job "warn") to every process of the job: its process group on the host; in a
-        container, every process in it (an exec of ``kill -SIG -1``, then its first process)."""
+        """The warning signal (job "warn") to every process of the job that handles it (its process group
+        on the host; in a container, every process in it, through an exec of :data:`WARN_SCRIPT`)."""
         sig = self.job["warn"]["signal"]
         self._warned = True
-        self.note("SIG%s to the job: %s (save what you need)" % (sig, why))
         spec = self.job.get("container")
         if not spec:
-            kill_group(self.child.pid, getattr(signal, "SIG" + sig))
+            sent = warn_group(self.child.pid, getattr(signal, "SIG" + sig))
+            self.note("SIG%s to the job's %d process(es) that handle it: %s (save what you need)" % (sig, sent, why))
             return
         from . import containers as ctr
 
+        self.note("SIG%s to the processes in the container that handle it: %s (save what you need)" % (sig, why))
         argv = [spec["runtime_path"], *ctr.quiet(spec["runtime_path"]), "exec", ctr.container_name(self.job),
-                "/bin/sh", "-c", "kill -%s -1 2>/dev/null; kill -%s 1 2>/dev/null; :" % (sig, sig)]  # fmt: skip
+                "/bin/sh", "-c", warn_script(sig, int(getattr(signal, "SIG" + sig)))]  # fmt: skip
         try:
             subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=15)  # fmt: skip

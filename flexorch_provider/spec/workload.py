@@ -122,7 +122,8 @@ class Workload(FlexModel):
     warn_before: Annotated[
         WarnBefore | None,
         Field(
-            description="A signal to every process of the job ahead of its end, so it can save first: {signal: USR1, "
+            description="A signal to every process of the job that handles it (one that would die of it, e.g. a "
+            "launcher, is left alone) ahead of its end, so it can save first: {signal: USR1, "
             "before: 2m}: `before` ahead of its timeout, and `before` ahead of the SIGTERM of a cancel (ssh, local: "
             "the job runner, in an image too; slurm: --signal and the batch shell, not in an image; kubernetes: a "
             "preStop hook, also "

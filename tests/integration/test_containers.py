@@ -161,7 +161,9 @@ def test_a_job_in_an_image_gets_the_warning_in_every_process_its_checkpoints_and
     text = "\n".join(lines)
     assert status.state == JobState.TIMEOUT, lines
     assert "child up" in lines and "child saved" in lines and "step-3" in lines, lines
-    assert text.index("SIGUSR1 to the job: its timeout comes in") < text.index("child saved")
+    assert text.index("SIGUSR1 to the processes in the container that handle it: its timeout comes in") < text.index(
+        "child saved"
+    )
     assert "not reached" not in lines  # the job's own shell outlived the signal, and the timeout ended it
     assert any("/dev/shm" in line and "size=262144k" in line for line in lines), lines
     assert (tmp_path / "home" / "ckpt" / j.key_slug / "step").read_text() == "step-3\n"

@@ -580,8 +580,10 @@ def test_a_long_job_keeps_its_checkpoints_on_a_claim_gets_shm_and_a_warning_and_
     assert {"name": "flexorch-checkpoints", "persistentVolumeClaim": {"claimName": "train-ckpt"}} in pod["volumes"]
     assert {"name": "flexorch-shm", "mountPath": "/dev/shm"} in main["volumeMounts"]
     assert {"name": "flexorch-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2048Mi"}} in pod["volumes"]
-    assert main["lifecycle"]["preStop"]["exec"]["command"] == [
-        "/bin/sh", "-c", "kill -USR1 -1 2>/dev/null; kill -USR1 1 2>/dev/null; sleep 30"]  # fmt: skip
+    hook = main["lifecycle"]["preStop"]["exec"]["command"]
+    assert (
+        hook[:2] == ["/bin/sh", "-c"] and hook[2].startswith("for d in /proc/[0-9]*") and hook[2].endswith("; sleep 30")
+    )
     assert main["command"] == ["/bin/sh", "-c", "trap : USR1\npython -m task"]  # its shell outlives the signal
     assert pod["terminationGracePeriodSeconds"] == 40  # the 30 s to save, then 10 s after SIGTERM
     assert manifest["spec"]["activeDeadlineSeconds"] == 570  # the warning at 9m30s, SIGTERM at the timeout
@@ -640,7 +642,8 @@ def test_the_warning_hook_reaches_every_process_of_the_container_and_nothing_out
         f"import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: open({str(saved)!r}, 'w').write('saved'))\n"
         f"open({str(tmp_path / 'up')!r}, 'w').close()\ntime.sleep(60)\n"
     )
-    job = make_job("hooked", run=f"{sys.executable} {tmp_path / 'train.py'}", timeout="1m",
+    launcher = "sleep 61 & "  # a process of the job with no handler for it: the warning would end it
+    job = make_job("hooked", run=f"{launcher}{sys.executable} {tmp_path / 'train.py'}", timeout="1m",
                    warn_before={"signal": "USR1", "before": "1s"})  # fmt: skip
     manifest = next(o for o in job_manifests(job) if o["kind"] == "Job")
     main = manifest["spec"]["template"]["spec"]["containers"][0]
@@ -658,6 +661,9 @@ def test_the_warning_hook_reaches_every_process_of_the_container_and_nothing_out
         assert done.returncode == 0
         assert saved.read_text() == "saved"  # the job's python got the warning
         assert container.poll() is None  # its shell and python go on after it
+        inside = subprocess.run(["nsenter", "-t", str(first), "-p", "-m", "ps", "-e", "-o", "args="],
+                                capture_output=True, text=True).stdout  # fmt: skip
+        assert "sleep 61" in inside  # it handles no USR1, so it was left alone
         assert outside.poll() is None  # kill -1 stayed inside the container's PID namespace
     finally:
         container.send_signal(signal.SIGKILL)

@@ -17,12 +17,14 @@ import json
 import math
 import posixpath
 import re
+import signal
 from typing import Any
 
 from flexorch_provider import multinode
 from flexorch_provider.backends.base import ResolvedJob, checkpoint_dir
 from flexorch_provider.exceptions import ConfigurationError
 from flexorch_provider.runner.containers import auth_json
+from flexorch_provider.runner.supervisor import warn_script
 
 MANAGED = {"app.kubernetes.io/managed-by": "flexorch"}
 RUN_LABEL = "flexorch.io/run"
@@ -228,8 +230,8 @@ def _outlives_the_pod(job: ResolvedJob, pod: dict[str, Any], container: dict[str
         container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]
     if w.warn_before is not None:
         sig, before = w.warn_before.signal, warn_seconds(job)
-        # kill(-1) reaches every process of the container's PID namespace but its first one and the hook itself
-        hook = f"kill -{sig} -1 2>/dev/null; kill -{sig} 1 2>/dev/null; sleep {before}"
+        # every process of the container's PID namespace that handles it (the hook runs in it)
+        hook = f"{warn_script(sig, int(getattr(signal, 'SIG' + sig)))}; sleep {before}"
         container["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", hook]}}}
         pod["terminationGracePeriodSeconds"] = before + KILL_GRACE_S
 

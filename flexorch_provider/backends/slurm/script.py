@@ -7,6 +7,7 @@ import hashlib
 import math
 import re
 import shlex
+import signal
 import textwrap
 
 from flexorch_provider import multinode
@@ -15,6 +16,7 @@ from flexorch_provider.backends.slurm.container import REGISTRY_AUTH_VAR, contai
 from flexorch_provider.exceptions import ConfigurationError
 from flexorch_provider.runner.code import HOME_CODE_DIR
 from flexorch_provider.runner.containers import auth_json
+from flexorch_provider.runner.supervisor import warn_script
 
 OUT_DIR = ".flexorch/slurm"  # relative to the submitting account's home (sbatch's cwd)
 KEEP_OUTPUTS_DAYS = 14  # a job's .out/.sh/.rc files are removed this long after they were last written
@@ -95,10 +97,8 @@ def sbatch_options(job: ResolvedJob) -> list[str]:
     if job.timeout_s:
         lines.append(f"--time={math.ceil(job.timeout_s / 60)}")
         if w.warn_before is not None:
-            # one node: to the batch shell, which passes it on to the job's processes; several: to the srun
-            # step's processes on every node (each node's script keeps its shell through it)
-            to = "" if res.nodes > 1 else "B:"
-            lines.append(f"--signal={to}{w.warn_before.signal}@{max(1, int(w.warn_before.before.total_seconds()))}")
+            # to the batch shell, which passes it on to the job's processes that handle it (on every node)
+            lines.append(f"--signal=B:{w.warn_before.signal}@{max(1, int(w.warn_before.before.total_seconds()))}")
     for key in ("partition", "account", "qos"):
         if getattr(opts, key):
             lines.append(f"--{key}={getattr(opts, key)}")
@@ -205,11 +205,11 @@ def render_script(job: ResolvedJob) -> str:
         lines += container_lines(job, setup, script, [*job.env, *job.secrets])
     elif warn:
         lines += [
-            # one node: the job in its own process group, which the batch shell passes the warnings to;
-            # several: the srun step (one task per node), which Slurm signals on every node
+            # one node: the job in its own process group, several: the srun step (one task per node); the
+            # batch shell passes the warnings on (flexorch_warn)
             f"{srun} &" if w.resources.nodes > 1 else f"setsid bash {script} &",
             "flexorch_child=$!",
-            *([] if w.resources.nodes > 1 else [f"trap 'kill -{warn} -- -$flexorch_child 2>/dev/null' {warn}"]),
+            f"trap flexorch_warn {warn}",
             'while :; do wait "$flexorch_child"; flexorch_code=$?; kill -0 "$flexorch_child" 2>/dev/null || break; done',
             'if [ -n "$flexorch_cancel" ]; then scancel "$SLURM_JOB_ID"; fi',  # it ended on its own after a cancel
             'exit "$flexorch_code"',
@@ -230,16 +230,21 @@ def cancel_with_warning(warn: str, before: int, nodes: bool) -> list[str]:
     it sends the job the warning signal at once (its process group, or every node's step), and has Slurm
     cancel the job ``before`` seconds later (or when the job has ended on its own). Before the job runs
     there is nothing to warn: the cancel is at once."""
-    signal_job = (
-        f'scancel --signal={warn} "$SLURM_JOB_ID"' if nodes else f"kill -{warn} -- -$flexorch_child 2>/dev/null"
-    )
+    signum = int(getattr(signal, "SIG" + warn))
+    if nodes:  # on every node, in a step beside the job's: the job's processes there that handle it
+        each = shlex.quote(warn_script(warn, signum, slurm_job=True))
+        warn_job = f"srun --overlap --ntasks-per-node=1 --export=ALL bash -c {each} >/dev/null 2>&1"
+    else:  # the processes of the job's group that handle it (one that would die of it is left alone)
+        warn_job = "(" + warn_script(warn, signum, '"$flexorch_child"') + ")"
     return [
         "flexorch_child=; flexorch_cancel=",
+        # the batch shell ignores the signal meanwhile: it is a process of the job too
+        f"flexorch_warn() {{ trap '' {warn}; {warn_job}; trap flexorch_warn {warn}; }}",
         "flexorch_stop() {",
         f"  trap '' {CANCEL_SIGNAL}",
         '  if [ -z "$flexorch_child" ]; then scancel "$SLURM_JOB_ID"; return; fi',
         f'  flexorch_cancel=1; echo "[flexorch] cancelled: SIG{warn} to the job, its end in {before}s (save what you need)"',
-        f"  {signal_job}",
+        "  flexorch_warn",
         f'  (sleep {before}; scancel "$SLURM_JOB_ID") &',
         "}",
         f"trap flexorch_stop {CANCEL_SIGNAL}",

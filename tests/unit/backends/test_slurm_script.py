@@ -211,29 +211,32 @@ def test_a_warning_a_checkpoint_folder_and_requeues_in_the_batch_script(tmp_path
     assert "export FLEXORCH_RESTART_COUNT=$((FLEXORCH_RESTART_COUNT + ${SLURM_RESTART_COUNT:-0}))" in lines
     tail = lines[lines.index("flexorch_child=$!") - 1 :]
     assert tail[0].startswith("setsid bash ") and tail[-1] == 'exit "$flexorch_code"'
+    functions = lines[lines.index("flexorch_child=; flexorch_cancel=") : lines.index("trap flexorch_stop URG") + 1]
 
-    job_script = tmp_path / "job.sh"  # what the job runs: its shell outlives the warning, python saves
-    job_script.write_text(
-        "trap : USR1\npython3 -c \"import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: print('saving', "
-        "flush=True))\ntime.sleep(2)\nprint('done', flush=True)\"\nexit 7\n"
+    job_script = tmp_path / "job.sh"  # what the job runs: its shell outlives the warning, python saves,
+    job_script.write_text(  # and a process without a handler for it (a launcher, a sleep) is left alone
+        'trap : USR1\nsleep 2 &\npython3 -c "import signal, time\nsignal.signal(signal.SIGUSR1, lambda *a: '
+        "print('saving', flush=True))\ntime.sleep(2)\nprint('done', flush=True)\"\nwait $!; echo \"sleep ended $?\"\n"
+        "exit 7\n"
     )
-    end = "\n".join([f"setsid bash {job_script} &", *tail[1:]])
+    end = "\n".join([*functions, f"setsid bash {job_script} &", *tail[1:]])
     batch = subprocess.Popen(["bash", "-c", end], stdout=subprocess.PIPE, text=True)
     time.sleep(0.7)
     batch.send_signal(signal.SIGUSR1)  # Slurm, 5 minutes before the time limit
     out, _ = batch.communicate(timeout=20)
-    assert out.splitlines() == ["saving", "done"] and batch.returncode == 7
+    assert out.splitlines() == ["saving", "done", "sleep ended 0"] and batch.returncode == 7
 
-    # several nodes: the signal goes to the srun step's processes on every node (not the batch shell),
-    # and each node's script keeps its shell through it
+    # several nodes: the batch shell passes it on with a step beside the job's on every node, to the
+    # job's processes there that handle it (not srun, which would pass it to every process of its step)
     w = load_workload({"name": "s", "kind": "training", "target": "slurm", "timeout": "1h", "run": "python train.py",
                        "warn_before": {"signal": "USR2", "before": "2m"}, "resources": {"nodes": 2}})  # fmt: skip
     lines = render_script(ResolvedJob.for_run(w, "d/t/r/-1")).splitlines()
-    assert "#SBATCH --signal=USR2@120" in lines and not any("--signal=B:" in line for line in lines)
-    assert "trap : USR2" in lines
-    # a cancel's warning: the batch shell listens (URG) and passes it to every node's step
-    assert "trap flexorch_stop URG" in lines and '  scancel --signal=USR2 "$SLURM_JOB_ID"' in lines
-    assert lines[-5].startswith("srun ") and lines[-5].endswith(" &")  # in the background: the trap runs at once
+    assert "#SBATCH --signal=B:USR2@120" in lines and "trap : USR2" in lines and "trap flexorch_warn USR2" in lines
+    warn = next(line for line in lines if line.startswith("flexorch_warn() {"))
+    assert "srun --overlap --ntasks-per-node=1 --export=ALL bash -c " in warn and "SLURM_JOB_ID=$SLURM_JOB_ID" in warn
+    # a cancel's warning: the batch shell listens (URG) and passes it on the same way
+    assert "trap flexorch_stop URG" in lines and "  flexorch_warn" in lines
+    assert lines[-6].startswith("srun ") and lines[-6].endswith(" &")  # in the background: the traps run at once
     plain = render_script(ResolvedJob.for_run(load_workload({"name": "s", "kind": "batch", "target": "slurm",
                                                              "run": "true"}), "d/t/r/-1"))  # fmt: skip
     assert "flexorch_stop" not in plain and "URG" not in plain

@@ -47,10 +47,10 @@ def workdir_of(job, run_dir):
 def warn_script(sig, signum, group=None, slurm_job=False):
     """A POSIX sh script (dash, bash, busybox; builtins only) that sends SIG``sig`` (number ``signum``,
     at most 32) to every process it sees that handles it (``SigCgt`` in /proc; ``group``: a shell word,
-    only that process group's; ``slurm_job``: only processes of this Slurm job, by their environment),
-    itself left out: a container's processes from an exec in it, a pod's
-    from its preStop hook, a Slurm job's from its batch shell. A process that would die of it is left
-    alone (a launcher such as torchrun, a ``sleep``)."""
+    only that process group's; ``slurm_job``: only processes of this Slurm job on this node, by their
+    environment), itself left out: a container's processes from an exec in it, a pod's from its preStop
+    hook, a Slurm job's from its batch shell. A process that would die of it is left alone (a launcher
+    such as torchrun, a ``sleep``)."""
     pick = (
         's=; read -r s 2>/dev/null < "$d/stat" || continue; set -- ${s##*) }; '
         '[ "$1" != Z ] && [ "$3" = %s ] || continue; ' % group
@@ -75,8 +75,9 @@ def warn_script(sig, signum, group=None, slurm_job=False):
 
 
 def keep_shell(job):
-    """The first line of a job's shell script: the warning signal (job "warn") reaches every process of the
-    job, and the script's own shell must outlive it (its default would end it, leaving its children)."""
+    """The first line of a job's shell script: the warning signal (job "warn") reaches the processes of the
+    job that handle it; with ``trap :`` the script's own shell is one of them and outlives it (its default
+    would end it, leaving its children)."""
     warn = job.get("warn")
     return "trap : %s\n" % warn["signal"] if warn else ""
 
@@ -189,7 +190,7 @@ class Supervisor(object):
 
     def _warn(self, why):
         """The warning signal (job "warn") to every process of the job that handles it (its process group
-        on the host; in a container, every process in it, through an exec of :data:`WARN_SCRIPT`)."""
+        on the host; in a container, every process in it, through an exec of :func:`warn_script`)."""
         sig = self.job["warn"]["signal"]
         self._warned = True
         spec = self.job.get("container")

@@ -7,6 +7,11 @@ import re
 import shlex
 from typing import Any
 
+# loaded before any probe's thread: the probes import our backends and Airflow's hooks lazily, both of
+# which import pathspec, whose modules import each other; two threads importing it at once can find it
+# half made ("cannot import name ... from partially initialized module", seen in `flexorch gpus`)
+import pathspec  # noqa: F401
+
 from flexorch_provider.inventory.model import Gpu, Node, PoolInventory
 from flexorch_provider.runner.gpus import APPS_QUERY, GPU_QUERY, gpu_model, parse_apps, parse_gpus
 from flexorch_provider.spec.units import normalize_gpu_type
